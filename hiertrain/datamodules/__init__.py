@@ -1,0 +1,1 @@
+"""LightningDataModules: question batches (evaluation, tuning) and cached features (probing)."""

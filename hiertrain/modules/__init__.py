@@ -1,0 +1,1 @@
+"""LightningModules: frozen evaluators, feature extractor, linear probes, LoRA tuner."""
