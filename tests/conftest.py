@@ -26,3 +26,37 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """A small synthetic hierarchical image set (see hiertrain.synth), built once per session."""
+    from hiertrain.synth import make_synthetic
+
+    out = tmp_path_factory.mktemp("synth")
+    make_synthetic(out, images_per_leaf=3, seed=0, image_size=448)
+    return out
+
+
+def _tiny(tmp_path_factory, arch: str) -> Path:
+    from hiertrain.tiny import make_tiny
+
+    return make_tiny(arch, tmp_path_factory.mktemp(f"tiny_{arch}"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory) -> Path:
+    """A tiny random-init Qwen2.5-VL checkpoint dir, loadable with from_pretrained."""
+    return _tiny(tmp_path_factory, "qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory) -> Path:
+    """A tiny random-init LLaVA-OneVision checkpoint dir."""
+    return _tiny(tmp_path_factory, "llava_onevision")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A tiny random-init open_clip model dir (load with hiertrain.openclip_models.load_open_clip)."""
+    return _tiny(tmp_path_factory, "clip")
