@@ -105,7 +105,7 @@ def _read_jsonl(path: str | os.PathLike) -> list[tuple[str, dict]]:
     return out
 
 
-def _require_strings(obj: dict, keys: Sequence[str], where: str) -> None:
+def require_strings(obj: dict, keys: Sequence[str], where: str) -> None:
     for key in keys:
         if key not in obj:
             raise HierError(f"{where}: missing key {key!r}")
@@ -113,9 +113,9 @@ def _require_strings(obj: dict, keys: Sequence[str], where: str) -> None:
             raise HierError(f"{where}: {key!r} must be a string, got {json.dumps(obj[key])}")
 
 
-def _check_question(obj: dict, where: str) -> None:
+def check_question(obj: dict, where: str) -> None:
     """A record must be answerable: every level has options, and the truth is one of them."""
-    _require_strings(obj, IMAGE_LIST_KEYS, where)
+    require_strings(obj, IMAGE_LIST_KEYS, where)
     levels = {int(k[5:]) for k in obj if _LEVEL_KEY.fullmatch(k)}
     choice_levels = {int(m.group(1)) for k in obj if (m := _CHOICES_KEY.fullmatch(k))}
     if not levels:
@@ -145,7 +145,7 @@ def read_questions(path: str | os.PathLike) -> list[QuestionRecord]:
     """Load a question file (the paper's JSONL); HierError "FILE:LINE: ..." on a bad line."""
     records = []
     for sample_id, (where, obj) in enumerate(_read_jsonl(path)):
-        _check_question(obj, where)
+        check_question(obj, where)
         records.append(QuestionRecord(raw=obj, sample_id=sample_id))
     return records
 
@@ -154,7 +154,7 @@ def read_image_list(path: str | os.PathLike) -> list[dict]:
     """Load an image list (`image`, `label`, `split` per line); HierError "FILE:LINE: ..."."""
     images = []
     for where, obj in _read_jsonl(path):
-        _require_strings(obj, IMAGE_LIST_KEYS, where)
+        require_strings(obj, IMAGE_LIST_KEYS, where)
         images.append(obj)
     return images
 
@@ -358,7 +358,7 @@ def _resolve_images(
     out = []
     for i, image in enumerate(images):
         where = f"{source}:{i + 1}"
-        _require_strings(image, IMAGE_LIST_KEYS, where)
+        require_strings(image, IMAGE_LIST_KEYS, where)
         try:
             leaf = taxonomy.resolve(image["label"])
         except HierError:

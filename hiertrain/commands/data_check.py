@@ -56,7 +56,7 @@ def _records_tolerant(path: Path, check: QuestionCheck) -> list:
     """Every well-formed record, each malformed line counted as a problem (read_questions stops
     at the first one; a check must list them all). Lines without level keys are image-list
     entries (`hiertrain.questions.read_image_list`) and only their labels are checked."""
-    from hiertrain.questions import IMAGE_LIST_KEYS, QuestionRecord, _check_question, _require_strings, level_keys
+    from hiertrain.questions import IMAGE_LIST_KEYS, QuestionRecord, check_question, require_strings, level_keys
 
     records = []
     try:
@@ -73,9 +73,9 @@ def _records_tolerant(path: Path, check: QuestionCheck) -> list:
             if not isinstance(obj, dict):
                 raise HierError(f"{where}: expected a JSON object, got {type(obj).__name__}")
             if level_keys(obj) or any(k.startswith("choices_level") for k in obj):
-                _check_question(obj, where)
+                check_question(obj, where)
             else:  # an image list (image, label, split): only its labels can be checked
-                _require_strings(obj, IMAGE_LIST_KEYS, where)
+                require_strings(obj, IMAGE_LIST_KEYS, where)
         except json.JSONDecodeError as err:
             check.add("malformed record", i + 1, f"not valid JSON ({err.msg} at column {err.colno})")
         except HierError as err:
