@@ -1,22 +1,77 @@
 """LightningCLI for `hiertrain fit|validate|test|predict --config ...`.
 
 Any LightningModule / LightningDataModule importable by class path works
-(`--model hiertrain.modules.VLLMEvaluator`, or `class_path:` in YAML), so a config per
+(`class_path: hiertrain.modules.vllm_evaluator.VLLMEvaluator` in YAML), so a config per
 experiment composes from `configs/models/*.yaml` + `configs/data/*.yaml`.
+
+Logging: unless `--trainer.logger` is given, runs log to W&B (`WandbLogger`; project
+`--wandb_project`, group = question set, name = run name, tags = model, dataset, mode, answer,
+taxonomy), so runs of one taxonomy sit side by side. `WANDB_MODE=offline` works without a
+network; `--wandb false` (or `WANDB_MODE=disabled`) logs to CSV instead.
 """
 
 from __future__ import annotations
 
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from hiertrain.errors import HierError
+
+
+def _logger_identity(model: Any, data: Any) -> dict[str, Any]:
+    """W&B name/group/tags from an evaluator and its question data (empty for other modules)."""
+    from hiertrain.run_outputs import default_run_name, model_name
+
+    pretrained, questions = getattr(model, "pretrained", None), getattr(data, "questions", None)
+    if pretrained is None or questions is None:
+        return {}
+    meta = {
+        "model_name": model_name(pretrained),
+        "dataset": getattr(data, "name", None) or Path(questions).stem,
+        "mode": getattr(data, "mode", "image"),
+        "answer": getattr(model, "answer_kind", type(model).__name__),
+        "prompt_variant": getattr(data, "prompt_variant", 0),
+    }
+    tags = [meta["model_name"], meta["dataset"], meta["mode"], str(meta["answer"])]
+    taxonomy = getattr(data, "taxonomy_path", None)
+    if taxonomy:
+        tags.append(Path(taxonomy).stem)
+    name = getattr(model, "run_name", None) or default_run_name(meta)
+    return {"name": name, "group": meta["dataset"], "tags": tags}
 
 
 class HierCLI(LightningCLI):
-    """LightningCLI with our defaults: no config file written into the run dir twice on resume."""
+    """LightningCLI with our defaults: a W&B (or CSV) logger named after the run."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--wandb", type=bool, default=True, help="log to W&B; false = CSV logger")
+        parser.add_argument("--wandb_project", type=str, default="hiertrain", help="W&B project")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
+            kwargs["logger"] = self._default_logger(trainer_config.get("default_root_dir") or os.getcwd())
+        return super().instantiate_trainer(**kwargs)
+
+    def _default_logger(self, root: str):
+        from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+        identity = _logger_identity(self.model, self.datamodule)
+        use_wandb = self._get(self.config_init, "wandb", default=True) and os.environ.get("WANDB_MODE") != "disabled"
+        if not use_wandb:
+            return CSVLogger(save_dir=root, name="csv", version=identity.get("name"))
+        project = self._get(self.config_init, "wandb_project", default="hiertrain")
+        return WandbLogger(save_dir=root, project=project, job_type=self.subcommand, **identity)
 
 
-def run_lightning_cli(argv: list[str]) -> None:
-    HierCLI(
+def _cli(argv: list[str]) -> HierCLI:
+    return HierCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -24,3 +79,27 @@ def run_lightning_cli(argv: list[str]) -> None:
         args=argv,
         save_config_kwargs={"overwrite": True},
     )
+
+
+def run_lightning_cli(argv: list[str]) -> HierCLI:
+    """The `hiertrain fit|validate|test|predict` entry: bad input exits 2 with one line."""
+    # cli.main hands over sys.argv[1:] explicitly; Lightning would warn about "both".
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    try:
+        return _cli(argv)
+    except HierError as err:
+        print(f"hiertrain: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def evaluate(configs: list[str | Path], *overrides: str) -> dict[str, Any]:
+    """`hiertrain test --config A --config B [overrides]` from Python; returns the metrics.
+
+    For the demo and notebooks: `evaluate(["configs/demo/qwen_image.yaml"],
+    "--trainer.default_root_dir=runs/demo")`.
+    """
+    argv = ["test"]
+    for config in configs:
+        argv += ["--config", str(config)]
+    cli = _cli([*argv, *overrides])
+    return getattr(cli.model, "final_metrics", None) or {}

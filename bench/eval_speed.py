@@ -1,0 +1,148 @@
+"""Evaluation speed: the paper's protocol vs hiertrain's default, same model, same questions.
+
+(a) paper: one question at a time; the image is processed and encoded again for every level;
+    `generate` up to 5 tokens; the letter is read from the reply.
+(b) hiertrain: per image one vision encoding and one prefix prefill, all 7 levels as one
+    batch on a copy of the KV cache; the letter is the argmax of the letter logits.
+Both run on the same tiny random-init Qwen2.5-VL (448 px images -> 256 visual tokens) and the
+same 7-level questions, in one process, one after the other. Also reported: (c) hiertrain's
+`generate` (shared prefix, greedy) and how often the answers of the modes agree.
+
+    python bench/eval_speed.py [--images 8] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+INAT_PLANTS = REPO.parent / "shared/data/taxonomies/hierarchy_Inat_plantae.json"
+LEVELS = ["kingdom", "phylum", "class", "order", "family", "genus", "species"]
+
+
+def seven_level_questions(n: int, seed: int = 0) -> list[list[tuple[str, list[str]]]]:
+    """Per image, 7 (truth, 4 options) pairs: iNat21 plant paths when the data is there."""
+    rng = random.Random(seed)
+    if INAT_PLANTS.is_file():
+        paths = [p for p in json.loads(INAT_PLANTS.read_text()).values() if len(p) == 7]
+    else:  # synthetic stand-in with the same shape
+        paths = [[f"{name} {i % (k + 2)}" for k, name in enumerate(LEVELS)] for i in range(200)]
+    by_level = [sorted({p[k] for p in paths}) for k in range(7)]
+    out = []
+    for path in rng.sample(paths, n):
+        levels = []
+        for k, truth in enumerate(path):
+            pool = [c for c in by_level[k] if c != truth]
+            options = [truth, *rng.sample(pool, min(3, len(pool)))]
+            rng.shuffle(options)
+            levels.append((truth, options))
+        out.append(levels)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+
+    import torch
+    from PIL import Image
+
+    from hiertrain import prompts
+    from hiertrain.answers import parse_letter
+    from hiertrain.models import load_vllm
+    from hiertrain.prefix_cache import ImagePrompts, SharedPrefixAnswerer, render_chat
+    from hiertrain.synth import make_synthetic
+    from hiertrain.tiny import make_tiny
+
+    work = Path(tempfile.mkdtemp(prefix="eval_speed_"))
+    checkpoint = make_tiny("qwen2_5_vl", work / "tiny", seed=0)
+    synth = make_synthetic(work / "synth", images_per_leaf=3, seed=0, image_size=448)
+    image_files = sorted(synth["images_dir"].glob("*.png"))[: args.images]
+    images = [Image.open(p).convert("RGB") for p in image_files]
+    questions = seven_level_questions(len(images))
+    model, processor = load_vllm(str(checkpoint), "float32")
+    answerer = SharedPrefixAnswerer(model, processor, max_new_tokens=5)
+    grid = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[images[0]], return_tensors="pt")
+    visual_tokens = int(grid["image_grid_thw"].prod()) // 4
+
+    def chat(levels, k):
+        question = prompts.question_text(prompts.image_prompt(0, LEVELS[k], "plant"), levels[k][1])
+        return render_chat(processor, prompts.chat_messages(question, "image"))
+
+    items = [ImagePrompts(img, [chat(levels, k) for k in range(7)]) for img, levels in zip(images, questions)]
+    n_questions = 7 * len(items)
+
+    def paper():
+        return [[answerer.full_generate(item.image, p) for p in item.prompts] for item in items]
+
+    def ours_logits():
+        out = []
+        for item, levels in zip(items, questions):
+            rows = answerer.logits([item])[0]
+            out.append([int(answerer.letter_scores(r, len(o)).argmax()) for r, (_, o) in zip(rows, levels)])
+        return out
+
+    def ours_generate():
+        return [answerer.generate([item])[0] for item in items]
+
+    warm = ImagePrompts(images[0], items[0].prompts[:2])
+    answerer.full_generate(warm.image, warm.prompts[0])
+    answerer.logits([warm])
+    timings, results = {}, {}
+    for name, fn in (("paper", paper), ("hiertrain", ours_logits), ("hiertrain_generate", ours_generate)):
+        start = time.perf_counter()
+        results[name] = fn()
+        timings[name] = time.perf_counter() - start
+    qps = {name: n_questions / seconds for name, seconds in timings.items()}
+
+    parsed = [
+        (parse_letter(reply, opts), mine)
+        for replies, picks, levels in zip(results["paper"], results["hiertrain"], questions)
+        for reply, mine, (_, opts) in zip(replies, picks, levels)
+    ]
+    readable = [(p, m) for p, m in parsed if p is not None]
+    same_replies = sum(a == b for ra, rb in zip(results["paper"], results["hiertrain_generate"]) for a, b in zip(ra, rb))
+    figures = {
+        "device": f"CPU, torch threads {torch.get_num_threads()}",
+        "images": len(items),
+        "questions": n_questions,
+        "visual_tokens_per_image": visual_tokens,
+        "seconds": {k: round(v, 2) for k, v in timings.items()},
+        "questions_per_s": {k: round(v, 2) for k, v in qps.items()},
+        "speedup_default_vs_paper": round(qps["hiertrain"] / qps["paper"], 2),
+        "speedup_generate_vs_paper": round(qps["hiertrain_generate"] / qps["paper"], 2),
+        "paper_replies_parseable": f"{len(readable)}/{n_questions}",
+        "logits_agree_with_parsed_generate": f"{sum(p == m for p, m in readable)}/{len(readable)}",
+        "shared_prefix_generate_equals_paper_generate": f"{same_replies}/{n_questions}",
+    }
+    print(f"| protocol | questions/s | seconds ({n_questions} questions, {len(items)} images x 7 levels) |")
+    print("| --- | ---: | ---: |")
+    print(f"| (a) paper: per question, image re-encoded, generate 5 tokens | {qps['paper']:.2f} | {timings['paper']:.1f} |")
+    print(f"| (b) hiertrain default: shared prefix + KV cache, letter logits | {qps['hiertrain']:.2f} | {timings['hiertrain']:.1f} |")
+    print(f"| (c) hiertrain generate: shared prefix, greedy 5 tokens | {qps['hiertrain_generate']:.2f} | {timings['hiertrain_generate']:.1f} |")
+    print(f"speedup (b)/(a): {figures['speedup_default_vs_paper']}x   (c)/(a): {figures['speedup_generate_vs_paper']}x")
+    print(f"visual tokens per image: {visual_tokens}; {figures['device']}")
+    print(
+        f"paper replies parseable: {figures['paper_replies_parseable']}; logits agree with parsed replies: "
+        f"{figures['logits_agree_with_parsed_generate']}; shared-prefix generate == paper generate: "
+        f"{figures['shared_prefix_generate_equals_paper_generate']}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Question batches for evaluation and LoRA tuning: one item is one image with all its levels.
+
+An item carries every asked level of one record, so a model encodes the image once and answers
+all levels from it. Items are served by `PaddedEvalSampler`, whose padding repeats come back
+with `valid=False` so no sample is counted twice under DDP.
+`level_questions` is the single place a record becomes per-level chat messages; it uses
+`hiertrain.prompts` only, so evaluation and tuning see the same words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from hiertrain import prompts
+from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
+from hiertrain.errors import HierError
+from hiertrain.questions import QuestionRecord, read_questions
+
+Mode = Literal["image", "text"]
+
+
+@dataclass
+class LevelQuestion:
+    """One level of one record, as put to the model (a plain dataclass so Lightning can walk batches)."""
+
+    level: int  # 0-based level index (depth)
+    name: str
+    truth: str
+    options: list[str]  # in the shuffled order the letters refer to
+    question: str  # prompt + lettered options + answer instruction
+    messages: list[dict] = field(repr=False)
+
+
+def default_level_names(depth: int) -> list[str]:
+    """"depth 1" .. "depth N": honest names when the data config gives none."""
+    return [f"depth {k + 1}" for k in range(depth)]
+
+
+def level_questions(
+    record: QuestionRecord,
+    mode: Mode,
+    level_names: list[str],
+    subject: str = prompts.DEFAULT_SUBJECT,
+    variant: int = 0,
+    seed: int = 0,
+) -> list[LevelQuestion]:
+    """The asked levels of `record` (all levels with a truth; not the leaf in text mode)."""
+    truths, choices = record.truths, record.choices
+    if len(level_names) < len(truths):
+        raise HierError(
+            f"record {record.sample_id} has {len(truths)} levels but only {len(level_names)} level names were given"
+        )
+    out = []
+    for i in prompts.asked_levels(truths, mode):
+        name = level_names[i]
+        if mode == "image":
+            prompt = prompts.image_prompt(variant, name, subject)
+        else:
+            prompt = prompts.text_prompt(variant, name, record.label)
+        options = prompts.shuffled_options(choices[i], seed, record.sample_id, i)
+        question = prompts.question_text(prompt, options)
+        out.append(LevelQuestion(i, name, truths[i], options, question, prompts.chat_messages(question, mode)))
+    return out
+
+
+def open_image(path: Path):
+    """The image as RGB, fully decoded now so a truncated file fails here, not in the model."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+class QuestionDataset(Dataset):
+    """Records -> items; indices at or past len() are `PaddedEvalSampler` repeats (valid=False)."""
+
+    def __init__(
+        self,
+        records: list[QuestionRecord],
+        mode: Mode,
+        level_names: list[str],
+        subject: str,
+        variant: int,
+        seed: int,
+        image_dir: Path,
+        on_bad_image: Literal["skip", "error"],
+        image_root_map: dict[str, str] | None = None,
+    ) -> None:
+        self.records, self.mode, self.level_names = records, mode, level_names
+        self.subject, self.variant, self.seed = subject, variant, seed
+        self.image_dir, self.on_bad_image = image_dir, on_bad_image
+        self.image_root_map = dict(image_root_map or {})
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image_path(self, record: QuestionRecord) -> Path:
+        """Where the image is: a mapped prefix replaced first (the paper's files hold the
+        authors' absolute paths), then relative paths taken from `image_dir`."""
+        image = record.image
+        for old, new in self.image_root_map.items():
+            if image.startswith(old):
+                image = new + image[len(old) :]
+                break
+        path = Path(image)
+        return path if path.is_absolute() else self.image_dir / path
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        real, valid = unpad_index(index, len(self.records))
+        record = self.records[real]
+        item: dict[str, Any] = {
+            "sample_id": record.sample_id,
+            "valid": valid,
+            "record": record,
+            "levels": level_questions(record, self.mode, self.level_names, self.subject, self.variant, self.seed),
+            "image": None,
+            "error": None,
+        }
+        if self.mode == "image":
+            path = self.image_path(record)
+            try:
+                item["image"] = open_image(path)
+            except (OSError, ValueError) as err:  # PIL raises OSError (incl. missing) or ValueError
+                message = f"{path}: cannot read image of sample {record.sample_id} ({type(err).__name__}: {err})"
+                if self.on_bad_image == "error":
+                    raise HierError(message) from None
+                item["error"] = message
+        return item
+
+
+def collate_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Items stay a list: each has its own levels, options and image size."""
+    return items
+
+
+class HierVQADataModule(LightningDataModule):
+    """Serves a question file (the paper's JSONL) for evaluation or tuning.
+
+    Args:
+        questions: the question file.
+        mode: "image" asks about the image; "text" asks the text twin (the leaf's name).
+        taxonomy: optional taxonomy JSON; every record's label must be in it, and its level
+            names are used when `level_names` is not given.
+        level_names: one name per depth (default: the taxonomy's, else "depth k").
+        subject: the noun of the image questions ("bird", "plant"; default "object").
+        prompt_variant: which of the paper's 5 wordings (0-4).
+        seed: seeds the option order (per sample and level).
+        limit: serve only the first `limit` records.
+        image_dir: base folder of relative image paths (default: the question file's folder).
+        image_root_map: leading path replacements, e.g. the authors' CUB folder -> yours.
+        on_bad_image: "skip" (counted, named in the run's skipped list) or "error".
+        name: short dataset name for run names and reports (default: the question file's stem).
+    """
+
+    def __init__(
+        self,
+        questions: str,
+        mode: Mode = "image",
+        taxonomy: str | None = None,
+        level_names: list[str] | None = None,
+        subject: str = prompts.DEFAULT_SUBJECT,
+        prompt_variant: int = 0,
+        seed: int = 0,
+        limit: int | None = None,
+        image_dir: str | None = None,
+        image_root_map: dict[str, str] | None = None,
+        on_bad_image: Literal["skip", "error"] = "skip",
+        batch_size: int = 8,
+        num_workers: int = 0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if mode not in ("image", "text"):
+            raise HierError(f"data mode {mode!r} is not 'image' or 'text'")
+        if on_bad_image not in ("skip", "error"):
+            raise HierError(f"on_bad_image {on_bad_image!r} is not 'skip' or 'error'")
+        if limit is not None and limit < 1:
+            raise HierError(f"limit must be at least 1, got {limit}")
+        self.questions, self.mode, self.taxonomy_path = questions, mode, taxonomy
+        self.given_level_names, self.subject = level_names, subject
+        self.prompt_variant, self.seed, self.limit = prompt_variant, seed, limit
+        self.image_dir = Path(image_dir) if image_dir else Path(questions).parent
+        self.image_root_map = dict(image_root_map or {})
+        self.on_bad_image, self.batch_size, self.num_workers = on_bad_image, batch_size, num_workers
+        self.name = name or Path(questions).stem
+        self.records: list[QuestionRecord] | None = None
+        self.level_names: list[str] = []
+        self.exclude_ids: set[int] = set()  # finished samples of a resumed run
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.records is not None:
+            return
+        prompts.image_prompt(self.prompt_variant, "x")  # an unknown variant fails now, not per item
+        path = Path(self.questions)
+        records = [] if path.is_file() and path.stat().st_size == 0 else read_questions(path)
+        if not records:
+            raise HierError(f"{self.questions}: no questions (empty file)")
+        depth = max(len(r.truths) for r in records)
+        taxonomy = self._taxonomy()
+        if taxonomy is not None:
+            for record in records:
+                try:
+                    taxonomy.path(record.label)
+                except HierError:
+                    raise HierError(
+                        f"{self.questions}:{record.sample_id + 1}: label {record.label!r} is not in taxonomy {self.taxonomy_path}"
+                    ) from None
+        names = self.given_level_names or (list(taxonomy.level_names) if taxonomy else default_level_names(depth))
+        if len(names) < depth:
+            raise HierError(f"{self.questions}: records have {depth} levels but {len(names)} level names were given: {names}")
+        self.level_names = list(names)
+        self.records = records[: self.limit] if self.limit else records
+
+    def _taxonomy(self):
+        if not self.taxonomy_path:
+            return None
+        from hiertrain.taxonomy import Taxonomy
+
+        return Taxonomy.from_json(self.taxonomy_path, on_multi_parent="first")  # membership only
+
+    @property
+    def depth(self) -> int:
+        """Most levels of any served record (the width of the metric tensors)."""
+        self.setup()
+        return max(len(r.truths) for r in self.records)
+
+    def served_records(self) -> list[QuestionRecord]:
+        """Every record this run is responsible for (finished ones included)."""
+        self.setup()
+        return list(self.records)
+
+    def dataset(self) -> QuestionDataset:
+        self.setup()
+        todo = [r for r in self.records if r.sample_id not in self.exclude_ids]
+        return QuestionDataset(
+            todo, self.mode, self.level_names, self.subject, self.prompt_variant, self.seed,
+            self.image_dir, self.on_bad_image, self.image_root_map,
+        )  # fmt: skip
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def _loader(self) -> DataLoader:
+        dataset = self.dataset()
+        if len(dataset) == 0:  # everything already finished: nothing to iterate, still a loader
+            return DataLoader([], batch_size=self.batch_size, collate_fn=collate_items)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=PaddedEvalSampler(dataset),
+            num_workers=self.num_workers,
+            collate_fn=collate_items,
+            persistent_workers=False,
+        )

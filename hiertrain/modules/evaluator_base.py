@@ -1,0 +1,173 @@
+"""What every frozen evaluator shares: the run directory, resume, streaming, final metrics.
+
+Subclasses only answer questions (`answer_items`: dataset items -> `SamplePrediction`s).
+Everything else follows the same steps whatever the model:
+- `setup`: rank 0 claims the run directory and merges what a previous (maybe killed) run
+  streamed; the finished sample ids are broadcast and left out of the dataloader.
+- `test_step`: padding copies of the distributed sampler are dropped, unreadable images are
+  recorded as skipped, each finished sample is appended to this rank's predictions part.
+- `on_test_epoch_end`: rank 0 merges the parts and writes metrics, results, plot and table
+  from the merged file; the metrics are broadcast and logged by every rank.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+
+from hiertrain.errors import HierError
+from hiertrain.predictions import LevelPrediction, SamplePrediction
+from hiertrain.prompts import LETTERS
+from hiertrain.run_outputs import RunDirectory, default_run_name, file_sha256, model_name
+
+SAMPLE_TABLE_ROWS = 50
+# Overriding transfer_batch_to_device on the module (items hold PIL images) is deliberate.
+warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device`")
+
+
+def sample_prediction(item: dict[str, Any], mode: str, answers: list[tuple[str | None, int | None]]) -> SamplePrediction:
+    """One finished sample: `answers[k]` = (reply, chosen option index or None) of asked level k."""
+    record = item["record"]
+    asked = {lq.level: (lq, answer) for lq, answer in zip(item["levels"], answers, strict=True)}
+    levels = []
+    for i, truth in enumerate(record.truths):
+        if truth is None:
+            continue
+        if i not in asked:  # the text-mode leaf: named in the question, not asked
+            levels.append(LevelPrediction(level=i + 1, truth=truth, options=record.choices[i], asked=False))
+            continue
+        lq, (reply, index) = asked[i]
+        predicted = None if index is None else lq.options[index]
+        levels.append(
+            LevelPrediction(
+                level=i + 1,
+                name=lq.name,
+                truth=truth,
+                options=list(lq.options),
+                reply=reply,
+                letter=None if index is None else LETTERS[index],
+                predicted=predicted,
+                correct=predicted == truth,
+            )
+        )
+    return SamplePrediction(
+        id=record.sample_id, levels=levels, image=record.image, label=record.label, split=record.split, mode=mode
+    )
+
+
+class QuestionEvaluator(LightningModule):
+    """Base of the frozen evaluators (`hiertrain test`). `run_name` defaults to
+    `<model>-<dataset>-<mode>-<answer>-v<variant>` inside `--trainer.default_root_dir`."""
+
+    answer_kind = "?"
+
+    def __init__(self, pretrained: str, run_name: str | None = None) -> None:
+        super().__init__()
+        self.pretrained, self.run_name = pretrained, run_name
+        self.run_dir: RunDirectory | None = None
+        self.meta: dict[str, Any] = {}
+        self.final_metrics: dict[str, Any] | None = None
+
+    # ---------------------------------------------------------------- subclass API
+
+    def answer_items(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- setup
+
+    def _datamodule(self):
+        from hiertrain.datamodules.questions import HierVQADataModule
+
+        dm = getattr(self.trainer, "datamodule", None)
+        if not isinstance(dm, HierVQADataModule):
+            raise HierError(f"{type(self).__name__} needs a HierVQADataModule (--data), got {type(dm).__name__}")
+        return dm
+
+    def run_meta(self, dm) -> dict[str, Any]:
+        meta = {
+            "kind": "eval",
+            "model": str(self.pretrained),
+            "model_name": model_name(self.pretrained),
+            "dataset": dm.name,
+            "questions": str(dm.questions),
+            "questions_sha256": file_sha256(dm.questions),
+            "taxonomy": dm.taxonomy_path,
+            "mode": dm.mode,
+            "answer": self.answer_kind,
+            "prompt_variant": dm.prompt_variant,
+            "seed": dm.seed,
+            "subject": dm.subject,
+            "level_names": dm.level_names,
+            "limit": dm.limit,
+        }
+        meta["run_name"] = self.run_name or default_run_name(meta)
+        return meta
+
+    def setup(self, stage: str) -> None:
+        dm = self._datamodule()
+        dm.setup(stage)
+        self.meta = self.run_meta(dm)
+        self.run_dir = RunDirectory(Path(self.trainer.default_root_dir) / self.meta["run_name"], rank=self.global_rank)
+        finished: list[int] = []
+        if self.global_rank == 0:
+            self.run_dir.claim(self.meta)
+            finished = [p.id for p in self.run_dir.consolidate()]
+        finished = self.trainer.strategy.broadcast(finished, src=0)
+        dm.exclude_ids = set(finished)
+        if finished:
+            rank_zero_info(f"resuming {self.run_dir.path}: {len(finished)} samples already done")
+
+    # ---------------------------------------------------------------- steps
+
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        """Items hold PIL images and records; the answerers move their own tensors."""
+        return batch
+
+    def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        items = [item for item in batch if item["valid"]]  # padding repeats are another rank's samples
+        for item in items:
+            if item["error"]:
+                self.run_dir.skip(item["sample_id"], item["record"].image, item["error"])
+        good = [item for item in items if not item["error"]]
+        if good:
+            for prediction in self.answer_items(good, self.meta["mode"]):
+                self.run_dir.append(prediction)
+
+    def on_test_epoch_end(self) -> None:
+        strategy = self.trainer.strategy
+        strategy.barrier("hiertrain-predictions-written")
+        metrics = None
+        if self.global_rank == 0:
+            dm = self._datamodule()
+            served = [r.sample_id for r in dm.served_records()]
+            metrics, preds = self.run_dir.finalize(served, dm.level_names, dm.depth, self.meta)
+            print((self.run_dir.path / "summary.txt").read_text(encoding="utf-8"), end="", flush=True)
+            self._log_artifacts(preds)
+        metrics = strategy.broadcast(metrics, src=0)
+        self.final_metrics = metrics
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.log(f"test/{key}", float(value), sync_dist=True)  # equal on all ranks
+        for name, value in zip(metrics["level_names"], metrics["per_level_accuracy"] or []):
+            if value is not None:
+                self.log(f"test/acc_{name}", float(value), sync_dist=True)  # equal on all ranks
+
+    def _log_artifacts(self, preds: list[SamplePrediction]) -> None:
+        """The plot and a sample table where the logger can show them (W&B)."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="per_level_accuracy", images=[str(self.run_dir.path / "per_level_accuracy.png")])
+                rows = [
+                    [p.id, p.image, p.label, lv.name, lv.truth, " | ".join(lv.options), lv.reply, lv.letter, lv.correct]
+                    for p in preds[:SAMPLE_TABLE_ROWS]
+                    for lv in p.levels
+                    if lv.asked
+                ]
+                columns = ["id", "image", "label", "level", "truth", "options", "reply", "letter", "correct"]
+                logger.log_table(key="samples", columns=columns, data=rows)
