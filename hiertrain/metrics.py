@@ -248,18 +248,22 @@ class UnparseableRate(_HierMetric):
         return _ratio(self.unparsed, self.asked)
 
 
-def hierarchical_metrics(max_levels: int) -> MetricCollection:
-    """Every metric under the names used in metrics.json and reports."""
+def hierarchical_metrics(max_levels: int, **metric_kwargs) -> MetricCollection:
+    """Every metric under the names used in metrics.json and reports.
+
+    `metric_kwargs` go to each metric (torchmetrics' own options, e.g. `sync_on_compute=False`
+    where one process already holds every sample).
+    """
     return MetricCollection(
         {
-            "hca": HierarchicalConsistentAccuracy(),
-            "leaf_accuracy": LeafAccuracy(),
-            "per_level_accuracy": PerLevelAccuracy(max_levels),
-            "point_overlap": PointOverlapRatio(),
-            "strict_point_overlap": StrictPointOverlap(),
-            "top_overlap": TopOverlapRatio(),
-            "hierarchical_f1": HierarchicalF1(),
-            "unparseable_rate": UnparseableRate(),
+            "hca": HierarchicalConsistentAccuracy(**metric_kwargs),
+            "leaf_accuracy": LeafAccuracy(**metric_kwargs),
+            "per_level_accuracy": PerLevelAccuracy(max_levels, **metric_kwargs),
+            "point_overlap": PointOverlapRatio(**metric_kwargs),
+            "strict_point_overlap": StrictPointOverlap(**metric_kwargs),
+            "top_overlap": TopOverlapRatio(**metric_kwargs),
+            "hierarchical_f1": HierarchicalF1(**metric_kwargs),
+            "unparseable_rate": UnparseableRate(**metric_kwargs),
         },
         # Groups are found by comparing states after the first update; equal counts by
         # coincidence would merge metrics that are not the same.

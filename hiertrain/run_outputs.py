@@ -186,12 +186,9 @@ def compute_metrics(preds: list[SamplePrediction], depth: int) -> dict[str, Any]
     from hiertrain.metrics import hierarchical_metrics, metrics_dict
     from hiertrain.predictions import to_tensors
 
-    collection = hierarchical_metrics(depth)
     # The merged file already holds every rank's samples and only rank 0 computes: a DDP
     # all-gather here would wait forever for ranks that never call it.
-    for metric in collection.values():
-        metric.sync_on_compute = False
-        metric._to_sync = False
+    collection = hierarchical_metrics(depth, sync_on_compute=False)
     if preds:
         correct, asked, parsed = to_tensors(preds)
         pad = depth - correct.shape[1]
