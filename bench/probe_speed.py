@@ -1,0 +1,190 @@
+"""Probe training speed and extraction memory (issue 4 benchmark).
+
+Same cached features (synthetic set, tiny Qwen2.5-VL, every site x every level), side by side:
+  (a) the paper's protocol: one nn.Linear per (site, level) trained alone on raw features,
+      Adam lr 1e-4, batch 512, 500 epochs, accuracy on train and test after every epoch, the
+      best epoch read on TEST (an optimistic, test-selected figure);
+  (b) hiertrain: all probes in one einsum, per-probe selection on a VALIDATION split, early
+      stopping, test touched once.
+Then peak memory: extraction into a store 4x (and 8x) larger than the shard memory cap.
+
+    python bench/probe_speed.py [--images-per-leaf 16] [--image-size 84] [--out runs/bench_probe]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+
+def paper_protocol(store: str, epochs: int = 500, lr: float = 1e-4, bsz: int = 512) -> dict:
+    """Separate probes, best epoch on test, as in the paper's vlm_probing.py (re-implemented)."""
+    from hiertrain.datamodules.features import FeatureDataModule
+
+    dm = FeatureDataModule(store, val_split="val")  # val unused: the paper trains on train only
+    dm.setup("fit")
+    spec = dm.spec
+
+    def full(name):
+        ds = dm.datasets[name]
+        b = ds.__getitems__(list(range(len(ds))))
+        return b["x"][:, 0], b["y"]
+
+    xtr, ytr = full("train")
+    xte, yte = full("test")
+    torch.manual_seed(0)
+    best: dict[tuple[str, int], float] = {}
+    start = time.perf_counter()
+    for s, site in enumerate(spec.sites):
+        d = spec.dims[s]
+        for level in spec.probed_levels:
+            probe = torch.nn.Linear(d, len(spec.classes[level]))
+            opt = torch.optim.Adam(probe.parameters(), lr=lr)
+            a, b_ = xtr[:, s, :d], ytr[:, level]
+            ta, tb = xte[:, s, :d], yte[:, level]
+            top = 0.0
+            for _ in range(epochs):
+                for i in range(0, len(a), bsz):
+                    opt.zero_grad()
+                    torch.nn.functional.cross_entropy(probe(a[i : i + bsz]), b_[i : i + bsz]).backward()
+                    opt.step()
+                with torch.no_grad():
+                    (probe(a).argmax(1) == b_).float().mean()  # the paper also scores train each epoch
+                    top = max(top, (probe(ta).argmax(1) == tb).float().mean().item())
+            best[(site, level)] = top
+    return {"seconds": time.perf_counter() - start, "acc": best}
+
+
+def hiertrain_protocol(store: str, out: Path) -> dict:
+    from hiertrain.probing import train_probes
+
+    start = time.perf_counter()
+    report = train_probes(store, out, val_split="val", progress=False, accelerator="cpu")
+    seconds = time.perf_counter() - start
+    test = report["test"]
+    acc = {(site, lv): test["accuracy"][site][lv] for site in report["sites"] for lv in range(len(report["levels"]))}
+    return {"seconds": seconds, "acc": acc, "report": report}
+
+
+class PeakRSS:
+    """Samples this process's RSS every 5 ms; `growth` = peak minus the RSS at start."""
+
+    def __enter__(self):
+        self.proc = psutil.Process()
+        self.base = self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.growth = self.peak - self.base
+
+
+def writer_memory(cap_mb: float, multiple: int, root: Path) -> dict:
+    """Stream a store `multiple` x the cap, with Qwen2.5-VL-7B-sized rows (31 sites x 3584, bf16)."""
+    from hiertrain.feature_store import ShardWriter, StoreLayout
+
+    sites = ["vision", "projector", *[f"llm.{k}" for k in range(29)]]
+    layout = StoreLayout("image", sites, [1280, 3584] + [3584] * 29, ["avg", "last"], ["p"], ["l"], [0], "bfloat16")
+    rows_total = int(multiple * cap_mb * 2**20 // layout.bytes_per_row)
+    shutil.rmtree(root, ignore_errors=True)
+    with PeakRSS() as mem:
+        w = ShardWriter(root, layout, max_shard_mb=cap_mb)
+        for start in range(0, rows_total, 8):  # batches of 8, like an extraction loop
+            n = min(8, rows_total - start)
+            feats = {p: torch.randn(n, *layout.row_shape) for p in layout.pools}
+            w.add([{"id": start + i, "label": "x", "split": "train", "levels": ["x"]} for i in range(n)], feats)
+        w.flush()
+    size = sum(p.stat().st_size for p in root.glob("shard-*"))
+    return {"cap_mb": cap_mb, "cache_mb": size / 2**20, "shards": len(w.written_shards), "peak_growth_mb": mem.growth / 2**20}
+
+
+def extraction_memory(tiny: str, synth: dict, cap_mb: float, root: Path) -> dict:
+    """The real pipeline (tiny model): extraction into a store ~4x the cap; peak RSS growth."""
+    from hiertrain.probing import extract_features
+
+    shutil.rmtree(root, ignore_errors=True)
+    with PeakRSS() as mem:
+        extract_features(tiny, root, images=str(synth["images"]), taxonomy=str(synth["taxonomy"]),
+                         batch_size=32, max_shard_mb=cap_mb, progress=False, accelerator="cpu")  # fmt: skip
+    size = sum(p.stat().st_size for p in root.glob("shard-*"))
+    return {"cap_mb": cap_mb, "cache_mb": size / 2**20, "shards": len(list(root.glob("shard-*"))), "peak_growth_mb": mem.growth / 2**20}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images-per-leaf", type=int, default=16)
+    ap.add_argument("--image-size", type=int, default=84)
+    ap.add_argument("--out", default=None, help="work directory (default: a temp dir, removed)")
+    ap.add_argument("--writer-cap-mb", type=float, default=64.0)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both protocols")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from hiertrain.synth import make_synthetic
+    from hiertrain.tiny import make_tiny
+
+    work = Path(args.out or tempfile.mkdtemp(prefix="probe_speed_"))
+    work.mkdir(parents=True, exist_ok=True)
+    tiny = work / "tiny_qwen"
+    if not (tiny / "config.json").is_file():
+        make_tiny("qwen2_5_vl", tiny, seed=0)
+    synth = make_synthetic(work / "synth", images_per_leaf=args.images_per_leaf, seed=0, image_size=args.image_size)
+    store = work / "store"
+    shutil.rmtree(store, ignore_errors=True)
+    from hiertrain.probing import extract_features
+
+    t0 = time.perf_counter()
+    extract_features(str(tiny), store, images=str(synth["images"]), taxonomy=str(synth["taxonomy"]),
+                     batch_size=32, progress=False, accelerator="cpu")  # fmt: skip
+    print(f"extraction: {time.perf_counter() - t0:.1f}s for {sum(1 for _ in open(synth['images']))} images")
+
+    hiertrain_protocol(str(store), work / "probes_warmup")  # first-call imports (matplotlib, checkpoint IO)
+    ours = hiertrain_protocol(str(store), work / "probes")
+    paper = paper_protocol(str(store))
+    keys = sorted(paper["acc"])
+    mean = lambda d: sum(d[k] for k in keys) / len(keys)  # noqa: E731
+    print(f"\n{'protocol':<44}{'wall s':>9}{'mean test acc':>15}")
+    print(f"{'(a) paper: 1 probe per site x level, 500 ep':<44}{paper['seconds']:>9.2f}{mean(paper['acc']):>15.3f}  (best epoch read on test)")
+    print(f"{'(b) hiertrain: one einsum, val selection':<44}{ours['seconds']:>9.2f}{mean(ours['acc']):>15.3f}  (selected on val)")
+    print(f"speed-up: {paper['seconds'] / ours['seconds']:.1f}x over {len(keys)} probes ({args.threads} torch thread(s))")
+    rep = ours["report"]
+    print(f"{'level':<10}{'paper':>8}{'ours':>8}")
+    for lv, level in enumerate(rep["levels"]):
+        p = sum(paper["acc"][(s, lv)] for s in rep["sites"]) / len(rep["sites"])
+        o = sum(ours["acc"][(s, lv)] for s in rep["sites"]) / len(rep["sites"])
+        print(f"{level['name']:<10}{p:>8.3f}{o:>8.3f}")
+    print(f"best probe HCA (ours, test): {max(rep['test']['hca'].values()):.3f}; chance {rep['chance']['hca']:.5f}")
+
+    print("\nextraction memory (peak RSS growth while writing):")
+    cache = sum(p.stat().st_size for p in store.glob("shard-*")) / 2**20
+    m = extraction_memory(str(tiny), synth, cap_mb=cache / 4, root=work / "store_mem")
+    print(f"  tiny pipeline: cap {m['cap_mb']:.2f} MB, cache {m['cache_mb']:.2f} MB in {m['shards']} shards, peak growth {m['peak_growth_mb']:.1f} MB")
+    for multiple in (4, 8):
+        m = writer_memory(args.writer_cap_mb, multiple, work / f"store_writer_{multiple}")
+        print(f"  7B-sized rows: cap {m['cap_mb']:.0f} MB, cache {m['cache_mb']:.0f} MB in {m['shards']} shards, peak growth {m['peak_growth_mb']:.0f} MB")
+        shutil.rmtree(work / f"store_writer_{multiple}", ignore_errors=True)
+    if args.out is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

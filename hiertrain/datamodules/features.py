@@ -1,0 +1,205 @@
+"""FeatureDataModule: batches of cached features and per-level class targets for `LinearProbes`.
+
+Reads a `FeatureStore` by memory map (batches are gathered in one read per shard, via the
+dataset's ``__getitems__``), so a cache larger than RAM trains. Splits: ``train`` minus a seeded
+validation carve-out (or a named ``val_split``) for model selection; ``test`` is only served to
+`trainer.test`. A level's classes are the union over every split, so a test class that train
+never shows is still a class; such classes are counted (``unseen_test_classes``) and reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
+from hiertrain.errors import HierError
+from hiertrain.feature_store import FeatureStore
+
+
+@dataclass
+class ProbeSpec:
+    """Everything `LinearProbes` needs to size its weights and name its results."""
+
+    sites: list[str]
+    dims: list[int]
+    slots: int
+    level_names: list[str]
+    classes: list[list[str]]
+    prompt_for_level: list[int]
+    probed_levels: list[int]
+    unseen_test_classes: list[list[str]] = field(default_factory=list)
+    split_sizes: dict[str, int] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def max_dim(self) -> int:
+        return max(self.dims)
+
+
+class FeatureRows(Dataset):
+    """Rows of a store with targets ``[L]`` (-1 = level not probed for this sample).
+
+    With ``padded`` (evaluation), indices come from `PaddedEvalSampler`: ``i >= len`` is a
+    padding repeat of row ``i - len``, returned with ``valid = False``.
+    """
+
+    def __init__(self, store: FeatureStore, rows: list[tuple[int, int]], targets: torch.Tensor, pool: str, sites: list[int], max_dim: int) -> None:
+        self.store, self.rows, self.targets = store, rows, targets
+        self.pool, self.sites, self.max_dim = pool, sites, max_dim
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        real, valid = zip(*(unpad_index(i, len(self.rows)) for i in indices))
+        x = self.store.gather([self.rows[i] for i in real], self.pool, self.sites)[..., : self.max_dim]
+        return {"x": x, "y": self.targets[list(real)], "valid": torch.tensor(valid)}
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = self.__getitems__([index])
+        return {k: v[0] for k, v in item.items()}
+
+
+def keep_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Collate for `FeatureRows.__getitems__`: the batch is already stacked."""
+    return batch
+
+
+class FeatureDataModule(LightningDataModule):
+    """Cached features of one pooling (``avg`` or ``last``) at the chosen sites (default: all)."""
+
+    def __init__(
+        self,
+        store: str,
+        pool: str = "avg",
+        sites: list[str] | None = None,
+        train_split: str = "train",
+        test_split: str = "test",
+        val_split: str | None = None,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        shuffle_labels: bool = False,
+        batch_size: int = 512,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if val_split is None and not 0.0 < val_fraction < 1.0:
+            raise HierError(f"FeatureDataModule: val_fraction must be in (0, 1), got {val_fraction}")
+        self.store_dir = store
+        self.pool = pool
+        self.site_names = sites
+        self.train_split, self.test_split, self.val_split = train_split, test_split, val_split
+        self.val_fraction, self.seed = val_fraction, seed
+        self.shuffle_labels = shuffle_labels
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.spec: ProbeSpec | None = None
+        self.datasets: dict[str, FeatureRows] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.spec is not None:
+            return
+        store = FeatureStore(self.store_dir)
+        layout = store.layout
+        if self.pool not in layout.pools:
+            raise HierError(f"{store.root}: pool '{self.pool}' not cached (have {', '.join(layout.pools)})")
+        names = self.site_names or layout.sites
+        unknown = [s for s in names if s not in layout.sites]
+        if unknown:
+            raise HierError(f"{store.root}: site '{unknown[0]}' not cached (have {', '.join(layout.sites)})")
+        site_idx = [layout.sites.index(s) for s in names]
+        dims = [layout.dims[i] for i in site_idx]
+        index = store.index
+        if not index:
+            raise HierError(f"{store.root}: the feature store is empty")
+
+        n_levels = len(layout.level_names)
+        probed = [i for i in range(n_levels) if layout.prompt_for_level[i] >= 0]
+        labels = [[rec["levels"][i] if i < len(rec["levels"]) else None for i in range(n_levels)] for _, _, rec in index]
+        classes = [sorted({lab[i] for lab in labels if lab[i] is not None}) for i in range(n_levels)]
+        lookup = [{c: k for k, c in enumerate(cs)} for cs in classes]
+        targets = torch.full((len(index), n_levels), -1, dtype=torch.long)
+        for r, lab in enumerate(labels):
+            for i in probed:
+                if lab[i] is not None:
+                    targets[r, i] = lookup[i][lab[i]]
+
+        splits = [rec["split"] for _, _, rec in index]
+        train = [r for r, s in enumerate(splits) if s == self.train_split]
+        test = [r for r, s in enumerate(splits) if s == self.test_split]
+        if not train or not test:
+            raise HierError(
+                f"{store.root}: need '{self.train_split}' and '{self.test_split}' samples "
+                f"(found {len(train)} and {len(test)})"
+            )
+        gen = torch.Generator().manual_seed(self.seed)
+        if self.val_split is None:
+            perm = torch.randperm(len(train), generator=gen).tolist()
+            n_val = max(1, round(len(train) * self.val_fraction))
+            val = sorted(train[i] for i in perm[:n_val])
+            train = sorted(train[i] for i in perm[n_val:])
+        else:
+            val = [r for r, s in enumerate(splits) if s == self.val_split]
+            if not val:
+                raise HierError(f"{store.root}: no samples in val_split '{self.val_split}'")
+        if self.shuffle_labels:
+            # control: targets of train/val rows permuted among themselves (whole paths, so each
+            # stays a consistent hierarchy); test keeps the truth, so accuracy should fall to chance
+            fit_rows = torch.tensor(train + val)
+            targets[fit_rows] = targets[fit_rows[torch.randperm(len(fit_rows), generator=gen)]]
+
+        seen_train = [{labels[r][i] for r in train} for i in range(n_levels)]
+        unseen = [sorted({labels[r][i] for r in test if labels[r][i] is not None} - seen_train[i]) if i in probed else [] for i in range(n_levels)]
+
+        rows = [(shard, row) for shard, row, _ in index]
+        max_dim = max(dims)
+
+        def subset(rs: list[int]) -> FeatureRows:
+            return FeatureRows(store, [rows[r] for r in rs], targets[rs], self.pool, site_idx, max_dim)
+
+        self.datasets = {"train": subset(train), "val": subset(val), "test": subset(test)}
+        self.spec = ProbeSpec(
+            sites=list(names),
+            dims=dims,
+            slots=layout.row_shape[0],
+            level_names=list(layout.level_names),
+            classes=classes,
+            prompt_for_level=list(layout.prompt_for_level),
+            probed_levels=probed,
+            unseen_test_classes=unseen,
+            split_sizes={k: len(v) for k, v in self.datasets.items()},
+            info={
+                "store": str(store.root),
+                "pool": self.pool,
+                "mode": layout.mode,
+                "shuffle_labels": self.shuffle_labels,
+                "val": self.val_split or f"{self.val_fraction:g} of {self.train_split} (seed {self.seed})",
+                **layout.info,
+            },
+        )
+
+    def _loader(self, name: str, train: bool) -> DataLoader:
+        ds = self.datasets[name]
+        common: dict[str, Any] = {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "collate_fn": keep_batch,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if train:
+            gen = torch.Generator().manual_seed(self.seed)
+            return DataLoader(ds, shuffle=True, generator=gen, **common)
+        return DataLoader(ds, sampler=PaddedEvalSampler(ds), **common)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

@@ -1,0 +1,267 @@
+"""What feature extraction reads: labelled images, or taxonomy statements about leaves.
+
+Image side: an ``images.jsonl`` (``image``, ``label``, ``split``), one sample a line, with its
+taxonomy path per level. Text side (the paper's LLM probing): the leaves of a train and a test
+taxonomy file (leaf-disjoint), one prompt per non-leaf level, "Given the {leaf}, what is its
+taxonomic classification at the {level} level?" — by default without the answer; the paper's
+variant appends "It belongs to {label}." (``label_in_text: true``), which leaks the target.
+Items carry a stable sample id so a resumed or distributed run writes every sample once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
+from hiertrain.errors import HierError
+from hiertrain.prompts import SYSTEM_TEXT, text_prompt
+from hiertrain.taxonomy import Taxonomy
+
+# The paper's visual probing prompt (probing/vlm_probe_data_gen.py): a neutral request, so the
+# features are not steered towards any taxonomy level.
+IMAGE_SYSTEM = "You are an assistant."
+IMAGE_PROMPT = "Describe this image."
+# Paper's text probing: text variant 1 is its question; the answer sentence is optional.
+TEXT_VARIANT = 1
+ANSWER_SENTENCE = " It belongs to {label}."
+
+
+def image_messages(prompt: str = IMAGE_PROMPT, system: str = IMAGE_SYSTEM) -> list[dict]:
+    return [
+        {"role": "system", "content": [{"type": "text", "text": system}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
+    ]
+
+
+def text_messages(prompt: str, system: str = SYSTEM_TEXT) -> list[dict]:
+    return [
+        {"role": "system", "content": [{"type": "text", "text": system}]},
+        {"role": "user", "content": [{"type": "text", "text": prompt}]},
+    ]
+
+
+def _padded_path(path: tuple[str, ...], depth: int) -> list[str | None]:
+    return list(path) + [None] * (depth - len(path))
+
+
+class ImageProbeDataset(Dataset):
+    """Labelled images; indices from `PaddedEvalSampler` past the end are padding copies."""
+
+    def __init__(self, records: list[dict], root: Path) -> None:
+        self.records = records
+        self.root = root
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from PIL import Image
+
+        real, valid = unpad_index(index, len(self.records))
+        rec = self.records[real]
+        with Image.open(self.root / rec["image"]) as im:
+            image = im.convert("RGB")
+        return {"image": image, "record": rec, "valid": valid}
+
+
+class TextProbeDataset(Dataset):
+    """One item per leaf: its per-level prompts (slot index, text)."""
+
+    def __init__(self, records: list[dict], prompts: list[list[tuple[int, str]]]) -> None:
+        self.records = records
+        self.prompts = prompts
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        real, valid = unpad_index(index, len(self.records))
+        return {"texts": self.prompts[real], "record": self.records[real], "valid": valid}
+
+
+def collate_probe_inputs(items: list[dict]) -> dict[str, Any]:
+    """Lists stay lists (PIL images, prompts, records): the model's processor batches them."""
+    import torch
+
+    out: dict[str, Any] = {
+        "records": [it["record"] for it in items],
+        "valid": torch.tensor([bool(it["valid"]) for it in items]),
+    }
+    if "image" in items[0]:
+        out["images"] = [it["image"] for it in items]
+    else:
+        out["texts"] = [it["texts"] for it in items]
+    return out
+
+
+class ProbeInputDataModule(LightningDataModule):
+    """Feeds `FeatureExtractor` (`hiertrain predict`), in sample-id order, each sample once.
+
+    ``describe()`` tells the feature writer the prompt slots and level names of the store;
+    ``exclude_ids`` (set by the writer from an existing store) makes a rerun resume.
+    """
+
+    def __init__(
+        self,
+        mode: Literal["image", "text"] = "image",
+        images: str | None = None,
+        taxonomy: str | None = None,
+        train_taxonomy: str | None = None,
+        test_taxonomy: str | None = None,
+        image_root: str | None = None,
+        strip_prefix: str | None = None,
+        level_names: list[str] | None = None,
+        label_in_text: bool = False,
+        text_variant: int = TEXT_VARIANT,
+        limit: int | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if mode not in ("image", "text"):
+            raise HierError(f"probe inputs: mode must be 'image' or 'text', not {mode!r}")
+        self.mode = mode
+        self.images = images
+        self.taxonomy_path = taxonomy
+        self.train_taxonomy = train_taxonomy
+        self.test_taxonomy = test_taxonomy
+        self.image_root = image_root
+        self.strip_prefix = strip_prefix
+        self.level_names = level_names
+        self.label_in_text = label_in_text
+        self.text_variant = text_variant
+        self.limit = limit
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.exclude_ids: set[int] = set()
+        self.records: list[dict] = []
+        self.taxonomy: Taxonomy | None = None
+        self._prompts: list[list[tuple[int, str]]] = []
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.records:
+            return
+        if self.mode == "image":
+            self._setup_images()
+        else:
+            self._setup_text()
+        if self.limit is not None:
+            self.records = self.records[: self.limit]
+            self._prompts = self._prompts[: self.limit]
+
+    def _setup_images(self) -> None:
+        if not self.images or not self.taxonomy_path:
+            raise HierError("probe inputs (image mode): set both `images` (JSONL) and `taxonomy`")
+        tax = Taxonomy.from_json(self.taxonomy_path, level_names=self.level_names)
+        self.taxonomy = tax
+        path = Path(self.images)
+        root = Path(self.image_root) if self.image_root else path.parent
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            raise HierError(f"{path}: no such file") from None
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                raise HierError(f"{path}:{n}: blank line")
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise HierError(f"{path}:{n}: invalid JSON: {err.msg}") from None
+            for key in ("image", "label", "split"):
+                if key not in raw:
+                    raise HierError(f"{path}:{n}: missing '{key}'")
+            image = str(raw["image"])
+            if self.strip_prefix and image.startswith(self.strip_prefix):
+                image = image[len(self.strip_prefix) :].lstrip("/")  # e.g. the authors' absolute paths
+            if raw["label"] not in tax:
+                raise HierError(f"{path}:{n}: label '{raw['label']}' not in taxonomy {tax.source}")
+            if not (root / image).is_file():
+                raise HierError(f"{path}:{n}: image not found: {root / image}")
+            leaf = tax.resolve(raw["label"])
+            self.records.append(
+                {
+                    "id": n - 1,
+                    "image": image,
+                    "label": leaf,
+                    "split": raw["split"],
+                    "levels": _padded_path(tax.paths[leaf], tax.depth),
+                }
+            )
+        self._image_root = root
+
+    def _setup_text(self) -> None:
+        if not self.train_taxonomy or not self.test_taxonomy:
+            raise HierError("probe inputs (text mode): set `train_taxonomy` and `test_taxonomy` (leaf-disjoint)")
+        parts = {
+            "train": Taxonomy.from_json(self.train_taxonomy, level_names=self.level_names),
+            "test": Taxonomy.from_json(self.test_taxonomy, level_names=self.level_names),
+        }
+        overlap = set(parts["train"].paths) & set(parts["test"].paths)
+        if overlap:
+            raise HierError(f"{self.test_taxonomy}: leaf '{sorted(overlap)[0]}' is also in {self.train_taxonomy}; text probing needs leaf-disjoint splits")
+        union = {**parts["train"].paths, **parts["test"].paths}
+        self.taxonomy = Taxonomy.from_paths(union, level_names=self.level_names, source=str(self.train_taxonomy))
+        depth, names = self.taxonomy.depth, self.taxonomy.level_names
+        for split, tax in parts.items():
+            for leaf, path in tax.paths.items():
+                # the leaf level is not probed: its name is in the text and test leaves are unseen
+                levels = _padded_path(path[:-1], depth)
+                prompts = []
+                for i, label in enumerate(path[:-1]):
+                    prompt = text_prompt(self.text_variant, names[i], leaf)
+                    if self.label_in_text:
+                        prompt += ANSWER_SENTENCE.format(label=label)
+                    prompts.append((i, prompt))
+                self.records.append(
+                    {"id": len(self.records), "label": leaf, "split": split, "levels": levels, "path": list(path)}
+                )
+                self._prompts.append(prompts)
+
+    # ---- what the store records --------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """Prompt slots, level names and which slot each level is probed from."""
+        assert self.taxonomy is not None, "call setup() first"
+        depth, names = self.taxonomy.depth, list(self.taxonomy.level_names)
+        if self.mode == "image":
+            return {
+                "prompts": [IMAGE_PROMPT],
+                "level_names": names,
+                "prompt_for_level": [0] * depth,
+                "info": {"source": str(self.images), "taxonomy": str(self.taxonomy_path)},
+            }
+        slots = [text_prompt(self.text_variant, names[i], "{leaf}") for i in range(depth - 1)]
+        if self.label_in_text:
+            slots = [s + ANSWER_SENTENCE for s in slots]
+        return {
+            "prompts": slots,
+            "level_names": names,
+            "prompt_for_level": list(range(depth - 1)) + [-1],
+            "info": {
+                "train_taxonomy": str(self.train_taxonomy),
+                "test_taxonomy": str(self.test_taxonomy),
+                "label_in_text": self.label_in_text,
+            },
+        }
+
+    def predict_dataloader(self) -> DataLoader:
+        keep = [i for i, r in enumerate(self.records) if r["id"] not in self.exclude_ids]
+        records = [self.records[i] for i in keep]
+        if self.mode == "image":
+            ds: Dataset = ImageProbeDataset(records, self._image_root)
+        else:
+            ds = TextProbeDataset(records, [self._prompts[i] for i in keep])
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=PaddedEvalSampler(ds),
+            num_workers=self.num_workers,
+            collate_fn=collate_probe_inputs,
+        )

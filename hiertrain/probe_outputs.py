@@ -1,0 +1,166 @@
+"""Probe results as files: ``probes.json`` + ``run.json``, accuracy/HCA-vs-layer plots, a summary.
+
+Kept apart from `LinearProbes` so reports can be rebuilt from ``probes.json`` alone and the
+module stays about training. Chance levels are stated next to every figure: per level the
+uniform guess ``1/classes``; for HCA the product over levels of independent uniform guesses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from hiertrain.datamodules.features import ProbeSpec
+
+PROBES_JSON = "probes.json"
+
+
+def probe_report(spec: ProbeSpec, results: dict[str, dict], hparams: dict[str, Any]) -> dict[str, Any]:
+    """The probes.json object (schema in docs/ARCHITECTURE.md) plus per-level details."""
+    levels = []
+    for i, name in enumerate(spec.level_names):
+        probed = i in spec.probed_levels
+        n = len(spec.classes[i])
+        unseen = spec.unseen_test_classes[i] if spec.unseen_test_classes else []
+        levels.append(
+            {
+                "level": i + 1,
+                "name": name,
+                "probed": probed,
+                "classes": n,
+                "chance": (1.0 / n) if probed and n else None,
+                "unseen_test_classes": len(unseen),
+                "unseen_test_class_names": unseen,
+            }
+        )
+    chance = [lv["chance"] for lv in levels]
+    return {
+        "side": "visual" if spec.info.get("mode", "image") == "image" else "text",
+        "sites": list(spec.sites),
+        "level_names": list(spec.level_names),
+        "pooling": spec.info.get("pool"),
+        "test": results.get("test"),
+        "val": results.get("val"),
+        "chance": {"accuracy": chance, "hca": math.prod(c for c in chance if c is not None)},
+        "unseen_test_classes": {lv["name"]: lv["unseen_test_classes"] for lv in levels if lv["probed"]},
+        "num_train": spec.split_sizes.get("train"),
+        "num_val": spec.split_sizes.get("val"),
+        "num_test": spec.split_sizes.get("test"),
+        "levels": levels,
+        "probe": {k: v for k, v in hparams.items() if k != "output_dir"},
+        "info": dict(spec.info),
+    }
+
+
+def run_meta(report: dict[str, Any], seed: int) -> dict[str, Any]:
+    """run.json for `hiertrain report` (kind "probe"; question-file fields do not apply)."""
+    from datetime import datetime, timezone
+
+    info = report["info"]
+    source = info.get("source") or info.get("train_taxonomy") or info.get("store", "")
+    model = info.get("model", "")
+    return {
+        "kind": "probe",
+        "model": model,
+        "model_name": Path(str(model)).name or str(model),
+        "dataset": Path(str(source)).parent.name.lower() or "features",
+        "questions": None,
+        "questions_sha256": None,
+        "mode": "image" if report["side"] == "visual" else "text",
+        "prompt_variant": None,
+        "answer": "probe",
+        "seed": seed,
+        "num_samples": report["num_test"],
+        "skipped": 0,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sites": report["sites"],
+        "pooling": report["pooling"],
+        "side": report["side"],
+        "store": info.get("store"),
+    }
+
+
+def summary_lines(report: dict[str, Any], split: str = "test") -> list[str]:
+    """A fixed-width table: one row per site, per-level accuracy then HCA; chance in the header."""
+    res = report.get(split)
+    if res is None:
+        return [f"no {split} results"]
+    probed = [lv for lv in report["levels"] if lv["probed"]]
+    head = f"{'site':<12}" + "".join(f"{lv['name'][:10]:>11}" for lv in probed) + f"{'HCA':>8}"
+    chance = f"{'(chance)':<12}" + "".join(f"{lv['chance']:>11.3f}" for lv in probed) + f"{report['chance']['hca']:>8.4f}"
+    lines = [f"probe {split} accuracy (n={report.get('num_' + split, '?')})", head, chance]
+    for site in report["sites"]:
+        accs = [res["accuracy"][site][lv["level"] - 1] for lv in probed]
+        cells = "".join(f"{a:>11.3f}" if a is not None else f"{'-':>11}" for a in accs)
+        hca = res["hca"][site]
+        lines.append(f"{site:<12}{cells}{hca:>8.3f}" if hca is not None else f"{site:<12}{cells}{'-':>8}")
+    for lv in probed:
+        if lv["unseen_test_classes"]:
+            lines.append(
+                f"note: level {lv['name']}: {lv['unseen_test_classes']} test classes never seen in train "
+                "(counted as classes; their samples can only be right by chance)"
+            )
+    return lines
+
+
+def plot_probes(report: dict[str, Any], out_dir: Path, split: str = "test") -> list[Path]:
+    """accuracy_vs_layer.png (one line per level) and hca_vs_layer.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = report[split]
+    sites = report["sites"]
+    xs = range(len(sites))
+    paths = []
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(sites) + 3), 4))
+    for lv in report["levels"]:
+        if not lv["probed"]:
+            continue
+        ys = [res["accuracy"][s][lv["level"] - 1] for s in sites]
+        ax.plot(xs, [math.nan if y is None else y for y in ys], marker="o", label=f"{lv['name']} ({lv['classes']} cl.)")
+    _axes(ax, sites, f"probe accuracy per level ({split})", "accuracy")
+    paths.append(out_dir / "accuracy_vs_layer.png")
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(sites) + 3), 4))
+    ax.plot(xs, [math.nan if res["hca"][s] is None else res["hca"][s] for s in sites], marker="o", label="probe HCA")
+    ax.axhline(report["chance"]["hca"], color="gray", linestyle=":", label="chance")
+    _axes(ax, sites, f"probe hierarchical consistent accuracy ({split})", "HCA")
+    paths.append(out_dir / "hca_vs_layer.png")
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _axes(ax, sites: list[str], title: str, ylabel: str) -> None:
+    ax.set_xticks(range(len(sites)))
+    ax.set_xticklabels(sites, rotation=60, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def write_probe_outputs(report: dict[str, Any], out_dir: Path, loggers: list | None = None, seed: int = 0) -> Path:
+    """Write probes.json, run.json and plots into `out_dir`, print the summary, log plots to W&B."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / PROBES_JSON
+    path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out_dir / "run.json").write_text(json.dumps(run_meta(report, seed), indent=1, ensure_ascii=False) + "\n")
+    plots = plot_probes(report, out_dir)
+    print("\n".join(summary_lines(report)))
+    for logger in loggers or []:
+        if type(logger).__name__ == "WandbLogger":
+            logger.log_image(key="probes", images=[str(p) for p in plots], caption=[p.stem for p in plots])
+    return path
+
+
+def load_probes(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
