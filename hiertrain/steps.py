@@ -1,6 +1,6 @@
 """Named, resumable steps for long multi-stage jobs (the demo, the paper's experiments).
 
-A step writes into its own folder and is marked done only when it returns, so a rerun skips
+A step is marked done (in `<root>/.steps/<name>.json`) only when it returns, so a rerun skips
 finished steps and redoes an interrupted one; a failure is reported with the step's name.
 """
 
@@ -24,28 +24,33 @@ class StepRunner:
         self.count = 0
         self.echo = echo
 
-    def done(self, name: str) -> bool:
-        return (self.root / name / ".done").is_file()
+    def _marker(self, name: str) -> Path:
+        return self.root / ".steps" / f"{name}.json"
 
-    def run(self, name: str, fn: Callable[[Path], object]) -> Path:
-        """Run `fn(step_dir)` unless the step is already done; return the step's folder."""
+    def done(self, name: str) -> bool:
+        return self._marker(name).is_file()
+
+    def run(self, name: str, fn: Callable[[], object]) -> bool:
+        """Run `fn()` unless the step is already done; True when it ran now."""
         self.count += 1
         where = f"[{self.count}/{self.total}]" if self.total else f"[{self.count}]"
-        step_dir = self.root / name
         if self.done(name):
-            self.echo(f"{where} {name}: done before, reused ({step_dir})")
-            return step_dir
-        step_dir.mkdir(parents=True, exist_ok=True)
+            self.echo(f"{where} {name}: done before, reused")
+            return False
         self.echo(f"{where} {name} ...")
         start = time.perf_counter()
         try:
-            fn(step_dir)
+            fn()
         except KeyboardInterrupt:
             raise
+        except SystemExit as err:  # a CLI inside the step exits non-zero after printing why
+            if err.code not in (0, None):
+                raise HierError(f"step '{name}' failed (exit status {err.code}; its message is above)") from err
         except Exception as err:  # noqa: BLE001 - re-raised with the step's name
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise HierError(f"step '{name}' failed: {type(err).__name__}: {first} (see {step_dir})") from err
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise HierError(f"step '{name}' failed: {type(err).__name__}: {first}") from err
         seconds = time.perf_counter() - start
-        (step_dir / ".done").write_text(json.dumps({"seconds": round(seconds, 2)}))
+        self._marker(name).parent.mkdir(parents=True, exist_ok=True)
+        self._marker(name).write_text(json.dumps({"seconds": round(seconds, 2)}))
         self.echo(f"{where} {name}: finished in {seconds:.1f}s")
-        return step_dir
+        return True
