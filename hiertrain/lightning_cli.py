@@ -8,6 +8,11 @@ Logging: unless `--trainer.logger` is given, runs log to W&B (`WandbLogger`; pro
 `--wandb_project`, group = question set, name = run name, tags = model, dataset, mode, answer,
 taxonomy), so runs of one taxonomy sit side by side. `WANDB_MODE=offline` works without a
 network; `--wandb false` (or `WANDB_MODE=disabled`) logs to CSV instead.
+
+A model with ``test_after_fit = True`` (LinearProbes) is validated and tested once on the
+fitted checkpoint right after `fit`, so one command gives its report (`hiertrain test
+--ckpt_path` still works alone). The config is saved into the run's log dir, never into the
+working directory when no run directory was named (no logger, no default_root_dir).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from hiertrain.errors import HierError
 
@@ -46,6 +51,26 @@ def _logger_identity(model: Any, data: Any) -> dict[str, Any]:
     return {"name": name, "group": meta["dataset"], "tags": tags}
 
 
+class RunDirConfigCallback(SaveConfigCallback):
+    """SaveConfigCallback that skips saving when the log dir is only the working directory."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        named = self.config.get("trainer", {}).get("default_root_dir") is not None
+        if not named and Path(trainer.log_dir or os.getcwd()).resolve() == Path.cwd().resolve():
+            return
+        super().setup(trainer, pl_module, stage)
+
+
+def fitted_checkpoint(trainer: Trainer) -> str | None:
+    """`ckpt_path` for evaluating what fit produced: "best" if tracked, else "last", else None (weights in memory)."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and getattr(callback, "best_model_path", ""):
+        return "best"
+    if callback is not None and getattr(callback, "last_model_path", ""):
+        return "last"
+    return None
+
+
 class HierCLI(LightningCLI):
     """LightningCLI with our defaults: a W&B (or CSV) logger named after the run."""
 
@@ -58,6 +83,14 @@ class HierCLI(LightningCLI):
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
             kwargs["logger"] = self._default_logger(trainer_config.get("default_root_dir") or os.getcwd())
         return super().instantiate_trainer(**kwargs)
+
+    def after_fit(self) -> None:
+        """Validate + test once on the fitted checkpoint when the model asks (``test_after_fit``)."""
+        if not getattr(self.model, "test_after_fit", False) or self.trainer.interrupted:
+            return
+        ckpt = fitted_checkpoint(self.trainer)
+        self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=ckpt, verbose=False)
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, verbose=False)
 
     def _default_logger(self, root: str):
         from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -77,6 +110,7 @@ def _cli(argv: list[str]) -> HierCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=argv,
+        save_config_callback=RunDirConfigCallback,
         save_config_kwargs={"overwrite": True},
     )
 
