@@ -87,7 +87,7 @@ def collect_runs(paths: list[str | Path]) -> list[Run]:
 def protocol_differences(runs: list[Run]) -> list[str]:
     """Say which evaluation runs were scored under a different protocol than the first of their kind.
 
-    Runs on one dataset must share the question file; VLLM runs must share the prompt variant
+    Runs on one dataset must share the question file and split; VLLM runs must share the prompt variant
     and the answer mode (CLIP runs answer by similarity, so only their question file counts).
     """
     evals = [r for r in runs if r.kind == "eval"]
@@ -99,6 +99,11 @@ def protocol_differences(runs: list[Run]) -> list[str]:
             out.append(
                 f"{run.path.name} and {ref.path.name} ({run.dataset}) use different question files: "
                 f"{run.meta.get('questions')} vs {ref.meta.get('questions')}"
+            )
+        elif run.meta.get("split") != ref.meta.get("split"):
+            out.append(
+                f"{run.path.name} and {ref.path.name} ({run.dataset}) score different splits: "
+                f"{run.meta.get('split')!r} vs {ref.meta.get('split')!r}"
             )
     vllm = [r for r in evals if r.meta.get("answer") != "clip"]
     for key in ("prompt_variant", "answer"):

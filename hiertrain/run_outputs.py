@@ -33,7 +33,7 @@ from hiertrain.predictions import (
 
 # run.json keys that must match for a resume to continue an earlier run.
 IDENTITY_KEYS = (
-    "model", "questions_sha256", "mode", "answer", "prompt_variant", "seed", "subject", "level_names",
+    "model", "questions_sha256", "mode", "answer", "prompt_variant", "seed", "subject", "level_names", "split",
 )  # fmt: skip
 
 

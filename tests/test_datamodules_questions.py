@@ -137,3 +137,13 @@ def test_cub_question_file_loads_with_its_taxonomy(shared_data):
     item = dm.dataset()[0]
     assert [q.name for q in item["levels"]] == ["order", "family", "genus"]
     assert "where does Black-footed Albatross fall in terms of order?" in item["levels"][0].question
+
+
+def test_split_serves_only_that_split_and_keeps_sample_ids(tmp_path):
+    records = [{**RECORD, "split": split} for split in ("train", "test", "val", "test")]
+    path = _write(tmp_path / "q.jsonl", records)
+    dm = HierVQADataModule(str(path), split="test")
+    assert [r.sample_id for r in dm.served_records()] == [1, 3]
+    assert len(HierVQADataModule(str(path)).served_records()) == 4
+    with pytest.raises(HierError, match=r"q.jsonl: no records with split 'dev' \(splits found: test, train, val\)$"):
+        HierVQADataModule(str(path), split="dev").setup()

@@ -116,3 +116,9 @@ def test_probe_and_lora_tables(tmp_path: Path) -> None:
 def test_no_runs_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(HierError, match="no run.json found"):
         collect_runs([tmp_path])
+
+
+def test_different_splits_of_one_file_are_a_protocol_difference(runs_root: Path) -> None:
+    _eval_run(runs_root, "m6-img", "m6", "cub", "image", 0.5, 0.9, [1, 1, 1, 1], split="train")
+    with pytest.raises(HierError, match=r"m6-img and m1-img \(cub\) score different splits: 'train' vs None"):
+        build_report(collect_runs([runs_root]))

@@ -155,6 +155,7 @@ class HierVQADataModule(LightningDataModule):
         image_root_map: leading path replacements, e.g. the authors' CUB folder -> yours.
         on_bad_image: "skip" (counted, named in the run's skipped list) or "error".
         name: short dataset name for run names and reports (default: the question file's stem).
+        split: serve only records of this split (e.g. "test" when a file holds train/val/test).
     """
 
     def __init__(
@@ -173,6 +174,7 @@ class HierVQADataModule(LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 0,
         name: str | None = None,
+        split: str | None = None,
     ) -> None:
         super().__init__()
         if mode not in ("image", "text"):
@@ -188,6 +190,7 @@ class HierVQADataModule(LightningDataModule):
         self.image_root_map = dict(image_root_map or {})
         self.on_bad_image, self.batch_size, self.num_workers = on_bad_image, batch_size, num_workers
         self.name = name or Path(questions).stem
+        self.split = split
         self.records: list[QuestionRecord] | None = None
         self.level_names: list[str] = []
         self.exclude_ids: set[int] = set()  # finished samples of a resumed run
@@ -200,6 +203,11 @@ class HierVQADataModule(LightningDataModule):
         records = [] if path.is_file() and path.stat().st_size == 0 else read_questions(path)
         if not records:
             raise HierError(f"{self.questions}: no questions (empty file)")
+        if self.split is not None:
+            found = sorted({str(r.split) for r in records})
+            records = [r for r in records if r.split == self.split]
+            if not records:
+                raise HierError(f"{self.questions}: no records with split {self.split!r} (splits found: {', '.join(found)})")
         depth = max(len(r.truths) for r in records)
         taxonomy = self._taxonomy()
         if taxonomy is not None:

@@ -103,6 +103,7 @@ class QuestionEvaluator(LightningModule):
             "subject": dm.subject,
             "level_names": dm.level_names,
             "limit": dm.limit,
+            "split": dm.split,
         }
         meta["run_name"] = self.run_name or default_run_name(meta)
         return meta
