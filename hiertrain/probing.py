@@ -2,14 +2,18 @@
 
 The same objects `hiertrain predict|fit|test --config configs/probing/*.yaml` builds, wired
 with Lightning's own loops and callbacks: extraction = `Trainer.predict` with a
-`FeatureWriter`; probes = `Trainer.fit` with ModelCheckpoint + EarlyStopping on the validation
-accuracy, then `validate` and `test` once on the selected checkpoint.
+`FeatureWriter`; probes = `Trainer.fit` with EarlyStopping on the validation accuracy and one
+checkpoint written when fit ends (`probe_checkpoint`: the per-probe selection lives in the
+weights, so the final state is the selected model), then `validate` and `test` once on it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 def extract_features(
@@ -67,6 +71,13 @@ def extract_features(
     return Path(store)
 
 
+def probe_checkpoint(dirpath: str | Path) -> "ModelCheckpoint":
+    """ModelCheckpoint for LinearProbes: `last.ckpt` once, when fit ends (rewritten by a rerun)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(dirpath=str(dirpath), save_top_k=0, save_last=True, enable_version_counter=False)
+
+
 def train_probes(
     store: str | Path,
     out_dir: str | Path,
@@ -86,10 +97,14 @@ def train_probes(
     devices: Any = 1,
     logger: Any = False,
     progress: bool = True,
+    callbacks: list | None = None,
 ) -> dict[str, Any]:
-    """Fit all probes, select the epoch on validation, test once; returns the probes.json report."""
+    """Fit all probes, select the epoch on validation, test once; returns the probes.json report.
+
+    `callbacks` are added to the Trainer's (e.g. lightning's `Timer` for a per-stage breakdown).
+    """
     from lightning.pytorch import Trainer, seed_everything
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping
 
     from hiertrain.datamodules.features import FeatureDataModule
     from hiertrain.modules.linear_probes import LinearProbes
@@ -107,14 +122,13 @@ def train_probes(
         batch_size=batch_size,
     )
     model = LinearProbes(lr=lr, weight_decay=weight_decay, mlp_hidden=mlp_hidden, seed=seed, output_dir=str(out_dir))
-    checkpoint = ModelCheckpoint(
-        dirpath=out_dir / "checkpoints", filename="best", monitor="val/selected_acc", mode="max", save_top_k=1
-    )
+    checkpoint = probe_checkpoint(out_dir / "checkpoints")
+    stopping = EarlyStopping(monitor="val/selected_acc", mode="max", patience=patience)
     trainer = Trainer(
         accelerator=accelerator,
         devices=devices,
         max_epochs=max_epochs,
-        callbacks=[checkpoint, EarlyStopping(monitor="val/selected_acc", mode="max", patience=patience)],
+        callbacks=[checkpoint, stopping, *(callbacks or [])],
         logger=logger,
         default_root_dir=str(out_dir),
         enable_progress_bar=progress,
@@ -123,6 +137,6 @@ def train_probes(
         deterministic=True,
     )
     trainer.fit(model, datamodule=data)
-    trainer.validate(model, datamodule=data, ckpt_path="best", verbose=False)
-    trainer.test(model, datamodule=data, ckpt_path="best", verbose=False)
+    trainer.validate(model, datamodule=data, ckpt_path="last", verbose=False)
+    trainer.test(model, datamodule=data, ckpt_path="last", verbose=False)
     return model.report

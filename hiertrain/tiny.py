@@ -110,8 +110,12 @@ and or not no yes one two three four five six seven eight nine ten first second 
 """
 
 
-def make_tiny(arch: str, out: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random-init checkpoint of `arch` into `out` (created; must be empty)."""
+def make_tiny(arch: str, out: str | Path, seed: int = 0, overrides: dict[str, Any] | None = None) -> Path:
+    """Write a tiny random-init checkpoint of `arch` into `out` (created; must be empty).
+
+    `overrides` is merged into the size config (nested mappings merge key by key), e.g.
+    ``{"text": {"num_hidden_layers": 28}}`` for a model as deep as Qwen2.5-VL-7B.
+    """
     if arch not in ARCHS:
         raise HierError(f"unknown tiny arch '{arch}': choose one of {', '.join(ARCHS)}")
     out = Path(out)
@@ -119,7 +123,7 @@ def make_tiny(arch: str, out: str | Path, seed: int = 0) -> Path:
         raise HierError(f"{out}: output path is a file, not a directory")
     if out.exists() and any(out.iterdir()):
         raise HierError(f"{out}: output directory exists and is not empty")
-    sizes = tiny_sizes(arch)
+    sizes = _merge_sizes(tiny_sizes(arch), overrides or {}, f"{CONFIG_DIR / arch}.yaml")
     out.mkdir(parents=True, exist_ok=True)
     builders = {"qwen2_5_vl": _make_qwen2_5_vl, "llava_onevision": _make_llava_onevision, "clip": _make_clip}
     try:
@@ -139,6 +143,19 @@ def tiny_sizes(arch: str) -> dict[str, Any]:
     if not isinstance(sizes, dict):
         raise HierError(f"{path}: expected a mapping of size settings")
     return sizes
+
+
+def _merge_sizes(sizes: dict[str, Any], overrides: dict[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
+    """`sizes` with `overrides` merged in; a top-level key the config lacks is a typo, not a setting."""
+    merged = dict(sizes)
+    for key, value in overrides.items():
+        if not prefix and key not in sizes:
+            raise HierError(f"{source}: unknown size setting '{key}' in overrides")
+        if isinstance(value, dict) and isinstance(sizes.get(key), dict):
+            merged[key] = _merge_sizes(sizes[key], value, source, f"{prefix}{key}.")
+        else:
+            merged[key] = value
+    return merged
 
 
 def build_tokenizer(special_tokens: tuple[str, ...], max_vocab: int, eos_token: str) -> Qwen2Tokenizer:

@@ -122,3 +122,22 @@ def test_bad_requests_name_the_store(tmp_path):
         FeatureDataModule(str(root), sites=["llm.9"]).setup("fit")
     with pytest.raises(HierError, match="need 'train' and 'val' samples"):
         FeatureDataModule(str(root), test_split="val").setup("fit")
+
+
+def test_preloaded_splits_serve_the_same_batches_as_memory_mapped_ones(tmp_path):
+    root = _store(tmp_path, {"train": ["alpha", "beta", "gamma"] * 4, "val": ["beta"], "test": ["alpha", "zeta", "beta"]}, shard_rows=5)
+    mapped = FeatureDataModule(str(root), val_split="val", preload_mb=0, num_workers=2)
+    mapped.setup("fit")
+    loaded = FeatureDataModule(str(root), val_split="val", num_workers=2)
+    loaded.setup("fit")
+    for name in ("train", "val", "test"):
+        assert mapped.datasets[name].features is None
+        assert loaded.datasets[name].features is not None and len(loaded.datasets[name].features) == len(loaded.datasets[name])
+        idx = [len(loaded.datasets[name]) - 1, 0, len(loaded.datasets[name])]  # the last index is a padding repeat
+        a, b = mapped.datasets[name].__getitems__(idx), loaded.datasets[name].__getitems__(idx)
+        for key in ("x", "y", "valid"):
+            assert torch.equal(a[key], b[key]), (name, key)
+    assert loaded.train_dataloader().num_workers == 0  # rows already in memory: workers would only copy them
+    assert mapped.train_dataloader().num_workers == 2
+    epoch = [int(v) for batch in loaded.train_dataloader() for v in batch["x"][:, 0, 1, 0]]
+    assert sorted(epoch) == sorted(_ids(mapped.datasets["train"]))  # each train row once per epoch

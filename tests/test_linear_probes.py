@@ -77,6 +77,17 @@ def test_summed_loss_trains_each_probe_as_if_alone():
     torch.testing.assert_close(probes.bias[s, a:z], alone_b)
 
 
+def test_normalizer_is_the_train_mean_and_std_and_keeps_padding_finite():
+    probes = LinearProbes(seed=0)
+    probes.build(_spec())
+    x = torch.randn(10, 1, 3, 6, dtype=torch.float64) * 5 + 2
+    x[:, :, 0, 4:] = 0  # site "a" has dim 4: zero-padded to 6
+    probes.fit_normalizer([{"x": x[:4]}, {"x": x[4:]}])  # two batches, one statistic
+    torch.testing.assert_close(probes.feature_mean, x.mean(0).float())
+    torch.testing.assert_close(probes.feature_std, (x.var(0) + 1e-5).sqrt().float())
+    assert all(torch.isfinite(logits).all() for logits in probes(x.float()))
+
+
 def _planted_store(root, n_per_leaf: int = 20) -> None:
     """Site 'signal' encodes the leaf (a noisy one-hot), site 'noise' carries nothing."""
     paths = {f"leaf{k}": [f"F{k // 4}", f"G{k // 2}", f"leaf{k}"] for k in range(8)}
@@ -150,3 +161,56 @@ def test_tiny_qwen_features_of_synthetic_images_carry_the_hierarchy(tmp_path, ti
     assert mean_acc(shuffled) <= chance_mean + 0.06
     assert best_hca >= 25 * real["chance"]["hca"]
     assert max(shuffled["test"]["hca"].values()) < best_hca
+
+
+def test_probe_accuracy_matches_the_evaluation_metrics_site_by_site():
+    """ProbeAccuracy (one vectorised metric) == PerLevelAccuracy + HCA run per site, padding dropped."""
+    from hiertrain.metrics import HierarchicalConsistentAccuracy, PerLevelAccuracy
+    from hiertrain.modules.linear_probes import ProbeAccuracy
+
+    g = torch.Generator().manual_seed(0)
+    sites, levels = 5, 4
+    ours = ProbeAccuracy(sites, levels)
+    ref = [(PerLevelAccuracy(levels), HierarchicalConsistentAccuracy()) for _ in range(sites)]
+    for _ in range(3):
+        correct = torch.rand(7, sites, levels, generator=g) < 0.6
+        asked = torch.rand(7, levels, generator=g) < 0.8
+        asked[0] = False  # a sample with nothing asked is in no denominator
+        asked[:, 3] = False  # a level never asked -> NaN
+        valid = torch.rand(7, generator=g) < 0.7
+        ours.update(correct, asked, valid)
+        for s, (acc, hca) in enumerate(ref):
+            acc.update(correct[:, s], asked, valid=valid)
+            hca.update(correct[:, s], asked, valid=valid)
+    acc, hca = ours.compute()
+    expected_acc = torch.stack([a.compute() for a, _ in ref])
+    expected_hca = torch.stack([h.compute() for _, h in ref])
+    torch.testing.assert_close(acc, expected_acc.to(acc.dtype), equal_nan=True)
+    torch.testing.assert_close(hca, expected_hca.to(hca.dtype), equal_nan=True)
+    assert acc[:, 3].isnan().all() and not acc[:, :3].isnan().any()
+
+
+def test_fit_writes_one_checkpoint_and_tests_what_it_selected(tmp_path, monkeypatch):
+    """No checkpoint per improving epoch: one save when fit ends, and it holds the selected probes."""
+    saves = []
+    original = LinearProbes.on_save_checkpoint
+
+    def counting(self, checkpoint):
+        saves.append(checkpoint["epoch"])
+        original(self, checkpoint)
+
+    monkeypatch.setattr(LinearProbes, "on_save_checkpoint", counting)
+    _planted_store(tmp_path / "store")
+    report = train_probes(tmp_path / "store", tmp_path / "run", lr=0.05, max_epochs=12, patience=50,
+                          batch_size=32, progress=False, accelerator="cpu")  # fmt: skip
+    assert saves == [12]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    probes = LinearProbes()
+    probes.on_load_checkpoint(checkpoint)  # builds the probes from the stored spec
+    probes.load_state_dict(checkpoint["state_dict"])
+    assert probes.best_val.min() >= 0  # every probe was selected at some epoch
+    # val accuracies of the tested (selected) probes are the best the selection saw
+    for s, site in enumerate(report["sites"]):
+        for j, level in enumerate(probes.levels):
+            assert report["val"]["accuracy"][site][level] == pytest.approx(float(probes.best_val[s, j]))

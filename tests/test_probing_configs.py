@@ -57,8 +57,12 @@ def test_config_classes_and_arguments_exist(path):
         assert cfg["return_predictions"] is False  # features go to shards, not into memory
         assert cfg["model"]["init_args"]["mode"] == cfg["data"]["init_args"]["mode"]
     else:
-        monitors = {cb["init_args"]["monitor"] for cb in cfg["trainer"]["callbacks"]}
+        callbacks = {cb["class_path"].rsplit(".", 1)[1]: cb["init_args"] for cb in cfg["trainer"]["callbacks"]}
+        monitors = {args.get("monitor") for args in callbacks.values()} - {None}
         assert monitors == {"val/selected_acc"}  # selection on validation, never on test
+        # one checkpoint when fit ends (the selection is inside the weights), not one per epoch
+        assert callbacks["ModelCheckpoint"]["save_top_k"] == 0 and callbacks["ModelCheckpoint"]["save_last"] is True
+        assert cfg["trainer"]["default_root_dir"]  # LightningCLI's config.yaml lands in the run dir
 
 
 def test_paper_configs_cover_both_datasets_and_sides():
@@ -105,35 +109,56 @@ def test_cub_image_config_reads_the_real_split_and_names_missing_images(shared_d
 
 def _local_copy(name: str, tmp: Path, tiny: Path, synth: Path) -> Path:
     text = (REPO / "configs/probing" / name).read_text()
-    text = text.replace("runs/demo/tiny_qwen2_5_vl", str(tiny)).replace("runs/demo/synth", str(synth))
+    text = text.replace("runs/demo/tiny/qwen2_5_vl", str(tiny)).replace("runs/demo/synth", str(synth))
     text = text.replace("runs/demo/probing", str(tmp / "probing"))
     out = tmp / name
     out.write_text(text)
     return out
 
 
+def test_demo_configs_use_the_demo_layout():
+    """`hiertrain demo` / configs/demo put tiny models under runs/demo/tiny/<arch>."""
+    cfg = yaml.safe_load((REPO / "configs/probing/synth_extract_image.yaml").read_text())
+    demo = yaml.safe_load((REPO / "configs/demo/qwen_image.yaml").read_text())
+    assert cfg["model"]["init_args"]["pretrained"] == demo["model"]["init_args"]["pretrained"] == "runs/demo/tiny/qwen2_5_vl"
+
+
 def test_synthetic_demo_through_the_cli(tmp_path, tiny_qwen, synth_dir, monkeypatch):
     from hiertrain.cli import main
 
-    monkeypatch.chdir(tmp_path)  # LightningCLI writes its config.yaml into the run dir
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)  # nothing may be written here: every path of the configs is a run dir
 
     extract = _local_copy("synth_extract_image.yaml", tmp_path, tiny_qwen, synth_dir)
     probes = _local_copy("synth_probes.yaml", tmp_path, tiny_qwen, synth_dir)
     main(["predict", "--config", str(extract), "--data.init_args.limit", "12", "--trainer.enable_progress_bar", "false"])
     store = tmp_path / "probing" / "features_image"
     assert len(list(store.glob("shard-*.safetensors"))) >= 1
+    # fit alone: one checkpoint, then validate + test on it -> probes.json without a second command
     main(["fit", "--config", str(probes), "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false"])
-    ckpt = tmp_path / "probing" / "probes_image" / "checkpoints" / "best.ckpt"
-    assert ckpt.is_file()
-    # the installed entry point, as a user runs it
+    run = tmp_path / "probing" / "probes_image"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.ckpt"]
+    after_fit = json.loads((run / "probes.json").read_text())
+    assert after_fit["checkpoint"] == {"path": str(ckpt), "epoch": 3}
+    assert after_fit["val"] is not None and after_fit["test"]["hca"].keys() == set(after_fit["sites"])
+    assert (run / "config.yaml").is_file()
+    (run / "probes.json").unlink()
+    # the installed entry point, as a user runs it: re-testing the checkpoint gives the same report
     exe = Path(sys.executable).with_name("hiertrain")
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [str(exe), "test", "--config", str(probes), "--ckpt_path", str(ckpt), "--trainer.enable_progress_bar", "false"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads((tmp_path / "probing" / "probes_image" / "probes.json").read_text())
+    report = json.loads((run / "probes.json").read_text())
     assert report["sites"] == ["vision", "projector", "llm.0", "llm.1", "llm.2"]
     assert report["checkpoint"]["path"] == str(ckpt)
+    assert report["test"] == after_fit["test"]  # test touched once per command, same selected probes
     assert "probe test accuracy" in done.stdout
+    # no run dir named (no logger, no default_root_dir): LightningCLI must not drop config.yaml in cwd
+    main(["fit", "--config", str(probes), "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+          "--trainer.default_root_dir", "null", "--model.init_args.test_after_fit", "false"])  # fmt: skip
+    assert list(work.iterdir()) == []

@@ -192,3 +192,18 @@ def test_cli_entry_point_reports_bad_output_dir(tmp_path):
     done = subprocess.run([str(exe), "tiny", "--arch", "clip", "--out", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip() == f"hiertrain: {tmp_path}: output directory exists and is not empty"
+
+
+def test_overrides_change_only_the_named_sizes(tmp_path):
+    from transformers import AutoConfig
+
+    from hiertrain.tiny import tiny_sizes
+
+    out = make_tiny("qwen2_5_vl", tmp_path / "deep", overrides={"text": {"num_hidden_layers": 5}})
+    text = AutoConfig.from_pretrained(out).text_config
+    base = tiny_sizes("qwen2_5_vl")["text"]
+    assert base["num_hidden_layers"] != 5 and text.num_hidden_layers == 5
+    assert (text.hidden_size, text.intermediate_size) == (base["hidden_size"], base["intermediate_size"])
+    assert tiny_sizes("qwen2_5_vl")["text"]["num_hidden_layers"] == base["num_hidden_layers"]  # file untouched
+    with pytest.raises(HierError, match="unknown size setting 'txt'"):
+        make_tiny("qwen2_5_vl", tmp_path / "typo", overrides={"txt": {"num_hidden_layers": 5}})

@@ -1,9 +1,11 @@
 """FeatureDataModule: batches of cached features and per-level class targets for `LinearProbes`.
 
-Reads a `FeatureStore` by memory map (batches are gathered in one read per shard, via the
-dataset's ``__getitems__``), so a cache larger than RAM trains. Splits: ``train`` minus a seeded
-validation carve-out (or a named ``val_split``) for model selection; ``test`` is only served to
-`trainer.test`. A level's classes are the union over every split, so a test class that train
+Splits whose features fit in ``preload_mb`` (float32) are gathered once into one tensor per
+split, on the trainer's device, so an epoch is a few index ops (probe training runs hundreds of
+epochs over the same rows). Larger caches are read by memory map (batches gathered in one read
+per shard, via the dataset's ``__getitems__``), so a cache larger than RAM still trains.
+Splits: ``train`` minus a seeded validation carve-out (or a named ``val_split``) for model
+selection; ``test`` is only served to `trainer.test`. A level's classes are the union over every split, so a test class that train
 never shows is still a class; such classes are counted (``unseen_test_classes``) and reported.
 """
 
@@ -51,14 +53,25 @@ class FeatureRows(Dataset):
     def __init__(self, store: FeatureStore, rows: list[tuple[int, int]], targets: torch.Tensor, pool: str, sites: list[int], max_dim: int) -> None:
         self.store, self.rows, self.targets = store, rows, targets
         self.pool, self.sites, self.max_dim = pool, sites, max_dim
+        self.features: torch.Tensor | None = None  # all rows at once, after `preload`
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def preload(self, device: torch.device | str = "cpu") -> None:
+        """Gather every row once into ``features [n, P, S, D]`` (and targets) on `device`."""
+        x = self.store.gather(self.rows, self.pool, self.sites)[..., : self.max_dim]
+        self.features, self.targets = x.to(device), self.targets.to(device)
+
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         real, valid = zip(*(unpad_index(i, len(self.rows)) for i in indices))
-        x = self.store.gather([self.rows[i] for i in real], self.pool, self.sites)[..., : self.max_dim]
-        return {"x": x, "y": self.targets[list(real)], "valid": torch.tensor(valid)}
+        if self.features is not None:
+            idx = torch.tensor(real, device=self.features.device)
+            x = self.features[idx]
+        else:
+            idx = list(real)
+            x = self.store.gather([self.rows[i] for i in real], self.pool, self.sites)[..., : self.max_dim]
+        return {"x": x, "y": self.targets[idx], "valid": torch.tensor(valid, device=x.device)}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         item = self.__getitems__([index])
@@ -71,7 +84,12 @@ def keep_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class FeatureDataModule(LightningDataModule):
-    """Cached features of one pooling (``avg`` or ``last``) at the chosen sites (default: all)."""
+    """Cached features of one pooling (``avg`` or ``last``) at the chosen sites (default: all).
+
+    ``preload_mb``: the most float32 feature megabytes (all splits) held in memory; 0 = always
+    read by memory map. Preloaded splits need no loader workers, so ``num_workers`` then applies
+    only to memory-mapped reads.
+    """
 
     def __init__(
         self,
@@ -86,6 +104,7 @@ class FeatureDataModule(LightningDataModule):
         shuffle_labels: bool = False,
         batch_size: int = 512,
         num_workers: int = 0,
+        preload_mb: float = 4096.0,
     ) -> None:
         super().__init__()
         if val_split is None and not 0.0 < val_fraction < 1.0:
@@ -97,6 +116,7 @@ class FeatureDataModule(LightningDataModule):
         self.val_fraction, self.seed = val_fraction, seed
         self.shuffle_labels = shuffle_labels
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.preload_mb = preload_mb
         self.spec: ProbeSpec | None = None
         self.datasets: dict[str, FeatureRows] = {}
 
@@ -162,6 +182,12 @@ class FeatureDataModule(LightningDataModule):
             return FeatureRows(store, [rows[r] for r in rs], targets[rs], self.pool, site_idx, max_dim)
 
         self.datasets = {"train": subset(train), "val": subset(val), "test": subset(test)}
+        p, _, _ = layout.row_shape
+        megabytes = len(index) * p * len(site_idx) * max_dim * 4 / 2**20
+        if megabytes <= self.preload_mb:
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            for ds in self.datasets.values():
+                ds.preload(device)
         self.spec = ProbeSpec(
             sites=list(names),
             dims=dims,
@@ -184,11 +210,12 @@ class FeatureDataModule(LightningDataModule):
 
     def _loader(self, name: str, train: bool) -> DataLoader:
         ds = self.datasets[name]
+        workers = 0 if ds.features is not None else self.num_workers
         common: dict[str, Any] = {
             "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
+            "num_workers": workers,
             "collate_fn": keep_batch,
-            "persistent_workers": self.num_workers > 0,
+            "persistent_workers": workers > 0,
         }
         if train:
             gen = torch.Generator().manual_seed(self.seed)

@@ -3,15 +3,20 @@
 One weight tensor ``[sites, dim, classes_total]`` holds all probes (the classes of every
 probed level side by side), so a batch costs one einsum instead of sites x levels models.
 Probes share no parameters, so summing their losses trains each exactly as if alone (Adam is
-per-parameter). Features pass a non-affine BatchNorm first (as in MAE's linear probing):
-hidden states differ in scale by orders of magnitude across layers, and with cumulative
-statistics over frozen features it is just the train mean/std.
+per-parameter). Features are standardised first with the train split's per-feature mean and
+std, computed once when fit starts (MAE's linear probing uses a non-affine BatchNorm for this:
+hidden states differ in scale by orders of magnitude across layers). Fixed statistics, unlike
+BatchNorm's running ones, keep a probe selected at epoch k scoring exactly what it scored then.
 
 Model selection is per probe, on validation: after each validation epoch every probe whose
 val accuracy improved copies its weights into a "selected" buffer (the paper picks a best
-epoch per probe too, but on test). ``val/selected_acc`` (mean best val accuracy) is what
-ModelCheckpoint and EarlyStopping monitor; validate/test stages evaluate the selected probes.
-Metrics are the evaluation torchmetrics (per-level accuracy and HCA, per site), exact under DDP.
+epoch per probe too, but on test). The selection lives in the weights, so the final state is
+the selected model: one checkpoint written when fit ends (``ModelCheckpoint(save_last=True,
+save_top_k=0)``) is all that is needed, not a file per improving epoch. ``val/selected_acc``
+(mean best val accuracy) is what EarlyStopping monitors; validate/test stages evaluate the
+selected probes. Scores of every site come from one `ProbeAccuracy` metric (integer counts,
+summed across processes, so exact under DDP) with the evaluation metrics' definitions of
+per-level accuracy and HCA; one update per batch keeps validation cheap with 100+ probes.
 """
 
 from __future__ import annotations
@@ -24,15 +29,56 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric
 
 from hiertrain.datamodules.features import ProbeSpec
 from hiertrain.errors import HierError
-from hiertrain.metrics import HierarchicalConsistentAccuracy, PerLevelAccuracy
+
+
+class ProbeAccuracy(Metric):
+    """Per-level accuracy ``[sites, levels]`` and HCA ``[sites]`` of many probes in one metric.
+
+    Same definitions as `hiertrain.metrics.PerLevelAccuracy` / `HierarchicalConsistentAccuracy`
+    applied site by site (a sample's HCA counts when every asked level is right; samples with
+    nothing asked are in no denominator; ``valid`` False rows are DDP padding, dropped).
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, num_sites: int, num_levels: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("hits", torch.zeros(num_sites, num_levels, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("asked", torch.zeros(num_levels, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("hca_hits", torch.zeros(num_sites, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("samples", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, correct: Tensor, asked: Tensor, valid: Tensor | None = None) -> None:
+        """``correct [B, sites, levels]``, ``asked [B, levels]``, ``valid [B]`` (all bool)."""
+        if valid is not None:
+            correct, asked = correct[valid], asked[valid]
+        hit = correct & asked[:, None, :]
+        self.hits += hit.sum(0)
+        self.asked += asked.sum(0)
+        has_any = asked.any(1)
+        self.hca_hits += ((hit == asked[:, None, :]).all(2) & has_any[:, None]).sum(0)
+        self.samples += has_any.sum()
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        """(accuracy ``[sites, levels]``, HCA ``[sites]``) in float64, NaN where nothing was counted."""
+        nan = torch.tensor(math.nan, dtype=torch.float64, device=self.hits.device)
+        acc = torch.where(self.asked > 0, self.hits / self.asked.clamp(min=1), nan)
+        hca = torch.where(self.samples > 0, self.hca_hits / self.samples.clamp(min=1), nan)
+        return acc.to(torch.float64), hca.to(torch.float64)
 
 
 class LinearProbes(LightningModule):
-    """Probes sized from the data module's `ProbeSpec` at setup; ``mlp_hidden`` makes them MLPs."""
+    """Probes sized from the data module's `ProbeSpec` at setup; ``mlp_hidden`` makes them MLPs.
+
+    ``test_after_fit`` asks `hiertrain fit` (HierCLI) to test the fitted checkpoint once right
+    away, so one command writes probes.json.
+    """
 
     def __init__(
         self,
@@ -42,12 +88,18 @@ class LinearProbes(LightningModule):
         normalize: bool = True,
         seed: int = 0,
         output_dir: str | None = None,
+        test_after_fit: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.spec: ProbeSpec | None = None
         self.results: dict[str, dict] = {}
-        self.checkpoint_epoch: int | None = None  # epoch of the checkpoint tested (model selection)
+        self.checkpoint_epoch: int | None = None  # epochs trained into the tested checkpoint
+
+    @property
+    def test_after_fit(self) -> bool:
+        """Read by HierCLI.after_fit: `hiertrain fit` also writes probes.json."""
+        return bool(self.hparams.test_after_fit)
 
     # ---- construction -----------------------------------------------------------------------
 
@@ -71,7 +123,9 @@ class LinearProbes(LightningModule):
         gen = torch.Generator().manual_seed(self.hparams.seed)
         h = self.hparams.mlp_hidden
         width = d if h is None else h
-        self.norm = nn.BatchNorm1d(slots * s * d, affine=False, momentum=None) if self.hparams.normalize else None
+        # per-feature train mean / std (`fit_normalizer`); identity until then
+        self.register_buffer("feature_mean", torch.zeros(slots, s, d))
+        self.register_buffer("feature_std", torch.ones(slots, s, d))
         if h is not None:
             self.w1 = nn.Parameter(torch.randn(s, len(self.levels), d, h, generator=gen) / math.sqrt(d))
             self.b1 = nn.Parameter(torch.zeros(s, len(self.levels), h))
@@ -80,19 +134,29 @@ class LinearProbes(LightningModule):
         for name in self._probe_params():
             self.register_buffer(f"selected_{name}", getattr(self, name).detach().clone())
         self.register_buffer("best_val", torch.full((s, len(self.levels)), -1.0, dtype=torch.float64))
-        n_levels = len(spec.level_names)
-        self.metrics = nn.ModuleDict(
-            {
-                split: nn.ModuleList(
-                    MetricCollection(
-                        {"hca": HierarchicalConsistentAccuracy(), "accuracy": PerLevelAccuracy(n_levels)},
-                        compute_groups=False,
-                    )
-                    for _ in spec.sites
-                )
-                for split in ("val", "test")
-            }
-        )
+        self.metrics = nn.ModuleDict({split: ProbeAccuracy(s, len(spec.level_names)) for split in ("val", "test")})
+
+    def on_fit_start(self) -> None:
+        if self.hparams.normalize:
+            self.fit_normalizer(self.trainer.datamodule.train_dataloader())
+
+    @torch.no_grad()
+    def fit_normalizer(self, batches) -> None:
+        """Set the feature mean / std from every train row (each rank reads them all: same values)."""
+        total = square = None
+        n = 0
+        for batch in batches:
+            x = batch["x"].to(self.feature_mean.device, torch.float64)
+            total = x.sum(0) if total is None else total + x.sum(0)
+            square = (x * x).sum(0) if square is None else square + (x * x).sum(0)
+            n += x.shape[0]
+        if n == 0:
+            raise HierError("LinearProbes: the train split is empty")
+        mean = total / n
+        var = (square / n - mean * mean).clamp(min=0) * n / max(1, n - 1)
+        self.feature_mean.copy_(mean)
+        # zero-padded dims (sites narrower than the widest) and constant features stay finite
+        self.feature_std.copy_((var + 1e-5).sqrt())
 
     def _probe_params(self) -> list[str]:
         return ["weight", "bias"] + (["w1", "b1"] if self.hparams.mlp_hidden is not None else [])
@@ -120,9 +184,8 @@ class LinearProbes(LightningModule):
         """
         assert self.spec is not None, "call build() or run under a Trainer with a FeatureDataModule"
         p = {n: getattr(self, f"selected_{n}" if selected else n) for n in self._probe_params()}
-        b = x.shape[0]
-        if self.norm is not None:
-            x = self.norm(x.reshape(b, -1)).reshape(x.shape)
+        if self.hparams.normalize:
+            x = (x - self.feature_mean) / self.feature_std
         slot_of = [self.spec.prompt_for_level[i] for i in self.levels]
         if self.hparams.mlp_hidden is None and len(set(slot_of)) == 1:
             logits = torch.einsum("bsd,sdc->bsc", x[:, slot_of[0]], p["weight"]) + p["bias"]
@@ -144,8 +207,10 @@ class LinearProbes(LightningModule):
             n = (target >= 0).sum()
             if n == 0:
                 continue
-            per_site = target[:, None].expand(-1, logits[j].shape[1])
-            total = total + F.cross_entropy(logits[j].transpose(1, 2), per_site, ignore_index=-1, reduction="sum") / n
+            sites = logits[j].shape[1]
+            # rows = (sample, site) pairs, classes last: log-softmax over a contiguous dim is far faster
+            flat = logits[j].reshape(-1, logits[j].shape[-1])
+            total = total + F.cross_entropy(flat, target.repeat_interleave(sites), ignore_index=-1, reduction="sum") / n
         return total
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -161,9 +226,7 @@ class LinearProbes(LightningModule):
         correct = torch.zeros((y.shape[0], len(self.spec.sites), n_levels), dtype=torch.bool, device=y.device)
         for j, level in enumerate(self.levels):
             correct[:, :, level] = logits[j].argmax(-1) == y[:, level, None]
-        asked = y >= 0
-        for s, collection in enumerate(self.metrics[split]):
-            collection.update(correct[:, s], asked, valid=valid)
+        self.metrics[split].update(correct, y >= 0, valid)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluate("val", batch)
@@ -173,15 +236,15 @@ class LinearProbes(LightningModule):
 
     def _collect(self, split: str) -> dict[str, Any]:
         """Per site: accuracy per level (None = not probed) and HCA; then the metrics reset."""
+        metric = self.metrics[split]
+        acc_t, hca_t = metric.compute()
+        metric.reset()
+        self._last_acc = acc_t[:, self.levels].nan_to_num(-1.0)
+        acc_rows, hca_list = acc_t.tolist(), hca_t.tolist()
         acc, hca = {}, {}
-        self._last_acc = torch.full((len(self.spec.sites), len(self.levels)), -1.0, dtype=torch.float64)
-        for si, (site, collection) in enumerate(zip(self.spec.sites, self.metrics[split])):
-            values = collection.compute()
-            levels = values["accuracy"].tolist()
-            self._last_acc[si] = torch.tensor([levels[i] for i in self.levels]).nan_to_num(-1.0)
-            acc[site] = [None if i not in self.levels or math.isnan(levels[i]) else levels[i] for i in range(len(levels))]
-            hca[site] = None if math.isnan(float(values["hca"])) else float(values["hca"])
-            collection.reset()
+        for site, levels, h in zip(self.spec.sites, acc_rows, hca_list):
+            acc[site] = [None if i not in self.levels or math.isnan(a) else a for i, a in enumerate(levels)]
+            hca[site] = None if math.isnan(h) else h
         probed = [a for site in acc.values() for a in site if a is not None]
         mean = sum(probed) / len(probed) if probed else float("nan")
         return {"accuracy": acc, "hca": hca, "mean_accuracy": mean}
