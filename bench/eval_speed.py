@@ -8,7 +8,11 @@ Both run on the same tiny random-init Qwen2.5-VL (448 px images -> 256 visual to
 same 7-level questions, in one process, one after the other. Also reported: (c) hiertrain's
 `generate` (shared prefix, greedy) and how often the answers of the modes agree.
 
-    python bench/eval_speed.py [--images 8] [--json out.json]
+    python bench/eval_speed.py [--images 8] [--json out.json] [--pretrained DIR]
+
+A random-init model rarely replies with a letter, so logits-vs-generate agreement means little
+on it; `--pretrained runs/demo/lora/merged` (the demo's LoRA-tuned tiny Qwen2.5-VL, which
+answers with letters) measures agreement on a model that does.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--pretrained", default=None, help="a Qwen2.5-VL checkpoint dir (default: a fresh tiny one)")
     args = parser.parse_args(argv)
 
     import torch
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from hiertrain.tiny import make_tiny
 
     work = Path(tempfile.mkdtemp(prefix="eval_speed_"))
-    checkpoint = make_tiny("qwen2_5_vl", work / "tiny", seed=0)
+    checkpoint = args.pretrained or make_tiny("qwen2_5_vl", work / "tiny", seed=0)
     synth = make_synthetic(work / "synth", images_per_leaf=3, seed=0, image_size=448)
     image_files = sorted(synth["images_dir"].glob("*.png"))[: args.images]
     images = [Image.open(p).convert("RGB") for p in image_files]

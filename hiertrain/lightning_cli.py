@@ -121,9 +121,23 @@ def run_lightning_cli(argv: list[str]) -> HierCLI:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     try:
         return _cli(argv)
-    except HierError as err:
-        print(f"hiertrain: {err}", file=sys.stderr)
+    except Exception as err:
+        cause = _hier_cause(err)
+        if cause is None:
+            raise
+        print(f"hiertrain: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _hier_cause(err: BaseException | None) -> HierError | None:
+    """The HierError behind `err`: jsonargparse wraps errors raised while it instantiates classes."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, HierError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def evaluate(configs: list[str | Path], *overrides: str) -> dict[str, Any]:
