@@ -1,0 +1,231 @@
+"""LoRA training batches: the evaluation's questions, answered by their letter.
+
+Each training sequence is one (image, level) question rendered exactly as evaluation renders it
+(`level_questions` + the model's chat template via `render_chat`), followed by the target: the
+answer letter and the chat template's end of turn. Prompt tokens are labelled -100 so the loss
+is on the answer only. Records, splits, images and option order come from `HierVQADataModule`
+and its `QuestionDataset`; only the collation is new here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader
+
+from hiertrain.datamodules.questions import HierVQADataModule, QuestionDataset, collate_items
+from hiertrain.datamodules.sampling import PaddedEvalSampler
+from hiertrain.errors import HierError
+from hiertrain.prompts import LETTERS
+
+IGNORE_INDEX = -100
+
+
+def _tokenizer(processor: Any) -> Any:
+    return getattr(processor, "tokenizer", processor)
+
+
+class TuningCollator:
+    """Question items (one record, all its asked levels) -> a right-padded training batch.
+
+    The prompt is tokenized with the processor (which expands the image placeholder into the
+    visual tokens) and the target with the tokenizer alone; the first call checks that the two
+    concatenated equal the tokenization of the whole conversation, so no token straddles the cut.
+    """
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+        self.tokenizer = _tokenizer(processor)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self.is_vllm = getattr(processor, "image_processor", None) is not None
+        self._checked = False
+
+    def prompt_text(self, messages: list[dict]) -> str:
+        """Exactly the evaluator's prompt (same function)."""
+        from hiertrain.prefix_cache import render_chat
+
+        return render_chat(self.processor, messages)
+
+    def target_text(self, messages: list[dict], letter: str) -> str:
+        """The chat template's rendering of the assistant turn `letter` (letter + end of turn)."""
+        prompt = self.prompt_text(messages)
+        reply = [{"type": "text", "text": letter}] if self.is_vllm else letter
+        if not self.is_vllm:
+            messages = [
+                {**m, "content": "".join(p["text"] for p in m["content"] if p.get("type") == "text")}
+                if isinstance(m["content"], list)
+                else m
+                for m in messages
+            ]
+        full = self.processor.apply_chat_template(
+            messages + [{"role": "assistant", "content": reply}], tokenize=False, add_generation_prompt=False
+        )
+        if not full.startswith(prompt) or len(full) == len(prompt):
+            raise HierError(
+                f"{self.tokenizer.name_or_path}: chat template's assistant turn does not extend the generation "
+                "prompt; cannot build a training target"
+            )
+        return full[len(prompt) :]
+
+    def _encode_prompt(self, prompt: str, image: Any) -> dict[str, torch.Tensor]:
+        if image is None:
+            enc = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+        else:
+            enc = self.processor(text=[prompt], images=[image], return_tensors="pt")
+        return dict(enc)
+
+    def example(self, messages: list[dict], letter: str, image: Any) -> dict[str, torch.Tensor]:
+        """One training sequence: 1-D input_ids / labels (+ image tensors)."""
+        prompt = self.prompt_text(messages)
+        target = self.target_text(messages, letter)
+        enc = self._encode_prompt(prompt, image)
+        prompt_ids = enc.pop("input_ids")[0]
+        enc.pop("attention_mask", None)
+        target_ids = torch.tensor(self.tokenizer(target, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        if not self._checked:
+            whole = self._encode_prompt(prompt + target, image)["input_ids"][0]
+            if not torch.equal(whole, torch.cat([prompt_ids, target_ids])):
+                raise HierError(
+                    f"{self.tokenizer.name_or_path}: prompt and answer {target!r} do not tokenize apart "
+                    "as they do together; the loss mask would be misplaced"
+                )
+            self._checked = True
+        out = {
+            "input_ids": torch.cat([prompt_ids, target_ids]),
+            "labels": torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), target_ids]),
+        }
+        mm = enc.pop("mm_token_type_ids", None)
+        if mm is not None:
+            out["mm_token_type_ids"] = torch.cat([mm[0], torch.zeros_like(target_ids)])
+        out.update(enc)  # pixel_values [patches, dim], image_grid_thw [1, 3], ...
+        return out
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        examples, skipped = [], 0
+        for item in items:
+            if item.get("error"):
+                skipped += 1
+                continue
+            for level in item["levels"]:
+                letter = LETTERS[level.options.index(level.truth)]
+                examples.append(self.example(level.messages, letter, item["image"]))
+        batch = self.pad(examples)
+        batch["skipped"] = skipped
+        batch["sample_ids"] = [item["sample_id"] for item in items if not item.get("error")]
+        return batch
+
+    def pad(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        """Right-pad the 1-D sequences; concatenate the per-image tensors in order."""
+        if not examples:
+            return {"input_ids": torch.empty(0, 0, dtype=torch.long)}
+        width = max(len(e["input_ids"]) for e in examples)
+        n = len(examples)
+        batch: dict[str, Any] = {
+            "input_ids": torch.full((n, width), self.pad_id, dtype=torch.long),
+            "attention_mask": torch.zeros(n, width, dtype=torch.long),
+            "labels": torch.full((n, width), IGNORE_INDEX, dtype=torch.long),
+        }
+        if "mm_token_type_ids" in examples[0]:
+            batch["mm_token_type_ids"] = torch.zeros(n, width, dtype=torch.long)
+        for row, e in enumerate(examples):
+            k = len(e["input_ids"])
+            batch["input_ids"][row, :k] = e["input_ids"]
+            batch["attention_mask"][row, :k] = 1
+            batch["labels"][row, :k] = e["labels"]
+            if "mm_token_type_ids" in batch:
+                batch["mm_token_type_ids"][row, :k] = e["mm_token_type_ids"]
+        for key in examples[0]:
+            if key not in batch and isinstance(examples[0][key], torch.Tensor):
+                batch[key] = torch.cat([e[key] for e in examples], 0)
+        return batch
+
+
+class HierTuningDataModule(HierVQADataModule):
+    """The question file's `train_split` as training batches, its `val_split` as evaluation items.
+
+    Validation items are exactly what `HierVQADataModule` serves for testing (padded sampler,
+    `valid` flags), so the HCA monitored during fit is computed like the final evaluation's.
+    Test is never used for choosing checkpoints; `hiertrain test` with this data config (e.g.
+    `VLLMEvaluator` on the merged model) evaluates `test_split` only.
+
+    Args (beyond HierVQADataModule's):
+        processor: processor / tokenizer dir for the training collation; None = the tuner
+            attaches its model's processor at setup (`attach_processor`).
+        train_split / val_split / test_split: values of the records' `split` field.
+        train_batch_size: records per training step (each gives one sequence per asked level).
+    """
+
+    def __init__(
+        self,
+        questions: str,
+        mode: Literal["image", "text"] = "image",
+        processor: str | None = None,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+        train_batch_size: int = 4,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(questions, mode=mode, **kwargs)
+        self.processor_path = processor
+        self.processor: Any = None
+        self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
+        self.train_batch_size = train_batch_size
+
+    def attach_processor(self, processor: Any) -> None:
+        """Use this (the tuned model's) processor unless one was configured."""
+        if self.processor is None:
+            self.processor = processor
+
+    def _processor(self) -> Any:
+        if self.processor is None:
+            if self.processor_path is None:
+                raise HierError("HierTuningDataModule: no processor (give data.processor or use LoRATuner)")
+            from transformers import AutoProcessor
+
+            self.processor = AutoProcessor.from_pretrained(self.processor_path)
+        return self.processor
+
+    def split_records(self, split: str) -> list:
+        """Records of one split, in file order; HierError when the split is empty."""
+        self.setup()
+        records = [r for r in self.records if r.split == split]
+        if not records:
+            found = sorted({str(r.split) for r in self.records})
+            raise HierError(f"{self.questions}: no records with split {split!r} (splits found: {', '.join(found)})")
+        return records
+
+    def split_dataset(self, split: str, exclude: frozenset[int] | set[int] = frozenset()) -> QuestionDataset:
+        """The parent's dataset (same images, prompts, options) restricted to one split."""
+        dataset = HierVQADataModule.dataset(self)
+        dataset.records = [r for r in self.split_records(split) if r.sample_id not in exclude]
+        return dataset
+
+    def served_records(self) -> list:
+        """What `hiertrain test` evaluates with this data config: the test split only."""
+        return self.split_records(self.test_split)
+
+    def dataset(self) -> QuestionDataset:
+        return self.split_dataset(self.test_split, self.exclude_ids)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.split_dataset(self.train_split),
+            batch_size=self.train_batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            collate_fn=TuningCollator(self._processor()),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = self.split_dataset(self.val_split)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=PaddedEvalSampler(dataset),
+            num_workers=self.num_workers,
+            collate_fn=collate_items,
+        )
