@@ -10,16 +10,6 @@ from hiertrain.errors import HierError
 from hiertrain.prompts import LETTERS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The 2 shared cores are oversubscribed: OpenMP threads spinning against other processes
-    made a tiny forward ~30x slower with 2 threads than with 1 (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def processor(tiny_qwen):
     from transformers import AutoProcessor

@@ -13,15 +13,6 @@ from hiertrain.feature_store import FeatureStore
 from hiertrain.probing import extract_features
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors on a shared 2-core box: one intra-op thread avoids spin-wait oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def image_store(tmp_path_factory, tiny_qwen, synth_dir):
     out = tmp_path_factory.mktemp("image_store") / "store"

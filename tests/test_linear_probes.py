@@ -15,15 +15,6 @@ from hiertrain.modules.linear_probes import LinearProbes
 from hiertrain.probing import extract_features, train_probes
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors on a shared 2-core box: one intra-op thread avoids spin-wait oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _spec(slots: int = 1, prompt_for_level=(0, 0, 0)) -> ProbeSpec:
     return ProbeSpec(
         sites=["a", "b", "c"],

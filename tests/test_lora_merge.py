@@ -15,16 +15,6 @@ from hiertrain.models import load_vllm
 from hiertrain.modules.lora_tuner import LoRATuner, load_adapter, save_adapter
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The 2 shared cores are oversubscribed: OpenMP threads spinning against other processes
-    made a tiny forward ~30x slower with 2 threads than with 1 (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def adapter(tiny_qwen, tmp_path_factory) -> Path:
     """A saved adapter with non-zero LoRA weights (B starts at zero, which would merge to a no-op)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 
 import pytest
-import torch
 from torch import nn
 
 from hiertrain.errors import HierError
@@ -23,16 +22,6 @@ from hiertrain.lora_targets import (
     target_pattern,
 )
 from hiertrain.models import language_model_of, load_vllm, projector_of, vision_tower_of
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The 2 shared cores are oversubscribed: OpenMP threads spinning against other processes
-    made a tiny forward ~30x slower with 2 threads than with 1 (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

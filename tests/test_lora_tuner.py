@@ -30,16 +30,6 @@ from hiertrain.modules.lora_tuner import LoRATuner, load_adapter
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The 2 shared cores are oversubscribed: OpenMP threads spinning against other processes
-    made a tiny forward ~30x slower with 2 threads than with 1 (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 LIMIT = 12  # first 12 records of the synthetic file: 4 leaves x (train, val, test)
 
 

@@ -12,21 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs" / "probing").glob("*.yaml"))
 PAPER = [p for p in CONFIGS if not p.name.startswith("synth_")]
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors on a shared 2-core box: one intra-op thread avoids spin-wait oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _cls(path: str):

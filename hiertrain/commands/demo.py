@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     def test(config: str, *overrides: str) -> None:
         cli("test", "--config", str(cfg[config]), *wandb, *overrides)
 
-    tuned = out / "lora" / "merged"
+    tuned = out / "lora" / "qwen2_5_vl-lora"
     similar = synth / "questions_similar.jsonl"
     steps: list[tuple[str, object]] = [
         ("synthetic data", lambda: cli("data", "synth", "--out", str(synth), "--images-per-leaf", str(args.images_per_leaf), "--seed", str(args.seed))),
