@@ -37,7 +37,7 @@ def test_label_spelling_is_normalised_and_unknown_labels_name_the_line(tmp_path,
     bad = json.dumps({"image": img, "label": "purple hexagon", "split": "train"})
     with pytest.raises(HierError, match=r"images.jsonl:2: label 'purple hexagon' not in taxonomy"):
         ProbeInputDataModule(images=_write(tmp_path, [good, bad]), taxonomy=str(synth_dir / "taxonomy.json")).setup()
-    with pytest.raises(HierError, match=r"images.jsonl:1: missing 'split'"):
+    with pytest.raises(HierError, match=r"images.jsonl:1: missing key .split."):
         ProbeInputDataModule(images=_write(tmp_path, ['{"image": "a", "label": "b"}']), taxonomy=str(synth_dir / "taxonomy.json")).setup()
 
 

@@ -10,7 +10,6 @@ Items carry a stable sample id so a resumed or distributed run writes every samp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
 from hiertrain.errors import HierError
 from hiertrain.prompts import SYSTEM_TEXT, text_prompt
+from hiertrain.questions import read_image_list
 from hiertrain.taxonomy import Taxonomy
 
 # The paper's visual probing prompt (probing/vlm_probe_data_gen.py): a neutral request, so the
@@ -163,21 +163,8 @@ class ProbeInputDataModule(LightningDataModule):
         self.taxonomy = tax
         path = Path(self.images)
         root = Path(self.image_root) if self.image_root else path.parent
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise HierError(f"{path}: no such file") from None
-        for n, line in enumerate(lines, start=1):
-            if not line.strip():
-                raise HierError(f"{path}:{n}: blank line")
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise HierError(f"{path}:{n}: invalid JSON: {err.msg}") from None
-            for key in ("image", "label", "split"):
-                if key not in raw:
-                    raise HierError(f"{path}:{n}: missing '{key}'")
-            image = str(raw["image"])
+        for n, raw in enumerate(read_image_list(path), start=1):
+            image = raw["image"]
             if self.strip_prefix and image.startswith(self.strip_prefix):
                 image = image[len(self.strip_prefix) :].lstrip("/")  # e.g. the authors' absolute paths
             if raw["label"] not in tax:
