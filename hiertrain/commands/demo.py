@@ -5,7 +5,7 @@ visual and text evaluation of the tiny VLLMs and a CLIP model -> feature extract
 probes -> LoRA tuning -> evaluation of the tuned model -> report.
 
 Every step runs the same configs a user would (`configs/demo`, `configs/probing/synth_*`,
-`configs/lora/synth_demo_image.yaml`), with `runs/demo/` rewritten to `--out`; the resolved
+`configs/lora/synth_demo_text.yaml`), with `runs/demo/` rewritten to `--out`; the resolved
 copies are kept in `<out>/configs/` so each step can be rerun by hand.
 """
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         for sub, names in (
             ("demo", ("qwen_image", "qwen_text", "llava_image", "clip_image")),
             ("probing", ("synth_extract_image", "synth_probes")),
-            ("lora", ("synth_demo_image",)),
+            ("lora", ("synth_demo_text",)),
         )
         for name in names
     }
@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         ("eval clip image, similar distractors", lambda: test("clip_image", "--data.name=synthetic-similar", f"--data.questions={similar}")),
         ("probing: extract features", lambda: cli("predict", "--config", str(cfg["synth_extract_image"]))),
         ("probing: train probes", lambda: cli("fit", "--config", str(cfg["synth_probes"]))),
-        ("lora: tune + before/after", lambda: cli("fit", "--config", str(cfg["synth_demo_image"]))),
+        ("synthetic data for tuning", lambda: cli("data", "synth", "--out", str(out / "synth_tune"), "--images-per-leaf", "20", "--image-size", "224", "--seed", str(args.seed))),
+        ("lora: tune on text questions + before/after", lambda: cli("fit", "--config", str(cfg["synth_demo_text"]))),
         ("lora: merge adapter", lambda: cli("lora", "merge", "--adapter", str(_adapter_dir(out)), "--out", str(tuned))),
         ("eval tuned qwen image", lambda: test("qwen_image", "--data.name=synthetic", f"--model.pretrained={tuned}")),
         ("eval tuned qwen text", lambda: test("qwen_text", "--data.name=synthetic", f"--model.pretrained={tuned}")),
