@@ -257,7 +257,10 @@ class HierVQADataModule(LightningDataModule):
         return self._loader()
 
     def _loader(self) -> DataLoader:
-        dataset = self.dataset()
+        return self.eval_loader(self.dataset())
+
+    def eval_loader(self, dataset: QuestionDataset) -> DataLoader:
+        """Ordered batches of `dataset` for scoring; under DDP each rank gets its shard, padding marked."""
         if len(dataset) == 0:  # everything already finished: nothing to iterate, still a loader
             return DataLoader([], batch_size=self.batch_size, collate_fn=collate_items)
         return DataLoader(

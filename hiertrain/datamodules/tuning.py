@@ -15,8 +15,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader
 
-from hiertrain.datamodules.questions import HierVQADataModule, QuestionDataset, collate_items
-from hiertrain.datamodules.sampling import PaddedEvalSampler
+from hiertrain.datamodules.questions import HierVQADataModule, QuestionDataset
 from hiertrain.errors import HierError
 from hiertrain.prompts import LETTERS
 
@@ -221,11 +220,4 @@ class HierTuningDataModule(HierVQADataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        dataset = self.split_dataset(self.val_split)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=PaddedEvalSampler(dataset),
-            num_workers=self.num_workers,
-            collate_fn=collate_items,
-        )
+        return self.eval_loader(self.split_dataset(self.val_split))
