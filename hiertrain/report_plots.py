@@ -86,6 +86,9 @@ def scatter(rows: list[dict], out: Path) -> str | None:
         slope, intercept = np.polyfit(xs, ys, 1)
         grid = np.linspace(min(xs), max(xs), 20)
         ax.plot(grid, slope * grid + intercept, "k--", linewidth=1, label=f"fit: y={slope:.2f}x+{intercept:.1f}")
+    # Percent axes from 0, so a flat line at 0 (no visual HCA) reads as such, not as noise.
+    ax.set_xlim(0, max(5.0, 1.15 * max(xs)))
+    ax.set_ylim(0, max(5.0, 1.15 * max(ys)))
     ax.set_xlabel("text HCA (%)")
     ax.set_ylabel("visual HCA (%)")
     ax.set_title(f"Text vs visual HCA (n={len(pts)})")
