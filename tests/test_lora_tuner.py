@@ -106,6 +106,39 @@ def test_tuning_lifts_hca_from_chance_to_near_perfect(mode, tiny_qwen, synth_dir
     assert meta["kind"] == "lora" and meta["adapter"] == str(tuner.exported_adapter) and meta["mode"] == mode
 
 
+def test_image_tuning_reads_the_image(small_image_qwen, synth_dir) -> None:
+    """Same question, same options, two images with different answers: only a model that reads
+    the image through the tuned path can get both right (text alone fits at most one)."""
+    from PIL import Image
+
+    from hiertrain.datamodules.tuning import TuningCollator
+    from hiertrain.prompts import chat_messages, image_prompt, question_text
+
+    torch.manual_seed(0)
+    tuner = _tuner(small_image_qwen)
+    tuner.configure_model()
+    collator = TuningCollator(tuner.processor)
+    messages = chat_messages(question_text(image_prompt(0, "shape", "shape"), ["circle", "square", "triangle", "ellipse"]), "image")
+    images = [Image.open(synth_dir / "images" / f"{name}_0.png").convert("RGB") for name in ("red_solid_circle", "blue_striped_square")]
+    batch = collator.pad([collator.example(messages, "A", images[0]), collator.example(messages, "B", images[1])])
+    target = (batch["labels"] != -100).long().argmax(1)  # first target token: the letter
+    rows = torch.arange(2)
+    optimizer = torch.optim.AdamW([p for p in tuner.model.parameters() if p.requires_grad], lr=1e-3)
+
+    def right() -> list[bool]:
+        with torch.no_grad():
+            logits = tuner.model(**batch).logits
+        return (logits[rows, target - 1].argmax(-1) == batch["labels"][rows, target]).tolist()
+
+    assert right() != [True, True]
+    for _ in range(60):
+        loss = tuner.model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert right() == [True, True]
+
+
 def _logits(model, processor, item) -> torch.Tensor:
     from hiertrain.prefix_cache import render_chat
 
