@@ -73,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
 
-    from hiertrain import prompts
-    from hiertrain.answers import parse_letter
-    from hiertrain.models import load_vllm
-    from hiertrain.prefix_cache import ImagePrompts, SharedPrefixAnswerer, render_chat
-    from hiertrain.synth import make_synthetic
-    from hiertrain.tiny import make_tiny
+    from hiertrain.core import prompts
+    from hiertrain.core.answers import parse_letter
+    from hiertrain.vlm.loading import load_vllm
+    from hiertrain.vlm.prefix_cache import ImagePrompts, SharedPrefixAnswerer, render_chat
+    from hiertrain.core.synth import make_synthetic
+    from hiertrain.vlm.tiny import make_tiny
 
     work = Path(tempfile.mkdtemp(prefix="eval_speed_"))
     checkpoint = args.pretrained or make_tiny("qwen2_5_vl", work / "tiny", seed=0)

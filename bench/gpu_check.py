@@ -1,15 +1,15 @@
 """One GPU check, three measurements side by side: build a Qwen2.5-VL, evaluation speed, LoRA steps.
 
-1. build  a random-init Qwen2.5-VL with `hiertrain.tiny.make_tiny` (tiny tokenizer/processor, no
+1. build  a random-init Qwen2.5-VL with `hiertrain.vlm.tiny.make_tiny` (tiny tokenizer/processor, no
           download): `--scale 7b` merges bench/sizes/qwen2_5_vl_7b.yaml (Qwen2.5-VL-7B-Instruct's
           sizes, 152064 embedding rows) into the tiny config; `--scale tiny` keeps the tiny sizes.
           The model is created directly on `--device` in `--dtype` (default-device context +
           default dtype), then written with `save_pretrained`, so steps 2 and 3 load it through
-          the real `from_pretrained` path (`hiertrain.models.load_vllm`).
+          the real `from_pretrained` path (`hiertrain.vlm.loading.load_vllm`).
 2. eval   bench/eval_speed.py on that checkpoint (`--device/--dtype`): the paper's protocol vs
           hiertrain's shared-prefix letter logits vs shared-prefix generate, 448 px images (256
           visual tokens), 7-level questions; questions/s, ratios, device, dtype.
-3. lora   the real CLI in-process, `hiertrain.cli.main(["fit", "--config",
+3. lora   the real CLI in-process, `hiertrain.cli.main.main(["fit", "--config",
           "configs/lora/qwen2_5_vl_7b_inat21_plant.yaml", ...])` with the paper config's GPU
           switches (bf16 weights, bf16-mixed, gradient checkpointing, rank 64, batch 2 records,
           accumulation 2), data = a 448 px synthetic set from `hiertrain data synth`, one device,
@@ -281,7 +281,7 @@ def step_build(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import transformers
     import yaml
 
-    from hiertrain.tiny import make_tiny
+    from hiertrain.vlm.tiny import make_tiny
 
     overrides = yaml.safe_load(SIZES_7B.read_text()) if args.scale == "7b" else None
     out = work / f"qwen2_5_vl_{args.scale}"
@@ -329,7 +329,7 @@ def step_build(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "checkpoint": str(out),
         "built_on": built_on,
         "device_build_error": fallback_error,
-        "sizes": _repo_relative(SIZES_7B) if overrides else "configs/tiny/qwen2_5_vl.yaml",
+        "sizes": _repo_relative(SIZES_7B) if overrides else "hiertrain/vlm/tiny_sizes/qwen2_5_vl.yaml",
         "params": params,
         "params_b": round(params / 1e9, 3),
         "params_by_dtype": by_dtype,
@@ -432,7 +432,7 @@ def lora_override(args: argparse.Namespace, work: Path, synth: Path) -> Path:
 def step_lora(args: argparse.Namespace, work: Path, checkpoint: Path, seconds_left: float) -> dict[str, Any]:
     import torch
 
-    from hiertrain.cli import main as hiertrain_main
+    from hiertrain.cli.main import main as hiertrain_main
 
     sc = SCALES[args.scale]
     synth = work / "lora_synth"

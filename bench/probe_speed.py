@@ -5,7 +5,7 @@ probe count: 31 sites x 4 levels = 124 probes), same splits, side by side in one
   (a) the paper's protocol: one nn.Linear per (site, level) trained alone on raw features,
       Adam lr 1e-4, batch 512, 500 epochs, accuracy on train and test after every epoch, the
       best epoch read on TEST (an optimistic, test-selected figure);
-  (b) hiertrain: `hiertrain.probing.train_probes` with its defaults: all probes in one einsum,
+  (b) hiertrain: `hiertrain.cli.probing.train_probes` with its defaults: all probes in one einsum,
       per-probe selection on a VALIDATION split, early stopping, test touched once (the time
       includes validate + test + probes.json and plots; the fit part is printed too).
 Then peak memory: extraction into a store 4x (and 8x) larger than the shard memory cap.
@@ -71,7 +71,7 @@ def paper_protocol(store: str, epochs: int = 500, lr: float = 1e-4, bsz: int = 5
 def hiertrain_protocol(store: str, out: Path) -> dict:
     from lightning.pytorch.callbacks import Timer
 
-    from hiertrain.probing import train_probes
+    from hiertrain.cli.probing import train_probes
 
     timer = Timer()
     start = time.perf_counter()
@@ -108,7 +108,7 @@ class PeakRSS:
 
 def writer_memory(cap_mb: float, multiple: int, root: Path) -> dict:
     """Stream a store `multiple` x the cap, with Qwen2.5-VL-7B-sized rows (31 sites x 3584, bf16)."""
-    from hiertrain.feature_store import ShardWriter, StoreLayout
+    from hiertrain.core.feature_store import ShardWriter, StoreLayout
 
     sites = ["vision", "projector", *[f"llm.{k}" for k in range(29)]]
     layout = StoreLayout("image", sites, [1280, 3584] + [3584] * 29, ["avg", "last"], ["p"], ["l"], [0], "bfloat16")
@@ -127,7 +127,7 @@ def writer_memory(cap_mb: float, multiple: int, root: Path) -> dict:
 
 def extraction_memory(tiny: str, synth: dict, cap_mb: float, root: Path) -> dict:
     """The real pipeline (tiny model): extraction into a store ~4x the cap; peak RSS growth."""
-    from hiertrain.probing import extract_features
+    from hiertrain.cli.probing import extract_features
 
     shutil.rmtree(root, ignore_errors=True)
     with PeakRSS() as mem:
@@ -147,8 +147,8 @@ def main() -> None:
     ap.add_argument("--llm-layers", type=int, default=28, help="LLM layers of the tiny model (Qwen2.5-VL-7B: 28)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from hiertrain.synth import make_synthetic
-    from hiertrain.tiny import make_tiny
+    from hiertrain.core.synth import make_synthetic
+    from hiertrain.vlm.tiny import make_tiny
 
     work = Path(args.out or tempfile.mkdtemp(prefix="probe_speed_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -158,7 +158,7 @@ def main() -> None:
     synth = make_synthetic(work / "synth", images_per_leaf=args.images_per_leaf, seed=0, image_size=args.image_size)
     store = work / "store"
     shutil.rmtree(store, ignore_errors=True)
-    from hiertrain.probing import extract_features
+    from hiertrain.cli.probing import extract_features
 
     t0 = time.perf_counter()
     extract_features(str(tiny), store, images=str(synth["images"]), taxonomy=str(synth["taxonomy"]),

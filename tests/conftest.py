@@ -44,8 +44,8 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
-    """A small synthetic hierarchical image set (see hiertrain.synth), built once per session."""
-    from hiertrain.synth import make_synthetic
+    """A small synthetic hierarchical image set (see hiertrain.core.synth), built once per session."""
+    from hiertrain.core.synth import make_synthetic
 
     out = tmp_path_factory.mktemp("synth")
     make_synthetic(out, images_per_leaf=3, seed=0, image_size=448)
@@ -53,7 +53,7 @@ def synth_dir(tmp_path_factory) -> Path:
 
 
 def _tiny(tmp_path_factory, arch: str) -> Path:
-    from hiertrain.tiny import make_tiny
+    from hiertrain.vlm.tiny import make_tiny
 
     return make_tiny(arch, tmp_path_factory.mktemp(f"tiny_{arch}"), seed=0)
 
@@ -72,5 +72,5 @@ def tiny_llava(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> Path:
-    """A tiny random-init open_clip model dir (load with hiertrain.openclip_models.load_open_clip)."""
+    """A tiny random-init open_clip model dir (load with hiertrain.vlm.openclip.load_open_clip)."""
     return _tiny(tmp_path_factory, "clip")

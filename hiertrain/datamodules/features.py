@@ -19,8 +19,8 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
-from hiertrain.errors import HierError
-from hiertrain.feature_store import FeatureStore
+from hiertrain.core.errors import HierError
+from hiertrain.core.feature_store import FeatureStore
 
 
 @dataclass

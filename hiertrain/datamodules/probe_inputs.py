@@ -17,10 +17,10 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
-from hiertrain.errors import HierError
-from hiertrain.prompts import SYSTEM_TEXT, text_prompt
-from hiertrain.questions import read_image_list
-from hiertrain.taxonomy import Taxonomy
+from hiertrain.core.errors import HierError
+from hiertrain.core.prompts import SYSTEM_TEXT, text_prompt
+from hiertrain.core.question_bank import read_image_list
+from hiertrain.core.taxonomy import Taxonomy
 
 # The paper's visual probing prompt (probing/vlm_probe_data_gen.py): a neutral request, so the
 # features are not steered towards any taxonomy level.

@@ -4,7 +4,7 @@ An item carries every asked level of one record, so a model encodes the image on
 all levels from it. Items are served by `PaddedEvalSampler`, whose padding repeats come back
 with `valid=False` so no sample is counted twice under DDP.
 `level_questions` is the single place a record becomes per-level chat messages; it uses
-`hiertrain.prompts` only, so evaluation and tuning see the same words.
+`hiertrain.core.prompts` only, so evaluation and tuning see the same words.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any, Literal
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from hiertrain import prompts
+from hiertrain.core import prompts
 from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
-from hiertrain.errors import HierError
-from hiertrain.questions import QuestionRecord, read_questions
+from hiertrain.core.errors import HierError
+from hiertrain.core.question_bank import QuestionRecord, read_questions
 
 Mode = Literal["image", "text"]
 
@@ -227,7 +227,7 @@ class HierVQADataModule(LightningDataModule):
     def _taxonomy(self):
         if not self.taxonomy_path:
             return None
-        from hiertrain.taxonomy import Taxonomy
+        from hiertrain.core.taxonomy import Taxonomy
 
         return Taxonomy.from_json(self.taxonomy_path, on_multi_parent="first")  # membership only
 

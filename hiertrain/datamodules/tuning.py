@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from hiertrain.datamodules.questions import HierVQADataModule, QuestionDataset
-from hiertrain.errors import HierError
-from hiertrain.prompts import LETTERS
+from hiertrain.core.errors import HierError
+from hiertrain.core.prompts import LETTERS
 
 IGNORE_INDEX = -100
 
@@ -44,7 +44,7 @@ class TuningCollator:
 
     def prompt_text(self, messages: list[dict]) -> str:
         """Exactly the evaluator's prompt (same function)."""
-        from hiertrain.prefix_cache import render_chat
+        from hiertrain.vlm.prefix_cache import render_chat
 
         return render_chat(self.processor, messages)
 

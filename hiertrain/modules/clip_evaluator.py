@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from hiertrain.errors import HierError
+from hiertrain.core.errors import HierError
 from hiertrain.modules.evaluator_base import QuestionEvaluator, sample_prediction
-from hiertrain.predictions import SamplePrediction
-from hiertrain.prompts import LETTERS
-from hiertrain.questions import CLIP_TEXT_TEMPLATE
+from hiertrain.core.predictions import SamplePrediction
+from hiertrain.core.prompts import LETTERS
+from hiertrain.core.question_bank import CLIP_TEXT_TEMPLATE
 
 
 class CLIPEvaluator(QuestionEvaluator):
@@ -43,7 +43,7 @@ class CLIPEvaluator(QuestionEvaluator):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        from hiertrain.openclip_models import load_open_clip
+        from hiertrain.vlm.openclip import load_open_clip
 
         self.model, self.preprocess, self.tokenizer = load_open_clip(self.pretrained)
         self.model.requires_grad_(False)

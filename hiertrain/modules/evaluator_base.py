@@ -19,10 +19,10 @@ from typing import Any
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
-from hiertrain.errors import HierError
-from hiertrain.predictions import LevelPrediction, SamplePrediction
-from hiertrain.prompts import LETTERS
-from hiertrain.run_outputs import RunDirectory, default_run_name, file_sha256, model_name
+from hiertrain.core.errors import HierError
+from hiertrain.core.predictions import LevelPrediction, SamplePrediction
+from hiertrain.core.prompts import LETTERS
+from hiertrain.runs.eval_outputs import RunDirectory, default_run_name, file_sha256, model_name
 
 SAMPLE_TABLE_ROWS = 50
 # Overriding transfer_batch_to_device on the module (items hold PIL images) is deliberate.

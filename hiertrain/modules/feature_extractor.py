@@ -18,7 +18,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from hiertrain.datamodules.probe_inputs import IMAGE_PROMPT, IMAGE_SYSTEM, image_messages, text_messages
-from hiertrain.errors import HierError
+from hiertrain.core.errors import HierError
 
 POOLS = ("avg", "last")
 
@@ -75,7 +75,7 @@ def _hidden(output: Any) -> Tensor:
 class FeatureExtractor(LightningModule):
     """Frozen vision LLM whose `predict_step` returns pooled per-site features per sample.
 
-    Pair it with `hiertrain.feature_writer.FeatureWriter` (writes the shards) and
+    Pair it with `hiertrain.callbacks.feature_writer.FeatureWriter` (writes the shards) and
     `hiertrain.datamodules.probe_inputs.ProbeInputDataModule` (images or taxonomy text).
     """
 
@@ -91,7 +91,7 @@ class FeatureExtractor(LightningModule):
         image_system: str = IMAGE_SYSTEM,
     ) -> None:
         super().__init__()
-        from hiertrain.models import language_model_of, load_vllm, projector_of, vision_tower_of
+        from hiertrain.vlm.loading import language_model_of, load_vllm, projector_of, vision_tower_of
 
         self.save_hyperparameters()
         self.mode = mode

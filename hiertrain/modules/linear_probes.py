@@ -32,13 +32,13 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from hiertrain.datamodules.features import ProbeSpec
-from hiertrain.errors import HierError
+from hiertrain.core.errors import HierError
 
 
 class ProbeAccuracy(Metric):
     """Per-level accuracy ``[sites, levels]`` and HCA ``[sites]`` of many probes in one metric.
 
-    Same definitions as `hiertrain.metrics.PerLevelAccuracy` / `HierarchicalConsistentAccuracy`
+    Same definitions as `hiertrain.core.metrics.PerLevelAccuracy` / `HierarchicalConsistentAccuracy`
     applied site by site (a sample's HCA counts when every asked level is right; samples with
     nothing asked are in no denominator; ``valid`` False rows are DDP padding, dropped).
     """
@@ -260,7 +260,7 @@ class LinearProbes(LightningModule):
         self.log("val/selected_acc", self.best_val.clamp(min=0).mean().float())
 
     def on_test_epoch_end(self) -> None:
-        from hiertrain.probe_outputs import probe_report, write_probe_outputs
+        from hiertrain.runs.probe_outputs import probe_report, write_probe_outputs
 
         self.results["test"] = self._collect("test")
         report = probe_report(self.spec, self.results, dict(self.hparams))

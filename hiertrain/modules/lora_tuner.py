@@ -3,7 +3,7 @@
 The paper (arXiv 2505.24840) tunes Qwen2.5-VL-7B's LLM with LoRA (rank 64, alpha 64, dropout
 0.2, lr 5e-5, weight decay 0.1, cosine with 3% warm-up, 1 epoch) on iNat21-Plant questions.
 Only the language model's q/k/v/o and gate/up/down projections get adapters (see
-`hiertrain.lora_targets`); vision tower and projector stay frozen.
+`hiertrain.vlm.lora_targets`); vision tower and projector stay frozen.
 
 - Training batches come from `HierTuningDataModule` (prompt tokens masked, target = letter +
   end of turn); validation items are scored exactly as `VLLMEvaluator` scores test items, into
@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
-from hiertrain.errors import HierError
+from hiertrain.core.errors import HierError
 
 ADAPTER_DIRNAME = "adapter"
 
@@ -82,8 +82,8 @@ class LoRATuner(LightningModule):
             return
         from peft import LoraConfig, get_peft_model
 
-        from hiertrain.lora_targets import check_adapted, check_targets, language_model_pattern
-        from hiertrain.models import language_model_of, load_vllm
+        from hiertrain.vlm.lora_targets import check_adapted, check_targets, language_model_pattern
+        from hiertrain.vlm.loading import language_model_of, load_vllm
 
         base, self.processor = load_vllm(self.pretrained, self.hparams.dtype, self.hparams.attn_implementation)
         language_model = language_model_of(base)
@@ -115,7 +115,7 @@ class LoRATuner(LightningModule):
         if dm is not None and hasattr(dm, "attach_processor"):
             dm.attach_processor(self.processor)
         if dm is not None and hasattr(dm, "depth"):
-            from hiertrain.metrics import hierarchical_metrics
+            from hiertrain.core.metrics import hierarchical_metrics
 
             self.val_depth, self.val_mode = dm.depth, dm.mode
             self.val_metrics = hierarchical_metrics(self.val_depth)
@@ -124,7 +124,7 @@ class LoRATuner(LightningModule):
         """`VLLMEvaluator.answer_items` (letter logits, shared-prefix cache) on the tuned model."""
         if not self._scorer:
             from hiertrain.modules.vllm_evaluator import VLLMEvaluator
-            from hiertrain.prefix_cache import SharedPrefixAnswerer
+            from hiertrain.vlm.prefix_cache import SharedPrefixAnswerer
 
             view = VLLMEvaluator(self.pretrained, answer="logits")
             view.processor = self.processor
@@ -173,7 +173,7 @@ class LoRATuner(LightningModule):
         return batch
 
     def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
-        from hiertrain.predictions import to_tensors
+        from hiertrain.core.predictions import to_tensors
 
         items = [item for item in batch if item["valid"]]  # padding repeats belong to another rank
         good = [item for item in items if not item["error"]]
@@ -239,7 +239,7 @@ class LoRATuner(LightningModule):
 
 def frozen_parts(model: Any) -> dict[str, Any]:
     """The parts LoRA must leave alone: vision tower and projector (none for a plain LLM)."""
-    from hiertrain.models import projector_of, vision_tower_of
+    from hiertrain.vlm.loading import projector_of, vision_tower_of
 
     parts = {}
     for name, getter in (("vision tower", vision_tower_of), ("projector", projector_of)):
@@ -290,7 +290,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     """Base model + adapter -> a merged transformers checkpoint with the processor in `out`."""
     from peft import PeftConfig
 
-    from hiertrain.models import load_vllm
+    from hiertrain.vlm.loading import load_vllm
 
     adapter, out = Path(adapter), Path(out)
     if not (adapter / "adapter_config.json").is_file():

@@ -1,7 +1,7 @@
 """Frozen vision LLMs (and plain LLMs) answering the question bank: `hiertrain test`.
 
 Any HF image-text-to-text model (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision, InternVL-hf, ...) or
-causal LM loads by hub id or local path through `hiertrain.models.load_vllm`. All levels of an
+causal LM loads by hub id or local path through `hiertrain.vlm.loading.load_vllm`. All levels of an
 image share one vision encoding and one prefill of the common prefix (`SharedPrefixAnswerer`).
 
 - `answer: logits` (default): argmax of the next-token logits over the option letters.
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from hiertrain.answers import parse_letter
+from hiertrain.core.answers import parse_letter
 from hiertrain.modules.evaluator_base import QuestionEvaluator, sample_prediction
-from hiertrain.predictions import SamplePrediction
-from hiertrain.prompts import LETTERS
+from hiertrain.core.predictions import SamplePrediction
+from hiertrain.core.prompts import LETTERS
 
 
 class VLLMEvaluator(QuestionEvaluator):
@@ -48,7 +48,7 @@ class VLLMEvaluator(QuestionEvaluator):
     ) -> None:
         super().__init__(pretrained, run_name)
         if answer not in ("logits", "generate"):
-            from hiertrain.errors import HierError
+            from hiertrain.core.errors import HierError
 
             raise HierError(f"answer {answer!r} is not 'logits' or 'generate'")
         self.answer_kind = answer
@@ -62,8 +62,8 @@ class VLLMEvaluator(QuestionEvaluator):
     def configure_model(self) -> None:
         if self.answerer is not None:
             return
-        from hiertrain.models import load_vllm
-        from hiertrain.prefix_cache import SharedPrefixAnswerer
+        from hiertrain.vlm.loading import load_vllm
+        from hiertrain.vlm.prefix_cache import SharedPrefixAnswerer
 
         model, self.processor = load_vllm(self.pretrained, self.model_dtype, self.attn_implementation, self.device_map)
         model.requires_grad_(False)
@@ -75,12 +75,12 @@ class VLLMEvaluator(QuestionEvaluator):
 
     def prompts_of(self, item: dict[str, Any]) -> list[str]:
         """Each asked level's full chat prompt, in the model's own template."""
-        from hiertrain.prefix_cache import render_chat
+        from hiertrain.vlm.prefix_cache import render_chat
 
         return [render_chat(self.processor, lq.messages) for lq in item["levels"]]
 
     def answer_items(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
-        from hiertrain.prefix_cache import ImagePrompts
+        from hiertrain.vlm.prefix_cache import ImagePrompts
 
         batch = [ImagePrompts(item["image"], self.prompts_of(item)) for item in items]
         out = []

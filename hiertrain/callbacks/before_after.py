@@ -1,0 +1,258 @@
+"""The before/after LoRA table: base vs tuned model, visual and text HCA, with deltas.
+
+The paper's layout (arXiv 2505.24840, LoRA section): one row per (dataset, question mode),
+the base model's score, the tuned model's, and the difference. Written as
+`before_after.json` (contract in docs/ARCHITECTURE.md, read by `hiertrain report`) and as a
+markdown table for people.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback
+
+from hiertrain.core.errors import HierError
+
+# Scalar metrics carried into each row; per-level lists stay in the evaluation's own files.
+ROW_METRICS = ("hca", "leaf_accuracy", "point_overlap", "hierarchical_f1", "unparseable_rate")
+
+
+@dataclass
+class BeforeAfterRow:
+    """One (dataset, mode) pair: the same questions put to the base and the tuned model."""
+
+    dataset: str
+    mode: str
+    before: dict[str, float | None]
+    after: dict[str, float | None]
+    chance: float | None = None
+    num_samples: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def delta(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for name in ROW_METRICS:
+            b, a = self.before.get(name), self.after.get(name)
+            out[name] = None if a is None or b is None else a - b
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "dataset": self.dataset,
+            "mode": self.mode,
+            "before": {k: self.before.get(k) for k in ROW_METRICS},
+            "after": {k: self.after.get(k) for k in ROW_METRICS},
+            "delta": self.delta,
+        }
+        if self.chance is not None:
+            row["chance"] = {"hca": self.chance}
+        if self.num_samples is not None:
+            row["num_samples"] = self.num_samples
+        row.update(self.extra)
+        return row
+
+
+def before_after_doc(rows: list[BeforeAfterRow], base: str, tuned: str) -> dict[str, Any]:
+    """The `before_after.json` object."""
+    seen: set[tuple[str, str]] = set()
+    for row in rows:
+        if row.mode not in ("image", "text"):
+            raise HierError(f"before/after row {row.dataset}: mode {row.mode!r} is not 'image' or 'text'")
+        if (row.dataset, row.mode) in seen:
+            raise HierError(f"before/after: {row.dataset} ({row.mode}) appears twice")
+        seen.add((row.dataset, row.mode))
+    return {"rows": [r.to_json() for r in rows], "base": base, "tuned": tuned}
+
+
+def _pct(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """HCA and leaf accuracy (%) before, after and the delta, one line per dataset and mode."""
+    head = "| dataset | questions | chance HCA | HCA before | HCA after | Δ HCA | leaf before | leaf after | Δ leaf |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for row in doc["rows"]:
+        b, a, d = row["before"], row["after"], row["delta"]
+        mode = "visual" if row["mode"] == "image" else "text"
+        chance = (row.get("chance") or {}).get("hca")
+        lines.append(
+            f"| {row['dataset']} | {mode} | {_pct(chance)} | {_pct(b.get('hca'))} | {_pct(a.get('hca'))} | "
+            f"{_pct(d.get('hca'), True)} | {_pct(b.get('leaf_accuracy'))} | {_pct(a.get('leaf_accuracy'))} | "
+            f"{_pct(d.get('leaf_accuracy'), True)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_before_after(run_dir: str | Path, doc: dict[str, Any]) -> Path:
+    """Write `before_after.json` and `before_after.md` into `run_dir`; return the JSON path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "before_after.json"
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    (run_dir / "before_after.md").write_text(markdown(doc))
+    return path
+
+
+# ---------------------------------------------------------------------- evaluation
+
+
+def chance_hca(records: list[Any], mode: str) -> float | None:
+    """Expected HCA of uniform guessing: mean over samples of prod(1 / #options) over asked levels."""
+    from hiertrain.core.prompts import asked_levels
+
+    if not records:
+        return None
+    total = 0.0
+    for record in records:
+        p = 1.0
+        for i in asked_levels(record.truths, mode):
+            p /= len(record.choices[i])
+        total += p
+    return total / len(records)
+
+
+def _gather(objs: list[Any]) -> list[Any]:
+    """Every rank's list, concatenated (identity outside a process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return objs
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, objs)
+    return [o for part in parts for o in part]
+
+
+def evaluate_split(tuner: Any, data: Any, split: str, adapter: bool) -> tuple[dict[str, Any], int, int]:
+    """(metrics, samples, skipped) of `tuner` on one split of a `HierTuningDataModule`, the
+    adapter on or off (off = the base model exactly: LoRA layers bypassed). Sharded over ranks
+    by `PaddedEvalSampler`; every sample is answered once and the results gathered."""
+    from contextlib import nullcontext
+
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from hiertrain.datamodules.questions import collate_items
+    from hiertrain.datamodules.sampling import PaddedEvalSampler
+    from hiertrain.runs.eval_outputs import compute_metrics
+
+    dataset = data.split_dataset(split)
+    loader = DataLoader(dataset, batch_size=data.batch_size, sampler=PaddedEvalSampler(dataset), collate_fn=collate_items)
+    preds, skipped = [], 0
+    context = nullcontext() if adapter else tuner.model.disable_adapter()
+    label = f"{'after' if adapter else 'before'}: {data.questions} ({data.mode})"
+    with context:
+        for batch in tqdm(loader, desc=label, leave=False):
+            items = [item for item in batch if item["valid"]]
+            good = [item for item in items if not item["error"]]
+            skipped += len(items) - len(good)
+            if good:
+                preds.extend(tuner.answer(good, data.mode))
+    preds = sorted(_gather(preds), key=lambda p: p.id)
+    skipped = sum(_gather([skipped]))
+    return compute_metrics(preds, data.depth), len(preds), skipped
+
+
+class BeforeAfterEvaluation(Callback):
+    """After `fit`: base vs tuned on every configured question set, image and text questions.
+
+    Add it to `trainer.callbacks` (the LoRA configs do); it writes `before_after.json`,
+    `before_after.md` and `run.json` (kind "lora") next to the exported adapter.
+
+    Args:
+        datasets: `{name: HierTuningDataModule init args}` (questions, taxonomy, subject, ...).
+        modes: question modes to compare ("image", "text").
+        split: the split to score (never the one checkpoints were chosen on).
+        batch_size: images per evaluation step.
+    """
+
+    def __init__(
+        self,
+        datasets: dict[str, dict[str, Any]],
+        modes: list[str] = ["image", "text"],  # noqa: B006 (jsonargparse needs a literal default)
+        split: str = "test",
+        batch_size: int = 8,
+    ) -> None:
+        if not datasets:
+            raise HierError("BeforeAfterEvaluation: no datasets configured")
+        for mode in modes:
+            if mode not in ("image", "text"):
+                raise HierError(f"BeforeAfterEvaluation: mode {mode!r} is not 'image' or 'text'")
+        self.datasets, self.modes, self.split, self.batch_size = datasets, list(modes), split, batch_size
+        self.doc: dict[str, Any] | None = None
+
+    def rows(self, tuner: Any) -> list[BeforeAfterRow]:
+        from hiertrain.datamodules.tuning import HierTuningDataModule
+
+        rows = []
+        for name, args in self.datasets.items():
+            for mode in self.modes:
+                data = HierTuningDataModule(**{**args, "mode": mode, "batch_size": self.batch_size})
+                data.attach_processor(tuner.processor)
+                before, n, skipped = evaluate_split(tuner, data, self.split, adapter=False)
+                after, _, _ = evaluate_split(tuner, data, self.split, adapter=True)
+                chance = chance_hca(data.split_records(self.split), mode)
+                rows.append(BeforeAfterRow(name, mode, before, after, chance, n, {"skipped": skipped, "split": self.split}))
+        return rows
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        adapter = pl_module.finalize_adapter()
+        rows = self.rows(pl_module)
+        self.doc = before_after_doc(rows, base=str(pl_module.pretrained), tuned=str(adapter))
+        if trainer.is_global_zero:
+            run_dir = adapter.parent
+            write_before_after(run_dir, self.doc)
+            write_run_json(run_dir, pl_module, trainer.datamodule, adapter)
+            print(markdown(self.doc), end="", flush=True)
+        trainer.strategy.barrier("hiertrain-before-after-written")
+
+
+def write_run_json(run_dir: Path, tuner: Any, data: Any, adapter: Path) -> None:
+    """`run.json` of kind "lora" (docs/ARCHITECTURE.md, run directories) for `hiertrain report`."""
+    from datetime import datetime, timezone
+
+    from hiertrain.runs.eval_outputs import file_sha256, model_name
+
+    meta = {
+        "kind": "lora",
+        "model": str(tuner.pretrained),
+        "model_name": model_name(str(tuner.pretrained)),
+        "dataset": Path(data.questions).stem,
+        "questions": str(data.questions),
+        "questions_sha256": file_sha256(data.questions),
+        "mode": data.mode,
+        "prompt_variant": data.prompt_variant,
+        "answer": "logits",
+        "seed": data.seed,
+        "num_samples": len(data.split_records(data.train_split)),
+        "skipped": 0,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base": str(tuner.pretrained),
+        "adapter": str(adapter),
+        "hparams": {k: v for k, v in dict(tuner.hparams).items() if k != "pretrained"},
+    }
+    (Path(run_dir) / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def tune_and_compare(configs: list[str | Path], *overrides: str) -> dict[str, Any]:
+    """`hiertrain fit --config ...` from Python (the demo): returns the before/after document.
+
+    The configs must include a `BeforeAfterEvaluation` callback (configs/lora/* do).
+    """
+    from hiertrain.cli.lightning import run_lightning_cli
+
+    argv = ["fit"]
+    for config in configs:
+        argv += ["--config", str(config)]
+    cli = run_lightning_cli([*argv, *overrides])
+    for callback in cli.trainer.callbacks:
+        if isinstance(callback, BeforeAfterEvaluation) and callback.doc is not None:
+            return callback.doc
+    raise HierError(f"{', '.join(map(str, configs))}: no BeforeAfterEvaluation callback ran (add it to trainer.callbacks)")

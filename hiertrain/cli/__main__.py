@@ -1,0 +1,5 @@
+import sys
+
+from hiertrain.cli.main import main
+
+sys.exit(main())

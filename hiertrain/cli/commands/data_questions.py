@@ -1,0 +1,60 @@
+"""`hiertrain data questions`: build a question bank from a taxonomy and an image list."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--taxonomy", required=True, type=Path, help="taxonomy JSON ({leaf: [root, ..., leaf]})")
+    parser.add_argument(
+        "--images", required=True, type=Path,
+        help="image list JSONL (image, label, split); relative image paths start at its folder",
+    )
+    parser.add_argument("--distractors", choices=("random", "similar"), default="random")
+    parser.add_argument("--clip", help="open_clip name or local dir (needed for --distractors similar)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-choices", type=int, default=4, help="options per question (truth included)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images (and texts) per CLIP batch")
+    parser.add_argument("--workers", type=int, default=0, help="image-loading processes")
+    parser.add_argument("--cache-dir", type=Path, help="keep label text embeddings here between runs")
+    parser.add_argument(
+        "--drop-trivial-levels", action="store_true", help="leave out levels with a single class"
+    )
+    parser.add_argument("--on-multi-parent", choices=("error", "first"), default="error")
+    parser.add_argument("--out", required=True, type=Path, help="question bank JSONL to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hiertrain.core.errors import HierError
+    from hiertrain.core.question_bank import build_questions, read_image_list, write_questions
+    from hiertrain.core.taxonomy import Taxonomy
+
+    if args.distractors == "similar" and not args.clip:
+        raise HierError("--distractors similar needs --clip NAME_OR_PATH")
+    taxonomy = Taxonomy.from_json(
+        args.taxonomy, on_multi_parent=args.on_multi_parent, drop_trivial_levels=args.drop_trivial_levels
+    )
+    images = read_image_list(args.images)
+    records = build_questions(
+        taxonomy,
+        images,
+        distractors=args.distractors,
+        seed=args.seed,
+        clip=args.clip,
+        num_choices=args.num_choices,
+        source=str(args.images),
+        image_root=args.images.parent,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        cache_dir=args.cache_dir,
+    )
+    write_questions(records, args.out)
+    short = sum(
+        1 for r in records for choices in r.choices if len(choices) < args.num_choices
+    )
+    note = f" ({short} questions have fewer than {args.num_choices} options)" if short else ""
+    print(f"wrote {len(records)} records to {args.out}{note}", file=sys.stderr)
+    return 0

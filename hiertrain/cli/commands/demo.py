@@ -1,0 +1,134 @@
+"""`hiertrain demo`: the whole study on the synthetic set and tiny models, one resumable command.
+
+synthetic images -> tiny checkpoints -> question banks (random and similar distractors) ->
+visual and text evaluation of the tiny VLLMs and a CLIP model -> feature extraction and linear
+probes -> LoRA tuning -> evaluation of the tuned model -> report.
+
+Every step runs the same configs a user would (`configs/demo`, `configs/probing/synth_*`,
+`configs/lora/synth_demo_text.yaml`), with `runs/demo/` rewritten to `--out`; the resolved
+copies are kept in `<out>/configs/` so each step can be rerun by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+DEMO_ROOT = "runs/demo"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=DEMO_ROOT, help=f"demo folder (default {DEMO_ROOT}); a rerun resumes")
+    parser.add_argument("--images-per-leaf", type=int, default=6, help="synthetic images per leaf (default 6)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--wandb", action="store_true", help="log every run to W&B (set WANDB_MODE=offline without network)")
+
+
+def _configs_dir() -> Path:
+    from hiertrain.core.errors import HierError
+
+    here = Path(__file__).resolve().parents[3] / "configs"
+    if not (here / "demo").is_dir():
+        raise HierError(f"{here}: the demo configs are missing (run the demo from a checkout of hiertrain)")
+    return here
+
+
+def _resolve(config: Path, out: Path, dest: Path) -> Path:
+    """Copy a demo config with its `runs/demo` paths pointing into `out`."""
+    text = config.read_text()
+    text = re.sub(r"(?<![\w/.-])runs/demo(?=/|\b)", out.as_posix(), text)
+    target = dest / config.name
+    target.write_text(text)
+    return target
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import os
+    import time
+
+    from hiertrain.cli.main import main
+    from hiertrain.runs.steps import StepRunner
+
+    # Libraries that call logging.info() at module level would give the root logger a handler
+    # (basicConfig) and every Lightning message would print twice; a NullHandler prevents it.
+    logging.getLogger().addHandler(logging.NullHandler())
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not args.wandb:
+        os.environ.setdefault("WANDB_MODE", "disabled")
+
+    out = Path(args.out).resolve()
+    configs = _configs_dir()
+    resolved = out / "configs"
+    resolved.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        name: _resolve(configs / sub / f"{name}.yaml", out, resolved)
+        for sub, names in (
+            ("demo", ("qwen_image", "qwen_text", "llava_image", "clip_image")),
+            ("probing", ("synth_extract_image", "synth_probes")),
+            ("lora", ("synth_demo_text",)),
+        )
+        for name in names
+    }
+    synth, tiny, evals = out / "synth", out / "tiny", out / "eval"
+    wandb = [f"--wandb={str(args.wandb).lower()}"]
+
+    def cli(*argv: str) -> None:
+        code = main(list(argv))
+        if code:
+            raise SystemExit(code)
+
+    def test(config: str, *overrides: str) -> None:
+        cli("test", "--config", str(cfg[config]), *wandb, *overrides)
+
+    tuned = out / "lora" / "qwen2_5_vl-lora"
+    similar = synth / "questions_similar.jsonl"
+    steps: list[tuple[str, object]] = [
+        ("synthetic data", lambda: cli("data", "synth", "--out", str(synth), "--images-per-leaf", str(args.images_per_leaf), "--seed", str(args.seed))),
+        ("tiny qwen2_5_vl", lambda: cli("tiny", "--arch", "qwen2_5_vl", "--out", str(tiny / "qwen2_5_vl"), "--seed", str(args.seed))),
+        ("tiny llava_onevision", lambda: cli("tiny", "--arch", "llava_onevision", "--out", str(tiny / "llava_onevision"), "--seed", str(args.seed))),
+        ("tiny clip", lambda: cli("tiny", "--arch", "clip", "--out", str(tiny / "clip"), "--seed", str(args.seed))),
+        ("similar-distractor questions", lambda: cli(
+            "data", "questions", "--taxonomy", str(synth / "taxonomy.json"), "--images", str(synth / "images.jsonl"),
+            "--distractors", "similar", "--clip", str(tiny / "clip"), "--seed", str(args.seed), "--out", str(similar))),
+        ("eval qwen image", lambda: test("qwen_image", "--data.name=synthetic")),
+        ("eval qwen text", lambda: test("qwen_text", "--data.name=synthetic")),
+        ("eval llava image", lambda: test("llava_image", "--data.name=synthetic")),
+        ("eval llava text", lambda: test("llava_image", "--data.name=synthetic", "--data.mode=text")),
+        ("eval clip image", lambda: test("clip_image", "--data.name=synthetic")),
+        ("eval qwen image, similar distractors", lambda: test("qwen_image", "--data.name=synthetic-similar", f"--data.questions={similar}")),
+        ("eval clip image, similar distractors", lambda: test("clip_image", "--data.name=synthetic-similar", f"--data.questions={similar}")),
+        ("probing: extract features", lambda: cli("predict", "--config", str(cfg["synth_extract_image"]))),
+        ("probing: train probes", lambda: cli("fit", "--config", str(cfg["synth_probes"]))),
+        ("synthetic data for tuning", lambda: cli("data", "synth", "--out", str(out / "synth_tune"), "--images-per-leaf", "20", "--image-size", "224", "--seed", str(args.seed))),
+        ("lora: tune on text questions + before/after", lambda: cli("fit", "--config", str(cfg["synth_demo_text"]))),
+        ("lora: merge adapter", lambda: cli("lora", "merge", "--adapter", str(_adapter_dir(out)), "--out", str(tuned))),
+        ("eval tuned qwen image", lambda: test("qwen_image", "--data.name=synthetic", f"--model.pretrained={tuned}")),
+        ("eval tuned qwen text", lambda: test("qwen_text", "--data.name=synthetic", f"--model.pretrained={tuned}")),
+    ]
+    runner = StepRunner(out, total=len(steps) + 1)
+    start = time.perf_counter()
+    for name, fn in steps:
+        runner.run(name, fn)  # type: ignore[arg-type]
+    # The report is always rebuilt: it is cheap and must reflect every run now on disk.
+    print(f"[{len(steps) + 1}/{len(steps) + 1}] report")
+    cli("report", str(evals), str(out / "probing"), str(out / "lora"), "--out", str(out / "report"),
+        "--title", "hiertrain demo (synthetic set, tiny random-init models)", *(["--wandb"] if args.wandb else []))
+    print(f"\ndemo finished in {time.perf_counter() - start:.0f}s")
+    print(f"headline plot: {out / 'report' / 'hca_vs_leaf.png'}")
+    return 0
+
+
+def _adapter_dir(out: Path) -> Path:
+    """The PEFT adapter the LoRA step exported (the one its run.json names)."""
+    import json
+
+    from hiertrain.core.errors import HierError
+
+    for meta in sorted((out / "lora").rglob("run.json")):
+        info = json.loads(meta.read_text())
+        if info.get("kind") == "lora" and info.get("adapter"):
+            return Path(info["adapter"])
+    raise HierError(f"{out / 'lora'}: no LoRA run.json naming an adapter (did the tuning step finish?)")

@@ -1,0 +1,103 @@
+"""The exact text of every prompt, shared by evaluation and LoRA tuning.
+
+Training on one wording and evaluating on another would measure the wording, not the
+model, so every string a model sees is built here and nowhere else. The wordings are the
+paper's (arXiv 2505.24840, its evaluation scripts); the level names come from
+`Taxonomy.level_names` (e.g. "order", "family", "genus", "species" for CUB-200).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+from hiertrain.core.errors import HierError
+
+SYSTEM_IMAGE = (
+    "You are an expert in hierarchical image classification. Given an image, classify it at "
+    "its current hierarchy level by selecting the most appropriate option from the provided "
+    "choices (labeled with letters). Respond with only the corresponding letter."
+)
+SYSTEM_TEXT = "You are a helpful assistant."
+ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+LETTERS = "ABCDEFGHIJ"
+DEFAULT_SUBJECT = "object"
+
+IMAGE_VARIANTS: tuple[str, ...] = (
+    "Based on taxonomy, what is the {level} of the {subject} in this image?",
+    "Based on the image, what is the taxonomic classification at the {level} level?",
+    "What is the taxonomic classification of the {subject} in this image?",
+    "How can the {subject} in this image be categorized taxonomically?",
+    "What is the systematic position of the {subject} shown in the image?",
+)
+TEXT_VARIANTS: tuple[str, ...] = (
+    "Based on taxonomy, where does {label} fall in terms of {level}?",
+    "Given the {label}, what is its taxonomic classification at the {level} level?",
+    "What could {label} be classified as?",
+    "How can {label} be taxonomically categorized?",
+    "What is the systematic position of {label} in the biological classification hierarchy?",
+)
+
+Mode = Literal["image", "text"]
+
+
+def _variant(templates: tuple[str, ...], variant: int) -> str:
+    if not 0 <= variant < len(templates):
+        raise HierError(f"prompt variant {variant} does not exist (use 0..{len(templates) - 1})")
+    return templates[variant]
+
+
+def image_prompt(variant: int, level_name: str, subject: str = DEFAULT_SUBJECT) -> str:
+    """The paper's image question `variant` (0-4) for one level."""
+    return _variant(IMAGE_VARIANTS, variant).format(level=level_name, subject=subject)
+
+
+def text_prompt(variant: int, level_name: str, leaf_label: str) -> str:
+    """The text-only twin of `image_prompt`: the image is replaced by the leaf's name."""
+    return _variant(TEXT_VARIANTS, variant).format(level=level_name, label=leaf_label)
+
+
+def asked_levels(truths: list[str | None], mode: Mode) -> list[int]:
+    """Level indices put to the model: every level with a truth, but not the leaf in text
+    mode (the leaf's name is in the question, so asking it would test reading, not knowledge)."""
+    present = [i for i, truth in enumerate(truths) if truth is not None]
+    if mode == "text":
+        return present[:-1]
+    if mode == "image":
+        return present
+    raise HierError(f"unknown prompt mode {mode!r} (use 'image' or 'text')")
+
+
+def shuffled_options(options: list[str], seed: int, sample_id: int, level: int) -> list[str]:
+    """Options in a seeded order that depends on (seed, sample, level) only.
+
+    A string seed hashes through SHA-512 inside `random`, so the order is the same in every
+    process and Python version, unlike `hash()` which is salted per process.
+    """
+    out = list(options)
+    random.Random(f"{seed}:{sample_id}:{level}").shuffle(out)
+    return out
+
+
+def question_text(prompt: str, options: list[str]) -> str:
+    """Prompt, lettered options one a line, then the answer instruction (the paper's layout)."""
+    if not options:
+        raise HierError(f"no options for question {prompt!r}")
+    if len(options) > len(LETTERS):
+        raise HierError(f"{len(options)} options but only {len(LETTERS)} letters ({prompt!r})")
+    lines = [f"{letter}. {option}" for letter, option in zip(LETTERS, options)]
+    return prompt + "\n" + "\n".join(lines) + "\n" + ANSWER_INSTRUCTION
+
+
+def chat_messages(question: str, mode: Mode) -> list[dict]:
+    """Chat-template messages: system prompt, then the user turn (image placeholder first)."""
+    if mode == "image":
+        system, user = SYSTEM_IMAGE, [{"type": "image"}, {"type": "text", "text": question}]
+    elif mode == "text":
+        system, user = SYSTEM_TEXT, [{"type": "text", "text": question}]
+    else:
+        raise HierError(f"unknown prompt mode {mode!r} (use 'image' or 'text')")
+    return [
+        {"role": "system", "content": [{"type": "text", "text": system}]},
+        {"role": "user", "content": user},
+    ]

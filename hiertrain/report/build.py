@@ -1,0 +1,354 @@
+"""Compare finished runs: tables in the paper's layout, text-vs-visual HCA correlation, plots.
+
+Input is run directories (or folders holding them) as written by evaluation, probing and LoRA
+runs: each has a `run.json` (see docs/ARCHITECTURE.md). Output is `report.md` with embedded
+PNGs, and `report.json` with every number the tables show.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hiertrain.core.errors import HierError
+
+
+@dataclass
+class Run:
+    """One run directory and what it wrote."""
+
+    path: Path
+    meta: dict[str, Any]
+    metrics: dict[str, Any] | None = None
+    probes: dict[str, Any] | None = None
+    before_after: dict[str, Any] | None = None
+
+    @property
+    def kind(self) -> str:
+        return str(self.meta.get("kind", "eval"))
+
+    @property
+    def model(self) -> str:
+        return str(self.meta.get("model_name") or Path(str(self.meta.get("model", "?"))).name)
+
+    @property
+    def dataset(self) -> str:
+        return str(self.meta.get("dataset", "?"))
+
+    @property
+    def mode(self) -> str:
+        return str(self.meta.get("mode", "image"))
+
+
+@dataclass
+class Report:
+    """Everything the report shows, as data (written to report.json)."""
+
+    runs: list[Run]
+    differences: list[str] = field(default_factory=list)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    correlation: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise HierError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+
+
+def collect_runs(paths: list[str | Path]) -> list[Run]:
+    """Find every run directory (a folder with run.json) at or below the given paths."""
+    runs: list[Run] = []
+    seen: set[Path] = set()
+    for given in paths:
+        root = Path(given)
+        if not root.exists():
+            raise HierError(f"{root}: no such run directory")
+        found = [root / "run.json"] if (root / "run.json").is_file() else sorted(root.rglob("run.json"))
+        for meta_path in found:
+            run_dir = meta_path.parent.resolve()
+            if run_dir in seen:
+                continue
+            seen.add(run_dir)
+            run = Run(run_dir, _read_json(meta_path))
+            for name, attr in (("metrics.json", "metrics"), ("probes.json", "probes"), ("before_after.json", "before_after")):
+                if (run_dir / name).is_file():
+                    setattr(run, attr, _read_json(run_dir / name))
+            runs.append(run)
+    if not runs:
+        raise HierError(f"no run.json found under {', '.join(str(p) for p in paths)}")
+    return runs
+
+
+def protocol_differences(runs: list[Run]) -> list[str]:
+    """Say which evaluation runs were scored under a different protocol than the first of their kind.
+
+    Runs on one dataset must share the question file and split; VLLM runs must share the prompt variant
+    and the answer mode (CLIP runs answer by similarity, so only their question file counts).
+    """
+    evals = [r for r in runs if r.kind == "eval"]
+    out: list[str] = []
+    by_dataset: dict[str, Run] = {}
+    for run in evals:
+        ref = by_dataset.setdefault(run.dataset, run)
+        if run.meta.get("questions_sha256") != ref.meta.get("questions_sha256"):
+            out.append(
+                f"{run.path.name} and {ref.path.name} ({run.dataset}) use different question files: "
+                f"{run.meta.get('questions')} vs {ref.meta.get('questions')}"
+            )
+        elif run.meta.get("split") != ref.meta.get("split"):
+            out.append(
+                f"{run.path.name} and {ref.path.name} ({run.dataset}) score different splits: "
+                f"{run.meta.get('split')!r} vs {ref.meta.get('split')!r}"
+            )
+    vllm = [r for r in evals if r.meta.get("answer") != "clip"]
+    for key in ("prompt_variant", "answer"):
+        if vllm:
+            ref = vllm[0]
+            for run in vllm[1:]:
+                if run.meta.get(key) != ref.meta.get(key):
+                    out.append(
+                        f"{run.path.name} and {ref.path.name} differ in {key}: "
+                        f"{run.meta.get(key)!r} vs {ref.meta.get(key)!r}"
+                    )
+    return out
+
+
+def _pct(x: Any) -> float | None:
+    return None if x is None else round(100.0 * float(x), 2)
+
+
+def _eval_tables(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
+    evals = [r for r in runs if r.kind == "eval" and r.metrics]
+    text = {(r.model, r.dataset): r for r in evals if r.mode == "text"}
+    visual_rows, level_rows, overlap_rows = [], [], []
+    for run in sorted(evals, key=lambda r: (r.dataset, r.model, r.mode)):
+        m = run.metrics or {}
+        if run.mode == "image":
+            twin = text.get((run.model, run.dataset))
+            visual_rows.append(
+                {
+                    "model": run.model,
+                    "dataset": run.dataset,
+                    "hca": _pct(m.get("hca")),
+                    "leaf_accuracy": _pct(m.get("leaf_accuracy")),
+                    "text_hca": _pct(twin.metrics.get("hca")) if twin else None,
+                    "samples": m.get("num_samples"),
+                    "skipped": run.meta.get("skipped", 0),
+                }
+            )
+        names = m.get("level_names") or [f"level{i + 1}" for i in range(len(m.get("per_level_accuracy", [])))]
+        level_rows.append(
+            {
+                "model": run.model,
+                "dataset": run.dataset,
+                "mode": run.mode,
+                "levels": {n: _pct(a) for n, a in zip(names, m.get("per_level_accuracy", [])) if a is not None and not _isnan(a)},
+            }
+        )
+        overlap_rows.append(
+            {
+                "model": run.model,
+                "dataset": run.dataset,
+                "mode": run.mode,
+                "point_overlap": _pct(m.get("point_overlap")),
+                "strict_point_overlap": _pct(m.get("strict_point_overlap")),
+                "top_overlap": _pct(m.get("top_overlap")),
+                "hierarchical_f1": _pct(m.get("hierarchical_f1")),
+                "unparseable_rate": _pct(m.get("unparseable_rate")),
+            }
+        )
+    return {"visual": visual_rows, "per_level": level_rows, "overlap": overlap_rows}
+
+
+def _isnan(x: Any) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+def _probe_tables(runs: list[Run]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        if not run.probes:
+            continue
+        p = run.probes
+        test = p.get("test", {})
+        for site in p.get("sites", []):
+            rows.append(
+                {
+                    "run": run.path.name,
+                    "model": run.model,
+                    "dataset": run.dataset,
+                    "side": p.get("side", run.meta.get("side", "visual")),
+                    "site": site,
+                    "levels": {n: _pct(a) for n, a in zip(p.get("level_names", []), test.get("accuracy", {}).get(site, []))},
+                    "hca": _pct(test.get("hca", {}).get(site)),
+                }
+            )
+    return rows
+
+
+def _lora_tables(runs: list[Run]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        for row in (run.before_after or {}).get("rows", []):
+            before, after = row.get("before", {}), row.get("after", {})
+            rows.append(
+                {
+                    "run": run.path.name,
+                    "dataset": row.get("dataset"),
+                    "mode": row.get("mode"),
+                    "hca_before": _pct(before.get("hca")),
+                    "hca_after": _pct(after.get("hca")),
+                    "hca_delta": _pct(None if before.get("hca") is None or after.get("hca") is None else after["hca"] - before["hca"]),
+                    "leaf_before": _pct(before.get("leaf_accuracy")),
+                    "leaf_after": _pct(after.get("leaf_accuracy")),
+                }
+            )
+    return rows
+
+
+def correlations(visual_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pearson and Spearman of text HCA vs visual HCA across models, per dataset and pooled."""
+    import torch
+    from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
+
+    points = [r for r in visual_rows if r["hca"] is not None and r["text_hca"] is not None]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in points:
+        groups.setdefault(r["dataset"], []).append(r)
+    if len(groups) > 1:
+        groups["pooled"] = points
+    out = []
+    for name, rows in groups.items():
+        entry: dict[str, Any] = {"dataset": name, "n": len(rows), "pearson": None, "spearman": None}
+        if len(rows) >= 3:
+            text = torch.tensor([r["text_hca"] for r in rows], dtype=torch.float64)
+            vis = torch.tensor([r["hca"] for r in rows], dtype=torch.float64)
+            if text.std() > 0 and vis.std() > 0:
+                entry["pearson"] = round(float(pearson_corrcoef(text, vis)), 4)
+                entry["spearman"] = round(float(spearman_corrcoef(text, vis)), 4)
+        out.append(entry)
+    return out
+
+
+def build_report(runs: list[Run], allow_mixed: bool = False) -> Report:
+    """Tables and correlations; raises HierError on mixed protocols unless allowed."""
+    report = Report(runs=runs, differences=protocol_differences(runs))
+    if report.differences and not allow_mixed:
+        raise HierError(
+            "runs use mixed protocols (pass --allow-mixed to compare anyway): " + "; ".join(report.differences)
+        )
+    report.tables = _eval_tables(runs)
+    report.tables["probes"] = _probe_tables(runs)
+    report.tables["lora"] = _lora_tables(runs)
+    report.correlation = correlations(report.tables["visual"])
+    return report
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.2f}"
+    return str(x)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A GitHub Markdown table; nested `levels` dicts are flattened by the caller."""
+    head = "| " + " | ".join(columns) + " |"
+    sep = "| " + " | ".join("---" for _ in columns) + " |"
+    body = ["| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join([head, sep, *body])
+
+
+def _flatten_levels(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    level_cols: list[str] = []
+    for row in rows:
+        for name in row["levels"]:
+            if name not in level_cols:
+                level_cols.append(name)
+    flat = [{**{k: v for k, v in row.items() if k != "levels"}, **row["levels"]} for row in rows]
+    return flat, level_cols
+
+
+def headline_table(report: Report) -> str:
+    """The table `make demo` prints: visual HCA, leaf accuracy and text HCA per model x dataset."""
+    return markdown_table(report.tables["visual"], ["model", "dataset", "hca", "leaf_accuracy", "text_hca", "samples", "skipped"])
+
+
+def write_report(report: Report, out: str | Path, title: str = "hiertrain report") -> Path:
+    """Write report.md, report.json and the PNG plots into `out`; return report.md's path."""
+    from hiertrain.report import plots as report_plots
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = report_plots.draw_all(report, out)
+    t = report.tables
+    md = [f"# {title}", "", f"{len(report.runs)} runs: " + ", ".join(sorted(r.path.name for r in report.runs)), ""]
+    if report.differences:
+        md += ["**Mixed protocols (compared on request):**", *[f"- {d}" for d in report.differences], ""]
+    md += ["## Visual and text HCA (%)", "", headline_table(report), ""]
+    if "hca_vs_leaf" in images:
+        md += [f"![HCA vs leaf accuracy]({images['hca_vs_leaf']})", ""]
+    flat, level_cols = _flatten_levels(t["per_level"])
+    md += ["## Per-level accuracy (%)", "", markdown_table(flat, ["model", "dataset", "mode", *level_cols]), ""]
+    if "per_level" in images:
+        md += [f"![Per-level accuracy]({images['per_level']})", ""]
+    md += [
+        "## Overlap ratios (%)",
+        "",
+        markdown_table(t["overlap"], ["model", "dataset", "mode", "point_overlap", "strict_point_overlap", "top_overlap", "hierarchical_f1", "unparseable_rate"]),
+        "",
+        "## Text vs visual HCA correlation",
+        "",
+        markdown_table(report.correlation, ["dataset", "n", "pearson", "spearman"]) if report.correlation else "No model has both a visual and a text run.",
+        "",
+        "Correlations need at least 3 models with both runs; fewer leave them blank.",
+        "",
+    ]
+    if "scatter" in images:
+        md += [f"![Text vs visual HCA]({images['scatter']})", ""]
+    if t["probes"]:
+        flat, level_cols = _flatten_levels(t["probes"])
+        md += ["## Linear probes on cached features (test split, %)", "", markdown_table(flat, ["run", "side", "site", *level_cols, "hca"]), ""]
+        for key, path in images.items():
+            if key.startswith("probe_"):
+                md += [f"![{key}]({path})", ""]
+    if t["lora"]:
+        md += [
+            "## LoRA tuning: before / after (%)",
+            "",
+            markdown_table(t["lora"], ["dataset", "mode", "hca_before", "hca_after", "hca_delta", "leaf_before", "leaf_after"]),
+            "",
+        ]
+    (out / "report.md").write_text("\n".join(md))
+    payload = {
+        "runs": [{"path": str(r.path), **r.meta} for r in report.runs],
+        "differences": report.differences,
+        "tables": t,
+        "correlation": report.correlation,
+        "images": images,
+    }
+    (out / "report.json").write_text(json.dumps(payload, indent=2, default=str))
+    return out / "report.md"
+
+
+def log_to_wandb(report: Report, out: Path, project: str = "hiertrain", group: str = "report") -> None:
+    """Log the report's tables and plots to one W&B run grouped for comparison."""
+    import wandb
+
+    run = wandb.init(project=project, group=group, job_type="report", dir=str(out), reinit="finish_previous")
+    try:
+        for name, rows in report.tables.items():
+            if rows:
+                flat = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in rows]
+                cols = list(flat[0].keys())
+                run.log({f"report/{name}": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in flat])})
+        for png in sorted(out.glob("*.png")):
+            run.log({f"report/{png.stem}": wandb.Image(str(png))})
+    finally:
+        run.finish()

@@ -1,0 +1,127 @@
+"""The report's figures: what a researcher looks at rather than reads.
+
+HCA vs leaf accuracy bars per model, per-level accuracy curves, probe accuracy vs layer, and the
+text-vs-visual HCA scatter with its least-squares fit. Each returns the PNG's file name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+if TYPE_CHECKING:
+    from hiertrain.report.build import Report
+
+
+def _save(fig, out: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=120)
+    plt.close(fig)
+    return name
+
+
+def hca_vs_leaf(rows: list[dict], out: Path) -> str | None:
+    """Grouped bars: leaf accuracy next to HCA (and text HCA) for each model x dataset."""
+    rows = [r for r in rows if r["hca"] is not None]
+    if not rows:
+        return None
+    labels = [f"{r['model']}\n{r['dataset']}" for r in rows]
+    series = [("leaf accuracy", "leaf_accuracy", "#9ecae1"), ("visual HCA", "hca", "#3182bd"), ("text HCA", "text_hca", "#e6550d")]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(rows) + 2), 3.8))
+    for k, (name, key, color) in enumerate(series):
+        xs = [i + (k - 1) * width for i in range(len(rows))]
+        ys = [r[key] if r[key] is not None else 0.0 for r in rows]
+        bars = ax.bar(xs, ys, width, label=name, color=color)
+        for bar, r in zip(bars, rows):
+            if r[key] is not None:
+                ax.annotate(f"{r[key]:.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.set_title("Leaf accuracy vs hierarchical consistent accuracy")
+    ax.legend(fontsize=8, loc="upper right")
+    return _save(fig, out, "hca_vs_leaf.png")
+
+
+def per_level(rows: list[dict], out: Path) -> str | None:
+    """Accuracy by taxonomy level, one line per model x dataset x mode."""
+    rows = [r for r in rows if r["levels"]]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for r in rows:
+        names = list(r["levels"])
+        ax.plot(range(len(names)), [r["levels"][n] for n in names], marker="o", label=f"{r['model']} · {r['dataset']} · {r['mode']}")
+    longest = max(rows, key=lambda r: len(r["levels"]))
+    ax.set_xticks(range(len(longest["levels"])), list(longest["levels"]), rotation=20, fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("Per-level accuracy (root → leaf)")
+    ax.legend(fontsize=7)
+    return _save(fig, out, "per_level_accuracy.png")
+
+
+def scatter(rows: list[dict], out: Path) -> str | None:
+    """Text HCA (x) against visual HCA (y) per model, with a least-squares line when it exists."""
+    pts = [r for r in rows if r["hca"] is not None and r["text_hca"] is not None]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    for ds in sorted({r["dataset"] for r in pts}):
+        sub = [r for r in pts if r["dataset"] == ds]
+        ax.scatter([r["text_hca"] for r in sub], [r["hca"] for r in sub], label=ds)
+        for r in sub:
+            ax.annotate(r["model"], (r["text_hca"], r["hca"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    xs = [r["text_hca"] for r in pts]
+    ys = [r["hca"] for r in pts]
+    if len(pts) >= 2 and max(xs) > min(xs):
+        import numpy as np
+
+        slope, intercept = np.polyfit(xs, ys, 1)
+        grid = np.linspace(min(xs), max(xs), 20)
+        ax.plot(grid, slope * grid + intercept, "k--", linewidth=1, label=f"fit: y={slope:.2f}x+{intercept:.1f}")
+    # Percent axes from 0, so a flat line at 0 (no visual HCA) reads as such, not as noise.
+    ax.set_xlim(0, max(5.0, 1.15 * max(xs)))
+    ax.set_ylim(0, max(5.0, 1.15 * max(ys)))
+    ax.set_xlabel("text HCA (%)")
+    ax.set_ylabel("visual HCA (%)")
+    ax.set_title(f"Text vs visual HCA (n={len(pts)})")
+    ax.legend(fontsize=7)
+    return _save(fig, out, "text_vs_visual_hca.png")
+
+
+def probe_curves(rows: list[dict], out: Path) -> dict[str, str]:
+    """Probe accuracy per level and probe HCA against site/layer, one figure per probe run."""
+    images: dict[str, str] = {}
+    for run in sorted({r["run"] for r in rows}):
+        sub = [r for r in rows if r["run"] == run]
+        sites = [r["site"] for r in sub]
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(sites) + 3), 3.8))
+        for name in sub[0]["levels"]:
+            ax.plot(range(len(sites)), [r["levels"].get(name) for r in sub], marker=".", label=name)
+        ax.plot(range(len(sites)), [r["hca"] for r in sub], "k-", linewidth=2, label="probe HCA")
+        ax.set_xticks(range(len(sites)), sites, rotation=60, fontsize=7)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(0, 105)
+        ax.set_title(f"Linear probes: {run} ({sub[0]['side']})")
+        ax.legend(fontsize=7, ncol=2)
+        images[f"probe_{run}"] = _save(fig, out, f"probes_{run}.png")
+    return images
+
+
+def draw_all(report: Report, out: Path) -> dict[str, str]:
+    """Draw every figure the report's data supports; returns {figure key: file name}."""
+    t = report.tables
+    images = {
+        "hca_vs_leaf": hca_vs_leaf(t["visual"], out),
+        "per_level": per_level(t["per_level"], out),
+        "scatter": scatter(t["visual"], out),
+    }
+    images.update(probe_curves(t.get("probes", []), out))
+    return {k: v for k, v in images.items() if v}

@@ -1,0 +1,248 @@
+"""One evaluation run's directory: streamed predictions, resume, and the final outputs.
+
+Layout of `<root>/<run name>/`:
+- `run.json`: what was evaluated (model, question file + SHA-256, mode, answer, prompt variant,
+  seed, level names); a rerun with other settings into the same directory is refused.
+- `predictions.rank<R>.jsonl`: each rank appends a line per finished sample as it finishes.
+- `predictions.jsonl`: all finished samples, sorted by id (parts are merged into it at start
+  and at the end, so a killed run resumes from whatever was flushed).
+- `skipped.jsonl`: samples that could not be evaluated (unreadable image), with the reason.
+- `results.json` (the paper's result format), `metrics.json`, `per_level_accuracy.png`,
+  `summary.txt` (the printed table).
+Metrics are computed from `predictions.jsonl` only, so an interrupted-and-resumed run writes
+the same bytes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hiertrain.core.errors import HierError
+from hiertrain.core.predictions import (
+    SamplePrediction,
+    append_predictions,
+    read_predictions,
+    write_paper_results,
+    write_predictions,
+)
+
+# run.json keys that must match for a resume to continue an earlier run.
+IDENTITY_KEYS = (
+    "model", "questions_sha256", "mode", "answer", "prompt_variant", "seed", "subject", "level_names", "split",
+)  # fmt: skip
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_name(pretrained: str) -> str:
+    """Short display name: the last path component of a hub id or directory."""
+    return Path(str(pretrained).rstrip("/")).name or str(pretrained)
+
+
+def default_run_name(meta: dict[str, Any]) -> str:
+    """`<model>-<dataset>-<mode>-<answer>-v<variant>`: reruns of one setting land in one dir."""
+    return f"{meta['model_name']}-{meta['dataset']}-{meta['mode']}-{meta['answer']}-v{meta['prompt_variant']}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
+class RunDirectory:
+    """Streams and merges one run's predictions; rank 0 owns every merged file."""
+
+    def __init__(self, path: str | Path, rank: int = 0) -> None:
+        self.path, self.rank = Path(path), rank
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.path / "predictions.jsonl"
+
+    def part(self, name: str, rank: int | None = None) -> Path:
+        return self.path / f"{name}.rank{self.rank if rank is None else rank}.jsonl"
+
+    # ---------------------------------------------------------------- start / resume
+
+    def claim(self, meta: dict[str, Any]) -> None:
+        """Create the directory and run.json, or check that an existing run.json is this run."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        meta_path = self.path / "run.json"
+        if meta_path.is_file():
+            old = json.loads(meta_path.read_text(encoding="utf-8"))
+            for key in IDENTITY_KEYS:
+                if old.get(key) != meta.get(key):
+                    raise HierError(
+                        f"{self.path}: holds a run with another {key} ({old.get(key)!r}, this run {meta.get(key)!r}); "
+                        "choose another run_name or remove the directory"
+                    )
+            meta = {**old, **meta, "created": old.get("created")}
+        else:
+            meta = {**meta, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        _write_atomic(meta_path, _json(meta))
+
+    def update_meta(self, **values: Any) -> None:
+        meta_path = self.path / "run.json"
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        _write_atomic(meta_path, _json({**meta, **values}))
+
+    def consolidate(self) -> list[SamplePrediction]:
+        """Merge every rank's streamed lines into predictions.jsonl (sorted by id); drop the parts.
+
+        A cut-off last line (a kill mid-write) is left out, so that sample is simply redone.
+        The same id twice must be the same prediction (a kill between merge and part removal).
+        """
+        by_id: dict[int, SamplePrediction] = {}
+        final = self.predictions_path
+        sources = [final] if final.is_file() and final.stat().st_size > 0 else []
+        parts = [p for p in sorted(self.path.glob("predictions.rank*.jsonl")) if p.stat().st_size > 0]
+        for source in sources + parts:
+            for sample in read_predictions(source).samples:
+                old = by_id.setdefault(sample.id, sample)
+                if old.to_json() != sample.to_json():
+                    raise HierError(f"{source}: sample {sample.id} differs from the one already recorded")
+        merged = sorted(by_id.values(), key=lambda s: s.id)
+        if parts:
+            tmp = self.predictions_path.with_name("predictions.jsonl.tmp")
+            write_predictions(merged, tmp)
+            os.replace(tmp, self.predictions_path)
+        for part in self.path.glob("predictions.rank*.jsonl"):
+            part.unlink()
+        return merged
+
+    def skipped(self) -> dict[int, dict[str, Any]]:
+        """Skipped samples recorded by any rank (latest reason per id)."""
+        out: dict[int, dict[str, Any]] = {}
+        for path in sorted(self.path.glob("skipped*.jsonl")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # cut-off last line of a killed run
+                    continue
+                out[int(entry["id"])] = entry
+        return out
+
+    # ---------------------------------------------------------------- streaming
+
+    def append(self, prediction: SamplePrediction) -> None:
+        append_predictions([prediction], self.part("predictions"))
+
+    def skip(self, sample_id: int, image: str, reason: str) -> None:
+        line = json.dumps({"id": sample_id, "image": image, "reason": reason}, ensure_ascii=False) + "\n"
+        with open(self.part("skipped"), "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+
+    # ---------------------------------------------------------------- final outputs
+
+    def finalize(
+        self, served_ids: list[int], level_names: list[str], depth: int, meta: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[SamplePrediction]]:
+        """Merge, then write results.json, metrics.json, the plot and summary.txt (rank 0)."""
+        merged = self.consolidate()
+        wanted = set(served_ids)
+        preds = [p for p in merged if p.id in wanted]
+        skipped = {i: e for i, e in self.skipped().items() if i in wanted and i not in {p.id for p in preds}}
+        _write_atomic(self.path / "skipped.jsonl", "".join(json.dumps(skipped[i], ensure_ascii=False) + "\n" for i in sorted(skipped)))
+        for part in self.path.glob("skipped.rank*.jsonl"):
+            part.unlink()
+        missing = sorted(wanted - {p.id for p in preds} - set(skipped))
+        if missing:
+            raise HierError(f"{self.path}: samples {missing[:10]} were neither evaluated nor skipped")
+        metrics = compute_metrics(preds, depth)
+        metrics.update(
+            num_samples=len(preds),
+            num_skipped=len(skipped),
+            level_names=list(level_names[:depth]),
+        )
+        write_paper_results(preds, self.path / "results.json")
+        _write_atomic(self.path / "metrics.json", _json(metrics))
+        plot_per_level(metrics, self.path / "per_level_accuracy.png", title=meta.get("run_name", self.path.name))
+        _write_atomic(self.path / "summary.txt", summary_table(metrics, meta))
+        self.update_meta(skipped=len(skipped), num_samples=len(preds))
+        return metrics, preds
+
+
+def compute_metrics(preds: list[SamplePrediction], depth: int) -> dict[str, Any]:
+    """Every hierarchical metric (hiertrain.core.metrics) over these predictions, JSON-ready."""
+    import torch
+
+    from hiertrain.core.metrics import hierarchical_metrics, metrics_dict
+    from hiertrain.core.predictions import to_tensors
+
+    # The merged file already holds every rank's samples and only rank 0 computes: a DDP
+    # all-gather here would wait forever for ranks that never call it.
+    collection = hierarchical_metrics(depth, sync_on_compute=False)
+    if preds:
+        correct, asked, parsed = to_tensors(preds)
+        pad = depth - correct.shape[1]
+        if pad > 0:
+            correct, asked = (torch.nn.functional.pad(t, (0, pad)) for t in (correct, asked))
+            parsed = torch.nn.functional.pad(parsed, (0, pad), value=True)
+        collection.update(correct, asked, parsed)
+    return metrics_dict(collection)
+
+
+def _pct(value: Any) -> str:
+    return "   -" if value is None else f"{100 * value:5.1f}"
+
+
+def summary_table(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The table printed at the end of a run (per-level accuracy, HCA, leaf accuracy, overlaps)."""
+    names = metrics.get("level_names", [])
+    per_level = metrics.get("per_level_accuracy") or []
+    width = max([len(n) for n in names] + [20])
+    lines = [
+        f"{meta.get('model_name', '?')} | {meta.get('dataset', '?')} | mode={meta.get('mode')} "
+        f"answer={meta.get('answer')} variant={meta.get('prompt_variant')}",
+        f"samples {metrics.get('num_samples')}  skipped {metrics.get('num_skipped')}",
+        f"{'level':<{width}}  acc %",
+    ]
+    lines += [f"{name:<{width}}  {_pct(acc)}" for name, acc in zip(names, per_level)]
+    for key, label in (
+        ("hca", "HCA"), ("leaf_accuracy", "leaf accuracy"), ("point_overlap", "point overlap"),
+        ("strict_point_overlap", "strict point overlap"), ("top_overlap", "top overlap"),
+        ("hierarchical_f1", "hierarchical F1"), ("unparseable_rate", "unparseable"),
+    ):  # fmt: skip
+        lines.append(f"{label:<{width}}  {_pct(metrics.get(key))}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_per_level(metrics: dict[str, Any], path: Path, title: str = "") -> None:
+    """Bar chart of per-level accuracy with the HCA and leaf accuracy as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = metrics.get("level_names", [])
+    values = [0.0 if v is None else 100 * v for v in (metrics.get("per_level_accuracy") or [])]
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(names) + 2), 3.2))
+    ax.bar(range(len(values)), values, color="#4C72B0")
+    ax.set_xticks(range(len(values)), names[: len(values)], rotation=30, ha="right")
+    for key, style in (("hca", "--"), ("leaf_accuracy", ":")):
+        if metrics.get(key) is not None:
+            ax.axhline(100 * metrics[key], color="k", linestyle=style, label=f"{key} {100 * metrics[key]:.1f}")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy %")
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,104 @@
+"""Load a vision LLM (or a plain LLM) by hub id or local dir, and find its parts.
+
+Evaluation, probing and LoRA all load models here, so a tiny checkpoint from `hiertrain tiny`
+and a real hub checkpoint take the same path. The accessors name the three parts the study
+cares about (vision tower, projector, language model) across families, so probing and LoRA
+code never hard-codes one family's attribute names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hiertrain.core.errors import HierError
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def load_vllm(
+    pretrained: str,
+    dtype: str = "float32",
+    attn_implementation: str | None = "sdpa",
+    device_map: Any = None,
+) -> tuple[Any, Any]:
+    """(model, processor) in eval mode; for a text-only LLM the "processor" is its tokenizer.
+
+    Image-text-to-text models load with AutoModelForImageTextToText + AutoProcessor; causal LMs
+    with AutoModelForCausalLM + AutoTokenizer. The processor is returned as saved (its padding
+    side untouched): callers that batch generation set `padding_side` themselves.
+    """
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
+
+    if dtype not in DTYPES:
+        raise HierError(f"{pretrained}: unknown dtype '{dtype}' (choose one of {', '.join(DTYPES)})")
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    config = _load_config(pretrained, AutoConfig)
+    kwargs = {"dtype": torch_dtype, "attn_implementation": attn_implementation, "device_map": device_map}
+    if type(config) in AutoModelForImageTextToText._model_mapping:
+        model = AutoModelForImageTextToText.from_pretrained(pretrained, config=config, **kwargs)
+        processor = AutoProcessor.from_pretrained(pretrained)
+    elif type(config) in AutoModelForCausalLM._model_mapping:
+        model = AutoModelForCausalLM.from_pretrained(pretrained, config=config, **kwargs)
+        processor = AutoTokenizer.from_pretrained(pretrained)
+    else:
+        raise HierError(
+            f"{pretrained}: model type '{config.model_type}' is neither an image-text-to-text model nor a causal LM"
+        )
+    return model.eval(), processor
+
+
+def _load_config(pretrained: str, auto_config):
+    path = Path(pretrained).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise HierError(f"{pretrained}: not a model directory (no config.json)")
+    elif pretrained.startswith((".", "/", "~")) or pretrained.count("/") > 1:
+        raise HierError(f"{pretrained}: no such model directory")
+    try:
+        return auto_config.from_pretrained(pretrained)
+    except (OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HierError(f"{pretrained}: cannot load model config ({reason})") from err
+
+
+def language_model_of(model) -> Any:
+    """The decoder stack (embeddings + layers + norm, no LM head) of a VLLM or plain LLM."""
+    inner = getattr(model, "model", None)
+    for candidate in (getattr(inner, "language_model", None), getattr(model, "language_model", None)):
+        if candidate is not None:
+            return candidate
+    if inner is not None and hasattr(inner, "layers"):  # plain causal LM: model.model
+        return inner
+    raise HierError(f"{type(model).__name__}: cannot find its language model")
+
+
+def vision_tower_of(model) -> Any:
+    """The image encoder (Qwen2.5-VL `visual`, incl. its merger; LLaVA `vision_tower`)."""
+    inner = getattr(model, "model", model)
+    for name in ("visual", "vision_tower", "vision_model"):
+        for owner in (inner, model):
+            tower = getattr(owner, name, None)
+            if tower is not None:
+                return tower
+    raise HierError(f"{type(model).__name__}: has no vision tower (a text-only model?)")
+
+
+def projector_of(model) -> Any:
+    """The vision-to-LLM projector (Qwen2.5-VL `visual.merger`, LLaVA `multi_modal_projector`)."""
+    inner = getattr(model, "model", model)
+    for owner in (inner, model):
+        projector = getattr(owner, "multi_modal_projector", None)
+        if projector is not None:
+            return projector
+    merger = getattr(vision_tower_of(model), "merger", None)
+    if merger is not None:
+        return merger
+    raise HierError(f"{type(model).__name__}: cannot find its vision-to-language projector")

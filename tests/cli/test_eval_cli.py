@@ -1,0 +1,119 @@
+"""`hiertrain test` end to end: W&B offline, CSV, kill + resume, 2-process DDP, bad input."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hiertrain.cli.main import main
+
+REPO = Path(__file__).resolve().parents[2]
+HIERTRAIN = str(Path(sys.executable).with_name("hiertrain"))
+N_IMAGES = 11  # odd, so 2 DDP ranks get unequal shares and the sampler pads one
+
+
+def _args(tiny_qwen, synth_dir, root, *extra: str) -> list[str]:
+    return [
+        "test", "--config", str(REPO / "configs/demo/qwen_image.yaml"),
+        f"--model.pretrained={tiny_qwen}",
+        f"--data.questions={synth_dir / 'questions_random.jsonl'}",
+        f"--data.taxonomy={synth_dir / 'taxonomy.json'}",
+        f"--data.limit={N_IMAGES}",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.enable_progress_bar=false",
+        f"--model.run_name={RUN}",
+        *extra,
+    ]  # fmt: skip
+
+
+RUN = "eval"
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_qwen, synth_dir, tmp_path_factory) -> Path:
+    """One uninterrupted 1-process run, logged to W&B offline."""
+    root = tmp_path_factory.mktemp("reference")
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert main(_args(tiny_qwen, synth_dir, root, "--wandb=true")) == 0
+    return root
+
+
+def test_outputs_and_wandb_offline(reference):
+    run = reference / RUN
+    for name in ("run.json", "predictions.jsonl", "results.json", "metrics.json", "per_level_accuracy.png", "summary.txt"):
+        assert (run / name).is_file(), name
+    assert len((run / "predictions.jsonl").read_text().splitlines()) == N_IMAGES
+    offline = list((reference / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    assert list(offline[0].glob("run-*.wandb"))
+    assert list((offline[0] / "files/media/images").glob("per_level_accuracy*.png"))
+    assert list((offline[0] / "files/media/table").glob("samples*.table.json"))
+
+
+def test_killed_run_resumes_to_identical_outputs(reference, tiny_qwen, synth_dir, tmp_path, caplog):
+    args = _args(tiny_qwen, synth_dir, tmp_path, "--data.batch_size=1", "--wandb=false")
+    part = tmp_path / RUN / "predictions.rank0.jsonl"
+    proc = subprocess.Popen([HIERTRAIN, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if part.is_file() and part.read_text().count("\n") >= 3:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    done = part.read_text().count("\n")
+    assert 3 <= done < N_IMAGES and not (tmp_path / RUN / "metrics.json").exists()
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 0
+    assert f"{done} samples already done" in caplog.text
+    for name in ("predictions.jsonl", "metrics.json", "results.json"):
+        assert (tmp_path / RUN / name).read_bytes() == (reference / RUN / name).read_bytes(), name
+    assert list((tmp_path / "csv").glob(f"{RUN}/metrics.csv"))  # --wandb=false logs to CSV
+
+
+def test_ddp_two_processes_match_one(reference, tiny_qwen, synth_dir, tmp_path):
+    args = _args(tiny_qwen, synth_dir, tmp_path, "--trainer.devices=2", "--trainer.strategy=ddp", "--wandb=false")
+    done = subprocess.run([HIERTRAIN, *args], cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("predictions.jsonl", "metrics.json", "results.json"):
+        assert (tmp_path / RUN / name).read_bytes() == (reference / RUN / name).read_bytes(), name
+    assert not list((tmp_path / RUN).glob("*.rank*.jsonl"))
+
+
+def test_bad_question_file_exits_2_with_one_line(tiny_qwen, synth_dir, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*_args(tiny_qwen, synth_dir, tmp_path, "--wandb=false"), f"--data.questions={empty}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"hiertrain: {empty}: no questions (empty file)"
+
+
+def test_wandb_identity_groups_runs_by_dataset():
+    from types import SimpleNamespace
+
+    from hiertrain.cli.lightning import _logger_identity
+
+    model = SimpleNamespace(pretrained="Qwen/Qwen2.5-VL-7B-Instruct", answer_kind="logits", run_name=None)
+    data = SimpleNamespace(questions="q/cub.jsonl", name="cub200_random", mode="text", prompt_variant=2,
+                           taxonomy_path="t/hierarchy_CUB200.json")  # fmt: skip
+    identity = _logger_identity(model, data)
+    assert identity == {
+        "name": "Qwen2.5-VL-7B-Instruct-cub200_random-text-logits-v2",
+        "group": "cub200_random",
+        "tags": ["Qwen2.5-VL-7B-Instruct", "cub200_random", "text", "logits", "hierarchy_CUB200"],
+    }
+    assert _logger_identity(SimpleNamespace(), data) == {}  # not an evaluator: plain defaults

@@ -1,0 +1,167 @@
+"""`hiertrain score` against hand computations, in both file formats."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hiertrain.cli.main import main
+
+HIERTRAIN = Path(sys.executable).with_name("hiertrain")
+
+
+def _lv(n, name, truth, predicted, asked=True):
+    """A level answered with `predicted` (None = unparseable)."""
+    return {
+        "level": n, "name": name, "truth": truth, "options": [truth, "decoy"],
+        "reply": "??" if predicted is None else "A", "letter": None if predicted is None else "A",
+        "predicted": predicted, "correct": predicted == truth, "asked": asked,
+    }
+
+
+def _sample(i, levels):
+    names = ["order", "family", "genus", "species"]
+    return {
+        "id": i, "image": f"{i}.jpg", "label": "x", "split": "test", "mode": "image",
+        "levels": [_lv(n + 1, names[n], t, p) for n, (t, p) in enumerate(levels)],
+    }
+
+
+# Written by hand. Per-sample right/asked, "." = level not in the path, U = unparseable:
+#   s0 depth 4: R R R R     s1 depth 3: R R W .     s2 depth 4: R R W R     s3 depth 2: U R . .
+SAMPLES = [
+    _sample(0, [("O1", "O1"), ("F1", "F1"), ("G1", "G1"), ("S1", "S1")]),
+    _sample(1, [("O1", "O1"), ("F1", "F1"), ("G2", "G9")]),
+    _sample(2, [("O2", "O2"), ("F3", "F3"), ("G3", "decoy"), ("S3", "S3")]),
+    _sample(3, [("O2", None), ("F4", "F4")]),
+]
+HAND = {
+    "hca": 1 / 4,  # s0 only
+    "leaf_accuracy": 3 / 4,  # s1's leaf (level 3) is wrong
+    "point_overlap": 35 / 48,  # (4/4 + 2/3 + 3/4 + 1/2) / 4 = (35/12) / 4
+    "strict_point_overlap": 13 / 24,  # (4/4 + 2/3 + 2/4 + 0/2) / 4
+    "top_overlap": 11 / 24,  # (3/3 + 1/2 + 1/3 + 0/1) / 4
+    "hierarchical_f1": 0.8,  # 10 right, 12 predicted, 13 asked: 20 / 25
+    "unparseable_rate": 1 / 13,
+    "per_level_accuracy": [3 / 4, 4 / 4, 1 / 3, 2 / 2],
+}
+
+
+def _write_jsonl(path: Path, samples: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    return path
+
+
+def _score_json(capsys, *argv: str) -> dict:
+    assert main(["score", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _assert_close(got: dict, expected: dict) -> None:
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_score_jsonl_matches_hand(tmp_path, capsys):
+    got = _score_json(capsys, str(_write_jsonl(tmp_path / "p.jsonl", SAMPLES)))
+    _assert_close(got, HAND)
+    assert got["num_samples"] == 4 and got["format"] == "jsonl" and got["truncated_line"] is None
+    assert got["level_names"] == ["order", "family", "genus", "species"]
+    assert got["level_asked"] == [4, 4, 3, 2]
+
+
+def test_score_table_and_truncated_line(tmp_path, capsys):
+    path = _write_jsonl(tmp_path / "p.jsonl", SAMPLES)
+    path.write_text(path.read_text() + '{"id": 4, "levels": [{"lev')
+    assert main(["score", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "cut-off line 5 ignored" in out and "4 samples" in out
+    assert re.search(r"^hierarchical consistent accuracy +25\.00%$", out, re.M)
+    assert re.search(r"^unparseable answers +7\.69%$", out, re.M)  # 1/13
+    assert re.search(r"^3 +genus +3 +33\.33%$", out, re.M)
+
+
+def test_ignore_level(tmp_path, capsys):
+    # Without level 1: s0 RRR, s1 RW, s2 RWR, s3 R -> HCA 2/4, POR (1 + 1/2 + 2/3 + 1) / 4.
+    got = _score_json(capsys, str(_write_jsonl(tmp_path / "p.jsonl", SAMPLES)), "--ignore-level", "1")
+    _assert_close(got, {"hca": 2 / 4, "point_overlap": (1 + 1 / 2 + 2 / 3 + 1) / 4, "unparseable_rate": 0.0})
+    assert got["per_level_accuracy"][0] is None
+
+
+def _paper_level(item: dict, n: int, truth: str, predicted: str) -> None:
+    item[f"ground_truth_level{n}"] = truth
+    item[f"prediction_level{n}"] = "A"
+    item[f"predicted_level{n}_letter"] = "Unknown" if predicted in ("Unknown", "Error") else "A"
+    item[f"predicted_level{n}"] = predicted
+    item[f"choices_level{n}"] = {"A": predicted, "B": truth}
+
+
+def test_score_paper_format_with_level10(tmp_path, capsys):
+    # Record A, 10 levels: 1-8 right, 9 "Unknown", 10 wrong. Keys written level1, level10, level2, ...
+    a = {"image": "a.jpg", "label": "n10"}
+    for n in sorted(range(1, 11), key=str):
+        _paper_level(a, n, f"N{n}", {9: "Unknown", 10: "wrong"}.get(n, f"n{n}"))
+    # Record B, 3 levels: level 1 right up to case/hyphens, level 2 "Error", level 3 right.
+    b = {"image": "b.jpg", "label": "Black-footed Albatross"}
+    _paper_level(b, 1, "Black-footed Albatross", "black footed  albatross")
+    _paper_level(b, 2, "Diomedeidae", "Error")
+    _paper_level(b, 3, "Phoebastria", "Phoebastria")
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps([a, b], indent=4))
+    got = _score_json(capsys, str(path))
+    _assert_close(
+        got,
+        {
+            "hca": 0.0,
+            "leaf_accuracy": 1 / 2,  # A's level 10 wrong, B's level 3 right
+            "point_overlap": (8 / 10 + 2 / 3) / 2,
+            "strict_point_overlap": (8 / 10 + 1 / 3) / 2,  # numeric order: the prefix stops at level 9
+            "top_overlap": (7 / 9 + 0 / 2) / 2,
+            "hierarchical_f1": 20 / 24,  # 10 right, 11 predicted, 13 asked
+            "unparseable_rate": 2 / 13,
+            "per_level_accuracy": [1, 1 / 2, 1, 1, 1, 1, 1, 1, 0, 0],
+        },
+    )
+    assert got["format"] == "paper" and got["level_names"][9] == "level10"
+
+
+def test_score_paper_text_mode(tmp_path, capsys):
+    # 4 levels: right, wrong, right, and the leaf answered with the label (the paper's text files).
+    item = {"image": "a.jpg", "label": "S1"}
+    for n, (truth, pred) in enumerate([("O1", "O1"), ("F1", "F2"), ("G1", "G1"), ("S1", "S1")], start=1):
+        _paper_level(item, n, truth, pred)
+    path = tmp_path / "text.json"
+    path.write_text(json.dumps([item]))
+    as_image = _score_json(capsys, str(path))
+    as_text = _score_json(capsys, str(path), "--mode", "text")
+    _assert_close(as_image, {"point_overlap": 3 / 4, "strict_point_overlap": 1 / 4, "top_overlap": 1 / 3, "leaf_accuracy": 1.0})
+    _assert_close(as_text, {"point_overlap": 2 / 3, "strict_point_overlap": 1 / 3, "top_overlap": 0.0, "leaf_accuracy": 1.0})
+    assert as_text["level_asked"] == [1, 1, 1, 0]
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    assert main(["score", str(tmp_path / "missing.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hiertrain: ") and "missing.jsonl: cannot read" in err and err.count("\n") == 1
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["score", str(empty)]) == 2
+    assert "no predictions in the file" in capsys.readouterr().err
+
+
+def test_entry_point_exit_code(tmp_path):
+    """The console script passes run()'s status through: a bad file is rc 2 with one stderr line.
+
+    (Full scoring runs through `main` above; a bad file fails before torch is imported, so this
+    subprocess stays cheap.)
+    """
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(SAMPLES[0]) + "\n{oops\n" + json.dumps(SAMPLES[1]) + "\n")
+    proc = subprocess.run([str(HIERTRAIN), "score", str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == f"hiertrain: {path}:2: not valid JSON (Expecting property name enclosed in double quotes)\n"

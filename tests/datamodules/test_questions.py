@@ -1,0 +1,149 @@
+"""HierVQADataModule: one item per image with all its levels; bad input fails with one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hiertrain.core import prompts
+from hiertrain.datamodules.questions import HierVQADataModule, level_questions
+from hiertrain.core.errors import HierError
+from hiertrain.core.question_bank import read_questions
+
+RECORD = {
+    "image": "img/a.png", "label": "Red Solid Circle", "split": "test",
+    "level1": "round", "choices_level1": ["round", "angular"],
+    "level2": "circle", "choices_level2": ["circle", "square", "triangle", "ellipse"],
+    "level3": "red solid circle", "choices_level3": ["red solid circle", "blue solid circle", "red dotted circle"],
+}  # fmt: skip
+
+
+def _write(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _image(path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(path)
+
+
+def test_level_questions_image_and_text(tmp_path):
+    record = read_questions(_write(tmp_path / "q.jsonl", [RECORD]))[0]
+    names = ["family", "shape", "species"]
+    image = level_questions(record, "image", names, "shape", variant=0, seed=3)
+    assert [q.level for q in image] == [0, 1, 2]
+    assert image[1].question.startswith("Based on taxonomy, what is the shape of the shape in this image?\nA. ")
+    assert sorted(image[1].options) == sorted(RECORD["choices_level2"])
+    assert image[1].options == prompts.shuffled_options(RECORD["choices_level2"], 3, 0, 1)
+    assert image[0].messages[1]["content"][0] == {"type": "image"}
+    text = level_questions(record, "text", names, variant=1, seed=3)
+    assert [q.level for q in text] == [0, 1]  # the leaf is named in the question, so not asked
+    assert "Given the Red Solid Circle, what is its taxonomic classification at the shape level?" in text[1].question
+
+
+def test_items_default_names_limit_and_padding(tmp_path):
+    records = [dict(RECORD, image=f"img/{i}.png") for i in range(5)]
+    for i in range(5):
+        _image(tmp_path / f"img/{i}.png")
+    dm = HierVQADataModule(str(_write(tmp_path / "q.jsonl", records)), limit=3, seed=1)
+    dm.setup("test")
+    assert dm.level_names == ["depth 1", "depth 2", "depth 3"]
+    dataset = dm.dataset()
+    assert len(dataset) == 3
+    item = dataset[1]
+    assert item["sample_id"] == 1 and item["valid"] and item["error"] is None
+    assert item["image"].size == (32, 32) and len(item["levels"]) == 3
+    padded = dataset[len(dataset) + 1]  # a PaddedEvalSampler repeat
+    assert padded["sample_id"] == 1 and not padded["valid"]
+    dm.exclude_ids = {0, 2}
+    assert [r.sample_id for r in dm.dataset().records] == [1]
+    assert len(list(dm.test_dataloader())) == 1
+
+
+def test_taxonomy_gives_level_names_and_checks_labels(tmp_path):
+    taxonomy = tmp_path / "tax.json"
+    taxonomy.write_text(json.dumps({"red solid circle": ["round", "circle", "red solid circle"],
+                                    "blue square": ["angular", "square", "blue square"]}))  # fmt: skip
+    (tmp_path / "tax.levels.json").write_text(json.dumps(["family", "shape", "species"]))
+    dm = HierVQADataModule(str(_write(tmp_path / "q.jsonl", [RECORD])), taxonomy=str(taxonomy))
+    dm.setup()  # "Red Solid Circle" matches "red solid circle" after normalisation
+    assert dm.level_names == ["family", "shape", "species"]
+    bad = dict(RECORD, label="Green Star")
+    dm = HierVQADataModule(str(_write(tmp_path / "bad.jsonl", [RECORD, bad])), taxonomy=str(taxonomy))
+    with pytest.raises(HierError, match=r"bad\.jsonl:2: label 'Green Star' is not in taxonomy"):
+        dm.setup()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"level2": "hexagon"}, r"q\.jsonl:1: 'level2' truth 'hexagon' is not among"),
+        ({"choices_level1": ["round", "round"]}, r"q\.jsonl:1: 'choices_level1' repeats an option"),
+    ],
+)
+def test_bad_records_are_errors(tmp_path, change, message):
+    dm = HierVQADataModule(str(_write(tmp_path / "q.jsonl", [dict(RECORD, **change)])))
+    with pytest.raises(HierError, match=message):
+        dm.setup()
+
+
+def test_empty_file_and_bad_options(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(HierError, match="empty.jsonl: no questions"):
+        HierVQADataModule(str(empty)).setup()
+    with pytest.raises(HierError, match="prompt variant 7"):
+        HierVQADataModule(str(_write(tmp_path / "q.jsonl", [RECORD])), prompt_variant=7).setup()
+    with pytest.raises(HierError, match="level names"):
+        HierVQADataModule(str(_write(tmp_path / "q2.jsonl", [RECORD])), level_names=["a", "b"]).setup()
+
+
+def test_unreadable_images_skip_or_fail(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img/corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    records = [dict(RECORD, image="img/missing.png"), dict(RECORD, image="img/corrupt.png")]
+    questions = str(_write(tmp_path / "q.jsonl", records))
+    dm = HierVQADataModule(questions)
+    missing, corrupt = dm.dataset()[0], dm.dataset()[1]
+    assert "img/missing.png: cannot read image of sample 0" in missing["error"]
+    assert "img/corrupt.png: cannot read image of sample 1" in corrupt["error"]
+    assert missing["image"] is None
+    with pytest.raises(HierError, match="corrupt.png: cannot read image of sample 1"):
+        HierVQADataModule(questions, on_bad_image="error").dataset()[1]
+
+
+def test_image_root_map_rebases_absolute_paths(tmp_path):
+    _image(tmp_path / "cub/001/a.jpg")
+    record = dict(RECORD, image="/authors/CUB/images/001/a.jpg")
+    dm = HierVQADataModule(str(_write(tmp_path / "q.jsonl", [record])), image_root_map={"/authors/CUB/images": str(tmp_path / "cub")})
+    assert dm.dataset()[0]["error"] is None
+
+
+def test_cub_question_file_loads_with_its_taxonomy(shared_data):
+    dm = HierVQADataModule(
+        str(shared_data / "annotations/CUB200_with_random_choice.jsonl"),
+        taxonomy=str(shared_data / "taxonomies/hierarchy_CUB200.json"),
+        level_names=["order", "family", "genus", "species"],
+        subject="bird",
+        mode="text",
+    )
+    dm.setup()
+    assert len(dm.served_records()) == 5794 and dm.depth == 4
+    item = dm.dataset()[0]
+    assert [q.name for q in item["levels"]] == ["order", "family", "genus"]
+    assert "where does Black-footed Albatross fall in terms of order?" in item["levels"][0].question
+
+
+def test_split_serves_only_that_split_and_keeps_sample_ids(tmp_path):
+    records = [{**RECORD, "split": split} for split in ("train", "test", "val", "test")]
+    path = _write(tmp_path / "q.jsonl", records)
+    dm = HierVQADataModule(str(path), split="test")
+    assert [r.sample_id for r in dm.served_records()] == [1, 3]
+    assert len(HierVQADataModule(str(path)).served_records()) == 4
+    with pytest.raises(HierError, match=r"q.jsonl: no records with split 'dev' \(splits found: test, train, val\)$"):
+        HierVQADataModule(str(path), split="dev").setup()

@@ -1,0 +1,123 @@
+"""Training batches: evaluation's exact prompt tokens (masked), then letter + end of turn."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hiertrain.datamodules.tuning import IGNORE_INDEX, HierTuningDataModule, TuningCollator
+from hiertrain.core.errors import HierError
+from hiertrain.core.prompts import LETTERS
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_qwen):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(str(tiny_qwen))
+
+
+def _data(synth_dir, processor, mode="image", **kwargs) -> HierTuningDataModule:
+    dm = HierTuningDataModule(
+        str(synth_dir / "questions_random.jsonl"), mode=mode, taxonomy=str(synth_dir / "taxonomy.json"),
+        subject="shape", **kwargs,
+    )  # fmt: skip
+    dm.attach_processor(processor)
+    dm.setup("fit")
+    return dm
+
+
+def _evaluator_inputs(tiny_qwen, processor, item):
+    """What VLLMEvaluator feeds the model for each level of `item` (its own code path)."""
+    from hiertrain.modules.vllm_evaluator import VLLMEvaluator
+
+    evaluator = VLLMEvaluator(str(tiny_qwen))
+    evaluator.processor = processor
+    prompts = evaluator.prompts_of(item)
+    images = None if item["image"] is None else [item["image"]]
+    return [processor(text=[p], images=images, return_tensors="pt") for p in prompts]
+
+
+@pytest.mark.parametrize("mode", ["image", "text"])
+def test_training_prompt_is_byte_identical_to_the_evaluators(synth_dir, tiny_qwen, processor, mode) -> None:
+    dm = _data(synth_dir, processor, mode)
+    item = dm.split_dataset("train")[0]
+    collator = TuningCollator(processor)
+    fed = _evaluator_inputs(tiny_qwen, processor, item)
+    assert len(fed) == len(item["levels"]) == (4 if mode == "image" else 3)
+    for level, evaluator_inputs in zip(item["levels"], fed):
+        letter = LETTERS[level.options.index(level.truth)]
+        ex = collator.example(level.messages, letter, item["image"])
+        prompt_ids = evaluator_inputs["input_ids"][0]
+        n = len(prompt_ids)
+        assert torch.equal(ex["input_ids"][:n], prompt_ids)
+        assert (ex["labels"][:n] == IGNORE_INDEX).all()
+        target = ex["labels"][n:]
+        assert (target != IGNORE_INDEX).all()
+        # the answer letter, then the chat template's end of turn
+        assert processor.tokenizer.decode(target) == f"{letter}<|im_end|>\n"
+        assert torch.equal(ex["input_ids"][n:], target)
+        if mode == "image":
+            assert torch.equal(ex["pixel_values"], evaluator_inputs["pixel_values"])
+            assert torch.equal(ex["image_grid_thw"], evaluator_inputs["image_grid_thw"])
+
+
+def test_batches_cover_the_train_split_once_per_level(synth_dir, processor) -> None:
+    dm = _data(synth_dir, processor, "image", train_batch_size=3, limit=15)  # 5 train records
+    train = dm.split_records("train")
+    assert {r.split for r in train} == {"train"}
+    seen, sequences = [], 0
+    for batch in dm.train_dataloader():
+        seen += batch["sample_ids"]
+        n = batch["input_ids"].shape[0]
+        sequences += n
+        # one image per sequence; right padding carries no loss and no attention
+        assert batch["image_grid_thw"].shape[0] == n
+        assert ((batch["labels"] != IGNORE_INDEX).sum(1) == 3).all()
+        pad = batch["attention_mask"] == 0
+        assert (batch["labels"][pad] == IGNORE_INDEX).all()
+        assert batch["mm_token_type_ids"].shape == batch["input_ids"].shape
+    assert sorted(seen) == sorted(r.sample_id for r in train)
+    assert sequences == 4 * len(train)
+
+
+def test_validation_and_test_serve_their_own_splits(synth_dir, processor) -> None:
+    dm = _data(synth_dir, processor, "text", batch_size=5)
+    val_ids = [item["sample_id"] for batch in dm.val_dataloader() for item in batch if item["valid"]]
+    assert sorted(val_ids) == [r.sample_id for r in dm.records if r.split == "val"]
+    # what `hiertrain test` (VLLMEvaluator + this data config) evaluates and finalizes
+    assert [r.sample_id for r in dm.served_records()] == [r.sample_id for r in dm.records if r.split == "test"]
+    assert {dm.dataset()[i]["record"].split for i in range(len(dm.dataset()))} == {"test"}
+    with pytest.raises(HierError, match="no records with split 'holdout'"):
+        dm.split_records("holdout")
+
+
+def test_unreadable_training_image_is_skipped_and_counted(synth_dir, processor, tmp_path) -> None:
+    import shutil
+
+    copy = tmp_path / "synth"
+    shutil.copytree(synth_dir, copy)
+    dm = _data(copy, processor, "image", train_batch_size=64, limit=9)
+    broken = dm.split_records("train")[0]
+    (copy / broken.image).write_bytes(b"not a png")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["skipped"] == 1
+    assert broken.sample_id not in batch["sample_ids"]
+    assert batch["input_ids"].shape[0] == 4 * (len(dm.split_records("train")) - 1)
+
+
+def test_plain_llm_tokenizer_collates(tiny_qwen, synth_dir, processor) -> None:
+    # A causal LM's "processor" is its tokenizer (text mode): same masking, string contents.
+    tokenizer = processor.tokenizer
+    dm = _data(synth_dir, processor, "text")
+    item = dm.split_dataset("train")[0]
+    ex = TuningCollator(tokenizer).example(item["levels"][0].messages, "B", None)
+    target = ex["labels"][ex["labels"] != IGNORE_INDEX]
+    assert tokenizer.decode(target) == "B<|im_end|>\n"
+    assert "pixel_values" not in ex
+
+
+def test_missing_processor_is_a_clear_error(synth_dir) -> None:
+    dm = HierTuningDataModule(str(synth_dir / "questions_random.jsonl"))
+    with pytest.raises(HierError, match="no processor"):
+        dm.train_dataloader()

@@ -1,0 +1,181 @@
+"""FeatureExtractor + FeatureWriter: the hooked sites equal transformers' own hidden states, the
+projector equals the LLM's input embeddings at the visual positions, runs are deterministic,
+resumable, and padding repeats are never written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hiertrain.core.feature_store import FeatureStore
+from hiertrain.cli.probing import extract_features
+
+
+@pytest.fixture(scope="module")
+def image_store(tmp_path_factory, tiny_qwen, synth_dir):
+    out = tmp_path_factory.mktemp("image_store") / "store"
+    extract_features(
+        str(tiny_qwen), out, images=str(synth_dir / "images.jsonl"), taxonomy=str(synth_dir / "taxonomy.json"),
+        limit=5, batch_size=3, shard_rows=2, progress=False, accelerator="cpu",
+    )  # fmt: skip
+    return FeatureStore(out)
+
+
+def test_sites_layout_and_records(image_store, synth_dir):
+    layout = image_store.layout
+    assert layout.mode == "image"
+    assert layout.sites == ["vision", "projector", "llm.0", "llm.1", "llm.2"]  # tiny: 2 LLM blocks
+    assert layout.dims == [32, 64, 64, 64, 64]
+    assert layout.pools == ["avg", "last"] and layout.prompts == ["Describe this image."]
+    assert layout.level_names == ["family", "shape", "colour", "texture"]
+    assert [len(s.records) for s in image_store.shards] == [2, 2, 1]
+    lines = [json.loads(x) for x in (synth_dir / "images.jsonl").read_text().splitlines()[:5]]
+    recs = [rec for _, _, rec in image_store.index]
+    assert [r["id"] for r in recs] == [0, 1, 2, 3, 4]
+    assert [(r["image"], r["split"]) for r in recs] == [(x["image"], x["split"]) for x in lines]
+    tax = json.loads((synth_dir / "taxonomy.json").read_text())
+    assert [r["levels"] for r in recs] == [tax[x["label"]] for x in lines]
+
+
+def test_hooked_sites_match_transformers_hidden_states(image_store, tiny_qwen, synth_dir):
+    """Oracle: transformers' output_hidden_states (a different code path than our hooks)."""
+    from PIL import Image
+
+    from hiertrain.datamodules.probe_inputs import image_messages
+    from hiertrain.vlm.loading import load_vllm
+
+    model, processor = load_vllm(str(tiny_qwen))
+    recs = [rec for _, _, rec in image_store.index][:2]
+    images = [Image.open(synth_dir / r["image"]).convert("RGB") for r in recs]
+    chat = processor.apply_chat_template(image_messages(), tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[chat] * 2, images=images, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+        vis = model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+    mask = inputs["input_ids"] == model.config.image_token_id
+    rows = [(s, r) for s, r, _ in image_store.index][:2]
+    avg, last = image_store.gather(rows, "avg"), image_store.gather(rows, "last")
+    for k, h in enumerate(out.hidden_states):
+        for b in range(2):
+            tokens = h[b][mask[b]]
+            torch.testing.assert_close(avg[b, 0, 2 + k, :64], tokens.mean(0), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(last[b, 0, 2 + k, :64], tokens[-1], rtol=1e-4, atol=1e-5)
+    # vision encoder output (window order inside transformers; the mean does not care about order)
+    per_image = inputs["image_grid_thw"].prod(-1).tolist()
+    for b, tokens in enumerate(torch.split(vis.last_hidden_state, per_image)):
+        torch.testing.assert_close(avg[b, 0, 0, :32], tokens.mean(0), rtol=1e-4, atol=1e-5)
+        assert avg[b, 0, 0, 32:].abs().sum() == 0  # zero padding up to the widest site
+    # projector output in image order == the LLM input embeddings at the visual positions
+    torch.testing.assert_close(last[:, 0, 1], last[:, 0, 2])
+    torch.testing.assert_close(avg[:, 0, 1], avg[:, 0, 2])
+
+
+def test_extraction_is_deterministic_and_resumes_without_duplicates(tmp_path, image_store, tiny_qwen, synth_dir):
+    common = dict(
+        images=str(synth_dir / "images.jsonl"), taxonomy=str(synth_dir / "taxonomy.json"),
+        batch_size=3, shard_rows=2, progress=False, accelerator="cpu",
+    )  # fmt: skip
+    out = tmp_path / "store"
+    extract_features(str(tiny_qwen), out, limit=3, **common)  # an interrupted run: 3 of 5 done
+    extract_features(str(tiny_qwen), out, limit=5, **common)  # the rerun only adds 2
+    store = FeatureStore(out)
+    assert [int(r["id"]) for _, _, r in store.index] == [0, 1, 2, 3, 4]
+    assert [len(s.records) for s in store.shards] == [2, 1, 2]
+    rows_a = [(s, r) for s, r, _ in store.index]
+    rows_b = [(s, r) for s, r, _ in image_store.index]
+    for pool in ("avg", "last"):
+        assert torch.equal(store.gather(rows_a, pool), image_store.gather(rows_b, pool))
+
+
+def test_writer_drops_padding_repeats(tmp_path, tiny_qwen, synth_dir):
+    """Under DDP, PaddedEvalSampler's repeats arrive with valid=False: none may be written."""
+    from hiertrain.callbacks.feature_writer import FeatureWriter
+
+    writer = FeatureWriter(str(tmp_path / "s"), shard_rows=10)
+
+    class _Layout:  # the writer only needs the store layout fields from model and data
+        mode = "image"
+
+        def store_fields(self):
+            return {"mode": "image", "sites": ["llm.0"], "dims": [2], "pools": ["avg"], "model": "m"}
+
+        def describe(self):
+            return {"prompts": ["p"], "level_names": ["a"], "prompt_for_level": [0], "info": {}}
+
+    class _Trainer:
+        global_rank = 1
+        datamodule = _Layout()
+        records: list = []
+
+        class predict_loop:
+            return_predictions = True
+
+    _Trainer.datamodule.records = []
+    writer.setup(_Trainer, _Layout(), "predict")
+    assert _Trainer.predict_loop.return_predictions is False
+    recs = [{"id": i, "label": "x", "split": "train", "levels": ["x"]} for i in (1, 3, 1)]
+    pred = {"records": recs, "valid": torch.tensor([True, True, False]), "features": {"avg": torch.ones(3, 1, 1, 2)}}
+    writer.write_on_batch_end(_Trainer, None, pred, None, None, 0)
+    writer.on_predict_end(_Trainer, None)
+    store = FeatureStore(tmp_path / "s")
+    assert [int(r["id"]) for _, _, r in store.index] == [1, 3]
+    assert store.shard_paths()[0].name.startswith("shard-r001-")
+    assert writer.dropped_padding == 1
+
+
+def test_text_mode_hidden_states_and_leak_free_default(tmp_path, tiny_qwen, synth_dir):
+    from hiertrain.datamodules.probe_inputs import text_messages
+    from hiertrain.vlm.loading import load_vllm
+
+    tax = json.loads((synth_dir / "taxonomy.json").read_text())
+    leaves = list(tax)
+    (tmp_path / "train.json").write_text(json.dumps({k: tax[k] for k in leaves[:2]}))
+    (tmp_path / "test.json").write_text(json.dumps({k: tax[k] for k in leaves[12:13]}))
+    stores = {}
+    for leak in (False, True):
+        stores[leak] = FeatureStore(
+            extract_features(
+                str(tiny_qwen), tmp_path / f"text_{leak}", mode="text", train_taxonomy=str(tmp_path / "train.json"),
+                test_taxonomy=str(tmp_path / "test.json"), label_in_text=leak, batch_size=2, progress=False,
+                accelerator="cpu", level_names=["family", "shape", "colour", "texture"],
+            )  # fmt: skip
+        )
+    store = stores[False]
+    assert store.layout.sites == ["llm.0", "llm.1", "llm.2"]
+    assert store.layout.prompt_for_level == [0, 1, 2, -1]
+    assert "It belongs to" not in " ".join(store.layout.prompts)
+    assert all("It belongs to" in p for p in stores[True].layout.prompts)
+    recs = [r for _, _, r in store.index]
+    assert [(r["label"], r["split"]) for r in recs] == [(leaves[0], "train"), (leaves[1], "train"), (leaves[12], "test")]
+    assert recs[0]["levels"] == tax[leaves[0]][:-1] + [None]
+
+    # oracle for slot 1 (the "shape" question) of the first leaf
+    model, processor = load_vllm(str(tiny_qwen))
+    from hiertrain.core.prompts import text_prompt
+
+    prompt = text_prompt(1, "shape", leaves[0])
+    chat = processor.tokenizer.apply_chat_template(text_messages(prompt), tokenize=False, add_generation_prompt=True)
+    ids = processor.tokenizer([chat], return_tensors="pt")
+    with torch.no_grad():
+        hs = model(**ids, output_hidden_states=True).hidden_states
+    x = store.gather([(0, 0)], "avg")
+    for k, h in enumerate(hs):
+        torch.testing.assert_close(x[0, 1, k], h[0].mean(0), rtol=1e-4, atol=1e-5)
+    leaky = stores[True].gather([(0, 0)], "avg")
+    assert not torch.allclose(leaky[0, 1], x[0, 1])
+
+
+def test_two_process_ddp_writes_each_sample_once(tmp_path, tiny_qwen, synth_dir):
+    """Real DDP (2 CPU processes, gloo): 5 samples -> rank 0 gets 0,2,4; rank 1 gets 1,3 and a
+    padding repeat of 0, which must not reach the store."""
+    out = tmp_path / "ddp"
+    extract_features(
+        str(tiny_qwen), out, images=str(synth_dir / "images.jsonl"), taxonomy=str(synth_dir / "taxonomy.json"),
+        limit=5, batch_size=2, progress=False, accelerator="cpu", devices=2, strategy="ddp_spawn",
+    )  # fmt: skip
+    store = FeatureStore(out)
+    by_rank = {p.name[:10]: [int(r["id"]) for r in s.records] for p, s in zip(store.shard_paths(), store.shards)}
+    assert by_rank == {"shard-r000": [0, 2, 4], "shard-r001": [1, 3]}
+    assert [int(r["id"]) for _, _, r in store.index] == [0, 1, 2, 3, 4]

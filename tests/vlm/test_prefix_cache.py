@@ -1,0 +1,106 @@
+"""Prefix sharing must be an optimisation only: same letter logits and replies as plain runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from hiertrain.core import prompts
+from hiertrain.core.errors import HierError
+from hiertrain.vlm.loading import load_vllm
+from hiertrain.vlm.prefix_cache import ImagePrompts, SharedPrefixAnswerer, render_chat
+
+NAMES = ["family", "shape", "colour", "texture"]
+OPTIONS = [["round", "angular"], ["circle", "square", "triangle", "ellipse"], ["red circle", "blue square", "green star"]]
+
+
+def _prompts(processor, mode: str, label: str = "red solid circle", levels: int = 4) -> list[str]:
+    out = []
+    for i in range(levels):
+        prompt = prompts.image_prompt(0, NAMES[i], "shape") if mode == "image" else prompts.text_prompt(0, NAMES[i], label)
+        question = prompts.question_text(prompt, OPTIONS[i % len(OPTIONS)])
+        out.append(render_chat(processor, prompts.chat_messages(question, mode)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def qwen(tiny_qwen):
+    model, processor = load_vllm(str(tiny_qwen), "float32")
+    return SharedPrefixAnswerer(model, processor)
+
+
+def _images():
+    return [Image.new("RGB", (448, 448), (200, 30, 30)), Image.new("RGB", (448, 448), (20, 30, 220))]
+
+
+@pytest.mark.parametrize("mode", ["image", "text"])
+def test_shared_prefix_logits_equal_full_forward(qwen, mode):
+    images = _images() if mode == "image" else [None, None]
+    items = [ImagePrompts(img, _prompts(qwen.processor, mode, label)) for img, label in zip(images, ["red a", "blue b"])]
+    shared = qwen.logits(items)
+    for item, rows in zip(items, shared):
+        assert rows.shape[0] == len(item.prompts)
+        for prompt, row in zip(item.prompts, rows):
+            full = qwen.full_forward_logits(item.image, prompt)
+            assert (full - row).abs().max().item() < 1e-4
+            assert int(qwen.letter_scores(full, 4).argmax()) == int(qwen.letter_scores(row, 4).argmax())
+
+
+def test_batching_does_not_change_answers(qwen):
+    items = [ImagePrompts(img, _prompts(qwen.processor, "image")) for img in _images()]
+    together = qwen.logits(items)
+    alone = [qwen.logits([item])[0] for item in items]
+    for a, b in zip(together, alone):
+        assert torch.equal(a.argmax(-1), b.argmax(-1))
+        assert (a - b).abs().max().item() < 1e-4
+
+
+def test_rope_state_is_cleared_between_images(qwen):
+    items = [ImagePrompts(_images()[0], _prompts(qwen.processor, "image", levels=2))]
+    first = qwen.logits(items)[0]
+    assert qwen.model.model.rope_deltas is None
+    qwen.model.model.rope_deltas = torch.tensor([[12345]])  # stale state from some other call
+    again = qwen.logits(items)[0]
+    assert (first - again).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["image", "text"])
+def test_shared_prefix_generate_equals_hf_generate(qwen, mode):
+    image = _images()[1] if mode == "image" else None
+    item = ImagePrompts(image, _prompts(qwen.processor, mode, levels=3))
+    replies = qwen.generate([item])[0]
+    assert replies == [qwen.full_generate(image, p) for p in item.prompts]
+
+
+def test_llava_onevision_prefix_matches_full_forward(tiny_llava):
+    model, processor = load_vllm(str(tiny_llava), "float32")
+    answerer = SharedPrefixAnswerer(model, processor)
+    item = ImagePrompts(Image.new("RGB", (64, 48), (10, 200, 10)), _prompts(processor, "image", levels=2))
+    rows = answerer.logits([item])[0]
+    for prompt, row in zip(item.prompts, rows):
+        assert (answerer.full_forward_logits(item.image, prompt) - row).abs().max().item() < 1e-4
+
+
+def test_split_point_is_after_the_image(qwen):
+    texts = _prompts(qwen.processor, "image")
+    cut = qwen.split_point(texts)
+    assert texts[0][:cut].endswith("<|vision_end|>")
+    assert all(t[:cut] == texts[0][:cut] for t in texts)
+
+
+class _MultiTokenLetters:
+    name_or_path = "fake-tokenizer"
+    added_tokens_decoder: dict = {}
+    eos_token_id = 0
+    pad_token_id = 0
+
+    def encode(self, text, add_special_tokens=False):
+        return [1, 2]  # every letter is two tokens
+
+
+def test_letter_that_is_not_one_token_is_an_error():
+    model = torch.nn.Linear(1, 1)
+    answerer = SharedPrefixAnswerer(model, _MultiTokenLetters())
+    with pytest.raises(HierError, match="not a single token"):
+        answerer.letter_ids("A")
