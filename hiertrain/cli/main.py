@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_missing", False):
         print(f"hiertrain: '{args._module}' is not available in this build", file=sys.stderr)
         return 2
+    # Commands that run other commands (the demo) get this dispatcher instead of importing
+    # this module, which would be a cycle.
+    args.dispatch = main
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except HierError as err:

@@ -101,3 +101,7 @@ def chat_messages(question: str, mode: Mode) -> list[dict]:
         {"role": "system", "content": [{"type": "text", "text": system}]},
         {"role": "user", "content": user},
     ]
+
+
+# CLIP scores an option by its similarity to this text (also used to mine similar distractors).
+CLIP_TEXT_TEMPLATE = "a photo of a {label}."

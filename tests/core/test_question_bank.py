@@ -16,13 +16,13 @@ from hiertrain.cli.main import main
 from hiertrain.core.errors import HierError
 from hiertrain.core.question_bank import (
     QuestionRecord,
-    TextEmbeddingCache,
     build_questions,
     level_keys,
     read_image_list,
     read_questions,
     write_questions,
 )
+from hiertrain.core.distractors import TextEmbeddingCache
 from hiertrain.core.taxonomy import Taxonomy
 
 HIERTRAIN = Path(sys.executable).with_name("hiertrain")

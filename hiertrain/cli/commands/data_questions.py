@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from hiertrain.core.errors import HierError
     from hiertrain.core.question_bank import build_questions, read_image_list, write_questions
     from hiertrain.core.taxonomy import Taxonomy
+    from hiertrain.vlm.openclip import OpenClipEncoder
 
     if args.distractors == "similar" and not args.clip:
         raise HierError("--distractors similar needs --clip NAME_OR_PATH")
@@ -43,13 +44,13 @@ def run(args: argparse.Namespace) -> int:
         images,
         distractors=args.distractors,
         seed=args.seed,
-        clip=args.clip,
         num_choices=args.num_choices,
         source=str(args.images),
         image_root=args.images.parent,
         batch_size=args.batch_size,
         workers=args.workers,
         cache_dir=args.cache_dir,
+        encoder=OpenClipEncoder(args.clip, batch_size=args.batch_size) if args.distractors == "similar" else None,
     )
     write_questions(records, args.out)
     short = sum(
