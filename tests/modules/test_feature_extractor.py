@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hiertrain.core.feature_store import FeatureStore
-from hiertrain.cli.probing import extract_features
+from probing_cli import extract_features
 
 
 @pytest.fixture(scope="module")
