@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 
 from hiertrain.core.errors import HierError
 from hiertrain.core.prompts import LETTERS
+from hiertrain.core.resources import read_data_text, resolve_data_path
 
 from hiertrain.core.distractors import ImageTextEncoder, Levels, TextEmbeddingCache, random_distractors, similar_distractors
 
@@ -82,14 +83,12 @@ class QuestionRecord:
 
 def _read_jsonl(path: str | os.PathLike) -> list[tuple[str, dict]]:
     """(where, object) per line, `where` = "FILE:LINE". Blank or non-object lines are errors:
-    skipping them would shift every later sample id."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise HierError(f"{path}: file not found") from None
-    except UnicodeDecodeError as err:
-        raise HierError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+    skipping them would shift every later sample id. Gzipped files and packaged
+    `hiertrain://` names are read transparently (hiertrain.core.resources)."""
+    path = resolve_data_path(path)
+    if not path.exists():
+        raise HierError(f"{path}: file not found")
+    text = read_data_text(path)
     out = []
     for lineno, line in enumerate(text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"), 1):
         where = f"{path}:{lineno}"

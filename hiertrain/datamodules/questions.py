@@ -153,6 +153,9 @@ class HierVQADataModule(LightningDataModule):
         limit: serve only the first `limit` records.
         image_dir: base folder of relative image paths (default: the question file's folder).
         image_root_map: leading path replacements, e.g. the authors' CUB folder -> yours.
+        image_root: your download of the dataset of a paper file (e.g. your CUB_200_2011):
+            the authors' absolute image paths are mapped there (hiertrain.core.paper_image_paths);
+            takes precedence over `image_root_map`. Image mode only.
         on_bad_image: "skip" (counted, named in the run's skipped list) or "error".
         name: short dataset name for run names and reports (default: the question file's stem).
         split: serve only records of this split (e.g. "test" when a file holds train/val/test).
@@ -170,6 +173,7 @@ class HierVQADataModule(LightningDataModule):
         limit: int | None = None,
         image_dir: str | None = None,
         image_root_map: dict[str, str] | None = None,
+        image_root: str | None = None,
         on_bad_image: Literal["skip", "error"] = "skip",
         batch_size: int = 8,
         num_workers: int = 0,
@@ -188,6 +192,7 @@ class HierVQADataModule(LightningDataModule):
         self.prompt_variant, self.seed, self.limit = prompt_variant, seed, limit
         self.image_dir = Path(image_dir) if image_dir else Path(questions).parent
         self.image_root_map = dict(image_root_map or {})
+        self.image_root = image_root
         self.on_bad_image, self.batch_size, self.num_workers = on_bad_image, batch_size, num_workers
         self.name = name or Path(questions).stem
         self.split = split
@@ -223,6 +228,11 @@ class HierVQADataModule(LightningDataModule):
             raise HierError(f"{self.questions}: records have {depth} levels but {len(names)} level names were given: {names}")
         self.level_names = list(names)
         self.records = records[: self.limit] if self.limit else records
+        if self.image_root and self.mode == "image":
+            from hiertrain.core.paper_image_paths import image_root_map
+
+            found = image_root_map([r.image for r in self.records], self.image_root, source=str(self.questions))
+            self.image_root_map = {**found, **self.image_root_map}
 
     def _taxonomy(self):
         if not self.taxonomy_path:
