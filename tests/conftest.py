@@ -20,7 +20,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# HIERTRAIN_SHARED_DATA: the reference folder when the checkout is not beside it (a worktree)
+SHARED_DATA = Path(os.environ.get("HIERTRAIN_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture(autouse=True, scope="session")

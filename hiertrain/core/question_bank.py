@@ -150,9 +150,25 @@ def read_questions(path: str | os.PathLike) -> list[QuestionRecord]:
 
 
 def read_image_list(path: str | os.PathLike) -> list[dict]:
-    """Load an image list (`image`, `label`, `split` per line); HierError "FILE:LINE: ..."."""
+    """Load an image list (`image`, `label`, `split` per line); HierError "FILE:LINE: ...".
+
+    A file holding one JSON list of such objects (the paper's `Inat21_Plant_all.json`) is
+    read too; its errors name "FILE:item N"."""
     images = []
-    for where, obj in _read_jsonl(path):
+    real = resolve_data_path(path)
+    text = read_data_text(real) if real.is_file() else ""
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise HierError(f"{real}:{err.lineno}: not valid JSON ({err.msg})") from None
+        entries = [(f"{real}:item {n}", obj) for n, obj in enumerate(items, 1)]
+        for where, obj in entries:
+            if not isinstance(obj, dict):
+                raise HierError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    else:
+        entries = _read_jsonl(path)
+    for where, obj in entries:
         require_strings(obj, IMAGE_LIST_KEYS, where)
         images.append(obj)
     return images
