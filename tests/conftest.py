@@ -44,6 +44,21 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def reference_data(tmp_path_factory) -> Path:
+    """The packaged reference data (hiertrain/reference), decompressed into a folder with the
+    layout of `../shared/data` (taxonomies/, annotations/, probing/): what a clone or an
+    install has, so tests of real data need nothing beside the checkout."""
+    from hiertrain.core.resources import packaged_names, read_data_bytes
+
+    out = tmp_path_factory.mktemp("reference")
+    for name in packaged_names():
+        target = out / name.removeprefix("hiertrain://")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(read_data_bytes(name))
+    return out
+
+
+@pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """A small synthetic hierarchical image set (see hiertrain.core.synth), built once per session."""
     from hiertrain.core.synth import make_synthetic

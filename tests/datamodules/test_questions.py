@@ -124,10 +124,10 @@ def test_image_root_map_rebases_absolute_paths(tmp_path):
     assert dm.dataset()[0]["error"] is None
 
 
-def test_cub_question_file_loads_with_its_taxonomy(shared_data):
+def test_cub_question_file_loads_with_its_taxonomy(reference_data):
     dm = HierVQADataModule(
-        str(shared_data / "annotations/CUB200_with_random_choice.jsonl"),
-        taxonomy=str(shared_data / "taxonomies/hierarchy_CUB200.json"),
+        str(reference_data / "annotations/CUB200_with_random_choice.jsonl"),
+        taxonomy=str(reference_data / "taxonomies/hierarchy_CUB200.json"),
         level_names=["order", "family", "genus", "species"],
         subject="bird",
         mode="text",
