@@ -31,7 +31,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from hiertrain.datamodules.features import ProbeSpec
+from hiertrain.core.probe_spec import ProbeSpec
 from hiertrain.core.errors import HierError
 
 
