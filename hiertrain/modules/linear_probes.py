@@ -31,16 +31,19 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from hiertrain.core.probe_spec import ProbeSpec
+from hiertrain.core import functional as hier
 from hiertrain.core.errors import HierError
+from hiertrain.core.probe_spec import ProbeSpec
 
 
 class ProbeAccuracy(Metric):
     """Per-level accuracy ``[sites, levels]`` and HCA ``[sites]`` of many probes in one metric.
 
-    Same definitions as `hiertrain.core.metrics.PerLevelAccuracy` / `HierarchicalConsistentAccuracy`
-    applied site by site (a sample's HCA counts when every asked level is right; samples with
-    nothing asked are in no denominator; ``valid`` False rows are DDP padding, dropped).
+    The evaluation's definitions (`hiertrain.core.functional`: `per_level_update`, `hca_update`)
+    applied to every site at once: each site is an independent metric over the same samples (a
+    sample's HCA counts when every asked level is right; samples with nothing asked are in no
+    denominator; ``valid`` False rows are DDP padding, dropped). Integer counts, summed across
+    processes.
     """
 
     is_differentiable = False
@@ -50,27 +53,25 @@ class ProbeAccuracy(Metric):
     def __init__(self, num_sites: int, num_levels: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.add_state("hits", torch.zeros(num_sites, num_levels, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("asked", torch.zeros(num_levels, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("asked", torch.zeros(num_sites, num_levels, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("hca_hits", torch.zeros(num_sites, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("samples", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("samples", torch.zeros(num_sites, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, correct: Tensor, asked: Tensor, valid: Tensor | None = None) -> None:
         """``correct [B, sites, levels]``, ``asked [B, levels]``, ``valid [B]`` (all bool)."""
-        if valid is not None:
-            correct, asked = correct[valid], asked[valid]
-        hit = correct & asked[:, None, :]
-        self.hits += hit.sum(0)
-        self.asked += asked.sum(0)
-        has_any = asked.any(1)
-        self.hca_hits += ((hit == asked[:, None, :]).all(2) & has_any[:, None]).sum(0)
-        self.samples += has_any.sum()
+        if correct.ndim != 3 or correct.shape[1:] != self.hits.shape:
+            raise ValueError(f"correct must be [B, {', '.join(map(str, self.hits.shape))}]; got {tuple(correct.shape)}")
+        hit, asked, _ = hier.prepare(correct, asked, valid=valid)
+        hits, asked_n = hier.per_level_update(hit, asked)
+        hca_hits, samples = hier.hca_update(hit, asked)
+        self.hits += hits
+        self.asked += asked_n
+        self.hca_hits += hca_hits
+        self.samples += samples
 
     def compute(self) -> tuple[Tensor, Tensor]:
         """(accuracy ``[sites, levels]``, HCA ``[sites]``) in float64, NaN where nothing was counted."""
-        nan = torch.tensor(math.nan, dtype=torch.float64, device=self.hits.device)
-        acc = torch.where(self.asked > 0, self.hits / self.asked.clamp(min=1), nan)
-        hca = torch.where(self.samples > 0, self.hca_hits / self.samples.clamp(min=1), nan)
-        return acc.to(torch.float64), hca.to(torch.float64)
+        return hier.ratio(self.hits, self.asked), hier.ratio(self.hca_hits, self.samples)
 
 
 class LinearProbes(LightningModule):
