@@ -42,6 +42,7 @@ __all__ = [
     "LeafAccuracy",
     "PerLevelAccuracy",
     "PointOverlapRatio",
+    "ProbeAccuracy",
     "StrictPointOverlap",
     "TopOverlapRatio",
     "UnparseableRate",
@@ -211,6 +212,52 @@ class UnparseableRate(_HierMetric):
         return hier.ratio(self.unparsed, self.asked)
 
 
+class ProbeAccuracy(Metric):
+    """Per-level accuracy ``[sites, levels]`` and HCA ``[sites]`` of many probes in one metric.
+
+    The evaluation's definitions (`hiertrain.core.functional`: `per_level_update`, `hca_update`)
+    applied to every site at once: each site is an independent metric over the same samples (a
+    sample's HCA counts when every asked level is right; samples with nothing asked are in no
+    denominator; ``valid`` False rows are DDP padding, dropped). Integer counts, summed across
+    processes.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, num_sites: int, num_levels: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("hits", torch.zeros(num_sites, num_levels, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("asked", torch.zeros(num_sites, num_levels, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("hca_hits", torch.zeros(num_sites, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("samples", torch.zeros(num_sites, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, correct: Tensor, asked: Tensor, valid: Tensor | None = None) -> None:
+        """``correct [B, sites, levels]``, ``asked [B, levels]``, ``valid [B]`` (all bool)."""
+        if correct.ndim != 3 or correct.shape[1:] != self.hits.shape:
+            raise ValueError(f"correct must be [B, {', '.join(map(str, self.hits.shape))}]; got {tuple(correct.shape)}")
+        hit, asked, _ = hier.prepare(correct, asked, valid=valid)
+        hits, asked_n = hier.per_level_update(hit, asked)
+        hca_hits, samples = hier.hca_update(hit, asked)
+        self.hits += hits
+        self.asked += asked_n
+        self.hca_hits += hca_hits
+        self.samples += samples
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        """(accuracy ``[sites, levels]``, HCA ``[sites]``) in float64, NaN where nothing was counted.
+
+        torchmetrics squeezes a one-element result to a scalar (one site: HCA ``[]``); `shaped`
+        restores the shapes.
+        """
+        return hier.ratio(self.hits, self.asked), hier.ratio(self.hca_hits, self.samples)
+
+    def shaped(self, accuracy: Tensor, hca: Tensor) -> tuple[Tensor, Tensor]:
+        """`compute()`'s result as ``[sites, levels]`` and ``[sites]`` whatever torchmetrics squeezed."""
+        return accuracy.reshape(self.hits.shape), hca.reshape(self.hca_hits.shape)
+
+
 def hierarchical_metrics(max_levels: int, **metric_kwargs) -> MetricCollection:
     """Every metric under the names used in metrics.json and reports.
 
@@ -246,5 +293,10 @@ def json_values(values: dict[str, Tensor]) -> dict[str, float | list[float | Non
 
 
 def metrics_dict(collection: MetricCollection) -> dict[str, float | list[float | None] | None]:
-    """`collection.compute()` as plain JSON-ready values; NaN (nothing counted) becomes None."""
-    return json_values(collection.compute())
+    """`collection.compute()` as plain JSON-ready values; NaN (nothing counted) becomes None.
+
+    Per-level results stay lists with one level too (torchmetrics squeezes a one-element result).
+    """
+    per_level = {name for name, metric in collection.items() if isinstance(metric, PerLevelAccuracy)}
+    values = collection.compute()
+    return json_values({k: v.reshape(-1) if k in per_level else v for k, v in values.items()})

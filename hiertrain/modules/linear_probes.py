@@ -14,9 +14,10 @@ epoch per probe too, but on test). The selection lives in the weights, so the fi
 the selected model: one checkpoint written when fit ends (``ModelCheckpoint(save_last=True,
 save_top_k=0)``) is all that is needed, not a file per improving epoch. ``val/selected_acc``
 (mean best val accuracy) is what EarlyStopping monitors; validate/test stages evaluate the
-selected probes. Scores of every site come from one `ProbeAccuracy` metric (integer counts,
-summed across processes, so exact under DDP) with the evaluation metrics' definitions of
-per-level accuracy and HCA; one update per batch keeps validation cheap with 100+ probes.
+selected probes. Scores of every site come from one `hiertrain.core.metrics.ProbeAccuracy`
+metric (integer counts, summed across processes, so exact under DDP) computed by the
+evaluation metrics' functions for per-level accuracy and HCA; one update per batch keeps
+validation cheap with 100+ probes.
 """
 
 from __future__ import annotations
@@ -29,49 +30,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
-from torchmetrics import Metric
 
-from hiertrain.core import functional as hier
 from hiertrain.core.errors import HierError
+from hiertrain.core.metrics import ProbeAccuracy
 from hiertrain.core.probe_spec import ProbeSpec
-
-
-class ProbeAccuracy(Metric):
-    """Per-level accuracy ``[sites, levels]`` and HCA ``[sites]`` of many probes in one metric.
-
-    The evaluation's definitions (`hiertrain.core.functional`: `per_level_update`, `hca_update`)
-    applied to every site at once: each site is an independent metric over the same samples (a
-    sample's HCA counts when every asked level is right; samples with nothing asked are in no
-    denominator; ``valid`` False rows are DDP padding, dropped). Integer counts, summed across
-    processes.
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self, num_sites: int, num_levels: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("hits", torch.zeros(num_sites, num_levels, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("asked", torch.zeros(num_sites, num_levels, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("hca_hits", torch.zeros(num_sites, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("samples", torch.zeros(num_sites, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, correct: Tensor, asked: Tensor, valid: Tensor | None = None) -> None:
-        """``correct [B, sites, levels]``, ``asked [B, levels]``, ``valid [B]`` (all bool)."""
-        if correct.ndim != 3 or correct.shape[1:] != self.hits.shape:
-            raise ValueError(f"correct must be [B, {', '.join(map(str, self.hits.shape))}]; got {tuple(correct.shape)}")
-        hit, asked, _ = hier.prepare(correct, asked, valid=valid)
-        hits, asked_n = hier.per_level_update(hit, asked)
-        hca_hits, samples = hier.hca_update(hit, asked)
-        self.hits += hits
-        self.asked += asked_n
-        self.hca_hits += hca_hits
-        self.samples += samples
-
-    def compute(self) -> tuple[Tensor, Tensor]:
-        """(accuracy ``[sites, levels]``, HCA ``[sites]``) in float64, NaN where nothing was counted."""
-        return hier.ratio(self.hits, self.asked), hier.ratio(self.hca_hits, self.samples)
 
 
 class LinearProbes(LightningModule):
@@ -238,7 +200,7 @@ class LinearProbes(LightningModule):
     def _collect(self, split: str) -> dict[str, Any]:
         """Per site: accuracy per level (None = not probed) and HCA; then the metrics reset."""
         metric = self.metrics[split]
-        acc_t, hca_t = metric.compute()
+        acc_t, hca_t = metric.shaped(*metric.compute())
         metric.reset()
         self._last_acc = acc_t[:, self.levels].nan_to_num(-1.0)
         acc_rows, hca_list = acc_t.tolist(), hca_t.tolist()
