@@ -165,13 +165,16 @@ def _batches(n: int, size: int) -> list[slice]:
 
 
 def class_result(case: dict) -> dict:
-    """`hierarchical_metrics` fed batch by batch; each batch cut to the width its rows use."""
+    """`hierarchical_metrics` fed batch by batch (forward: each batch's own value is checked against
+    the functional on that batch, as MetricTester does); each batch cut to the width its rows use."""
     correct, asked, parsed, valid, _ = case_tensors(case, with_copies=True)
     collection = hierarchical_metrics(case["depth"])
     for part in _batches(len(valid), case["batch"]):
         used = asked[part].any(0).nonzero()
         width = int(used.max()) + 1 if len(used) else 1
-        collection.update(correct[part, :width], asked[part, :width], parsed[part, :width], valid[part])
+        batch = collection(correct[part, :width], asked[part, :width], parsed[part, :width], valid[part])
+        batch["per_level_accuracy"] = batch["per_level_accuracy"].reshape(-1)  # torchmetrics squeezes 1 level
+        assert json_values(batch) == json_values(hier.hierarchical_scores(correct[part], asked[part], parsed[part], valid[part]))
     return metrics_dict(collection)
 
 
