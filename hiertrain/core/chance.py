@@ -12,15 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 
-def chance_levels(preds: list[Any], depth: int | None = None) -> dict[str, Any]:
+def chance_levels(preds: list[Any], depth: int | None = None, ignore: frozenset[int] | set[int] = frozenset()) -> dict[str, Any]:
     """`{"hca", "leaf_accuracy", "per_level_accuracy": [...], "rule"}` for SamplePredictions;
-    None where no sample was asked (a level, or the whole set)."""
+    None where no sample was asked (a level, or the whole set). `ignore`: 1-based levels left
+    out of scoring (`hiertrain score --ignore-level`)."""
     width = max([depth or 0] + [lv.level for p in preds for lv in p.levels])
     sums, counts = [0.0] * width, [0] * width
     hca_sum = leaf_sum = 0.0
     scored = 0
     for p in preds:
-        asked = sorted((lv for lv in p.levels if lv.asked), key=lambda lv: lv.level)
+        asked = sorted((lv for lv in p.levels if lv.asked and lv.level not in ignore), key=lambda lv: lv.level)
         if not asked:
             continue
         scored += 1

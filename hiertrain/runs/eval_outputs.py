@@ -202,7 +202,20 @@ def compute_metrics(preds: list[SamplePrediction], depth: int) -> dict[str, Any]
             correct, asked = (torch.nn.functional.pad(t, (0, pad)) for t in (correct, asked))
             parsed = torch.nn.functional.pad(parsed, (0, pad), value=True)
         collection.update(correct, asked, parsed)
-    return metrics_dict(collection)
+    return {**metrics_dict(collection), **uncertainty(preds, depth)}
+
+
+def uncertainty(preds: list[SamplePrediction], depth: int, n_boot: int | None = None, ci: float | None = None) -> dict[str, Any]:
+    """metrics.json's `intervals` (bootstrap over images, hiertrain.core.bootstrap) and `chance`."""
+    from hiertrain.core.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_CI, bootstrap_intervals
+    from hiertrain.core.chance import chance_levels
+    from hiertrain.core.predictions import to_tensors
+
+    n_boot, ci = DEFAULT_BOOTSTRAP if n_boot is None else n_boot, DEFAULT_CI if ci is None else ci
+    intervals = bootstrap_intervals(*to_tensors(preds), n_boot=n_boot, ci=ci)
+    if "per_level_accuracy" in intervals:  # levels no sample reached: no interval, as no value
+        intervals["per_level_accuracy"] += [None] * (depth - len(intervals["per_level_accuracy"]))
+    return {"intervals": intervals, "chance": chance_levels(preds, depth)}
 
 
 def _pct(value: Any) -> str:
