@@ -153,4 +153,4 @@ def format_comparison(result: dict[str, Any]) -> str:
     for i, e in enumerate(m["per_level_accuracy"]):
         label = f"level {i + 1}" + (f" {names[i]}" if i < len(names) else "")
         lines.append(f"{label[:22]:<22} {_pct(e['a']):>7} {_pct(e['b']):>7}  {difference_text(e):<28}")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
