@@ -75,19 +75,46 @@ def _pct(x: float | None, signed: bool = False) -> str:
     return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
 
 
+def _delta(row: dict[str, Any], name: str) -> str:
+    """The signed delta, with the paired bootstrap interval when the row has one."""
+    from hiertrain.report.compare import difference_text
+
+    entry = (row.get("paired") or {}).get("metrics", {}).get(name)
+    return difference_text(entry) if entry else _pct(row["delta"].get(name), True)
+
+
+def _p(row: dict[str, Any], name: str) -> str:
+    test = (row.get("paired") or {}).get("metrics", {}).get(name, {}).get("mcnemar")
+    return "-" if not test else f"{test['p']:.3g}"
+
+
 def markdown(doc: dict[str, Any]) -> str:
-    """HCA and leaf accuracy (%) before, after and the delta, one line per dataset and mode."""
+    """HCA and leaf accuracy (%) before, after and the delta, one line per dataset and mode.
+
+    Rows with a paired comparison (`paired`, hiertrain.core.paired) show the delta's paired
+    bootstrap interval `[low, high]` and two more columns: the exact McNemar p of HCA and leaf.
+    """
+    paired = any(row.get("paired") for row in doc["rows"])
     head = "| dataset | questions | chance HCA | HCA before | HCA after | Δ HCA | leaf before | leaf after | Δ leaf |"
+    if paired:
+        head += " McNemar p HCA | McNemar p leaf |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in doc["rows"]:
-        b, a, d = row["before"], row["after"], row["delta"]
+        b, a = row["before"], row["after"]
         mode = "visual" if row["mode"] == "image" else "text"
         chance = (row.get("chance") or {}).get("hca")
-        lines.append(
+        line = (
             f"| {row['dataset']} | {mode} | {_pct(chance)} | {_pct(b.get('hca'))} | {_pct(a.get('hca'))} | "
-            f"{_pct(d.get('hca'), True)} | {_pct(b.get('leaf_accuracy'))} | {_pct(a.get('leaf_accuracy'))} | "
-            f"{_pct(d.get('leaf_accuracy'), True)} |"
+            f"{_delta(row, 'hca')} | {_pct(b.get('leaf_accuracy'))} | {_pct(a.get('leaf_accuracy'))} | "
+            f"{_delta(row, 'leaf_accuracy')} |"
         )
+        if paired:
+            line += f" {_p(row, 'hca')} | {_p(row, 'leaf_accuracy')} |"
+        lines.append(line)
+    if paired:
+        first = next(row["paired"] for row in doc["rows"] if row.get("paired"))
+        lines += ["", f"Δ: after - before in points [{100 * first['ci']:g}% paired bootstrap over images, {first['bootstrap']} replicates]; "
+                  "McNemar: exact two-sided test on the images only one model got right."]
     return "\n".join(lines) + "\n"
 
 
@@ -130,10 +157,13 @@ def _gather(objs: list[Any]) -> list[Any]:
     return [o for part in parts for o in part]
 
 
-def evaluate_split(tuner: Any, data: Any, split: str, adapter: bool) -> tuple[dict[str, Any], int, int]:
+def evaluate_split(
+    tuner: Any, data: Any, split: str, adapter: bool, keep: list[Any] | None = None
+) -> tuple[dict[str, Any], int, int]:
     """(metrics, samples, skipped) of `tuner` on one split of a `HierTuningDataModule`, the
     adapter on or off (off = the base model exactly: LoRA layers bypassed). Sharded over ranks
-    by `PaddedEvalSampler`; every sample is answered once and the results gathered."""
+    by `PaddedEvalSampler`; every sample is answered once and the results gathered. `keep`:
+    receives the gathered predictions (for the paired comparison)."""
     from contextlib import nullcontext
 
     from torch.utils.data import DataLoader
@@ -157,7 +187,24 @@ def evaluate_split(tuner: Any, data: Any, split: str, adapter: bool) -> tuple[di
                 preds.extend(tuner.answer(good, data.mode))
     preds = sorted(_gather(preds), key=lambda p: p.id)
     skipped = sum(_gather([skipped]))
+    if keep is not None:
+        keep.extend(preds)
     return compute_metrics(preds, data.depth), len(preds), skipped
+
+
+def paired_before_after(before: list[Any], after: list[Any]) -> dict[str, Any] | None:
+    """`hiertrain.core.paired` of after against before on the same images (None if no image)."""
+    from hiertrain.core.paired import paired_comparison
+    from hiertrain.core.predictions import to_tensors
+
+    if not before:
+        return None
+    if [p.id for p in before] != [p.id for p in after]:
+        raise HierError("before/after: the base and the tuned model answered different samples")
+    a, b = to_tensors(before), to_tensors(after)
+    if a[0].shape != b[0].shape or not bool((a[1] == b[1]).all()):
+        raise HierError("before/after: the base and the tuned model were asked different levels")
+    return paired_comparison(a, b)
 
 
 class BeforeAfterEvaluation(Callback):
@@ -196,10 +243,13 @@ class BeforeAfterEvaluation(Callback):
             for mode in self.modes:
                 data = HierTuningDataModule(**{**args, "mode": mode, "batch_size": self.batch_size})
                 data.attach_processor(tuner.processor)
-                before, n, skipped = evaluate_split(tuner, data, self.split, adapter=False)
-                after, _, _ = evaluate_split(tuner, data, self.split, adapter=True)
+                before_preds: list[Any] = []
+                after_preds: list[Any] = []
+                before, n, skipped = evaluate_split(tuner, data, self.split, adapter=False, keep=before_preds)
+                after, _, _ = evaluate_split(tuner, data, self.split, adapter=True, keep=after_preds)
                 chance = chance_hca(data.split_records(self.split), mode)
-                rows.append(BeforeAfterRow(name, mode, before, after, chance, n, {"skipped": skipped, "split": self.split}))
+                extra = {"skipped": skipped, "split": self.split, "paired": paired_before_after(before_preds, after_preds)}
+                rows.append(BeforeAfterRow(name, mode, before, after, chance, n, extra))
         return rows
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:

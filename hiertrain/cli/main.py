@@ -26,6 +26,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "score": ("hiertrain.cli.commands.score", "recompute every metric from a predictions file"),
     "tiny": ("hiertrain.cli.commands.tiny", "save a tiny random-init model of a real architecture"),
     "lora merge": ("hiertrain.cli.commands.lora_merge", "merge a LoRA adapter into its base model"),
+    "compare": ("hiertrain.cli.commands.compare", "paired comparison of two runs over the same questions"),
     "report": ("hiertrain.cli.commands.report", "tables and plots comparing run directories"),
     "demo": ("hiertrain.cli.commands.demo", "the whole study on the synthetic set and tiny models"),
 }

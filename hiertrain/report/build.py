@@ -122,6 +122,21 @@ def _pct(x: Any) -> float | None:
     return None if x is None else round(100.0 * float(x), 2)
 
 
+def _ci(metrics: dict[str, Any] | None, key: str) -> list[float] | None:
+    """A metric's bootstrap interval from metrics.json (`intervals`), in percent; None if absent."""
+    bounds = ((metrics or {}).get("intervals") or {}).get(key)
+    return None if not bounds else [_pct(bounds[0]), _pct(bounds[1])]
+
+
+def _level_cis(metrics: dict[str, Any], names: list[str]) -> dict[str, list[float]]:
+    bounds = (metrics.get("intervals") or {}).get("per_level_accuracy") or []
+    return {n: [_pct(b[0]), _pct(b[1])] for n, b in zip(names, bounds) if b}
+
+
+def _chance(metrics: dict[str, Any] | None, key: str) -> Any:
+    return ((metrics or {}).get("chance") or {}).get(key)
+
+
 def _eval_tables(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
     evals = [r for r in runs if r.kind == "eval" and r.metrics]
     text = {(r.model, r.dataset): r for r in evals if r.mode == "text"}
@@ -139,6 +154,11 @@ def _eval_tables(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
                     "text_hca": _pct(twin.metrics.get("hca")) if twin else None,
                     "samples": m.get("num_samples"),
                     "skipped": run.meta.get("skipped", 0),
+                    "hca_ci": _ci(m, "hca"),
+                    "leaf_accuracy_ci": _ci(m, "leaf_accuracy"),
+                    "text_hca_ci": _ci(twin.metrics, "hca") if twin else None,
+                    "chance_hca": _pct(_chance(m, "hca")),
+                    "text_chance_hca": _pct(_chance(twin.metrics, "hca")) if twin else None,
                 }
             )
         names = m.get("level_names") or [f"level{i + 1}" for i in range(len(m.get("per_level_accuracy", [])))]
@@ -148,6 +168,11 @@ def _eval_tables(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
                 "dataset": run.dataset,
                 "mode": run.mode,
                 "levels": {n: _pct(a) for n, a in zip(names, m.get("per_level_accuracy", [])) if a is not None and not _isnan(a)},
+                "levels_ci": _level_cis(m, names),
+                "chance_levels": {n: _pct(c) for n, c in zip(names, _chance(m, "per_level_accuracy") or []) if c is not None},
+                "hca": _pct(m.get("hca")),
+                "hca_ci": _ci(m, "hca"),
+                "chance_hca": _pct(_chance(m, "hca")),
             }
         )
         overlap_rows.append(
@@ -160,6 +185,7 @@ def _eval_tables(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
                 "top_overlap": _pct(m.get("top_overlap")),
                 "hierarchical_f1": _pct(m.get("hierarchical_f1")),
                 "unparseable_rate": _pct(m.get("unparseable_rate")),
+                **{f"{k}_ci": _ci(m, k) for k in ("point_overlap", "strict_point_overlap", "top_overlap")},
             }
         )
     return {"visual": visual_rows, "per_level": level_rows, "overlap": overlap_rows}
@@ -206,13 +232,34 @@ def _lora_tables(runs: list[Run]) -> list[dict[str, Any]]:
                     "hca_delta": _pct(None if before.get("hca") is None or after.get("hca") is None else after["hca"] - before["hca"]),
                     "leaf_before": _pct(before.get("leaf_accuracy")),
                     "leaf_after": _pct(after.get("leaf_accuracy")),
+                    **_paired_cells(row.get("paired")),
                 }
             )
     return rows
 
 
+def _paired_cells(paired: dict[str, Any] | None) -> dict[str, Any]:
+    """The delta's paired bootstrap interval (points) and McNemar p of a before/after row."""
+    out: dict[str, Any] = {}
+    metrics = (paired or {}).get("metrics") or {}
+    for name, short in (("hca", "hca"), ("leaf_accuracy", "leaf")):
+        entry = metrics.get(name) or {}
+        interval = entry.get("interval")
+        if name == "leaf_accuracy":
+            out["leaf_delta"] = _pct(entry.get("difference")) if entry else None
+        out[f"{short}_delta_ci"] = None if not interval else [_pct(interval[0]), _pct(interval[1])]
+        out[f"{short}_mcnemar_p"] = (entry.get("mcnemar") or {}).get("p")
+    return out
+
+
 def correlations(visual_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pearson and Spearman of text HCA vs visual HCA across models, per dataset and pooled."""
+    """Pearson and Spearman of text HCA vs visual HCA across models, per dataset and pooled.
+
+    With at least `MIN_MODELS` models also Pearson's bootstrap interval over models and the
+    permutation p-value (hiertrain.core.correlation); with fewer, `too_few` says so.
+    """
+    from hiertrain.core.correlation import correlation_test
+
     import torch
     from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
@@ -231,6 +278,7 @@ def correlations(visual_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if text.std() > 0 and vis.std() > 0:
                 entry["pearson"] = round(float(pearson_corrcoef(text, vis)), 4)
                 entry["spearman"] = round(float(spearman_corrcoef(text, vis)), 4)
+        entry.update(correlation_test([r["text_hca"] for r in rows], [r["hca"] for r in rows]))
         out.append(entry)
     return out
 
@@ -257,12 +305,37 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
+def _cell(row: dict[str, Any], column: str) -> str:
+    """`value [low, high]` when the row holds the column's interval (`<column>_ci`), else the value."""
+    text = _fmt(row.get(column))
+    bounds = row.get(f"{column}_ci")
+    if bounds and row.get(column) is not None:
+        text += f" [{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
+    return text
+
+
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A GitHub Markdown table; nested `levels` dicts are flattened by the caller."""
+    """A GitHub Markdown table; nested `levels` dicts are flattened by the caller. A cell whose
+    row has `<column>_ci` = [low, high] shows `value [low, high]`."""
     head = "| " + " | ".join(columns) + " |"
     sep = "| " + " | ".join("---" for _ in columns) + " |"
-    body = ["| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    body = ["| " + " | ".join(_cell(row, c) for c in columns) + " |" for row in rows]
     return "\n".join([head, sep, *body])
+
+
+def correlation_table(rows: list[dict[str, Any]]) -> str:
+    """Pearson with its bootstrap interval over models and permutation p, Spearman, n; a group
+    with fewer than MIN_MODELS models is stated as too few instead of numbers."""
+    from hiertrain.core.correlation import MIN_MODELS
+
+    shown = []
+    for row in rows:
+        if row.get("too_few"):
+            note = f"too few models (n={row['n']} < {MIN_MODELS})"
+            shown.append({**row, "pearson": note, "pearson_ci": None, "spearman": "–", "p_value": "–"})
+        else:
+            shown.append({**row, "pearson_ci": row.get("pearson_interval")})
+    return markdown_table(shown, ["dataset", "n", "pearson", "p_value", "spearman"])
 
 
 def _flatten_levels(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -271,13 +344,28 @@ def _flatten_levels(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
         for name in row["levels"]:
             if name not in level_cols:
                 level_cols.append(name)
-    flat = [{**{k: v for k, v in row.items() if k != "levels"}, **row["levels"]} for row in rows]
+    flat = [
+        {
+            **{k: v for k, v in row.items() if k not in ("levels", "levels_ci")},
+            **row["levels"],
+            **{f"{name}_ci": bounds for name, bounds in (row.get("levels_ci") or {}).items()},
+        }
+        for row in rows
+    ]
     return flat, level_cols
+
+
+INTERVALS_NOTE = (
+    "`value [low, high]`: 95% percentile bootstrap interval over images (metrics.json `intervals`); "
+    "chance = uniform guessing among the shown options (per level 1/#options; HCA the product over a "
+    "sample's asked levels, averaged over samples)."
+)
+VOLATILE_META = ("created",)  # run.json keys that differ between two runs of the same study
 
 
 def headline_table(report: Report) -> str:
     """The table `make demo` prints: visual HCA, leaf accuracy and text HCA per model x dataset."""
-    return markdown_table(report.tables["visual"], ["model", "dataset", "hca", "leaf_accuracy", "text_hca", "samples", "skipped"])
+    return markdown_table(report.tables["visual"], ["model", "dataset", "hca", "leaf_accuracy", "text_hca", "chance_hca", "samples", "skipped"])
 
 
 def write_report(report: Report, out: str | Path, title: str = "hiertrain report") -> Path:
@@ -291,11 +379,11 @@ def write_report(report: Report, out: str | Path, title: str = "hiertrain report
     md = [f"# {title}", "", f"{len(report.runs)} runs: " + ", ".join(sorted(r.path.name for r in report.runs)), ""]
     if report.differences:
         md += ["**Mixed protocols (compared on request):**", *[f"- {d}" for d in report.differences], ""]
-    md += ["## Visual and text HCA (%)", "", headline_table(report), ""]
+    md += ["## Visual and text HCA (%)", "", headline_table(report), "", INTERVALS_NOTE, ""]
     if "hca_vs_leaf" in images:
         md += [f"![HCA vs leaf accuracy]({images['hca_vs_leaf']})", ""]
     flat, level_cols = _flatten_levels(t["per_level"])
-    md += ["## Per-level accuracy (%)", "", markdown_table(flat, ["model", "dataset", "mode", *level_cols]), ""]
+    md += ["## Per-level accuracy (%)", "", markdown_table(flat, ["model", "dataset", "mode", *level_cols, "hca", "chance_hca"]), ""]
     if "per_level" in images:
         md += [f"![Per-level accuracy]({images['per_level']})", ""]
     md += [
@@ -305,9 +393,10 @@ def write_report(report: Report, out: str | Path, title: str = "hiertrain report
         "",
         "## Text vs visual HCA correlation",
         "",
-        markdown_table(report.correlation, ["dataset", "n", "pearson", "spearman"]) if report.correlation else "No model has both a visual and a text run.",
+        correlation_table(report.correlation) if report.correlation else "No model has both a visual and a text run.",
         "",
-        "Correlations need at least 3 models with both runs; fewer leave them blank.",
+        "n = models with both a visual and a text run. Pearson [95% bootstrap interval over models], "
+        "p = two-sided permutation test of no correlation; with fewer than 4 models no correlation is given.",
         "",
     ]
     if "scatter" in images:
@@ -322,12 +411,16 @@ def write_report(report: Report, out: str | Path, title: str = "hiertrain report
         md += [
             "## LoRA tuning: before / after (%)",
             "",
-            markdown_table(t["lora"], ["dataset", "mode", "hca_before", "hca_after", "hca_delta", "leaf_before", "leaf_after"]),
+            markdown_table(t["lora"], ["dataset", "mode", "hca_before", "hca_after", "hca_delta", "hca_mcnemar_p", "leaf_before", "leaf_after", "leaf_delta", "leaf_mcnemar_p"]),
+            "",
+            "Deltas: after - before in points [95% paired bootstrap interval over images]; "
+            "McNemar p: exact two-sided test on the images only one of the two models got right.",
             "",
         ]
     (out / "report.md").write_text("\n".join(md))
     payload = {
-        "runs": [{"path": str(r.path), **r.meta} for r in report.runs],
+        # No creation times: two runs of the same study give the same report.json bytes.
+        "runs": [{"path": str(r.path), **{k: v for k, v in r.meta.items() if k not in VOLATILE_META}} for r in report.runs],
         "differences": report.differences,
         "tables": t,
         "correlation": report.correlation,

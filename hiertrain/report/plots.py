@@ -20,8 +20,20 @@ def _save(fig, out: Path, name: str) -> str:
     return name
 
 
+def _err(rows: list[dict], key: str) -> list[list[float]]:
+    """Asymmetric error bars [[below], [above]] from each row's `<key>_ci` (0 where absent)."""
+    below, above = [], []
+    for r in rows:
+        value, bounds = r.get(key), r.get(f"{key}_ci")
+        ok = value is not None and bounds
+        below.append(max(0.0, value - bounds[0]) if ok else 0.0)
+        above.append(max(0.0, bounds[1] - value) if ok else 0.0)
+    return [below, above]
+
+
 def hca_vs_leaf(rows: list[dict], out: Path) -> str | None:
-    """Grouped bars: leaf accuracy next to HCA (and text HCA) for each model x dataset."""
+    """Grouped bars: leaf accuracy next to HCA (and text HCA) for each model x dataset, with the
+    bootstrap intervals as error bars and the chance HCA of each question set as a red tick."""
     rows = [r for r in rows if r["hca"] is not None]
     if not rows:
         return None
@@ -32,7 +44,13 @@ def hca_vs_leaf(rows: list[dict], out: Path) -> str | None:
     for k, (name, key, color) in enumerate(series):
         xs = [i + (k - 1) * width for i in range(len(rows))]
         ys = [r[key] if r[key] is not None else 0.0 for r in rows]
-        bars = ax.bar(xs, ys, width, label=name, color=color)
+        bars = ax.bar(xs, ys, width, label=name, color=color, yerr=_err(rows, key), capsize=2, ecolor="#444")
+        chance_key = {"hca": "chance_hca", "text_hca": "text_chance_hca"}.get(key)
+        if chance_key:
+            for x, r in zip(xs, rows):
+                if r.get(chance_key) is not None:
+                    ax.hlines(r[chance_key], x - width / 2, x + width / 2, colors="#d62728", linewidth=2,
+                              label="chance HCA" if x == xs[0] and key == "hca" else None)
         for bar, r in zip(bars, rows):
             if r[key] is not None:
                 ax.annotate(f"{r[key]:.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=7)
@@ -45,14 +63,24 @@ def hca_vs_leaf(rows: list[dict], out: Path) -> str | None:
 
 
 def per_level(rows: list[dict], out: Path) -> str | None:
-    """Accuracy by taxonomy level, one line per model x dataset x mode."""
+    """Accuracy by taxonomy level, one line per model x dataset x mode, with bootstrap error bars;
+    dotted in the same colour: the chance level of that question set (1/#options per level)."""
     rows = [r for r in rows if r["levels"]]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for r in rows:
         names = list(r["levels"])
-        ax.plot(range(len(names)), [r["levels"][n] for n in names], marker="o", label=f"{r['model']} · {r['dataset']} · {r['mode']}")
+        cis = r.get("levels_ci") or {}
+        ys = [r["levels"][n] for n in names]
+        err = [[max(0.0, y - cis[n][0]) if n in cis else 0.0 for n, y in zip(names, ys)],
+               [max(0.0, cis[n][1] - y) if n in cis else 0.0 for n, y in zip(names, ys)]]
+        line = ax.errorbar(range(len(names)), ys, yerr=err, marker="o", capsize=3, label=f"{r['model']} · {r['dataset']} · {r['mode']}")
+        chance = r.get("chance_levels") or {}
+        if chance:
+            xs = [i for i, n in enumerate(names) if n in chance]
+            ax.plot(xs, [chance[names[i]] for i in xs], linestyle=":", color=line.lines[0].get_color(), linewidth=1)
+    ax.plot([], [], linestyle=":", color="gray", label="chance (1/#options)")
     longest = max(rows, key=lambda r: len(r["levels"]))
     ax.set_xticks(range(len(longest["levels"])), list(longest["levels"]), rotation=20, fontsize=8)
     ax.set_ylabel("accuracy (%)")
@@ -70,7 +98,8 @@ def scatter(rows: list[dict], out: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     for ds in sorted({r["dataset"] for r in pts}):
         sub = [r for r in pts if r["dataset"] == ds]
-        ax.scatter([r["text_hca"] for r in sub], [r["hca"] for r in sub], label=ds)
+        ax.errorbar([r["text_hca"] for r in sub], [r["hca"] for r in sub], xerr=_err(sub, "text_hca"),
+                    yerr=_err(sub, "hca"), fmt="o", capsize=2, label=ds)
         for r in sub:
             ax.annotate(r["model"], (r["text_hca"], r["hca"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     xs = [r["text_hca"] for r in pts]
@@ -82,11 +111,13 @@ def scatter(rows: list[dict], out: Path) -> str | None:
         grid = np.linspace(min(xs), max(xs), 20)
         ax.plot(grid, slope * grid + intercept, "k--", linewidth=1, label=f"fit: y={slope:.2f}x+{intercept:.1f}")
     # Percent axes from 0, so a flat line at 0 (no visual HCA) reads as such, not as noise.
-    ax.set_xlim(0, max(5.0, 1.15 * max(xs)))
-    ax.set_ylim(0, max(5.0, 1.15 * max(ys)))
+    top_x = max([*xs, *((r.get("text_hca_ci") or [0, 0])[1] for r in pts)])
+    top_y = max([*ys, *((r.get("hca_ci") or [0, 0])[1] for r in pts)])
+    ax.set_xlim(0, max(5.0, 1.15 * top_x))
+    ax.set_ylim(0, max(5.0, 1.15 * top_y))
     ax.set_xlabel("text HCA (%)")
     ax.set_ylabel("visual HCA (%)")
-    ax.set_title(f"Text vs visual HCA (n={len(pts)})")
+    ax.set_title(f"Text vs visual HCA (n={len(pts)} models; bars: 95% intervals)", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, out, "text_vs_visual_hca.png")
 

@@ -192,7 +192,20 @@ def compute_metrics(preds: list[SamplePrediction], depth: int) -> dict[str, Any]
     from hiertrain.core.metrics import json_values
     from hiertrain.core.predictions import to_tensors
 
-    return json_values(hierarchical_scores(*to_tensors(preds, depth)))
+    return {**json_values(hierarchical_scores(*to_tensors(preds, depth))), **uncertainty(preds, depth)}
+
+
+def uncertainty(preds: list[SamplePrediction], depth: int, n_boot: int | None = None, ci: float | None = None) -> dict[str, Any]:
+    """metrics.json's `intervals` (bootstrap over images, hiertrain.core.bootstrap) and `chance`."""
+    from hiertrain.core.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_CI, bootstrap_intervals
+    from hiertrain.core.chance import chance_levels
+    from hiertrain.core.predictions import to_tensors
+
+    n_boot, ci = DEFAULT_BOOTSTRAP if n_boot is None else n_boot, DEFAULT_CI if ci is None else ci
+    intervals = bootstrap_intervals(*to_tensors(preds), n_boot=n_boot, ci=ci)
+    if "per_level_accuracy" in intervals:  # levels no sample reached: no interval, as no value
+        intervals["per_level_accuracy"] += [None] * (depth - len(intervals["per_level_accuracy"]))
+    return {"intervals": intervals, "chance": chance_levels(preds, depth)}
 
 
 def _pct(value: Any) -> str:
@@ -230,7 +243,13 @@ def plot_per_level(metrics: dict[str, Any], path: Path, title: str = "") -> None
     names = metrics.get("level_names", [])
     values = [0.0 if v is None else 100 * v for v in (metrics.get("per_level_accuracy") or [])]
     fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(names) + 2), 3.2))
-    ax.bar(range(len(values)), values, color="#4C72B0")
+    bounds = (metrics.get("intervals") or {}).get("per_level_accuracy") or []
+    err = [[v - 100 * b[0] if b else 0.0 for v, b in zip(values, bounds)], [100 * b[1] - v if b else 0.0 for v, b in zip(values, bounds)]]
+    ax.bar(range(len(values)), values, color="#4C72B0", yerr=err if len(bounds) == len(values) else None, capsize=3)
+    chance = (metrics.get("chance") or {}).get("per_level_accuracy") or []
+    for i, c in enumerate(chance[: len(values)]):
+        if c is not None:  # uniform guessing among the shown options (hiertrain.core.chance)
+            ax.hlines(100 * c, i - 0.4, i + 0.4, colors="#d62728", linewidth=2, label="chance" if i == 0 else None)
     ax.set_xticks(range(len(values)), names[: len(values)], rotation=30, ha="right")
     for key, style in (("hca", "--"), ("leaf_accuracy", ":")):
         if metrics.get(key) is not None:

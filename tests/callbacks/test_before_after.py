@@ -86,3 +86,23 @@ def test_chance_hca_multiplies_over_asked_levels() -> None:
     assert chance_hca(records, "image") == pytest.approx((1 / 128 + 1 / 4) / 2)
     assert chance_hca(records, "text") == pytest.approx((1 / 32 + 1 / 2) / 2)
     assert chance_hca([], "image") is None
+
+
+def test_paired_rows_show_interval_and_mcnemar() -> None:
+    from hiertrain.callbacks.before_after import paired_before_after
+    from hiertrain.core.predictions import LevelPrediction, SamplePrediction
+
+    def preds(right: list[bool]) -> list[SamplePrediction]:
+        return [SamplePrediction(i, [LevelPrediction(1, "a", ["a", "b"], "A", "A", "a" if r else "b", r)]) for i, r in enumerate(right)]
+
+    before = [True] * 6 + [True] * 2 + [False] * 8 + [False] * 4  # 2 right only before, 8 only after
+    after = [True] * 6 + [False] * 2 + [True] * 8 + [False] * 4
+    paired = paired_before_after(preds(before), preds(after))
+    row = BeforeAfterRow("synthetic", "text", {"hca": 0.4, "leaf_accuracy": 0.4}, {"hca": 0.7, "leaf_accuracy": 0.7}, extra={"paired": paired})
+    text = markdown(before_after_doc([row], "b", "t"))
+    low, high = paired["metrics"]["hca"]["interval"]
+    assert f"| +30.00 [{100 * low:+.2f}, {100 * high:+.2f}] |" in text
+    assert text.splitlines()[2].endswith("| 0.109 | 0.109 |")  # 2 * (1 + 10 + 45) / 1024
+    assert "McNemar p HCA" in text.splitlines()[0]
+    with pytest.raises(HierError, match="different samples"):
+        paired_before_after(preds(before), preds(after)[1:])

@@ -30,3 +30,34 @@ def test_every_demo_path_moves_under_out(tmp_path: Path) -> None:
         assert not [s for s in strings if "runs/demo" in s], name
         paths = [s for s in strings if s.startswith("/")]
         assert paths and all(p.startswith(f"{out}/") for p in paths), (name, paths)
+
+
+def test_lora_summary_reads_the_report_json(tmp_path: Path) -> None:
+    """The demo prints its LoRA numbers from report.json (what the README quotes)."""
+    import json
+
+    from hiertrain.cli.commands.demo import lora_summary
+
+    report = tmp_path / "report.json"
+    assert lora_summary(report) == []
+    row = {"dataset": "synthetic", "mode": "text", "hca_before": 4.17, "hca_after": 35.42, "hca_delta": 31.25,
+           "hca_delta_ci": [18.75, 43.75], "hca_mcnemar_p": 0.000122}
+    report.write_text(json.dumps({"tables": {"lora": [row]}}))
+    (line,) = lora_summary(report)
+    assert line == ("LoRA (synthetic, text questions, from report.json): HCA 4.17 -> 35.42 % "
+                    "(delta +31.25 [+18.75, +43.75] points, McNemar p=0.000122)")
+
+
+def test_lora_step_runs_on_a_pinned_thread_count() -> None:
+    import torch
+
+    from hiertrain.cli.commands.demo import LORA_THREADS, _with_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(LORA_THREADS + 1)
+    try:
+        seen: list[int] = []
+        _with_threads(LORA_THREADS, lambda *argv: seen.append(torch.get_num_threads()))
+        assert seen == [LORA_THREADS] and torch.get_num_threads() == LORA_THREADS + 1
+    finally:
+        torch.set_num_threads(before)

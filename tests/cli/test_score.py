@@ -81,9 +81,9 @@ def test_score_table_and_truncated_line(tmp_path, capsys):
     assert main(["score", str(path)]) == 0
     out = capsys.readouterr().out
     assert "cut-off line 5 ignored" in out and "4 samples" in out
-    assert re.search(r"^hierarchical consistent accuracy +25\.00%$", out, re.M)
+    assert re.search(r"^hierarchical consistent accuracy +25\.00%  \[\d+\.\d\d, \d+\.\d\d\]$", out, re.M)
     assert re.search(r"^unparseable answers +7\.69%$", out, re.M)  # 1/13
-    assert re.search(r"^3 +genus +3 +33\.33%$", out, re.M)
+    assert re.search(r"^3 +genus +3 +33\.33%  \[\d+\.\d\d, \d+\.\d\d\]$", out, re.M)
 
 
 def test_ignore_level(tmp_path, capsys):
@@ -170,3 +170,21 @@ def test_entry_point_exit_code(tmp_path):
     proc = subprocess.run([str(HIERTRAIN), "score", str(path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == f"hiertrain: {path}:2: not valid JSON (Expecting property name enclosed in double quotes)\n"
+
+
+def test_score_intervals_and_chance(tmp_path, capsys):
+    path = str(_write_jsonl(tmp_path / "p.jsonl", SAMPLES))
+    got = _score_json(capsys, path, "--bootstrap", "300", "--ci", "0.9")
+    again = _score_json(capsys, path, "--bootstrap", "300", "--ci", "0.9")
+    assert got["intervals"] == again["intervals"]  # seeded
+    assert got["intervals"]["bootstrap"] == 300 and got["intervals"]["ci"] == 0.9
+    low, high = got["intervals"]["hca"]
+    assert 0 <= low <= HAND["hca"] <= high <= 1
+    assert len(got["intervals"]["per_level_accuracy"]) == 4
+    # every level shows 2 options: 1/2 a level; HCA = mean of (1/16, 1/8, 1/16, 1/4) by hand
+    assert got["chance"]["per_level_accuracy"] == [0.5] * 4
+    assert got["chance"]["hca"] == pytest.approx(0.125)
+    assert got["chance"]["leaf_accuracy"] == pytest.approx(0.5)
+    none = _score_json(capsys, path, "--bootstrap", "0")
+    assert "hca" not in none["intervals"]
+    assert main(["score", path, "--ci", "2"]) == 2

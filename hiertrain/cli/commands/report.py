@@ -12,6 +12,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", default="hiertrain report")
     parser.add_argument("--wandb", action="store_true", help="also log tables and plots to W&B (group 'report')")
     parser.add_argument("--wandb-project", default="hiertrain")
+    parser.add_argument(
+        "--csv", nargs="?", const="", default=None, metavar="PATH",
+        help="also write the leaderboard CSV (one row per evaluation run; default PATH: OUT/leaderboard.csv)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,10 +25,21 @@ def run(args: argparse.Namespace) -> int:
 
     report = build_report(collect_runs(args.runs), allow_mixed=args.allow_mixed)
     path = write_report(report, args.out, title=args.title)
+    if args.csv is not None:
+        from hiertrain.report.leaderboard import write_leaderboard
+
+        board = write_leaderboard(report.runs, args.csv or Path(args.out) / "leaderboard.csv")
+        print(f"leaderboard: {board}")
     if args.wandb:
         log_to_wandb(report, Path(args.out), project=args.wandb_project)
     print(headline_table(report))
     for c in report.correlation:
-        print(f"text vs visual HCA [{c['dataset']}]: n={c['n']} pearson={c['pearson']} spearman={c['spearman']}")
+        if c.get("too_few"):
+            print(f"text vs visual HCA [{c['dataset']}]: n={c['n']}, too few models for a correlation (need 4)")
+        else:
+            print(
+                f"text vs visual HCA [{c['dataset']}]: n={c['n']} pearson={c['pearson']} {c.get('pearson_interval')} "
+                f"permutation p={c.get('p_value')} spearman={c['spearman']}"
+            )
     print(f"report: {path}")
     return 0

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="do not score level N (1-based), e.g. a level with a single class; repeatable",
     )
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap replicates over images for the intervals (0 = none; default 1000)")
+    parser.add_argument("--ci", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the resampling (default 0)")
 
 
 def score(args: argparse.Namespace) -> dict[str, Any]:
@@ -60,6 +63,11 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
         if not 1 <= n <= asked.shape[1]:
             raise HierError(f"--ignore-level {n}: the file has levels 1..{asked.shape[1]}")
         asked[:, n - 1] = False
+    from hiertrain.core.bootstrap import bootstrap_intervals
+    from hiertrain.core.chance import chance_levels
+
+    n_boot, ci, seed = getattr(args, "bootstrap", 1000), getattr(args, "ci", 0.95), getattr(args, "bootstrap_seed", 0)
+    intervals = bootstrap_intervals(correct, asked, parsed, n_boot=n_boot, ci=ci, seed=seed)
     names: list[str | None] = [None] * asked.shape[1]
     for sample in samples:
         for lv in sample.levels:
@@ -73,6 +81,8 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
         "level_names": [name or f"level{i + 1}" for i, name in enumerate(names)],
         "level_asked": asked.sum(0).tolist(),
         **json_values(hierarchical_scores(correct, asked, parsed)),
+        "intervals": intervals,
+        "chance": chance_levels(samples, asked.shape[1], set(args.ignore_level)),
     }
 
 
@@ -80,8 +90,16 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
+def _ci(result: dict[str, Any], key: str, level: int | None = None) -> str:
+    """` [low, high]` in percent when the result has that interval, else ''."""
+    bounds = (result.get("intervals") or {}).get(key)
+    if level is not None:
+        bounds = bounds[level] if bounds and level < len(bounds) else None
+    return "" if not bounds else f"  [{100 * bounds[0]:.2f}, {100 * bounds[1]:.2f}]"
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """The result as an aligned text table (percentages)."""
+    """The result as an aligned text table (percentages; `[low, high]` = the bootstrap interval)."""
     head = f"{result['file']} ({result['format']}, {result['num_samples']} samples"
     if result["num_scored"] != result["num_samples"]:
         head += f", {result['num_samples'] - result['num_scored']} with no level asked"
@@ -89,10 +107,16 @@ def format_table(result: dict[str, Any]) -> str:
         head += f"; cut-off line {result['truncated_line']} ignored"
     lines = [head + ")", ""]
     width = max(len(v) for v in _LABELS.values())
-    lines += [f"{label:<{width}}  {_pct(result[key]):>8}" for key, label in _LABELS.items()]
+    lines += [f"{label:<{width}}  {_pct(result[key]):>8}{_ci(result, key)}" for key, label in _LABELS.items()]
+    chance = result.get("chance") or {}
+    if chance.get("hca") is not None:
+        lines.append(f"{'chance HCA (uniform guess)':<{width}}  {_pct(chance['hca']):>8}")
     lines += ["", f"{'level':<6} {'name':<20} {'asked':>7}  {'accuracy':>8}"]
     for i, (name, n, acc) in enumerate(zip(result["level_names"], result["level_asked"], result["per_level_accuracy"])):
-        lines.append(f"{i + 1:<6} {name:<20} {n:>7}  {_pct(acc):>8}")
+        lines.append(f"{i + 1:<6} {name:<20} {n:>7}  {_pct(acc):>8}{_ci(result, 'per_level_accuracy', i)}")
+    settings = result.get("intervals") or {}
+    if settings.get("bootstrap"):
+        lines += ["", f"[low, high]: {100 * settings['ci']:g}% {settings['method']} ({settings['bootstrap']} replicates, seed {settings['seed']})"]
     return "\n".join(lines)
 
 

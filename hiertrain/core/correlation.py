@@ -1,0 +1,63 @@
+"""How sure a correlation across models is: bootstrap interval over models, permutation p-value.
+
+The unit is the **model** (one (text HCA, visual HCA) point each): the interval resamples models
+with replacement (percentile interval of Pearson's r; replicates where one side is constant have no
+r and are left out), and the p-value is the two-sided permutation test of r = 0: the share of
+pairings of the text scores with the visual scores whose |r| is at least the observed |r| (every
+pairing when n! <= `n_perm`, else `n_perm` seeded random ones, counted as (1 + hits) / (1 + n_perm)).
+With fewer than `MIN_MODELS` models neither is meaningful and none is given.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from typing import Any
+
+import torch
+
+MIN_MODELS = 4
+
+
+def _pearson_columns(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson r of each column pair of [n, k] tensors (torchmetrics); NaN where one is constant."""
+    from torchmetrics.functional import pearson_corrcoef
+
+    constant = (x.std(0) == 0) | (y.std(0) == 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant columns: masked below
+        r = pearson_corrcoef(x, y)
+    r = r.reshape(-1)
+    return torch.where(constant, torch.full_like(r, math.nan), r)
+
+
+def correlation_test(
+    x: list[float], y: list[float], n_boot: int = 2000, ci: float = 0.95, seed: int = 0, n_perm: int = 10000
+) -> dict[str, Any]:
+    """`{"n", "too_few", "pearson_interval", "p_value", "method"}` for points (x[i], y[i])."""
+    n = len(x)
+    out: dict[str, Any] = {"n": n, "too_few": n < MIN_MODELS, "pearson_interval": None, "p_value": None}
+    if n < MIN_MODELS:
+        return out
+    tx, ty = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    observed = _pearson_columns(tx[:, None], ty[:, None])[0]
+    if math.isnan(observed):
+        return out
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(n, (n, n_boot), generator=gen)
+    reps = _pearson_columns(tx[idx], ty[idx])
+    alpha = 1 - ci
+    bounds = torch.nanquantile(reps, torch.tensor([alpha / 2, 1 - alpha / 2], dtype=torch.float64))
+    out["pearson_interval"] = [round(float(bounds[0]), 4), round(float(bounds[1]), 4)]
+    if math.factorial(n) <= n_perm:
+        perms = torch.tensor(list(itertools.permutations(range(n)))).T  # [n, n!], identity included
+        hits = (_pearson_columns(tx[perms], ty[:, None].expand(n, perms.shape[1])).abs() >= abs(observed) - 1e-12).sum()
+        out["p_value"] = round(float(hits) / perms.shape[1], 4)
+        out["method"] = f"bootstrap over models ({n_boot}); exact permutation test ({perms.shape[1]} pairings)"
+    else:
+        perms = torch.argsort(torch.rand(n_perm, n, generator=gen), dim=1).T
+        hits = (_pearson_columns(tx[perms], ty[:, None].expand(n, n_perm)).abs() >= abs(observed) - 1e-12).sum()
+        out["p_value"] = round((1 + float(hits)) / (1 + n_perm), 4)
+        out["method"] = f"bootstrap over models ({n_boot}); permutation test ({n_perm} random pairings)"
+    return out

@@ -1,0 +1,156 @@
+"""Two evaluation runs over the same questions, compared pairwise (`hiertrain compare A B`).
+
+A paired comparison only means something when both runs answered the same questions: the same
+question file (SHA-256 in run.json), the same mode, the same sample ids and, per sample, the same
+asked levels. Anything else is refused with a one-line reason naming what differs. The
+statistics are `hiertrain.core.paired` (difference B - A, paired bootstrap, exact McNemar).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hiertrain.core.errors import HierError
+
+
+@dataclass
+class ComparedRun:
+    """A run directory's run.json and its merged predictions."""
+
+    path: Path
+    meta: dict[str, Any]
+    samples: list[Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def load_run(path: str | Path) -> ComparedRun:
+    """run.json + predictions.jsonl of an evaluation run; HierError naming what is missing."""
+    from hiertrain.core.predictions import read_predictions
+
+    path = Path(path)
+    meta_path, preds_path = path / "run.json", path / "predictions.jsonl"
+    if not meta_path.is_file():
+        raise HierError(f"{path}: no run.json (not a run directory)")
+    if not preds_path.is_file():
+        raise HierError(f"{path}: no predictions.jsonl (compare needs evaluation runs)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise HierError(f"{meta_path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    return ComparedRun(path, meta, read_predictions(preds_path).samples)
+
+
+def _asked(sample: Any) -> list[int]:
+    return sorted(lv.level for lv in sample.levels if lv.asked)
+
+
+def same_questions_problem(a: ComparedRun, b: ComparedRun) -> str | None:
+    """Why A and B are not over the same question set (one line), or None when they are."""
+    for run in (a, b):
+        if not run.meta.get("questions_sha256"):
+            return f"{run.path}: run.json records no questions_sha256, so its question set is unknown"
+    if a.meta["questions_sha256"] != b.meta["questions_sha256"]:
+        return (
+            f"{a.name} and {b.name} used different question files ({a.meta.get('questions')} sha256 "
+            f"{a.meta['questions_sha256'][:12]} vs {b.meta.get('questions')} sha256 {b.meta['questions_sha256'][:12]})"
+        )
+    if a.meta.get("mode") != b.meta.get("mode"):
+        return f"{a.name} and {b.name} asked in different modes ({a.meta.get('mode')!r} vs {b.meta.get('mode')!r})"
+    ids_a, ids_b = [s.id for s in a.samples], [s.id for s in b.samples]
+    if ids_a != ids_b:
+        only = sorted(set(ids_a) ^ set(ids_b))
+        return (
+            f"{a.name} has {len(ids_a)} samples and {b.name} {len(ids_b)}; "
+            f"{len(only)} ids are in only one of them (first: {only[0] if only else '?'})"
+        )
+    for sa, sb in zip(a.samples, b.samples):
+        if _asked(sa) != _asked(sb):
+            return f"sample {sa.id}: {a.name} asked levels {_asked(sa)}, {b.name} asked {_asked(sb)}"
+    return None
+
+
+def compare_runs(
+    path_a: str | Path, path_b: str | Path, n_boot: int = 1000, ci: float = 0.95, seed: int = 0
+) -> dict[str, Any]:
+    """The paired comparison of B against A (JSON-ready); HierError when not the same questions."""
+    from hiertrain.core.paired import paired_comparison
+    from hiertrain.core.predictions import to_tensors
+
+    a, b = load_run(path_a), load_run(path_b)
+    problem = same_questions_problem(a, b)
+    if problem:
+        raise HierError(f"cannot compare: {problem}")
+    if not a.samples:
+        raise HierError(f"cannot compare: {a.path} has no predictions")
+    ta, tb = to_tensors(a.samples), to_tensors(b.samples)
+    width = max(ta[0].shape[1], tb[0].shape[1])
+    ta, tb = _pad(ta, width), _pad(tb, width)
+    result = paired_comparison(ta, tb, n_boot=n_boot, ci=ci, seed=seed)
+    return {
+        "a": {"path": str(a.path), "model": a.meta.get("model_name") or a.meta.get("model")},
+        "b": {"path": str(b.path), "model": b.meta.get("model_name") or b.meta.get("model")},
+        "dataset": a.meta.get("dataset"),
+        "mode": a.meta.get("mode"),
+        "level_names": a.meta.get("level_names"),
+        **result,
+    }
+
+
+def _pad(tensors: tuple[Any, Any, Any], width: int) -> tuple[Any, Any, Any]:
+    import torch
+
+    correct, asked, parsed = tensors
+    pad = width - correct.shape[1]
+    if pad <= 0:
+        return tensors
+    return (
+        torch.nn.functional.pad(correct, (0, pad)),
+        torch.nn.functional.pad(asked, (0, pad)),
+        torch.nn.functional.pad(parsed, (0, pad), value=True),
+    )
+
+
+def _pct(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
+
+
+def difference_text(entry: dict[str, Any]) -> str:
+    """`+d.dd [low, high]` in percentage points (no interval: just the difference)."""
+    text = _pct(entry.get("difference"), signed=True)
+    if entry.get("interval"):
+        low, high = entry["interval"]
+        text += f" [{100 * low:+.2f}, {100 * high:+.2f}]"
+    return text
+
+
+def format_comparison(result: dict[str, Any]) -> str:
+    """A text table: A, B, B - A with its interval, McNemar p for HCA and leaf accuracy."""
+    m = result["metrics"]
+    lines = [
+        f"A: {result['a']['path']}",
+        f"B: {result['b']['path']}",
+        f"{result['num_samples']} paired samples, mode {result['mode']}; "
+        f"B - A in points, [{100 * result['ci']:g}% paired bootstrap, {result['bootstrap']} replicates]",
+        "",
+        f"{'metric':<22} {'A %':>7} {'B %':>7}  {'B - A [interval]':<28} McNemar",
+    ]
+    for name in ("hca", "leaf_accuracy", "point_overlap", "strict_point_overlap", "top_overlap"):
+        e = m[name]
+        test = ""
+        if "mcnemar" in e:
+            t = e["mcnemar"]
+            test = f"p={t['p']:.4g} (A only {t['a_only']}, B only {t['b_only']})"
+        lines.append(f"{name:<22} {_pct(e['a']):>7} {_pct(e['b']):>7}  {difference_text(e):<28} {test}")
+    names = result.get("level_names") or []
+    for i, e in enumerate(m["per_level_accuracy"]):
+        label = f"level {i + 1}" + (f" {names[i]}" if i < len(names) else "")
+        lines.append(f"{label[:22]:<22} {_pct(e['a']):>7} {_pct(e['b']):>7}  {difference_text(e):<28}")
+    return "\n".join(line.rstrip() for line in lines)
