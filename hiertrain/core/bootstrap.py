@@ -7,10 +7,9 @@ so a bootstrap replicate is exactly "the metric on the resampled images". It is 
 matrix product: each image's contribution (numerator, denominator) times the replicate's image
 multiplicities [N_boot, N].
 
-Each image's contribution comes from the metric code itself (`hiertrain.core.metrics`), through
-`sample_terms`: the states the torchmetrics classes accumulate for that image alone. Images with
-the same (hit, asked, parsed) row contribute the same, so the metric code runs once per distinct
-row, not once per image. This is the one call site to swap for a functional metrics core.
+Each image's contribution comes from the metric code itself, the functional core
+(`hiertrain.core.functional`, which the torchmetrics classes also call), through `sample_terms`:
+the integer states that image alone would add.
 
 Intervals are percentile intervals (the `alpha/2` and `1 - alpha/2` quantiles of the replicates),
 seeded by a private `torch.Generator`, so the same predictions give the same bytes everywhere.
@@ -25,15 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-# metrics.json key -> (numerator state, denominator state) of its class in hiertrain.core.metrics
-INTERVAL_METRICS: dict[str, tuple[str, str]] = {
-    "hca": ("hits", "samples"),
-    "leaf_accuracy": ("hits", "samples"),
-    "per_level_accuracy": ("hits", "asked"),
-    "point_overlap": ("ratio_sum", "samples"),
-    "strict_point_overlap": ("ratio_sum", "samples"),
-    "top_overlap": ("ratio_sum", "samples"),
-}
+# metrics.json keys that get an interval; the overlap ratios are means of per-sample ratios
+INTERVAL_METRICS = ("hca", "leaf_accuracy", "per_level_accuracy", "point_overlap", "strict_point_overlap", "top_overlap")
+RATIO_METRICS = ("point_overlap", "strict_point_overlap", "top_overlap")
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_CI = 0.95
 DEFAULT_SEED = 0
@@ -53,47 +46,33 @@ class SampleTerms:
         return next(iter(self.num.values())).shape[0]
 
 
-def _metric_states(collection: Any, correct: Tensor, asked: Tensor, parsed: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
-    """(numerator, denominator) the metric classes accumulate for this batch, per metric.
-
-    The small local function that calls the existing metric code (`collection` =
-    `hierarchical_metrics(L)`); ratio states are scaled integers (RATIO_SCALE), undone here so
-    every numerator is in metric units.
-    """
-    from hiertrain.core.metrics import RATIO_SCALE
-
-    collection.reset()
-    collection.update(correct, asked, parsed)
-    out = {}
-    for name, (num_state, den_state) in INTERVAL_METRICS.items():
-        metric = collection[name]
-        num = getattr(metric, num_state).to(torch.float64)
-        if num_state == "ratio_sum":
-            num = num / RATIO_SCALE
-        out[name] = (num.reshape(-1), getattr(metric, den_state).to(torch.float64).reshape(-1))
-    return out
-
-
 def sample_terms(correct: Tensor, asked: Tensor, parsed: Tensor | None = None) -> SampleTerms:
-    """Each image's contribution to every interval metric, from the metric code (see module doc)."""
-    correct, asked = correct.to(torch.bool), asked.to(torch.bool)
-    parsed = torch.ones_like(asked) if parsed is None else parsed.to(torch.bool)
-    n = asked.shape[0]
-    # Only (hit, asked, parsed) matters to a metric: one metric call per distinct row.
-    rows = torch.cat([correct & asked & parsed, asked, parsed | ~asked], dim=1)
-    unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
-    width = asked.shape[1]
-    from hiertrain.core.metrics import hierarchical_metrics
+    """Each image's contribution to every interval metric, from the functional metrics core.
 
-    collection = hierarchical_metrics(width, sync_on_compute=False)
-    per_unique: dict[str, tuple[list[Tensor], list[Tensor]]] = {name: ([], []) for name in INTERVAL_METRICS}
-    for row in unique:
-        hit, ask, par = row[:width], row[width : 2 * width], row[2 * width :]
-        for name, (num, den) in _metric_states(collection, hit[None], ask[None], par[None]).items():
-            per_unique[name][0].append(num)
-            per_unique[name][1].append(den)
-    num = {name: torch.stack(nums)[inverse] if n else torch.zeros(0, 1, dtype=torch.float64) for name, (nums, _) in per_unique.items()}
-    den = {name: torch.stack(dens)[inverse] if n else torch.zeros(0, 1, dtype=torch.float64) for name, (_, dens) in per_unique.items()}
+    The core's updates sum over the batch dim and treat any middle dims as independent metrics,
+    so the N images as one batch of shape [1, N, L] give N per-image (numerator, denominator)
+    pairs in one call per metric; ratio states are scaled integers (RATIO_SCALE), undone here.
+    """
+    from hiertrain.core import functional as F
+
+    hit, asked, _ = F.prepare(correct, asked, parsed)
+    h, a = hit[None], asked[None]
+    states = {
+        "hca": F.hca_update(h, a),
+        "leaf_accuracy": F.leaf_accuracy_update(h, a),
+        "per_level_accuracy": F.per_level_update(h, a),
+        "point_overlap": F.point_overlap_update(h, a),
+        "strict_point_overlap": F.strict_point_overlap_update(h, a),
+        "top_overlap": F.top_overlap_update(h, a),
+    }
+    num, den = {}, {}
+    for name, (numerator, denominator) in states.items():
+        numerator = numerator.to(torch.float64)
+        if name in RATIO_METRICS:
+            numerator = numerator / F.RATIO_SCALE
+        # [N] (one value per image) -> [N, 1]; per-level accuracy is already [N, L]
+        num[name] = numerator if numerator.ndim == 2 else numerator.unsqueeze(-1)
+        den[name] = denominator.to(torch.float64) if denominator.ndim == 2 else denominator.to(torch.float64).unsqueeze(-1)
     return SampleTerms(num, den)
 
 
