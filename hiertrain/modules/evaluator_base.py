@@ -103,6 +103,8 @@ class QuestionEvaluator(LightningModule):
             "mode": dm.mode,
             "answer": self.answer_kind,
             "prompt_variant": dm.prompt_variant,
+            "prompt_family": dm.prompt_family,
+            "drop_trivial_levels": dm.drop_trivial_levels,
             "seed": dm.seed,
             "subject": dm.subject,
             "level_names": dm.level_names,

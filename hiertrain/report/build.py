@@ -106,16 +106,23 @@ def protocol_differences(runs: list[Run]) -> list[str]:
                 f"{run.meta.get('split')!r} vs {ref.meta.get('split')!r}"
             )
     vllm = [r for r in evals if r.meta.get("answer") != "clip"]
-    for key in ("prompt_variant", "answer"):
+    for key in ("prompt_variant", "answer", "answer_parser"):
         if vllm:
             ref = vllm[0]
             for run in vllm[1:]:
-                if run.meta.get(key) != ref.meta.get(key):
+                if _setting(run, key) != _setting(ref, key):
                     out.append(
                         f"{run.path.name} and {ref.path.name} differ in {key}: "
-                        f"{run.meta.get(key)!r} vs {ref.meta.get(key)!r}"
+                        f"{_setting(run, key)!r} vs {_setting(ref, key)!r}"
                     )
     return out
+
+
+def _setting(run: Run, key: str) -> Any:
+    """A protocol setting of a run; generate runs written before `answer_parser` existed used "strict"."""
+    if key == "answer_parser" and run.meta.get("answer") == "generate":
+        return run.meta.get(key) or "strict"
+    return run.meta.get(key)
 
 
 def _pct(x: Any) -> float | None:

@@ -34,6 +34,7 @@ from hiertrain.core.predictions import (
 # run.json keys that must match for a resume to continue an earlier run.
 IDENTITY_KEYS = (
     "model", "questions_sha256", "mode", "answer", "prompt_variant", "seed", "subject", "level_names", "split",
+    "prompt_family", "answer_parser",
 )  # fmt: skip
 
 
