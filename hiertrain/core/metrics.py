@@ -274,8 +274,9 @@ def hierarchical_metrics(max_levels: int, **metric_kwargs) -> MetricCollection:
 def metrics_dict(collection: MetricCollection) -> dict[str, float | list[float | None] | None]:
     """`collection.compute()` as plain JSON-ready values; NaN (nothing counted) becomes None."""
     out: dict[str, float | list[float | None] | None] = {}
+    per_level = {name for name, metric in collection.items() if isinstance(metric, PerLevelAccuracy)}
     for name, value in collection.compute().items():
         values = value.detach().cpu().to(torch.float64)
         as_list = [None if math.isnan(v) else v for v in values.flatten().tolist()]
-        out[name] = as_list if values.ndim else as_list[0]
+        out[name] = as_list if values.ndim or name in per_level else as_list[0]  # per level: a list, even of one
     return out

@@ -139,6 +139,12 @@ def asked_levels(truths: list[str | None], mode: Mode) -> list[int]:
     raise HierError(f"unknown prompt mode {mode!r} (use 'image' or 'text')")
 
 
+def leaf_label(mode: str) -> str:
+    """What `leaf_accuracy` measures in `mode`: the leaf (image), or in text mode the deepest
+    asked level, since the leaf is named in the question and never asked."""
+    return "deepest asked level" if mode == "text" else "leaf"
+
+
 def shuffled_options(options: list[str], seed: int, sample_id: int, level: int) -> list[str]:
     """Options in a seeded order that depends on (seed, sample, level) only.
 

@@ -33,6 +33,9 @@ _LEVEL_KEY = re.compile(r"level([1-9][0-9]*)")
 _CHOICES_KEY = re.compile(r"choices_level([1-9][0-9]*)")
 IMAGE_LIST_KEYS = ("image", "label", "split")
 CLIP_TEXT_TEMPLATE = "a photo of a {label}."
+# The paper's SigLIP so400m at 384 px (google/siglip-so400m-patch14-384; open_clip's copy of the same
+# webli weights): the default encoder that picks "similar" distractors.
+SIMILAR_CLIP = "hf-hub:timm/ViT-SO400M-14-SigLIP-384"
 
 Distractors = Literal["random", "similar"]
 

@@ -49,6 +49,7 @@ def level_questions(
     variant: int = 0,
     seed: int = 0,
     family: str = prompts.DEFAULT_FAMILY,
+    shuffle: bool = True,
 ) -> list[LevelQuestion]:
     """The asked levels of `record` (all levels with a truth; not the leaf in text mode), worded
     as the paper words dataset `family` (see `hiertrain.core.prompts.IMAGE_WORDINGS`)."""
@@ -64,7 +65,7 @@ def level_questions(
             prompt = prompts.image_prompt(variant, name, subject, family)
         else:
             prompt = prompts.text_prompt(variant, name, record.label, family)
-        options = prompts.shuffled_options(choices[i], seed, record.sample_id, i)
+        options = prompts.shuffled_options(choices[i], seed, record.sample_id, i) if shuffle else list(choices[i])
         question = prompts.question_text(prompt, options)
         out.append(LevelQuestion(i, name, truths[i], options, question, prompts.chat_messages(question, mode)))
     return out
@@ -93,8 +94,10 @@ class QuestionDataset(Dataset):
         on_bad_image: Literal["skip", "error"],
         image_root_map: dict[str, str] | None = None,
         family: str = prompts.DEFAULT_FAMILY,
+        shuffle: bool = True,
     ) -> None:
         self.records, self.mode, self.level_names, self.family = records, mode, level_names, family
+        self.shuffle = shuffle
         self.subject, self.variant, self.seed = subject, variant, seed
         self.image_dir, self.on_bad_image = image_dir, on_bad_image
         self.image_root_map = dict(image_root_map or {})
@@ -121,7 +124,7 @@ class QuestionDataset(Dataset):
             "valid": valid,
             "record": record,
             "levels": level_questions(
-                record, self.mode, self.level_names, self.subject, self.variant, self.seed, self.family
+                record, self.mode, self.level_names, self.subject, self.variant, self.seed, self.family, self.shuffle
             ),
             "image": None,
             "error": None,
@@ -157,6 +160,8 @@ class HierVQADataModule(LightningDataModule):
         prompt_family: whose wording: "cub" (default), "inat", "imagenet_animal",
             "imagenet_artifact" or "food" (image only); see `hiertrain.core.prompts`.
         prompt_variant: which of the paper's 5 wordings (0-4).
+        shuffle_options: put the options in a seeded order (default); false keeps the file's
+            order, as the paper's text-mode scripts do (its image scripts shuffle).
         drop_trivial_levels: the question file was built with `--drop-trivial-levels`: drop the
             taxonomy's single-class levels and their names from `level_names` too.
         seed: seeds the option order (per sample and level).
@@ -187,6 +192,7 @@ class HierVQADataModule(LightningDataModule):
         split: str | None = None,
         prompt_family: str = prompts.DEFAULT_FAMILY,
         drop_trivial_levels: bool = False,
+        shuffle_options: bool = True,
     ) -> None:
         super().__init__()
         if mode not in ("image", "text"):
@@ -204,6 +210,7 @@ class HierVQADataModule(LightningDataModule):
         self.name = name or Path(questions).stem
         self.split = split
         self.prompt_family, self.drop_trivial_levels = prompt_family, drop_trivial_levels
+        self.shuffle_options = shuffle_options
         self.records: list[QuestionRecord] | None = None
         self.level_names: list[str] = []
         self.exclude_ids: set[int] = set()  # finished samples of a resumed run
@@ -285,7 +292,7 @@ class HierVQADataModule(LightningDataModule):
         todo = [r for r in self.records if r.sample_id not in self.exclude_ids]
         return QuestionDataset(
             todo, self.mode, self.level_names, self.subject, self.prompt_variant, self.seed,
-            self.image_dir, self.on_bad_image, self.image_root_map, self.prompt_family,
+            self.image_dir, self.on_bad_image, self.image_root_map, self.prompt_family, self.shuffle_options,
         )  # fmt: skip
 
     def test_dataloader(self) -> DataLoader:

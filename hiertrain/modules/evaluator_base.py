@@ -105,6 +105,7 @@ class QuestionEvaluator(LightningModule):
             "prompt_variant": dm.prompt_variant,
             "prompt_family": dm.prompt_family,
             "drop_trivial_levels": dm.drop_trivial_levels,
+            "shuffle_options": dm.shuffle_options,
             "seed": dm.seed,
             "subject": dm.subject,
             "level_names": dm.level_names,

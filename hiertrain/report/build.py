@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hiertrain.core.errors import HierError
+from hiertrain.core.prompts import leaf_label
 
 
 @dataclass
@@ -211,8 +212,9 @@ def _lora_tables(runs: list[Run]) -> list[dict[str, Any]]:
                     "hca_before": _pct(before.get("hca")),
                     "hca_after": _pct(after.get("hca")),
                     "hca_delta": _pct(None if before.get("hca") is None or after.get("hca") is None else after["hca"] - before["hca"]),
-                    "leaf_before": _pct(before.get("leaf_accuracy")),
-                    "leaf_after": _pct(after.get("leaf_accuracy")),
+                    "last_level": leaf_label(str(row.get("mode", "image"))),  # text rows: the leaf is not asked
+                    "last_level_before": _pct(before.get("leaf_accuracy")),
+                    "last_level_after": _pct(after.get("leaf_accuracy")),
                 }
             )
     return rows
@@ -329,7 +331,8 @@ def write_report(report: Report, out: str | Path, title: str = "hiertrain report
         md += [
             "## LoRA tuning: before / after (%)",
             "",
-            markdown_table(t["lora"], ["dataset", "mode", "hca_before", "hca_after", "hca_delta", "leaf_before", "leaf_after"]),
+            markdown_table(t["lora"], ["dataset", "mode", "hca_before", "hca_after", "hca_delta", "last_level",
+                                      "last_level_before", "last_level_after"]),
             "",
         ]
     (out / "report.md").write_text("\n".join(md))

@@ -212,3 +212,12 @@ def test_prompt_family_is_checked_at_setup(tmp_path):
         HierVQADataModule(str(path), prompt_family="food", mode="text").setup()
     dm = HierVQADataModule(str(path), prompt_family="imagenet_animal", mode="text")
     assert dm.dataset()[0]["levels"][0].question.startswith("Given the Red Solid Circle, what is its taxonomic classification?\n")
+
+
+def test_shuffle_options_false_keeps_the_files_order(tmp_path):
+    path = _write(tmp_path / "q.jsonl", [RECORD])
+    kept = HierVQADataModule(str(path), mode="text", shuffle_options=False).dataset()[0]["levels"]
+    assert [q.options for q in kept] == [RECORD["choices_level1"], RECORD["choices_level2"]]
+    assert kept[1].question.split("\n")[1:5] == ["A. circle", "B. square", "C. triangle", "D. ellipse"]
+    shuffled = HierVQADataModule(str(path), mode="text", seed=1).dataset()[0]["levels"]
+    assert sorted(shuffled[1].options) == sorted(RECORD["choices_level2"])
