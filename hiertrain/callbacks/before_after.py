@@ -16,7 +16,6 @@ from typing import Any
 from lightning.pytorch import Callback
 
 from hiertrain.core.errors import HierError
-from hiertrain.core.prompts import leaf_label
 
 # Scalar metrics carried into each row; per-level lists stay in the evaluation's own files.
 ROW_METRICS = ("hca", "leaf_accuracy", "point_overlap", "hierarchical_f1", "unparseable_rate")
@@ -81,8 +80,8 @@ def markdown(doc: dict[str, Any]) -> str:
     The last level is the leaf in visual rows and the deepest asked level in text rows (the text
     questions name the leaf), so the column is not called "leaf"."""
     head = (
-        "| dataset | questions | chance HCA | HCA before | HCA after | Δ HCA | last level | last-level before "
-        "| last-level after | Δ last level |"
+        "| dataset | questions | chance HCA | HCA before | HCA after | Δ HCA | last level before | last level after "
+        "| Δ last level |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in doc["rows"]:
@@ -91,7 +90,7 @@ def markdown(doc: dict[str, Any]) -> str:
         chance = (row.get("chance") or {}).get("hca")
         lines.append(
             f"| {row['dataset']} | {mode} | {_pct(chance)} | {_pct(b.get('hca'))} | {_pct(a.get('hca'))} | "
-            f"{_pct(d.get('hca'), True)} | {leaf_label(row['mode'])} | {_pct(b.get('leaf_accuracy'))} | {_pct(a.get('leaf_accuracy'))} | "
+            f"{_pct(d.get('hca'), True)} | {_pct(b.get('leaf_accuracy'))} | {_pct(a.get('leaf_accuracy'))} | "
             f"{_pct(d.get('leaf_accuracy'), True)} |"
         )
     return "\n".join(lines) + "\n"
