@@ -5,10 +5,12 @@ probe count: 31 sites x 4 levels = 124 probes), same splits, side by side in one
   (a) the paper's protocol: one nn.Linear per (site, level) trained alone on raw features,
       Adam lr 1e-4, batch 512, 500 epochs, accuracy on train and test after every epoch, the
       best epoch read on TEST (an optimistic, test-selected figure);
-  (b) hiertrain: `hiertrain.cli.probing.train_probes` with its defaults: all probes in one einsum,
+  (b) hiertrain: `hiertrain fit --config configs/probing/synth_probes.yaml` (the demo's config,
+      paths pointed at this run) through the CLI entry point: all probes in one einsum,
       per-probe selection on a VALIDATION split, early stopping, test touched once (the time
       includes validate + test + probes.json and plots; the fit part is printed too).
-Then peak memory: extraction into a store 4x (and 8x) larger than the shard memory cap.
+Then peak memory: extraction (`hiertrain predict --config configs/probing/synth_extract_image.yaml`)
+into a store 4x (and 8x) larger than the shard memory cap.
 
     python bench/probe_speed.py [--images-per-leaf 16] [--image-size 84] [--llm-layers 28] [--threads 1]
 """
@@ -68,20 +70,57 @@ def paper_protocol(store: str, epochs: int = 500, lr: float = 1e-4, bsz: int = 5
     return {"seconds": time.perf_counter() - start, "acc": best}
 
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "probing"
+
+
+def run_config(subcommand: str, name: str, edit, where: Path):
+    """`hiertrain SUBCOMMAND --config` on the demo's probing config `name`, edited by `edit(cfg)`
+    (paths pointed at this run), through the same LightningCLI entry point as the demo."""
+    import json
+
+    import yaml
+
+    from hiertrain.cli.lightning import run_lightning_cli
+
+    cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    edit(cfg)
+    cfg["trainer"].update(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / f"{name}.yaml"
+    path.write_text(json.dumps(cfg, indent=2))
+    return run_lightning_cli([subcommand, "--config", str(path), "--wandb=false"])
+
+
 def hiertrain_protocol(store: str, out: Path) -> dict:
-    from lightning.pytorch.callbacks import Timer
+    def edit(cfg):
+        cfg["model"]["init_args"]["output_dir"] = str(out)
+        cfg["data"]["init_args"]["store"] = store
+        cfg["trainer"]["default_root_dir"] = str(out)
+        cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(out / "checkpoints")
+        cfg["trainer"]["callbacks"].append({"class_path": "lightning.pytorch.callbacks.Timer", "init_args": {"interval": "epoch", "verbose": False}})
 
-    from hiertrain.cli.probing import train_probes
-
-    timer = Timer()
     start = time.perf_counter()
-    report = train_probes(store, out, val_split="val", progress=False, accelerator="cpu", callbacks=[timer])
+    cli = run_config("fit", "synth_probes", edit, out)
     seconds = time.perf_counter() - start
+    report = cli.model.report
+    [timer] = [c for c in cli.trainer.callbacks if type(c).__name__ == "Timer"]
     test = report["test"]
     acc = {(site, lv): test["accuracy"][site][lv] for site in report["sites"] for lv in range(len(report["levels"]))}
     # start/end, not time_elapsed(): loading the checkpoint restores the Timer's offset and counts fit twice
     fit = timer.end_time("train") - timer.start_time("train")
     return {"seconds": seconds, "fit_seconds": fit, "acc": acc, "report": report}
+
+
+def extract_features(tiny: str, synth: dict, store: Path, max_shard_mb: float | None = None) -> None:
+    def edit(cfg):
+        cfg["model"]["init_args"]["pretrained"] = tiny
+        cfg["data"]["init_args"].update(images=str(synth["images"]), taxonomy=str(synth["taxonomy"]), batch_size=32)
+        cfg["trainer"]["default_root_dir"] = str(store)
+        writer = cfg["trainer"]["callbacks"][0]["init_args"]
+        writer["output_dir"] = str(store)
+        writer["max_shard_mb"] = max_shard_mb if max_shard_mb is not None else 256.0
+
+    run_config("predict", "synth_extract_image", edit, store.parent / f".{store.name}-config")
 
 
 class PeakRSS:
@@ -127,12 +166,9 @@ def writer_memory(cap_mb: float, multiple: int, root: Path) -> dict:
 
 def extraction_memory(tiny: str, synth: dict, cap_mb: float, root: Path) -> dict:
     """The real pipeline (tiny model): extraction into a store ~4x the cap; peak RSS growth."""
-    from hiertrain.cli.probing import extract_features
-
     shutil.rmtree(root, ignore_errors=True)
     with PeakRSS() as mem:
-        extract_features(tiny, root, images=str(synth["images"]), taxonomy=str(synth["taxonomy"]),
-                         batch_size=32, max_shard_mb=cap_mb, progress=False, accelerator="cpu")  # fmt: skip
+        extract_features(tiny, synth, root, max_shard_mb=cap_mb)
     size = sum(p.stat().st_size for p in root.glob("shard-*"))
     return {"cap_mb": cap_mb, "cache_mb": size / 2**20, "shards": len(list(root.glob("shard-*"))), "peak_growth_mb": mem.growth / 2**20}
 
@@ -158,11 +194,8 @@ def main() -> None:
     synth = make_synthetic(work / "synth", images_per_leaf=args.images_per_leaf, seed=0, image_size=args.image_size)
     store = work / "store"
     shutil.rmtree(store, ignore_errors=True)
-    from hiertrain.cli.probing import extract_features
-
     t0 = time.perf_counter()
-    extract_features(str(tiny), store, images=str(synth["images"]), taxonomy=str(synth["taxonomy"]),
-                     batch_size=32, progress=False, accelerator="cpu")  # fmt: skip
+    extract_features(str(tiny), synth, store)
     print(f"extraction: {time.perf_counter() - t0:.1f}s for {sum(1 for _ in open(synth['images']))} images")
 
     hiertrain_protocol(str(store), work / "probes_warmup")  # first-call imports (matplotlib, checkpoint IO)

@@ -20,7 +20,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# HIERTRAIN_SHARED_DATA: the reference folder when the checkout is not beside it (a worktree)
+SHARED_DATA = Path(os.environ.get("HIERTRAIN_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -40,6 +41,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def reference_data(tmp_path_factory) -> Path:
+    """The packaged reference data (hiertrain/reference), decompressed into a folder with the
+    layout of `../shared/data` (taxonomies/, annotations/, probing/): what a clone or an
+    install has, so tests of real data need nothing beside the checkout."""
+    from hiertrain.core.resources import packaged_names, read_data_bytes
+
+    out = tmp_path_factory.mktemp("reference")
+    for name in packaged_names():
+        target = out / name.removeprefix("hiertrain://")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(read_data_bytes(name))
+    return out
 
 
 @pytest.fixture(scope="session")

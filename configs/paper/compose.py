@@ -54,12 +54,6 @@ def max_new_tokens(model: str, dataset: str, mode: str) -> int:
 def differences(model: str, dataset: str, mode: str) -> list[str]:
     """What this preset does not do as the paper did, and why (README: "Paper presets")."""
     out = []
-    if dataset != "cub200_similar":
-        out.append(
-            "questions: the paper's iNat/ImageNet/Food annotation files are missing from its public snapshot; "
-            "build them with `hiertrain data questions --distractors similar` (SigLIP so400m-384), so the "
-            "distractors differ from the paper's"
-        )
     if model in CLIPS:
         out.append("CLIP runs in float32 without the paper's autocast (numerics only)")
         if model == "siglip_so400m":
@@ -143,11 +137,21 @@ def presets() -> dict[str, tuple[dict[str, Any], list[str]]]:
             f"= configs/models/{model}.yaml + configs/data/{dataset}.yaml + the paper's protocol settings.",
             f"Run: hiertrain test --config configs/{name}; score like the paper: hiertrain score <run>/predictions.jsonl "
             f"--protocol paper{' --cub' if dataset.startswith('cub') else ''}",
+            _data_line(compose(model, dataset, mode)["data"]["init_args"]["questions"]),
             "Differs from the paper:" if differences(model, dataset, mode) else "Differs from the paper: nothing known.",
             *[f"- {line}" for line in differences(model, dataset, mode)],
         ]
         out[name] = (compose(model, dataset, mode), header)
     return out
+
+
+def _data_line(questions: str) -> str:
+    if questions.startswith("hiertrain://"):
+        return f"Questions: {questions} (packaged); images: --data.image_root DIR (the authors' paths are mapped there)."
+    return (
+        f"Questions: {questions} (the paper's file: hiertrain data fetch paper --out data/paper --what annotations); "
+        "images: --data.image_root DIR."
+    )
 
 
 def render(config: dict[str, Any], header: list[str]) -> str:

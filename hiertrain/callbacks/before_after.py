@@ -244,20 +244,3 @@ def write_run_json(run_dir: Path, tuner: Any, data: Any, adapter: Path) -> None:
         "hparams": {k: v for k, v in dict(tuner.hparams).items() if k != "pretrained"},
     }
     (Path(run_dir) / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def tune_and_compare(configs: list[str | Path], *overrides: str) -> dict[str, Any]:
-    """`hiertrain fit --config ...` from Python (the demo): returns the before/after document.
-
-    The configs must include a `BeforeAfterEvaluation` callback (configs/lora/* do).
-    """
-    from hiertrain.cli.lightning import run_lightning_cli
-
-    argv = ["fit"]
-    for config in configs:
-        argv += ["--config", str(config)]
-    cli = run_lightning_cli([*argv, *overrides])
-    for callback in cli.trainer.callbacks:
-        if isinstance(callback, BeforeAfterEvaluation) and callback.doc is not None:
-            return callback.doc
-    raise HierError(f"{', '.join(map(str, configs))}: no BeforeAfterEvaluation callback ran (add it to trainer.callbacks)")

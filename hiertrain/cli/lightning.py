@@ -138,16 +138,3 @@ def _hier_cause(err: BaseException | None) -> HierError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
-
-
-def evaluate(configs: list[str | Path], *overrides: str) -> dict[str, Any]:
-    """`hiertrain test --config A --config B [overrides]` from Python; returns the metrics.
-
-    For the demo and notebooks: `evaluate(["configs/demo/qwen_image.yaml"],
-    "--trainer.default_root_dir=runs/demo")`.
-    """
-    argv = ["test"]
-    for config in configs:
-        argv += ["--config", str(config)]
-    cli = _cli([*argv, *overrides])
-    return getattr(cli.model, "final_metrics", None) or {}

@@ -21,6 +21,8 @@ TOOLS: dict[str, tuple[str, str]] = {
     "data check": ("hiertrain.cli.commands.data_check", "validate a taxonomy (and a question file)"),
     "data questions": ("hiertrain.cli.commands.data_questions", "build a question bank"),
     "data synth": ("hiertrain.cli.commands.data_synth", "write the synthetic hierarchical image set"),
+    "data fetch": ("hiertrain.cli.commands.data_fetch", "download the paper's files, verified by git blob id"),
+    "data prepare": ("hiertrain.cli.commands.data_prepare", "image list (image, label, split) from an official dataset download"),
     "score": ("hiertrain.cli.commands.score", "recompute every metric from a predictions file"),
     "tiny": ("hiertrain.cli.commands.tiny", "save a tiny random-init model of a real architecture"),
     "lora merge": ("hiertrain.cli.commands.lora_merge", "merge a LoRA adapter into its base model"),
@@ -67,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_missing", False):
         print(f"hiertrain: '{args._module}' is not available in this build", file=sys.stderr)
         return 2
+    # Commands that run other commands (the demo) get this dispatcher instead of importing
+    # this module, which would be a cycle.
+    args.dispatch = main
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except HierError as err:

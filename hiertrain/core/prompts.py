@@ -178,3 +178,31 @@ def chat_messages(question: str, mode: Mode) -> list[dict]:
         {"role": "system", "content": [{"type": "text", "text": system}]},
         {"role": "user", "content": user},
     ]
+
+
+# CLIP scores an option by its similarity to this text (also used to mine similar distractors).
+CLIP_TEXT_TEMPLATE = "a photo of a {label}."
+
+
+# ---- probing prompts (features are read, nothing is answered)
+# The paper's visual probing prompt (probing/vlm_probe_data_gen.py): a neutral request, so the
+# features are not steered towards any taxonomy level.
+PROBE_IMAGE_SYSTEM = "You are an assistant."
+PROBE_IMAGE_PROMPT = "Describe this image."
+# Paper's text probing: text variant 1 is its question; the answer sentence is optional.
+PROBE_TEXT_VARIANT = 1
+PROBE_ANSWER_SENTENCE = " It belongs to {label}."
+
+
+def probe_image_messages(prompt: str = PROBE_IMAGE_PROMPT, system: str = PROBE_IMAGE_SYSTEM) -> list[dict]:
+    return [
+        {"role": "system", "content": [{"type": "text", "text": system}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
+    ]
+
+
+def probe_text_messages(prompt: str, system: str = SYSTEM_TEXT) -> list[dict]:
+    return [
+        {"role": "system", "content": [{"type": "text", "text": system}]},
+        {"role": "user", "content": [{"type": "text", "text": prompt}]},
+    ]

@@ -1,5 +1,8 @@
 """Question bank records: the paper's JSONL format, reading, writing and building.
 
+Distractor mining (random, and CLIP-similar with an injected encoder) is in
+`hiertrain.core.distractors`; the open_clip encoder itself is model code (`hiertrain.vlm.openclip`).
+
 One record per image: `{"image", "label", "split", "level1", "choices_level1", ...}` where
 `levelN` is the truth at depth N and `choices_levelN` holds it among distractors of the same
 depth. The paper's files load unchanged and are written back byte for byte.
@@ -11,31 +14,26 @@ answers and metrics compare labels after normalisation anyway.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 from hiertrain.core.errors import HierError
 from hiertrain.core.prompts import LETTERS
+from hiertrain.core.resources import read_data_text, resolve_data_path
+
+from hiertrain.core.distractors import ImageTextEncoder, Levels, TextEmbeddingCache, random_distractors, similar_distractors
 
 if TYPE_CHECKING:
-    import torch
-    from PIL import Image
-
     from hiertrain.core.taxonomy import Taxonomy
 
 _LEVEL_KEY = re.compile(r"level([1-9][0-9]*)")
 _CHOICES_KEY = re.compile(r"choices_level([1-9][0-9]*)")
 IMAGE_LIST_KEYS = ("image", "label", "split")
-CLIP_TEXT_TEMPLATE = "a photo of a {label}."
-# The paper's SigLIP so400m at 384 px (google/siglip-so400m-patch14-384; open_clip's copy of the same
-# webli weights): the default encoder that picks "similar" distractors.
-SIMILAR_CLIP = "hf-hub:timm/ViT-SO400M-14-SigLIP-384"
 
 Distractors = Literal["random", "similar"]
 
@@ -85,14 +83,12 @@ class QuestionRecord:
 
 def _read_jsonl(path: str | os.PathLike) -> list[tuple[str, dict]]:
     """(where, object) per line, `where` = "FILE:LINE". Blank or non-object lines are errors:
-    skipping them would shift every later sample id."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise HierError(f"{path}: file not found") from None
-    except UnicodeDecodeError as err:
-        raise HierError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+    skipping them would shift every later sample id. Gzipped files and packaged
+    `hiertrain://` names are read transparently (hiertrain.core.resources)."""
+    path = resolve_data_path(path)
+    if not path.exists():
+        raise HierError(f"{path}: file not found")
+    text = read_data_text(path)
     out = []
     for lineno, line in enumerate(text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"), 1):
         where = f"{path}:{lineno}"
@@ -154,9 +150,25 @@ def read_questions(path: str | os.PathLike) -> list[QuestionRecord]:
 
 
 def read_image_list(path: str | os.PathLike) -> list[dict]:
-    """Load an image list (`image`, `label`, `split` per line); HierError "FILE:LINE: ..."."""
+    """Load an image list (`image`, `label`, `split` per line); HierError "FILE:LINE: ...".
+
+    A file holding one JSON list of such objects (the paper's `Inat21_Plant_all.json`) is
+    read too; its errors name "FILE:item N"."""
     images = []
-    for where, obj in _read_jsonl(path):
+    real = resolve_data_path(path)
+    text = read_data_text(real) if real.is_file() else ""
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise HierError(f"{real}:{err.lineno}: not valid JSON ({err.msg})") from None
+        entries = [(f"{real}:item {n}", obj) for n, obj in enumerate(items, 1)]
+        for where, obj in entries:
+            if not isinstance(obj, dict):
+                raise HierError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    else:
+        entries = _read_jsonl(path)
+    for where, obj in entries:
         require_strings(obj, IMAGE_LIST_KEYS, where)
         images.append(obj)
     return images
@@ -177,181 +189,6 @@ def write_questions(records: Sequence[QuestionRecord], path: str | os.PathLike) 
 
 # ---------------------------------------------------------------------------------------
 # Building
-
-
-class _Levels:
-    """The classes of every level (depth) of a taxonomy and each class's position, built once.
-
-    Positions are keyed by normalised name: a path may spell a node differently from the
-    level's canonical spelling (which is what records get, so truth and options agree)."""
-
-    def __init__(self, taxonomy: Taxonomy):
-        from hiertrain.core.taxonomy import normalize_label
-
-        self.normalize = normalize_label
-        self.nodes = [list(taxonomy.nodes_at(i)) for i in range(taxonomy.depth)]
-        self.position = [{normalize_label(node): j for j, node in enumerate(nodes)} for nodes in self.nodes]
-
-    def positions(self, path: Sequence[str]) -> list[int]:
-        return [self.position[i][self.normalize(node)] for i, node in enumerate(path)]
-
-
-class ImageTextEncoder(Protocol):
-    """What `similar` distractors need from a CLIP-like model: L2-normalised embeddings."""
-
-    model_key: str
-
-    def encode_images(self, images: list[Image.Image]) -> torch.Tensor: ...
-
-    def encode_texts(self, texts: list[str]) -> torch.Tensor: ...
-
-
-def _model_key(name_or_path: str) -> str:
-    """Identity of a model for the disk cache: the name, or a local dir and its files' mtimes."""
-    path = Path(name_or_path)
-    if not path.is_dir():
-        return name_or_path
-    stamp = max((p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()), default=0)
-    return f"{path.resolve()}@{stamp}"
-
-
-class OpenClipEncoder:
-    """An open_clip model (name or local dir, via `load_open_clip`) on the best device."""
-
-    def __init__(self, name_or_path: str, batch_size: int = 64, device: str | None = None):
-        import torch
-
-        from hiertrain.vlm.openclip import load_open_clip
-
-        self.model, self.preprocess, self.tokenizer = load_open_clip(name_or_path)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model.to(self.device).eval()
-        self.batch_size = batch_size
-        self.model_key = _model_key(name_or_path)
-
-    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
-        import torch
-
-        pixels = torch.stack([self.preprocess(image) for image in images]).to(self.device)
-        with torch.inference_mode():
-            return self.model.encode_image(pixels, normalize=True).float().cpu()
-
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        import torch
-        from tqdm.auto import tqdm
-
-        out = []
-        starts = range(0, len(texts), self.batch_size)
-        for start in tqdm(starts, desc="text embeddings", unit="batch", disable=len(starts) < 2):
-            tokens = self.tokenizer(texts[start : start + self.batch_size]).to(self.device)
-            with torch.inference_mode():
-                out.append(self.model.encode_text(tokens, normalize=True).float().cpu())
-        return torch.cat(out)
-
-
-class TextEmbeddingCache:
-    """Embeddings of label texts, computed once per run and optionally kept on disk keyed by
-    model and texts (iNat's 5388 species take minutes to embed with SigLIP)."""
-
-    def __init__(self, encoder: ImageTextEncoder, cache_dir: str | os.PathLike | None = None):
-        self.encoder = encoder
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._memory: dict[tuple[str, ...], torch.Tensor] = {}
-
-    def _file(self, texts: tuple[str, ...]) -> Path:
-        digest = hashlib.sha256("\0".join((self.encoder.model_key, *texts)).encode()).hexdigest()
-        return self.cache_dir / f"text-{digest[:24]}.pt"
-
-    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
-        import torch
-
-        key = tuple(texts)
-        if key in self._memory:
-            return self._memory[key]
-        file = self._file(key) if self.cache_dir is not None else None
-        if file is not None and file.is_file():
-            stored = torch.load(file, map_location="cpu", weights_only=True)
-            embeddings = stored["embeddings"] if stored.get("texts") == list(key) else None
-        else:
-            embeddings = None
-        if embeddings is None:
-            embeddings = self.encoder.encode_texts(list(key))
-            if file is not None:
-                file.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"texts": list(key), "embeddings": embeddings}, file)
-        self._memory[key] = embeddings
-        return embeddings
-
-
-class _ImageFiles:
-    """Images of the list as a map-style dataset, so a DataLoader batches them."""
-
-    def __init__(self, paths: list[Path], source: str):
-        self.paths = paths
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        try:
-            with Image.open(self.paths[i]) as image:
-                return image.convert("RGB")
-        except OSError as err:
-            raise HierError(f"{self.source}:{i + 1}: cannot read image {self.paths[i]} ({err})") from None
-
-
-def _similar_distractors(
-    encoder: ImageTextEncoder,
-    texts: TextEmbeddingCache,
-    levels: _Levels,
-    image_paths: list[Path],
-    truth_positions: list[list[int]],
-    k: int,
-    batch_size: int,
-    workers: int = 0,
-    source: str = "<memory>",
-) -> list[list[list[int]]]:
-    """Per sample and level, the positions of the k classes most similar to the image,
-    the truth excluded, most similar first."""
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    # A level of one class has no distractor to rank; every other level is embedded once.
-    level_embeddings = [
-        texts([CLIP_TEXT_TEMPLATE.format(label=node) for node in nodes]) if len(nodes) > 1 and k else None
-        for nodes in levels.nodes
-    ]
-    loader = DataLoader(
-        _ImageFiles(image_paths, source), batch_size=batch_size, num_workers=workers, collate_fn=list
-    )
-    picks: list[list[list[int]]] = []
-    start = 0
-    for images in tqdm(loader, desc="similar distractors", unit="batch"):
-        features = encoder.encode_images(images)
-        batch = truth_positions[start : start + len(images)]
-        batch_picks: list[list[list[int]]] = [[] for _ in batch]
-        for level in range(max(len(t) for t in batch)):
-            rows = [r for r, t in enumerate(batch) if len(t) > level]
-            if level_embeddings[level] is None:
-                for r in rows:
-                    batch_picks[r].append([])
-                continue
-            similarity = features[rows] @ level_embeddings[level].T
-            top = similarity.topk(min(k + 1, similarity.shape[1]), dim=1).indices.tolist()
-            for r, ranked in zip(rows, top):
-                batch_picks[r].append([j for j in ranked if j != batch[r][level]][:k])
-        picks.extend(batch_picks)
-        start += len(images)
-    return picks
-
-
-def _random_distractors(n: int, truth: int, k: int, rng: random.Random) -> list[int]:
-    """k distinct positions in range(n) other than `truth`, uniformly, without building the
-    candidate list (a species level can have thousands of classes)."""
-    return [j + (j >= truth) for j in rng.sample(range(n - 1), min(k, n - 1))]
 
 
 def _resolve_images(
@@ -390,7 +227,6 @@ def build_questions(
     images: Sequence[dict],
     distractors: Distractors = "random",
     seed: int = 0,
-    clip: str | None = None,
     num_choices: int = 4,
     *,
     source: str = "<memory>",
@@ -404,8 +240,8 @@ def build_questions(
     `num_choices - 1` distractors of the same level, in a seeded order.
 
     `random` draws distractors with a generator seeded by (seed, sample, level), so a sample's
-    questions do not depend on the other images. `similar` takes the classes an open_clip model
-    (`clip`, or an injected `encoder`) finds most similar to the image. A level with fewer
+    questions do not depend on the other images. `similar` takes the classes the image-text
+    `encoder` (e.g. `hiertrain.vlm.openclip.OpenClipEncoder`) finds most similar to the image. A level with fewer
     classes than `num_choices` gets fewer options. `source` and `image_root` name the image
     list file (for error lines) and the folder its relative image paths start from.
     """
@@ -414,18 +250,17 @@ def build_questions(
     if distractors not in ("random", "similar"):
         raise HierError(f"unknown distractors {distractors!r} (use 'random' or 'similar')")
     resolved = _resolve_images(taxonomy, images, source)
-    levels = _Levels(taxonomy)
+    levels = Levels(taxonomy)
     positions = [levels.positions(path) for _, path in resolved]
     k = num_choices - 1
 
     similar: list[list[list[int]]] | None = None
     if distractors == "similar":
-        if encoder is None and clip is None:
+        if encoder is None:
             raise HierError("similar distractors need a CLIP model (--clip NAME_OR_PATH)")
         root = Path(image_root) if image_root is not None else Path.cwd()
         files = _image_files(images, root, source)
-        encoder = encoder if encoder is not None else OpenClipEncoder(clip, batch_size=batch_size)
-        similar = _similar_distractors(
+        similar = similar_distractors(
             encoder, TextEmbeddingCache(encoder, cache_dir), levels, files, positions, k, batch_size, workers, source
         )
 
@@ -438,7 +273,7 @@ def build_questions(
         for level, t in enumerate(positions[sample_id]):
             rng = random.Random(f"{seed}:{sample_id}:{level}:choices")
             nodes = levels.nodes[level]
-            picked = similar[sample_id][level] if similar is not None else _random_distractors(len(nodes), t, k, rng)
+            picked = similar[sample_id][level] if similar is not None else random_distractors(len(nodes), t, k, rng)
             truth = nodes[t]
             choices = [truth] + [nodes[j] for j in picked]
             rng.shuffle(choices)

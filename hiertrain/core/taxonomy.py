@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from hiertrain.core.errors import HierError
+from hiertrain.core.resources import read_data_text, resolve_data_path
 
 INAT_LEVELS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 CUB_LEVELS: tuple[str, ...] = ("order", "family", "genus", "species")
@@ -40,9 +41,11 @@ def normalize_label(s: str) -> str:
 
 
 def level_names_path(path: str | Path) -> Path:
-    """Where the level names of a taxonomy JSON live: `taxonomy.json` -> `taxonomy.levels.json`."""
+    """Where the level names of a taxonomy JSON live: `taxonomy.json` -> `taxonomy.levels.json`
+    (`taxonomy.json.gz` too: the sidecar is never compressed)."""
     path = Path(path)
-    return path.with_name(f"{path.stem}.levels.json")
+    name = path.name[: -len(".gz")] if path.name.endswith(".gz") else path.name
+    return path.with_name(f"{Path(name).stem}.levels.json")
 
 
 def _join(items: Sequence[str]) -> str:
@@ -192,8 +195,10 @@ class Taxonomy:
         on_multi_parent: MultiParent = "error",
         drop_trivial_levels: bool = False,
     ) -> Taxonomy:
-        """Read a taxonomy file: paper mapping, iNat records (list or {"categories": [...]}) or edges."""
-        path = Path(path)
+        """Read a taxonomy file: paper mapping, iNat records (list or {"categories": [...]}) or edges.
+
+        `path` may be gzipped or a packaged `hiertrain://` name (hiertrain.core.resources)."""
+        path = resolve_data_path(path)
         data = _read_json(path)
         if level_names is None and level_names_path(path).is_file():
             level_names = _read_level_names(level_names_path(path))
@@ -444,12 +449,7 @@ def _find_cycle(nodes: list[str], children: Mapping[str, list[str]]) -> list[str
 
 
 def _read_json(path: Path):
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise HierError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise HierError(f"{path}: cannot read: {err}") from None
+    text = read_data_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:

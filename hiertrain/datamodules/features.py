@@ -125,55 +125,23 @@ class FeatureDataModule(LightningDataModule):
             return
         store = FeatureStore(self.store_dir)
         layout = store.layout
-        if self.pool not in layout.pools:
-            raise HierError(f"{store.root}: pool '{self.pool}' not cached (have {', '.join(layout.pools)})")
-        names = self.site_names or layout.sites
-        unknown = [s for s in names if s not in layout.sites]
-        if unknown:
-            raise HierError(f"{store.root}: site '{unknown[0]}' not cached (have {', '.join(layout.sites)})")
-        site_idx = [layout.sites.index(s) for s in names]
+        names, site_idx = self._sites(store)
         dims = [layout.dims[i] for i in site_idx]
         index = store.index
         if not index:
             raise HierError(f"{store.root}: the feature store is empty")
-
         n_levels = len(layout.level_names)
         probed = [i for i in range(n_levels) if layout.prompt_for_level[i] >= 0]
         labels = [[rec["levels"][i] if i < len(rec["levels"]) else None for i in range(n_levels)] for _, _, rec in index]
-        classes = [sorted({lab[i] for lab in labels if lab[i] is not None}) for i in range(n_levels)]
-        lookup = [{c: k for k, c in enumerate(cs)} for cs in classes]
-        targets = torch.full((len(index), n_levels), -1, dtype=torch.long)
-        for r, lab in enumerate(labels):
-            for i in probed:
-                if lab[i] is not None:
-                    targets[r, i] = lookup[i][lab[i]]
+        classes, targets = _class_targets(labels, probed, n_levels)
 
-        splits = [rec["split"] for _, _, rec in index]
-        train = [r for r, s in enumerate(splits) if s == self.train_split]
-        test = [r for r, s in enumerate(splits) if s == self.test_split]
-        if not train or not test:
-            raise HierError(
-                f"{store.root}: need '{self.train_split}' and '{self.test_split}' samples "
-                f"(found {len(train)} and {len(test)})"
-            )
         gen = torch.Generator().manual_seed(self.seed)
-        if self.val_split is None:
-            perm = torch.randperm(len(train), generator=gen).tolist()
-            n_val = max(1, round(len(train) * self.val_fraction))
-            val = sorted(train[i] for i in perm[:n_val])
-            train = sorted(train[i] for i in perm[n_val:])
-        else:
-            val = [r for r, s in enumerate(splits) if s == self.val_split]
-            if not val:
-                raise HierError(f"{store.root}: no samples in val_split '{self.val_split}'")
+        train, val, test = self._split_rows(store, [rec["split"] for _, _, rec in index], gen)
         if self.shuffle_labels:
             # control: targets of train/val rows permuted among themselves (whole paths, so each
             # stays a consistent hierarchy); test keeps the truth, so accuracy should fall to chance
             fit_rows = torch.tensor(train + val)
             targets[fit_rows] = targets[fit_rows[torch.randperm(len(fit_rows), generator=gen)]]
-
-        seen_train = [{labels[r][i] for r in train} for i in range(n_levels)]
-        unseen = [sorted({labels[r][i] for r in test if labels[r][i] is not None} - seen_train[i]) if i in probed else [] for i in range(n_levels)]
 
         rows = [(shard, row) for shard, row, _ in index]
         max_dim = max(dims)
@@ -182,12 +150,7 @@ class FeatureDataModule(LightningDataModule):
             return FeatureRows(store, [rows[r] for r in rs], targets[rs], self.pool, site_idx, max_dim)
 
         self.datasets = {"train": subset(train), "val": subset(val), "test": subset(test)}
-        p, _, _ = layout.row_shape
-        megabytes = len(index) * p * len(site_idx) * max_dim * 4 / 2**20
-        if megabytes <= self.preload_mb:
-            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            for ds in self.datasets.values():
-                ds.preload(device)
+        self._preload(len(index) * layout.row_shape[0] * len(site_idx) * max_dim * 4 / 2**20)
         self.spec = ProbeSpec(
             sites=list(names),
             dims=dims,
@@ -196,7 +159,7 @@ class FeatureDataModule(LightningDataModule):
             classes=classes,
             prompt_for_level=list(layout.prompt_for_level),
             probed_levels=probed,
-            unseen_test_classes=unseen,
+            unseen_test_classes=_unseen_test_classes(labels, train, test, probed, n_levels),
             split_sizes={k: len(v) for k, v in self.datasets.items()},
             info={
                 "store": str(store.root),
@@ -207,6 +170,43 @@ class FeatureDataModule(LightningDataModule):
                 **layout.info,
             },
         )
+
+    def _sites(self, store: FeatureStore) -> tuple[list[str], list[int]]:
+        """The probed site names and their positions in the store (pool and sites checked)."""
+        layout = store.layout
+        if self.pool not in layout.pools:
+            raise HierError(f"{store.root}: pool '{self.pool}' not cached (have {', '.join(layout.pools)})")
+        names = self.site_names or layout.sites
+        unknown = [s for s in names if s not in layout.sites]
+        if unknown:
+            raise HierError(f"{store.root}: site '{unknown[0]}' not cached (have {', '.join(layout.sites)})")
+        return list(names), [layout.sites.index(s) for s in names]
+
+    def _split_rows(self, store: FeatureStore, splits: list[str], gen: torch.Generator) -> tuple[list[int], list[int], list[int]]:
+        """Row numbers of train, val and test; val is carved from train when no val split is named."""
+        train = [r for r, s in enumerate(splits) if s == self.train_split]
+        test = [r for r, s in enumerate(splits) if s == self.test_split]
+        if not train or not test:
+            raise HierError(
+                f"{store.root}: need '{self.train_split}' and '{self.test_split}' samples "
+                f"(found {len(train)} and {len(test)})"
+            )
+        if self.val_split is None:
+            perm = torch.randperm(len(train), generator=gen).tolist()
+            n_val = max(1, round(len(train) * self.val_fraction))
+            return sorted(train[i] for i in perm[n_val:]), sorted(train[i] for i in perm[:n_val]), test
+        val = [r for r, s in enumerate(splits) if s == self.val_split]
+        if not val:
+            raise HierError(f"{store.root}: no samples in val_split '{self.val_split}'")
+        return train, val, test
+
+    def _preload(self, megabytes: float) -> None:
+        """Gather every split into memory on the trainer's device when the float32 rows fit."""
+        if megabytes > self.preload_mb:
+            return
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        for ds in self.datasets.values():
+            ds.preload(device)
 
     def _loader(self, name: str, train: bool) -> DataLoader:
         ds = self.datasets[name]
@@ -230,3 +230,25 @@ class FeatureDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False)
+
+
+def _class_targets(labels: list[list[str | None]], probed: list[int], n_levels: int) -> tuple[list[list[str]], torch.Tensor]:
+    """Per level the sorted classes (union over splits) and the [rows, levels] class index
+    targets (-1 where a level is not probed or a row has no label there)."""
+    classes = [sorted({lab[i] for lab in labels if lab[i] is not None}) for i in range(n_levels)]
+    lookup = [{c: k for k, c in enumerate(cs)} for cs in classes]
+    targets = torch.full((len(labels), n_levels), -1, dtype=torch.long)
+    for r, lab in enumerate(labels):
+        for i in probed:
+            if lab[i] is not None:
+                targets[r, i] = lookup[i][lab[i]]
+    return classes, targets
+
+
+def _unseen_test_classes(labels: list[list[str | None]], train: list[int], test: list[int], probed: list[int], n_levels: int) -> list[list[str]]:
+    """Per level the test classes no train row has (leaf-disjoint splits): reported, never hidden."""
+    seen = [{labels[r][i] for r in train} for i in range(n_levels)]
+    return [
+        sorted({labels[r][i] for r in test if labels[r][i] is not None} - seen[i]) if i in probed else []
+        for i in range(n_levels)
+    ]

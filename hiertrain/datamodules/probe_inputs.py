@@ -18,32 +18,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
 from hiertrain.core.errors import HierError
-from hiertrain.core.prompts import SYSTEM_TEXT, text_prompt
+from hiertrain.core.prompts import PROBE_ANSWER_SENTENCE as ANSWER_SENTENCE
+from hiertrain.core.prompts import PROBE_IMAGE_PROMPT as IMAGE_PROMPT
+from hiertrain.core.prompts import PROBE_TEXT_VARIANT as TEXT_VARIANT
+from hiertrain.core.prompts import text_prompt
 from hiertrain.core.question_bank import read_image_list
 from hiertrain.core.taxonomy import Taxonomy
-
-# The paper's visual probing prompt (probing/vlm_probe_data_gen.py): a neutral request, so the
-# features are not steered towards any taxonomy level.
-IMAGE_SYSTEM = "You are an assistant."
-IMAGE_PROMPT = "Describe this image."
-# Paper's text probing: text variant 1 is its question; the answer sentence is optional.
-TEXT_VARIANT = 1
-ANSWER_SENTENCE = " It belongs to {label}."
-
-
-def image_messages(prompt: str = IMAGE_PROMPT, system: str = IMAGE_SYSTEM) -> list[dict]:
-    return [
-        {"role": "system", "content": [{"type": "text", "text": system}]},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
-    ]
-
-
-def text_messages(prompt: str, system: str = SYSTEM_TEXT) -> list[dict]:
-    return [
-        {"role": "system", "content": [{"type": "text", "text": system}]},
-        {"role": "user", "content": [{"type": "text", "text": prompt}]},
-    ]
-
 
 def _padded_path(path: tuple[str, ...], depth: int) -> list[str | None]:
     return list(path) + [None] * (depth - len(path))

@@ -168,6 +168,9 @@ class HierVQADataModule(LightningDataModule):
         limit: serve only the first `limit` records.
         image_dir: base folder of relative image paths (default: the question file's folder).
         image_root_map: leading path replacements, e.g. the authors' CUB folder -> yours.
+        image_root: your download of the dataset of a paper file (e.g. your CUB_200_2011):
+            the authors' absolute image paths are mapped there (hiertrain.core.paper_image_paths);
+            takes precedence over `image_root_map`. Image mode only.
         on_bad_image: "skip" (counted, named in the run's skipped list) or "error".
         name: short dataset name for run names and reports (default: the question file's stem).
         split: serve only records of this split (e.g. "test" when a file holds train/val/test).
@@ -185,6 +188,7 @@ class HierVQADataModule(LightningDataModule):
         limit: int | None = None,
         image_dir: str | None = None,
         image_root_map: dict[str, str] | None = None,
+        image_root: str | None = None,
         on_bad_image: Literal["skip", "error"] = "skip",
         batch_size: int = 8,
         num_workers: int = 0,
@@ -206,6 +210,7 @@ class HierVQADataModule(LightningDataModule):
         self.prompt_variant, self.seed, self.limit = prompt_variant, seed, limit
         self.image_dir = Path(image_dir) if image_dir else Path(questions).parent
         self.image_root_map = dict(image_root_map or {})
+        self.image_root = image_root
         self.on_bad_image, self.batch_size, self.num_workers = on_bad_image, batch_size, num_workers
         self.name = name or Path(questions).stem
         self.split = split
@@ -241,6 +246,11 @@ class HierVQADataModule(LightningDataModule):
                     ) from None
         self.level_names = self._names(taxonomy, records, depth)
         self.records = records[: self.limit] if self.limit else records
+        if self.image_root and self.mode == "image":
+            from hiertrain.core.paper_image_paths import image_root_map
+
+            found = image_root_map([r.image for r in self.records], self.image_root, source=str(self.questions))
+            self.image_root_map = {**found, **self.image_root_map}
 
     def _names(self, taxonomy, records: list[QuestionRecord], depth: int) -> list[str]:
         """One name per level of the records: a name list that does not fit them is an error,
@@ -249,13 +259,16 @@ class HierVQADataModule(LightningDataModule):
         hint = "questions built with --drop-trivial-levels need data.drop_trivial_levels: true, and the other way round"
         if taxonomy is not None:
             names = list(taxonomy.level_names)  # the given names, minus the dropped levels' names
-            for record in records:  # each record's levels are its leaf's path, name for name
-                path = taxonomy.path(record.label)
-                if len(record.truths) != len(path):
-                    raise HierError(
-                        f"{self.questions}:{record.sample_id + 1}: {len(record.truths)} levels but the taxonomy's path of "
-                        f"{record.label!r}{dropped} has {len(path)}, named {names[: len(path)]} ({hint})"
-                    )
+            # Each record's levels are its leaf's path, name for name. A dropped (or kept) level shifts
+            # every record; a node the taxonomy re-parented (on_multi_parent="first") only its leaves.
+            off = [(r, len(taxonomy.path(r.label))) for r in records if len(r.truths) != len(taxonomy.path(r.label))]
+            if 2 * len(off) > len(records):
+                record, length = off[0]
+                raise HierError(
+                    f"{self.questions}:{record.sample_id + 1}: {len(record.truths)} levels but the taxonomy's path of "
+                    f"{record.label!r}{dropped} has {length}, named {names[:length]} ({len(off)} of {len(records)} "
+                    f"records differ; {hint})"
+                )
             return names
         if self.drop_trivial_levels:
             raise HierError("drop_trivial_levels needs the taxonomy (data.taxonomy) to know which levels to drop")

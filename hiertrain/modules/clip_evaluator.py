@@ -15,7 +15,7 @@ from hiertrain.core.errors import HierError
 from hiertrain.modules.evaluator_base import QuestionEvaluator, sample_prediction
 from hiertrain.core.predictions import SamplePrediction
 from hiertrain.core.prompts import LETTERS
-from hiertrain.core.question_bank import CLIP_TEXT_TEMPLATE
+from hiertrain.core.prompts import CLIP_TEXT_TEMPLATE
 
 
 class CLIPEvaluator(QuestionEvaluator):

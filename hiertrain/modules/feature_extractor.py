@@ -17,7 +17,10 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from hiertrain.datamodules.probe_inputs import IMAGE_PROMPT, IMAGE_SYSTEM, image_messages, text_messages
+from hiertrain.core.prompts import PROBE_IMAGE_PROMPT as IMAGE_PROMPT
+from hiertrain.core.prompts import PROBE_IMAGE_SYSTEM as IMAGE_SYSTEM
+from hiertrain.core.prompts import probe_image_messages as image_messages
+from hiertrain.core.prompts import probe_text_messages as text_messages
 from hiertrain.core.errors import HierError
 
 POOLS = ("avg", "last")

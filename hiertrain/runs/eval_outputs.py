@@ -24,6 +24,7 @@ from typing import Any
 
 from hiertrain.core.errors import HierError
 from hiertrain.core.prompts import leaf_label
+from hiertrain.core.resources import read_data_bytes, resolve_data_path
 from hiertrain.core.predictions import (
     SamplePrediction,
     append_predictions,
@@ -40,8 +41,13 @@ IDENTITY_KEYS = (
 
 
 def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a data file's content: a gzipped or packaged (`hiertrain://`) file hashes as
+    its decompressed bytes, so the same questions give the same hash however they are stored."""
+    real = resolve_data_path(path)
+    if real.suffix == ".gz":
+        return hashlib.sha256(read_data_bytes(real)).hexdigest()
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(real, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -8,9 +8,13 @@ them into one so a tiny local checkpoint and `ViT-L-14:openai` load the same way
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hiertrain.core.errors import HierError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 SCHEMAS = ("hf-hub:", "local-dir:")
 
@@ -59,3 +63,44 @@ def _resolve(name_or_path: str, open_clip) -> tuple[str, str | None]:
 def _check_dir(path: Path, given: str) -> None:
     if not (path / "open_clip_config.json").is_file():
         raise HierError(f"{given}: not an open_clip model directory (no open_clip_config.json)")
+
+
+def _model_key(name_or_path: str) -> str:
+    """Identity of a model for the disk cache: the name, or a local dir and its files' mtimes."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return name_or_path
+    stamp = max((p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()), default=0)
+    return f"{path.resolve()}@{stamp}"
+
+
+class OpenClipEncoder:
+    """An open_clip model (name or local dir, via `load_open_clip`) on the best device."""
+
+    def __init__(self, name_or_path: str, batch_size: int = 64, device: str | None = None):
+        import torch
+
+        self.model, self.preprocess, self.tokenizer = load_open_clip(name_or_path)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device).eval()
+        self.batch_size = batch_size
+        self.model_key = _model_key(name_or_path)
+
+    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        import torch
+
+        pixels = torch.stack([self.preprocess(image) for image in images]).to(self.device)
+        with torch.inference_mode():
+            return self.model.encode_image(pixels, normalize=True).float().cpu()
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        import torch
+        from tqdm.auto import tqdm
+
+        out = []
+        starts = range(0, len(texts), self.batch_size)
+        for start in tqdm(starts, desc="text embeddings", unit="batch", disable=len(starts) < 2):
+            tokens = self.tokenizer(texts[start : start + self.batch_size]).to(self.device)
+            with torch.inference_mode():
+                out.append(self.model.encode_text(tokens, normalize=True).float().cpu())
+        return torch.cat(out)

@@ -13,12 +13,12 @@ from hiertrain.cli.main import main
 HIERTRAIN = Path(sys.executable).parent / "hiertrain"
 
 
-def tax_file(shared_data, name):
-    return str(shared_data / "taxonomies" / f"hierarchy_{name}.json")
+def tax_file(reference_data, name):
+    return str(reference_data / "taxonomies" / f"hierarchy_{name}.json")
 
 
-def test_inat_plantae_summary(shared_data, capsys):
-    assert main(["data", "check", "--taxonomy", tax_file(shared_data, "Inat_plantae")]) == 0
+def test_inat_plantae_summary(reference_data, capsys):
+    assert main(["data", "check", "--taxonomy", tax_file(reference_data, "Inat_plantae")]) == 0
     out = capsys.readouterr().out
     assert "leaves: 4271" in out
     assert "levels: 7\n" in out
@@ -28,15 +28,15 @@ def test_inat_plantae_summary(shared_data, capsys):
     assert out.rstrip().endswith("OK")
 
 
-def test_strict_makes_warnings_fail(shared_data, capsys):
-    assert main(["data", "check", "--taxonomy", tax_file(shared_data, "Inat_plantae"), "--strict"]) == 1
-    assert main(["data", "check", "--taxonomy", tax_file(shared_data, "CUB200"), "--strict"]) == 1
-    assert main(["data", "check", "--taxonomy", tax_file(shared_data, "Inat_plantae"), "--strict",
+def test_strict_makes_warnings_fail(reference_data, capsys):
+    assert main(["data", "check", "--taxonomy", tax_file(reference_data, "Inat_plantae"), "--strict"]) == 1
+    assert main(["data", "check", "--taxonomy", tax_file(reference_data, "CUB200"), "--strict"]) == 1
+    assert main(["data", "check", "--taxonomy", tax_file(reference_data, "Inat_plantae"), "--strict",
                  "--drop-trivial-levels"]) == 1  # the note that a level was dropped is still a warning
 
 
-def test_json_output(shared_data, capsys):
-    assert main(["data", "check", "--taxonomy", tax_file(shared_data, "Food"), "--json"]) == 0
+def test_json_output(reference_data, capsys):
+    assert main(["data", "check", "--taxonomy", tax_file(reference_data, "Food"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is True and report["errors"] == []
     tax = report["taxonomy"]
@@ -45,8 +45,8 @@ def test_json_output(shared_data, capsys):
     assert sum(lvl["classes"] for lvl in tax["levels"][-1:]) >= 1
 
 
-def test_multi_parent_choice(shared_data, capsys):
-    path = tax_file(shared_data, "imagenet_artifact")
+def test_multi_parent_choice(reference_data, capsys):
+    path = tax_file(reference_data, "imagenet_artifact")
     assert main(["data", "check", "--taxonomy", path]) == 1
     out = capsys.readouterr().out
     assert f"error: {path}: node 'sports equipment' at level 4 has 2 parents: 'implement'" in out
@@ -55,22 +55,22 @@ def test_multi_parent_choice(shared_data, capsys):
     assert "leaves: 494" in out and "levels: 8 (paths of 3..8 nodes)" in out
 
 
-def test_cub_question_files_are_clean(shared_data, capsys):
+def test_cub_question_files_are_clean(reference_data, capsys):
     for name in ("random", "similar"):
-        questions = shared_data / "annotations" / f"CUB200_with_{name}_choice.jsonl"
-        code = main(["data", "check", "--taxonomy", tax_file(shared_data, "CUB200"), "--questions", str(questions)])
+        questions = reference_data / "annotations" / f"CUB200_with_{name}_choice.jsonl"
+        code = main(["data", "check", "--taxonomy", tax_file(reference_data, "CUB200"), "--questions", str(questions)])
         out = capsys.readouterr().out
         assert code == 0, out
         assert f"questions: {questions} (5794 records; test: 5794)" in out
         assert "problems: 0" in out
 
 
-def test_image_list_labels_checked(shared_data, capsys):
-    images = shared_data / "probing" / "CUB200" / "images_split.jsonl"
-    assert main(["data", "check", "--taxonomy", tax_file(shared_data, "CUB200"), "--questions", str(images)]) == 0
+def test_image_list_labels_checked(reference_data, capsys):
+    images = reference_data / "probing" / "CUB200" / "images_split.jsonl"
+    assert main(["data", "check", "--taxonomy", tax_file(reference_data, "CUB200"), "--questions", str(images)]) == 0
     assert "(11788 records; test: 5794, train: 5994)" in capsys.readouterr().out
     # against the leaf-disjoint probing test taxonomy most labels are unknown
-    test_tax = str(shared_data / "probing" / "CUB200" / "test_taxonomy.json")
+    test_tax = str(reference_data / "probing" / "CUB200" / "test_taxonomy.json")
     assert main(["data", "check", "--taxonomy", test_tax, "--questions", str(images), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     q = report["questions"]
@@ -165,9 +165,9 @@ def test_missing_files(tmp_path, capsys):
     assert "error: " in capsys.readouterr().out
 
 
-def test_entry_point(shared_data):
+def test_entry_point(reference_data):
     done = subprocess.run(
-        [str(HIERTRAIN), "data", "check", "--taxonomy", tax_file(shared_data, "imagenet_artifact")],
+        [str(HIERTRAIN), "data", "check", "--taxonomy", tax_file(reference_data, "imagenet_artifact")],
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 1

@@ -67,13 +67,12 @@ def test_paper_configs_cover_both_datasets_and_sides():
 
 
 @pytest.mark.parametrize("dataset,leaves", [("CUB200", (137, 63)), ("Inat21_Plant", (2508, 1763))])
-def test_text_inputs_from_the_paper_splits(shared_data, dataset, leaves):
+def test_text_inputs_from_the_paper_splits(dataset, leaves):
     from hiertrain.datamodules.probe_inputs import ProbeInputDataModule
 
     cfg = yaml.safe_load((REPO / "configs/probing" / f"{'cub' if dataset == 'CUB200' else 'inat_plant'}_qwen7b_extract_text.yaml").read_text())
     args = dict(cfg["data"]["init_args"])
-    for key in ("train_taxonomy", "test_taxonomy"):
-        args[key] = str(REPO / args[key])
+    assert all(args[key].startswith("hiertrain://") for key in ("train_taxonomy", "test_taxonomy"))  # packaged
     dm = ProbeInputDataModule(**args)
     dm.setup("predict")
     splits = [r["split"] for r in dm.records]
@@ -85,13 +84,12 @@ def test_text_inputs_from_the_paper_splits(shared_data, dataset, leaves):
     assert "Given the {leaf}, what is its taxonomic classification at the genus level?" in desc["prompts"]
 
 
-def test_cub_image_config_reads_the_real_split_and_names_missing_images(shared_data):
+def test_cub_image_config_reads_the_real_split_and_names_missing_images():
     from hiertrain.datamodules.probe_inputs import ProbeInputDataModule
     from hiertrain.core.errors import HierError
 
     cfg = yaml.safe_load((REPO / "configs/probing/cub_qwen7b_extract_image.yaml").read_text())
     args = dict(cfg["data"]["init_args"])
-    args["images"], args["taxonomy"] = str(REPO / args["images"]), str(REPO / args["taxonomy"])
     args["image_root"] = "/nonexistent/cub"
     with pytest.raises(HierError, match=r"images_split.jsonl:1: image not found: /nonexistent/cub/001.Black_footed_Albatross/"):
         ProbeInputDataModule(**args).setup("predict")

@@ -202,9 +202,9 @@ def test_paper_file_errors(tmp_path):
         read_predictions(path)
 
 
-def test_real_cub_questions_as_paper_results(shared_data):
+def test_real_cub_questions_as_paper_results(reference_data):
     """The shipped CUB questions, answered by always taking option A, scored two independent ways."""
-    lines = (shared_data / "annotations" / "CUB200_with_random_choice.jsonl").read_text().splitlines()[:40]
+    lines = (reference_data / "annotations" / "CUB200_with_random_choice.jsonl").read_text().splitlines()[:40]
     items, hits, asked = [], 0, 0
     for line in lines:
         rec = json.loads(line)

@@ -16,13 +16,13 @@ from hiertrain.cli.main import main
 from hiertrain.core.errors import HierError
 from hiertrain.core.question_bank import (
     QuestionRecord,
-    TextEmbeddingCache,
     build_questions,
     level_keys,
     read_image_list,
     read_questions,
     write_questions,
 )
+from hiertrain.core.distractors import TextEmbeddingCache
 from hiertrain.core.taxonomy import Taxonomy
 
 HIERTRAIN = Path(sys.executable).with_name("hiertrain")
@@ -52,8 +52,8 @@ def image_list(labels: list[str], split: str = "test") -> list[dict]:
 
 
 @pytest.mark.parametrize("name", CUB_FILES)
-def test_shipped_cub_file_round_trips_byte_identical(shared_data, tmp_path, name):
-    source = shared_data / "annotations" / name
+def test_shipped_cub_file_round_trips_byte_identical(reference_data, tmp_path, name):
+    source = reference_data / "annotations" / name
     records = read_questions(source)
     assert len(records) == 5794
     assert [r.sample_id for r in records[:3]] == [0, 1, 2]
@@ -62,8 +62,8 @@ def test_shipped_cub_file_round_trips_byte_identical(shared_data, tmp_path, name
     assert out.read_bytes() == source.read_bytes()
 
 
-def test_shipped_record_fields(shared_data):
-    first = read_questions(shared_data / "annotations" / CUB_FILES[0])[0]
+def test_shipped_record_fields(reference_data):
+    first = read_questions(reference_data / "annotations" / CUB_FILES[0])[0]
     assert first.label == "Black-footed Albatross"
     assert first.split == "test"
     assert first.image.endswith("Black_Footed_Albatross_0001_796111.jpg")
@@ -72,10 +72,10 @@ def test_shipped_record_fields(shared_data):
     assert first.choices[3] == ["cliff swallow", "red-cockaded woodpecker", "black-footed albatross", "white pelican"]
 
 
-def test_built_cub_bank_matches_the_shipped_truths(shared_data):
+def test_built_cub_bank_matches_the_shipped_truths(reference_data):
     """Our builder on CUB gives the paper's truth at every level (up to their lower-casing)."""
-    shipped = read_questions(shared_data / "annotations" / CUB_FILES[0])[::97]
-    taxonomy = Taxonomy.from_json(shared_data / "taxonomies" / "hierarchy_CUB200.json")
+    shipped = read_questions(reference_data / "annotations" / CUB_FILES[0])[::97]
+    taxonomy = Taxonomy.from_json(reference_data / "taxonomies" / "hierarchy_CUB200.json")
     built = build_questions(taxonomy, [r.raw for r in shipped], seed=0)
     for ours, theirs in zip(built, shipped):
         assert [t.lower() for t in ours.truths] == theirs.truths
@@ -228,8 +228,8 @@ def test_variable_depth_distractors_come_from_the_same_depth():
     assert set(records[1].choices[3]) <= {"bowl", "jar", "van"}  # depth-4 classes only
 
 
-def test_labels_resolve_through_the_taxonomy_and_are_written_canonically(shared_data):
-    taxonomy = Taxonomy.from_json(shared_data / "taxonomies" / "hierarchy_CUB200.json")
+def test_labels_resolve_through_the_taxonomy_and_are_written_canonically(reference_data):
+    taxonomy = Taxonomy.from_json(reference_data / "taxonomies" / "hierarchy_CUB200.json")
     [record] = build_questions(taxonomy, [{"image": "x.jpg", "label": "black footed albatross", "split": "test"}])
     assert record.label == "Black-footed Albatross"
     assert record.raw["level4"] == "Black-footed Albatross"

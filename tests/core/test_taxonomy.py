@@ -11,8 +11,8 @@ from hiertrain.core.errors import HierError
 from hiertrain.core.taxonomy import CUB_LEVELS, INAT_LEVELS, Taxonomy, level_names_path, normalize_label
 
 
-def tax_file(shared_data, name):
-    return shared_data / "taxonomies" / f"hierarchy_{name}.json"
+def tax_file(reference_data, name):
+    return reference_data / "taxonomies" / f"hierarchy_{name}.json"
 
 
 # ---- normalisation ------------------------------------------------------------------------
@@ -51,9 +51,9 @@ README_COUNTS = {
 
 
 @pytest.mark.parametrize("name", sorted(README_COUNTS))
-def test_shipped_taxonomies_match_readme(shared_data, name):
+def test_shipped_taxonomies_match_readme(reference_data, name):
     leaves, low, high = README_COUNTS[name]
-    tax = Taxonomy.from_json(tax_file(shared_data, name), on_multi_parent="first")
+    tax = Taxonomy.from_json(tax_file(reference_data, name), on_multi_parent="first")
     assert len(tax) == leaves
     assert tax.depth_range() == (low, high)
     assert tax.depth == high
@@ -68,14 +68,14 @@ def test_shipped_taxonomies_match_readme(shared_data, name):
         assert {normalize_label(n) for n in tax.nodes_at(level)} == expected
 
 
-def test_imagenet_depths_span_readme_range(shared_data):
-    ranges = [Taxonomy.from_json(tax_file(shared_data, n), on_multi_parent="first").depth_range()
+def test_imagenet_depths_span_readme_range(reference_data):
+    ranges = [Taxonomy.from_json(tax_file(reference_data, n), on_multi_parent="first").depth_range()
               for n in ("imagenet_animal", "imagenet_artifact")]
     assert min(r[0] for r in ranges) == 3 and max(r[1] for r in ranges) == 12
 
 
-def test_inat_plantae_classes_per_level(shared_data):
-    tax = Taxonomy.from_json(tax_file(shared_data, "Inat_plantae"))
+def test_inat_plantae_classes_per_level(reference_data):
+    tax = Taxonomy.from_json(tax_file(reference_data, "Inat_plantae"))
     assert tax.level_names == list(INAT_LEVELS)
     assert tax.classes_per_level() == [1, 5, 14, 85, 286, 1702, 4271]
     assert tax.nodes_at(0) == ["Plantae"]
@@ -86,8 +86,8 @@ def test_inat_plantae_classes_per_level(shared_data):
     ) in tax.problems()
 
 
-def test_drop_trivial_levels_removes_kingdom(shared_data):
-    tax = Taxonomy.from_json(tax_file(shared_data, "Inat_plantae"), drop_trivial_levels=True)
+def test_drop_trivial_levels_removes_kingdom(reference_data):
+    tax = Taxonomy.from_json(tax_file(reference_data, "Inat_plantae"), drop_trivial_levels=True)
     assert tax.level_names == list(INAT_LEVELS[1:])
     assert tax.classes_per_level() == [5, 14, 85, 286, 1702, 4271]
     assert tax.trivial_levels() == []
@@ -97,23 +97,23 @@ def test_drop_trivial_levels_removes_kingdom(shared_data):
     assert "dropped level 1 (kingdom): single class 'Plantae'" in tax.problems()
 
 
-def test_drop_trivial_levels_on_varying_depth(shared_data):
-    tax = Taxonomy.from_json(tax_file(shared_data, "Food"), drop_trivial_levels=True)
+def test_drop_trivial_levels_on_varying_depth(reference_data):
+    tax = Taxonomy.from_json(tax_file(reference_data, "Food"), drop_trivial_levels=True)
     assert tax.depth_range() == (2, 4)
     assert "food" not in {normalize_label(n) for n in tax.nodes_at(0)}
     assert tax.path("eggs benedict") == ("breakfast food", "eggs benedict")
 
 
-def test_level_names_cub_and_depth(shared_data):
-    assert Taxonomy.from_json(tax_file(shared_data, "CUB200")).level_names == list(CUB_LEVELS)
-    food = Taxonomy.from_json(tax_file(shared_data, "Food"))
+def test_level_names_cub_and_depth(reference_data):
+    assert Taxonomy.from_json(tax_file(reference_data, "CUB200")).level_names == list(CUB_LEVELS)
+    food = Taxonomy.from_json(tax_file(reference_data, "Food"))
     assert food.level_names == ["depth 1", "depth 2", "depth 3", "depth 4", "depth 5"]
-    named = Taxonomy.from_json(tax_file(shared_data, "CUB200"), level_names=["o", "f", "g", "s"])
+    named = Taxonomy.from_json(tax_file(reference_data, "CUB200"), level_names=["o", "f", "g", "s"])
     assert named.level_names == ["o", "f", "g", "s"]
 
 
-def test_cub_label_spellings_resolve(shared_data):
-    tax = Taxonomy.from_json(tax_file(shared_data, "CUB200"))
+def test_cub_label_spellings_resolve(reference_data):
+    tax = Taxonomy.from_json(tax_file(reference_data, "CUB200"))
     expected = ("Procellariiformes", "Diomedeidae", "Phoebastria", "Black-footed Albatross")
     assert tax.path("Black footed Albatross") == expected
     assert tax.path("black_footed_albatross") == expected
@@ -125,16 +125,16 @@ def test_cub_label_spellings_resolve(shared_data):
     assert "Sayornis" in tax.nodes_at(2) and "Sayornis" in tax.nodes_at(3)
 
 
-def test_unknown_label_message_names_closest(shared_data):
-    path = tax_file(shared_data, "CUB200")
+def test_unknown_label_message_names_closest(reference_data):
+    path = tax_file(reference_data, "CUB200")
     tax = Taxonomy.from_json(path)
     with pytest.raises(HierError) as err:
         tax.path("Black footed Albatros")
     assert str(err.value) == f"{path}: label 'Black footed Albatros' not in taxonomy (closest: 'Black-footed Albatross')"
 
 
-def test_imagenet_artifact_multi_parent(shared_data):
-    path = tax_file(shared_data, "imagenet_artifact")
+def test_imagenet_artifact_multi_parent(reference_data):
+    path = tax_file(reference_data, "imagenet_artifact")
     with pytest.raises(HierError) as err:
         Taxonomy.from_json(path)
     assert str(err.value) == (
@@ -156,9 +156,9 @@ def test_imagenet_artifact_multi_parent(shared_data):
     "folder, train, test",
     [("CUB200", 137, 63), ("Inat21_Plant", 2508, 1763)],
 )
-def test_probing_taxonomies(shared_data, folder, train, test):
-    tr = Taxonomy.from_json(shared_data / "probing" / folder / "train_taxonomy.json")
-    te = Taxonomy.from_json(shared_data / "probing" / folder / "test_taxonomy.json")
+def test_probing_taxonomies(reference_data, folder, train, test):
+    tr = Taxonomy.from_json(reference_data / "probing" / folder / "train_taxonomy.json")
+    te = Taxonomy.from_json(reference_data / "probing" / folder / "test_taxonomy.json")
     assert (len(tr), len(te)) == (train, test)
     assert not {normalize_label(x) for x in tr.leaves} & {normalize_label(x) for x in te.leaves}
     assert tr.depth == te.depth

@@ -124,10 +124,10 @@ def test_image_root_map_rebases_absolute_paths(tmp_path):
     assert dm.dataset()[0]["error"] is None
 
 
-def test_cub_question_file_loads_with_its_taxonomy(shared_data):
+def test_cub_question_file_loads_with_its_taxonomy(reference_data):
     dm = HierVQADataModule(
-        str(shared_data / "annotations/CUB200_with_random_choice.jsonl"),
-        taxonomy=str(shared_data / "taxonomies/hierarchy_CUB200.json"),
+        str(reference_data / "annotations/CUB200_with_random_choice.jsonl"),
+        taxonomy=str(reference_data / "taxonomies/hierarchy_CUB200.json"),
         level_names=["order", "family", "genus", "species"],
         subject="bird",
         mode="text",
@@ -149,30 +149,30 @@ def test_split_serves_only_that_split_and_keeps_sample_ids(tmp_path):
         HierVQADataModule(str(path), split="dev").setup()
 
 
-def _inat_plant_config(shared_data, questions: Path, **overrides) -> HierVQADataModule:
+def _inat_plant_config(reference_data, questions: Path, **overrides) -> HierVQADataModule:
     """configs/data/inat21_plant.yaml's settings, on `questions` and the shared iNat taxonomy."""
     import yaml
 
     config = Path(__file__).resolve().parents[2] / "configs/data/inat21_plant.yaml"
     args = yaml.safe_load(config.read_text())["data"]["init_args"]
-    args.update(questions=str(questions), taxonomy=str(shared_data / "taxonomies/hierarchy_Inat_plantae.json"))
+    args.update(questions=str(questions), taxonomy=str(reference_data / "taxonomies/hierarchy_Inat_plantae.json"))
     args.update(num_workers=0, **overrides)
     return HierVQADataModule(**args)
 
 
-def _inat_plant_questions(shared_data, tmp_path: Path, drop: bool) -> Path:
+def _inat_plant_questions(reference_data, tmp_path: Path, drop: bool) -> Path:
     from hiertrain.core.question_bank import build_questions, write_questions
     from hiertrain.core.taxonomy import Taxonomy
 
-    taxonomy = Taxonomy.from_json(shared_data / "taxonomies/hierarchy_Inat_plantae.json", drop_trivial_levels=drop)
+    taxonomy = Taxonomy.from_json(reference_data / "taxonomies/hierarchy_Inat_plantae.json", drop_trivial_levels=drop)
     images = [{"image": f"img/{i}.jpg", "label": leaf, "split": "test"} for i, leaf in enumerate(taxonomy.leaves[:3])]
     path = tmp_path / f"inat_plant_drop{int(drop)}.jsonl"
     write_questions(build_questions(taxonomy, images), path)
     return path
 
 
-def test_inat_config_words_questions_the_inat_way(shared_data, tmp_path):
-    dm = _inat_plant_config(shared_data, _inat_plant_questions(shared_data, tmp_path, drop=False), mode="image")
+def test_inat_config_words_questions_the_inat_way(reference_data, tmp_path):
+    dm = _inat_plant_config(reference_data, _inat_plant_questions(reference_data, tmp_path, drop=False), mode="image")
     dm.setup()
     assert dm.prompt_family == "inat" and dm.level_names[0] == "kingdom"
     levels = level_questions(dm.served_records()[0], "image", dm.level_names, dm.subject, 1, 0, dm.prompt_family)
@@ -181,9 +181,9 @@ def test_inat_config_words_questions_the_inat_way(shared_data, tmp_path):
     )
 
 
-def test_dropped_level_drops_its_name(shared_data, tmp_path):
-    questions = _inat_plant_questions(shared_data, tmp_path, drop=True)
-    dm = _inat_plant_config(shared_data, questions, mode="text", drop_trivial_levels=True)
+def test_dropped_level_drops_its_name(reference_data, tmp_path):
+    questions = _inat_plant_questions(reference_data, tmp_path, drop=True)
+    dm = _inat_plant_config(reference_data, questions, mode="text", drop_trivial_levels=True)
     dm.setup()
     assert dm.level_names == ["phylum", "class", "order", "family", "genus", "species"]
     item = dm.dataset()[0]
@@ -192,14 +192,14 @@ def test_dropped_level_drops_its_name(shared_data, tmp_path):
     assert item["levels"][0].question.startswith(f"Based on taxonomy, where does {label} fall in terms of phylum?\n")
 
 
-def test_level_names_that_do_not_fit_the_levels_are_an_error(shared_data, tmp_path):
-    dropped = _inat_plant_questions(shared_data, tmp_path, drop=True)
+def test_level_names_that_do_not_fit_the_levels_are_an_error(reference_data, tmp_path):
+    dropped = _inat_plant_questions(reference_data, tmp_path, drop=True)
     with pytest.raises(HierError, match=r"6 levels but the taxonomy's path of .* has 7, named \['kingdom', 'phylum'.*drop_trivial_levels: true") as err:
-        _inat_plant_config(shared_data, dropped, mode="text").setup()
+        _inat_plant_config(reference_data, dropped, mode="text").setup()
     assert "\n" not in str(err.value)
-    full = _inat_plant_questions(shared_data, tmp_path, drop=False)
+    full = _inat_plant_questions(reference_data, tmp_path, drop=False)
     with pytest.raises(HierError, match=r"7 levels but the taxonomy's path of .* after dropping trivial levels has 6"):
-        _inat_plant_config(shared_data, full, mode="text", drop_trivial_levels=True).setup()
+        _inat_plant_config(reference_data, full, mode="text", drop_trivial_levels=True).setup()
     with pytest.raises(HierError, match=r"3 levels but 4 level names were given: \['a', 'b', 'c', 'd'\]"):
         HierVQADataModule(str(_write(tmp_path / "q.jsonl", [RECORD])), level_names=["a", "b", "c", "d"]).setup()
 

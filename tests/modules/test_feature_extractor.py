@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hiertrain.core.feature_store import FeatureStore
-from hiertrain.cli.probing import extract_features
+from probing_cli import extract_features
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_hooked_sites_match_transformers_hidden_states(image_store, tiny_qwen, s
     """Oracle: transformers' output_hidden_states (a different code path than our hooks)."""
     from PIL import Image
 
-    from hiertrain.datamodules.probe_inputs import image_messages
+    from hiertrain.core.prompts import probe_image_messages as image_messages
     from hiertrain.vlm.loading import load_vllm
 
     model, processor = load_vllm(str(tiny_qwen))
@@ -126,7 +126,7 @@ def test_writer_drops_padding_repeats(tmp_path, tiny_qwen, synth_dir):
 
 
 def test_text_mode_hidden_states_and_leak_free_default(tmp_path, tiny_qwen, synth_dir):
-    from hiertrain.datamodules.probe_inputs import text_messages
+    from hiertrain.core.prompts import probe_text_messages as text_messages
     from hiertrain.vlm.loading import load_vllm
 
     tax = json.loads((synth_dir / "taxonomy.json").read_text())

@@ -12,7 +12,7 @@ import torch
 from hiertrain.datamodules.features import ProbeSpec
 from hiertrain.core.feature_store import ShardWriter, StoreLayout
 from hiertrain.modules.linear_probes import LinearProbes
-from hiertrain.cli.probing import extract_features, train_probes
+from probing_cli import extract_features, train_probes
 
 
 def _spec(slots: int = 1, prompt_for_level=(0, 0, 0)) -> ProbeSpec:

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="image list JSONL (image, label, split); relative image paths start at its folder",
     )
     parser.add_argument("--distractors", choices=("random", "similar"), default="random")
-    from hiertrain.core.question_bank import SIMILAR_CLIP
+    from hiertrain.core.distractors import SIMILAR_CLIP
 
     parser.add_argument(
         "--clip", default=SIMILAR_CLIP,
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from hiertrain.core.errors import HierError
     from hiertrain.core.question_bank import build_questions, read_image_list, write_questions
     from hiertrain.core.taxonomy import Taxonomy
+    from hiertrain.vlm.openclip import OpenClipEncoder
 
     if args.distractors == "similar" and not args.clip:
         raise HierError("--distractors similar needs --clip NAME_OR_PATH")
@@ -48,13 +49,13 @@ def run(args: argparse.Namespace) -> int:
         images,
         distractors=args.distractors,
         seed=args.seed,
-        clip=args.clip,
         num_choices=args.num_choices,
         source=str(args.images),
         image_root=args.images.parent,
         batch_size=args.batch_size,
         workers=args.workers,
         cache_dir=args.cache_dir,
+        encoder=OpenClipEncoder(args.clip, batch_size=args.batch_size) if args.distractors == "similar" else None,
     )
     write_questions(records, args.out)
     short = sum(

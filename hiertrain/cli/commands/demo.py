@@ -48,7 +48,6 @@ def run(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from hiertrain.cli.main import main
     from hiertrain.runs.steps import StepRunner
 
     # Libraries that call logging.info() at module level would give the root logger a handler
@@ -76,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     wandb = [f"--wandb={str(args.wandb).lower()}"]
 
     def cli(*argv: str) -> None:
-        code = main(list(argv))
+        code = args.dispatch(list(argv))
         if code:
             raise SystemExit(code)
 

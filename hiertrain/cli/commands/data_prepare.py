@@ -1,0 +1,60 @@
+"""`hiertrain data prepare cub|inat21|food101|imagenet`: an official dataset download -> an image
+list (image, label, split) whose labels are leaves of a taxonomy (hiertrain.core.dataset_layouts).
+Classes without a leaf are listed and counted; `--strict` makes them an error."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+# the packaged taxonomy each dataset's labels are matched to unless --taxonomy is given
+DEFAULT_TAXONOMY = {
+    "cub": "hiertrain://taxonomies/hierarchy_CUB200.json",
+    "food101": "hiertrain://taxonomies/hierarchy_Food.json",
+}
+CHOICES = {
+    "inat21": "hiertrain://taxonomies/hierarchy_Inat_plantae.json or hierarchy_Inat_animal.json",
+    "imagenet": "hiertrain://taxonomies/hierarchy_imagenet_animal.json or hierarchy_imagenet_artifact.json",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", choices=("cub", "inat21", "food101", "imagenet"))
+    parser.add_argument("--root", required=True, type=Path, help="the unpacked official download")
+    parser.add_argument("--out", required=True, type=Path, help="image list JSONL to write")
+    parser.add_argument(
+        "--taxonomy",
+        help="taxonomy whose leaves are the labels (default: cub -> CUB200, food101 -> Food; "
+        "inat21 and imagenet need one: " + "; ".join(CHOICES.values()) + ")",
+    )
+    parser.add_argument("--on-multi-parent", choices=("error", "first"), default="first")
+    parser.add_argument("--strict", action="store_true", help="fail when any class has no taxonomy leaf")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hiertrain.core.dataset_layouts import prepare, write_image_list
+    from hiertrain.core.errors import HierError
+    from hiertrain.core.taxonomy import Taxonomy
+
+    taxonomy_name = args.taxonomy or DEFAULT_TAXONOMY.get(args.dataset)
+    if taxonomy_name is None:
+        raise HierError(f"{args.dataset}: give --taxonomy ({CHOICES[args.dataset]})")
+    taxonomy = Taxonomy.from_json(taxonomy_name, on_multi_parent=args.on_multi_parent)
+    result = prepare(args.dataset, args.root, taxonomy)
+    lost = sum(result.unmatched.values())
+    for name, count in result.unmatched.items():
+        print(f"unmatched: {name} ({count} images)")
+    if result.unmatched and args.strict:
+        raise HierError(
+            f"{len(result.unmatched)} of {result.classes} classes ({lost} images) have no leaf in {taxonomy.source} "
+            "(--strict); they are listed above"
+        )
+    if not result.images:
+        raise HierError(f"{args.root}: no image of any class matched {taxonomy.source}")
+    write_image_list(result.images, args.out)
+    splits = ", ".join(f"{k} {v}" for k, v in result.splits.items())
+    print(
+        f"{args.out}: {len(result.images)} images ({splits}) of {result.classes - len(result.unmatched)} classes; "
+        f"{len(result.unmatched)} classes unmatched ({lost} images left out) against {taxonomy.source}"
+    )
+    return 0

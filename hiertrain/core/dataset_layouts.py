@@ -1,0 +1,234 @@
+"""Image lists (`image`, `label`, `split`) from the official dataset downloads.
+
+Each reader knows one official layout and yields (image path, class name, split) per image;
+`prepare` matches every class to a leaf of the taxonomy (by `normalize_label`, so
+"001.Black_footed_Albatross" finds "Black-footed Albatross" and "eggs_benedict" finds
+"eggs benedict") and writes the leaf's spelling. Classes with no leaf are never dropped
+silently: they are returned, with their image counts, in `Prepared.unmatched`.
+
+Layouts:
+- cub: CUB_200_2011/{images.txt, image_class_labels.txt, classes.txt, train_test_split.txt,
+  images/}; split 1 = train, 0 = test; class names drop their "NNN." prefix.
+- inat21: {train,val}.json (COCO style; categories carry kingdom .. genus, specific_epithet);
+  the class is "Genus epithet"; file_name is relative to the root; splits train / val.
+- food101: meta/classes.txt, meta/{train,test}.txt ("class/id"), images/<class>/<id>.jpg.
+- imagenet: train/<wnid>/*.JPEG (split train), val/<ImageId>.JPEG with labels from
+  LOC_val_solution.csv (split val), names from LOC_synset_mapping.txt ("wnid name, name, ...");
+  a synset matches a leaf when any of its comma-separated names does. The Kaggle layout
+  (ILSVRC/Data/CLS-LOC/{train,val}) is found too.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hiertrain.core.errors import HierError
+from hiertrain.core.taxonomy import Taxonomy, normalize_label
+
+DATASETS = ("cub", "inat21", "food101", "imagenet")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+@dataclass
+class Prepared:
+    """The image list and what did not match."""
+
+    images: list[dict]  # {"image": absolute path, "label": leaf (taxonomy spelling), "split"}
+    classes: int  # classes in the download
+    unmatched: dict[str, int] = field(default_factory=dict)  # class name -> images left out
+    splits: dict[str, int] = field(default_factory=dict)  # images per split (matched only)
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise HierError(f"{path}: missing (not the official layout?)")
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _pairs(path: Path) -> dict[str, str]:
+    """Lines "key value" -> {key: value}; HierError "FILE:LINE" otherwise."""
+    out = {}
+    for n, line in enumerate(_lines(path), 1):
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2:
+            raise HierError(f"{path}:{n}: expected '<id> <value>', got {line!r}")
+        out[parts[0]] = parts[1].strip()
+    return out
+
+
+# ---- readers: (image path, class key, split) -------------------------------------------------
+
+
+def read_cub(root: Path) -> tuple[dict[str, list[str]], Iterator[tuple[Path, str, str]]]:
+    if not (root / "images.txt").is_file() and (root / "CUB_200_2011/images.txt").is_file():
+        root = root / "CUB_200_2011"
+    images, labels = _pairs(root / "images.txt"), _pairs(root / "image_class_labels.txt")
+    classes, splits = _pairs(root / "classes.txt"), _pairs(root / "train_test_split.txt")
+    names = {cid: [name.split(".", 1)[1] if "." in name else name] for cid, name in classes.items()}
+
+    def items():
+        for image_id, rel in images.items():
+            where = f"{root / 'images.txt'}: image {image_id}"
+            if image_id not in labels or image_id not in splits:
+                raise HierError(f"{where}: no class label or split")
+            if labels[image_id] not in names:
+                raise HierError(f"{where}: class {labels[image_id]} not in classes.txt")
+            if splits[image_id] not in ("0", "1"):
+                raise HierError(f"{root / 'train_test_split.txt'}: image {image_id}: split must be 0 or 1")
+            yield root / "images" / rel, labels[image_id], "train" if splits[image_id] == "1" else "test"
+
+    return names, items()
+
+
+def read_inat21(root: Path) -> tuple[dict[str, list[str]], Iterator[tuple[Path, str, str]]]:
+    files = [(split, root / f"{split}.json") for split in ("train", "val") if (root / f"{split}.json").is_file()]
+    if not files:
+        raise HierError(f"{root}: no train.json or val.json (the iNat21 annotation files)")
+    loaded, names = [], {}
+    for split, path in files:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise HierError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+        for cat in data.get("categories", []):
+            if "genus" not in cat or "specific_epithet" not in cat:
+                raise HierError(f"{path}: category {cat.get('id')} has no genus / specific_epithet")
+            names[str(cat["id"])] = [f"{cat['genus']} {cat['specific_epithet']}"]
+        loaded.append((split, path, data))
+
+    def items():
+        for split, path, data in loaded:
+            files_by_id = {im["id"]: im["file_name"] for im in data.get("images", [])}
+            for ann in data.get("annotations", []):
+                if ann["image_id"] not in files_by_id:
+                    raise HierError(f"{path}: annotation of unknown image {ann['image_id']}")
+                if str(ann["category_id"]) not in names:
+                    raise HierError(f"{path}: image {ann['image_id']}: unknown category {ann['category_id']}")
+                yield root / files_by_id[ann["image_id"]], str(ann["category_id"]), split
+
+    return names, items()
+
+
+def read_food101(root: Path) -> tuple[dict[str, list[str]], Iterator[tuple[Path, str, str]]]:
+    if not (root / "meta").is_dir() and (root / "food-101/meta").is_dir():
+        root = root / "food-101"
+    classes = _lines(root / "meta/classes.txt")
+    names = {c.strip(): [c.strip()] for c in classes}
+    lists = [(split, _lines(root / f"meta/{split}.txt"), root / f"meta/{split}.txt") for split in ("train", "test")]
+
+    def items():
+        for split, lines, path in lists:
+            for n, line in enumerate(lines, 1):
+                cls = line.split("/", 1)[0]
+                if cls not in names:
+                    raise HierError(f"{path}:{n}: class {cls!r} not in meta/classes.txt")
+                yield root / "images" / f"{line.strip()}.jpg", cls, split
+
+    return names, items()
+
+
+def read_imagenet(root: Path) -> tuple[dict[str, list[str]], Iterator[tuple[Path, str, str]]]:
+    data_dir = root / "ILSVRC/Data/CLS-LOC" if (root / "ILSVRC/Data/CLS-LOC").is_dir() else root
+    mapping = _pairs(root / "LOC_synset_mapping.txt")
+    names = {wnid: [n.strip() for n in text.split(",") if n.strip()] for wnid, text in mapping.items()}
+    solution = root / "LOC_val_solution.csv"
+
+    def items():
+        train = data_dir / "train"
+        if train.is_dir():
+            for wnid in sorted(os.listdir(train)):
+                if not (train / wnid).is_dir():
+                    continue
+                if wnid not in names:
+                    raise HierError(f"{train / wnid}: synset not in LOC_synset_mapping.txt")
+                for name in sorted(os.listdir(train / wnid)):
+                    if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                        yield train / wnid / name, wnid, "train"
+        if solution.is_file():
+            with solution.open(newline="", encoding="utf-8") as f:
+                for n, row in enumerate(csv.DictReader(f), 2):
+                    try:
+                        wnid = row["PredictionString"].split()[0]
+                        image_id = row["ImageId"]
+                    except (KeyError, IndexError, AttributeError):
+                        raise HierError(f"{solution}:{n}: expected ImageId,PredictionString") from None
+                    if wnid not in names:
+                        raise HierError(f"{solution}:{n}: synset {wnid} not in LOC_synset_mapping.txt")
+                    yield data_dir / "val" / f"{image_id}.JPEG", wnid, "val"
+
+    return names, items()
+
+
+READERS = {"cub": read_cub, "inat21": read_inat21, "food101": read_food101, "imagenet": read_imagenet}
+
+
+# ---- matching -------------------------------------------------------------------------------
+
+
+def match_classes(names: dict[str, list[str]], taxonomy: Taxonomy) -> tuple[dict[str, str], dict[str, str]]:
+    """class key -> leaf (taxonomy spelling), and class key -> why unmatched.
+
+    A class matches through its first name that is a leaf. Two classes on one leaf would merge
+    two labels into one, so both are reported (ambiguous) instead."""
+    leaves = {normalize_label(leaf): leaf for leaf in taxonomy.leaves}
+    found, why = {}, {}
+    for key, options in names.items():
+        hit = next((leaves[normalize_label(n)] for n in options if normalize_label(n) in leaves), None)
+        if hit is None:
+            why[key] = "no leaf"
+        else:
+            found[key] = hit
+    by_leaf: dict[str, list[str]] = {}
+    for key, leaf in found.items():
+        by_leaf.setdefault(leaf, []).append(key)
+    for leaf, keys in by_leaf.items():
+        if len(keys) > 1:
+            for key in keys:
+                del found[key]
+                why[key] = f"ambiguous: {len(keys)} classes match leaf {leaf!r}"
+    return found, why
+
+
+def class_title(key: str, names: dict[str, list[str]]) -> str:
+    """How a class is named in reports: "n01440764 (tench, Tinca tinca)", or just its name."""
+    options = names[key]
+    if key in options or key.isdigit():  # Food-101 names its classes; CUB / iNat ids say nothing
+        return ", ".join(options)
+    return f"{key} ({', '.join(options)})"
+
+
+def prepare(dataset: str, root: str | os.PathLike, taxonomy: Taxonomy) -> Prepared:
+    """Read the official layout under `root`, match classes to `taxonomy`, build the list."""
+    if dataset not in READERS:
+        raise HierError(f"unknown dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise HierError(f"--root {root}: no such folder")
+    names, items = READERS[dataset](root)
+    found, why = match_classes(names, taxonomy)
+    images, left_out, splits = [], Counter(), Counter()
+    for path, key, split in items:
+        if key in found:
+            images.append({"image": str(path), "label": found[key], "split": split})
+            splits[split] += 1
+        else:
+            left_out[key] += 1
+    unmatched = {f"{class_title(k, names)}: {why[k]}": left_out.get(k, 0) for k in sorted(why)}
+    return Prepared(images=images, classes=len(names), unmatched=unmatched, splits=dict(sorted(splits.items())))
+
+
+def write_image_list(images: list[dict], path: str | os.PathLike) -> None:
+    """One JSON object a line (the format `read_image_list` and `hiertrain data questions` read)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8", newline="\n") as f:
+        for item in images:
+            f.write(json.dumps(item, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
