@@ -221,3 +221,22 @@ def test_shuffle_options_false_keeps_the_files_order(tmp_path):
     assert kept[1].question.split("\n")[1:5] == ["A. circle", "B. square", "C. triangle", "D. ellipse"]
     shuffled = HierVQADataModule(str(path), mode="text", seed=1).dataset()[0]["levels"]
     assert sorted(shuffled[1].options) == sorted(RECORD["choices_level2"])
+
+
+def test_a_few_re_parented_leaves_are_not_a_level_name_error(tmp_path):
+    # One record of three is a level short of its taxonomy path (as a leaf under a node that
+    # on_multi_parent="first" re-parented): a dropped level would shift them all, this does not.
+    taxonomy = tmp_path / "t.json"
+    taxonomy.write_text(json.dumps({
+        "Red Solid Circle": ["round", "circle", "Red Solid Circle"],
+        "Blue Square": ["angular", "square", "Blue Square"],
+    }))  # fmt: skip
+    short = {"image": "img/b.png", "label": "Blue Square", "split": "test",
+             "level1": "square", "choices_level1": ["square", "circle"],
+             "level2": "Blue Square", "choices_level2": ["Blue Square", "Red Solid Circle"]}  # fmt: skip
+    records = [dict(RECORD, label="Red Solid Circle"), dict(RECORD, label="Red Solid Circle"), short]
+    dm = HierVQADataModule(str(_write(tmp_path / "q.jsonl", records)), taxonomy=str(taxonomy), level_names=["a", "b", "c"])
+    dm.setup()
+    assert dm.level_names == ["a", "b", "c"]
+    with pytest.raises(HierError, match=r"2 levels but the taxonomy's path of 'Blue Square' has 3.*2 of 3 records differ"):
+        HierVQADataModule(str(_write(tmp_path / "q2.jsonl", [short, short, records[0]])), taxonomy=str(taxonomy)).setup()

@@ -135,3 +135,13 @@ def test_bad_protocol_settings_are_one_line_errors():
         VLLMEvaluator("x", answer_parser="loose")
     with pytest.raises(HierError, match="image_aspect_ratio 'anyres'"):
         VLLMEvaluator("x", image_aspect_ratio="anyres")
+
+
+def test_llava_pad_setting_runs_end_to_end(tiny_llava, synth_dir, tmp_path):
+    from hiertrain.vlm.padded_tile import PaddedTileProcessor
+
+    model, run = evaluate(tiny_llava, synth_dir / "questions_random.jsonl", tmp_path, limit=2,
+                          model_kwargs={"image_aspect_ratio": "pad"})  # fmt: skip
+    assert isinstance(model.answerer.processor, PaddedTileProcessor)
+    assert json.loads((run / "run.json").read_text())["image_aspect_ratio"] == "pad"
+    assert [p.id for p in load_predictions(run / "predictions.jsonl")] == [0, 1]
