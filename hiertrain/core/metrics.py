@@ -17,6 +17,10 @@ All states are integer counts summed across processes, so a 2-process run gives 
 results to a 1-process run. Per-sample ratios (point overlap, strict point overlap, top
 overlap) are accumulated as integers scaled by ``RATIO_SCALE`` = lcm(1..MAX_DEPTH), which every
 possible denominator divides. Results are fractions in [0, 1]; NaN where nothing was counted.
+
+The counting and the final division live in `hiertrain.core.functional` (torchmetrics'
+functional form); a class here only declares its count states with their reduction and adds
+each batch's counts, so the class and the one-shot functions cannot drift apart.
 """
 
 from __future__ import annotations
@@ -27,66 +31,45 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
-MAX_DEPTH = 20
-RATIO_SCALE = math.lcm(*range(1, MAX_DEPTH + 1))
+from hiertrain.core import functional as hier
+from hiertrain.core.functional import MAX_DEPTH, RATIO_SCALE
 
 __all__ = [
+    "MAX_DEPTH",
+    "RATIO_SCALE",
     "HierarchicalConsistentAccuracy",
     "HierarchicalF1",
     "LeafAccuracy",
     "PerLevelAccuracy",
     "PointOverlapRatio",
+    "ProbeAccuracy",
     "StrictPointOverlap",
     "TopOverlapRatio",
     "UnparseableRate",
     "hierarchical_metrics",
+    "json_values",
     "metrics_dict",
 ]
 
 
-def _prepare(
-    correct: Tensor, asked: Tensor, parsed: Tensor | None, valid: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Check shapes, drop padding copies; return (hit, asked, parsed) as bool [B', L]."""
-    correct, asked = correct.to(torch.bool), asked.to(torch.bool)
-    if correct.ndim != 2 or correct.shape != asked.shape:
-        raise ValueError(f"correct and asked must both be [B, L]; got {tuple(correct.shape)} and {tuple(asked.shape)}")
-    if correct.shape[1] > MAX_DEPTH:
-        raise ValueError(f"at most {MAX_DEPTH} levels are supported; got {correct.shape[1]}")
-    parsed = torch.ones_like(asked) if parsed is None else parsed.to(torch.bool)
-    if parsed.shape != asked.shape:
-        raise ValueError(f"parsed must be {tuple(asked.shape)}; got {tuple(parsed.shape)}")
-    if valid is not None:
-        valid = valid.to(torch.bool)
-        if valid.shape != asked.shape[:1]:
-            raise ValueError(f"valid must be [{asked.shape[0]}]; got {tuple(valid.shape)}")
-        correct, asked, parsed = correct[valid], asked[valid], parsed[valid]
-    hit = correct & asked & parsed
-    return hit, asked, parsed
-
-
-def _ratio(num: Tensor, den: Tensor) -> Tensor:
-    """num / den in float64, NaN when den is 0 (nothing was counted)."""
-    den = den.to(torch.float64)
-    return torch.where(den > 0, num.to(torch.float64) / den.clamp(min=1), torch.full_like(den, math.nan))
-
-
-def _scaled(num: Tensor, den: Tensor) -> Tensor:
-    """Per-sample num/den as an exact integer: num * RATIO_SCALE // den (den divides the scale)."""
-    return num.to(torch.long) * RATIO_SCALE // den.to(torch.long).clamp(min=1)
-
-
 class _HierMetric(Metric):
-    """Common flags; subclasses declare their states and implement `_update` on (hit, asked, parsed)."""
+    """Common flags and input checks; subclasses declare their integer count states (summed
+    across processes) and implement `_update` on (hit, asked, parsed) with `hiertrain.core.functional`."""
 
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
 
+    def _counts(self, *names: str) -> None:
+        for name in names:
+            self.add_state(name, torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
     def update(
         self, correct: Tensor, asked: Tensor, parsed: Tensor | None = None, valid: Tensor | None = None
     ) -> None:
-        self._update(*_prepare(correct, asked, parsed, valid))
+        if correct.ndim != 2 or correct.shape != asked.shape:
+            raise ValueError(f"correct and asked must both be [B, L]; got {tuple(correct.shape)} and {tuple(asked.shape)}")
+        self._update(*hier.prepare(correct, asked, parsed, valid))
 
     def _update(self, hit: Tensor, asked: Tensor, parsed: Tensor) -> None:
         raise NotImplementedError
@@ -97,16 +80,14 @@ class _SampleRatio(_HierMetric):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.add_state("ratio_sum", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("samples", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self._counts("ratio_sum", "samples")
+
+    def _add(self, ratio_sum: Tensor, samples: Tensor) -> None:
+        self.ratio_sum += ratio_sum
+        self.samples += samples
 
     def compute(self) -> Tensor:
-        return _ratio(self.ratio_sum.to(torch.float64) / RATIO_SCALE, self.samples)
-
-    def _add(self, num: Tensor, den: Tensor) -> None:
-        keep = den > 0
-        self.ratio_sum += _scaled(num[keep], den[keep]).sum()
-        self.samples += keep.sum()
+        return hier.sample_ratio_compute(self.ratio_sum, self.samples)
 
 
 class HierarchicalConsistentAccuracy(_HierMetric):
@@ -114,17 +95,15 @@ class HierarchicalConsistentAccuracy(_HierMetric):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.add_state("hits", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("samples", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self._counts("hits", "samples")
 
     def _update(self, hit: Tensor, asked: Tensor, parsed: Tensor) -> None:
-        n = asked.sum(1)
-        keep = n > 0
-        self.hits += ((hit.sum(1) == n) & keep).sum()
-        self.samples += keep.sum()
+        hits, samples = hier.hca_update(hit, asked)
+        self.hits += hits
+        self.samples += samples
 
     def compute(self) -> Tensor:
-        return _ratio(self.hits, self.samples)
+        return hier.ratio(self.hits, self.samples)
 
 
 class LeafAccuracy(_HierMetric):
@@ -132,18 +111,15 @@ class LeafAccuracy(_HierMetric):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.add_state("hits", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("samples", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self._counts("hits", "samples")
 
     def _update(self, hit: Tensor, asked: Tensor, parsed: Tensor) -> None:
-        keep = asked.any(1)
-        depth_idx = torch.arange(asked.shape[1], device=asked.device)
-        leaf = torch.where(asked, depth_idx, -1).amax(1).clamp(min=0)  # deepest asked index
-        self.hits += (hit.gather(1, leaf.unsqueeze(1)).squeeze(1) & keep).sum()
-        self.samples += keep.sum()
+        hits, samples = hier.leaf_accuracy_update(hit, asked)
+        self.hits += hits
+        self.samples += samples
 
     def compute(self) -> Tensor:
-        return _ratio(self.hits, self.samples)
+        return hier.ratio(self.hits, self.samples)
 
 
 class PerLevelAccuracy(_HierMetric):
@@ -161,18 +137,19 @@ class PerLevelAccuracy(_HierMetric):
         width = asked.shape[1]
         if width > self.max_levels:
             raise ValueError(f"batch has {width} levels but PerLevelAccuracy(max_levels={self.max_levels})")
-        self.hits[:width] += hit.sum(0)
-        self.asked[:width] += asked.sum(0)
+        hits, asked_n = hier.per_level_update(hit, asked)
+        self.hits[:width] += hits
+        self.asked[:width] += asked_n
 
     def compute(self) -> Tensor:
-        return _ratio(self.hits, self.asked)
+        return hier.ratio(self.hits, self.asked)
 
 
 class PointOverlapRatio(_SampleRatio):
     """POR: mean over samples of (right asked levels / asked levels)."""
 
     def _update(self, hit: Tensor, asked: Tensor, parsed: Tensor) -> None:
-        self._add(hit.sum(1), asked.sum(1))
+        self._add(*hier.point_overlap_update(hit, asked))
 
 
 class StrictPointOverlap(_SampleRatio):
@@ -182,9 +159,7 @@ class StrictPointOverlap(_SampleRatio):
     """
 
     def _update(self, hit: Tensor, asked: Tensor, parsed: Tensor) -> None:
-        wrong_so_far = torch.cumsum((asked & ~hit).to(torch.long), dim=1)
-        prefix = (asked & (wrong_so_far == 0)).sum(1)
-        self._add(prefix, asked.sum(1))
+        self._add(*hier.strict_point_overlap_update(hit, asked))
 
 
 class TopOverlapRatio(_SampleRatio):
@@ -195,12 +170,7 @@ class TopOverlapRatio(_SampleRatio):
     """
 
     def _update(self, hit: Tensor, asked: Tensor, parsed: Tensor) -> None:
-        # Move asked levels to the front in depth order; hits elsewhere are False, so a pair
-        # that reaches past the asked sequence never counts.
-        order = torch.argsort((~asked).to(torch.uint8), dim=1, stable=True)
-        seq = hit.gather(1, order)
-        pairs = (seq[:, :-1] & seq[:, 1:]).sum(1)
-        self._add(pairs, asked.sum(1) - 1)
+        self._add(*hier.top_overlap_update(hit, asked))
 
 
 class HierarchicalF1(_HierMetric):
@@ -212,22 +182,16 @@ class HierarchicalF1(_HierMetric):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.add_state("hits", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("predicted", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("asked", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self._counts("hits", "predicted", "asked")
 
     def _update(self, hit: Tensor, asked: Tensor, parsed: Tensor) -> None:
-        self.hits += hit.sum()
-        self.predicted += (asked & parsed).sum()
-        self.asked += asked.sum()
+        hits, predicted, asked_n = hier.hierarchical_f1_update(hit, asked, parsed)
+        self.hits += hits
+        self.predicted += predicted
+        self.asked += asked_n
 
     def compute(self) -> Tensor:
-        precision, recall = _ratio(self.hits, self.predicted), _ratio(self.hits, self.asked)
-        if self.asked == 0:
-            return recall  # NaN: nothing was asked
-        if self.hits == 0:
-            return torch.tensor(0.0, dtype=torch.float64, device=self.hits.device)
-        return 2 * precision * recall / (precision + recall)
+        return hier.hierarchical_f1_compute(self.hits, self.predicted, self.asked)
 
 
 class UnparseableRate(_HierMetric):
@@ -237,15 +201,61 @@ class UnparseableRate(_HierMetric):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.add_state("unparsed", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("asked", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self._counts("unparsed", "asked")
 
     def _update(self, hit: Tensor, asked: Tensor, parsed: Tensor) -> None:
-        self.unparsed += (asked & ~parsed).sum()
-        self.asked += asked.sum()
+        unparsed, asked_n = hier.unparseable_update(asked, parsed)
+        self.unparsed += unparsed
+        self.asked += asked_n
 
     def compute(self) -> Tensor:
-        return _ratio(self.unparsed, self.asked)
+        return hier.ratio(self.unparsed, self.asked)
+
+
+class ProbeAccuracy(Metric):
+    """Per-level accuracy ``[sites, levels]`` and HCA ``[sites]`` of many probes in one metric.
+
+    The evaluation's definitions (`hiertrain.core.functional`: `per_level_update`, `hca_update`)
+    applied to every site at once: each site is an independent metric over the same samples (a
+    sample's HCA counts when every asked level is right; samples with nothing asked are in no
+    denominator; ``valid`` False rows are DDP padding, dropped). Integer counts, summed across
+    processes.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, num_sites: int, num_levels: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("hits", torch.zeros(num_sites, num_levels, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("asked", torch.zeros(num_sites, num_levels, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("hca_hits", torch.zeros(num_sites, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("samples", torch.zeros(num_sites, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, correct: Tensor, asked: Tensor, valid: Tensor | None = None) -> None:
+        """``correct [B, sites, levels]``, ``asked [B, levels]``, ``valid [B]`` (all bool)."""
+        if correct.ndim != 3 or correct.shape[1:] != self.hits.shape:
+            raise ValueError(f"correct must be [B, {', '.join(map(str, self.hits.shape))}]; got {tuple(correct.shape)}")
+        hit, asked, _ = hier.prepare(correct, asked, valid=valid)
+        hits, asked_n = hier.per_level_update(hit, asked)
+        hca_hits, samples = hier.hca_update(hit, asked)
+        self.hits += hits
+        self.asked += asked_n
+        self.hca_hits += hca_hits
+        self.samples += samples
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        """(accuracy ``[sites, levels]``, HCA ``[sites]``) in float64, NaN where nothing was counted.
+
+        torchmetrics squeezes a one-element result to a scalar (one site: HCA ``[]``); `shaped`
+        restores the shapes.
+        """
+        return hier.ratio(self.hits, self.asked), hier.ratio(self.hca_hits, self.samples)
+
+    def shaped(self, accuracy: Tensor, hca: Tensor) -> tuple[Tensor, Tensor]:
+        """`compute()`'s result as ``[sites, levels]`` and ``[sites]`` whatever torchmetrics squeezed."""
+        return accuracy.reshape(self.hits.shape), hca.reshape(self.hca_hits.shape)
 
 
 def hierarchical_metrics(max_levels: int, **metric_kwargs) -> MetricCollection:
@@ -271,12 +281,22 @@ def hierarchical_metrics(max_levels: int, **metric_kwargs) -> MetricCollection:
     )
 
 
-def metrics_dict(collection: MetricCollection) -> dict[str, float | list[float | None] | None]:
-    """`collection.compute()` as plain JSON-ready values; NaN (nothing counted) becomes None."""
+def json_values(values: dict[str, Tensor]) -> dict[str, float | list[float | None] | None]:
+    """Metric tensors (a collection's `compute()` or `functional.hierarchical_scores`) as plain
+    JSON-ready values; NaN (nothing counted) becomes None."""
     out: dict[str, float | list[float | None] | None] = {}
-    per_level = {name for name, metric in collection.items() if isinstance(metric, PerLevelAccuracy)}
-    for name, value in collection.compute().items():
-        values = value.detach().cpu().to(torch.float64)
-        as_list = [None if math.isnan(v) else v for v in values.flatten().tolist()]
-        out[name] = as_list if values.ndim or name in per_level else as_list[0]  # per level: a list, even of one
+    for name, value in values.items():
+        flat = value.detach().cpu().to(torch.float64)
+        as_list = [None if math.isnan(v) else v for v in flat.flatten().tolist()]
+        out[name] = as_list if flat.ndim else as_list[0]
     return out
+
+
+def metrics_dict(collection: MetricCollection) -> dict[str, float | list[float | None] | None]:
+    """`collection.compute()` as plain JSON-ready values; NaN (nothing counted) becomes None.
+
+    Per-level results stay lists with one level too (torchmetrics squeezes a one-element result).
+    """
+    per_level = {name for name, metric in collection.items() if isinstance(metric, PerLevelAccuracy)}
+    values = collection.compute()
+    return json_values({k: v.reshape(-1) if k in per_level else v for k, v in values.items()})

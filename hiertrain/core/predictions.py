@@ -346,11 +346,24 @@ def load_predictions(path: str | Path, mode: str | None = None) -> list[SamplePr
     return loaded.samples
 
 
-def to_tensors(preds: list[SamplePrediction]):
-    """(correct, asked, parsed) bool tensors [N, L] for `hiertrain.core.metrics`; column = level - 1."""
+def to_tensors(preds: list[SamplePrediction], depth: int | None = None):
+    """(correct, asked, parsed) bool tensors [N, W] for `hiertrain.core.metrics`; column = level - 1.
+
+    The one "pad to depth, then tensors" step: W = `depth` when given (the data's depth, so
+    per-level results have one entry per level even when no sample in `preds` reaches the
+    deepest), else the deepest level present. Columns a sample lacks are padding: not asked.
+    """
     import torch
 
-    width = max((lv.level for p in preds for lv in p.levels), default=1)
+    from hiertrain.core.functional import MAX_DEPTH
+
+    deepest, sample = max(((lv.level, p.id) for p in preds for lv in p.levels), default=(1, None))
+    if depth is not None and not 1 <= depth <= MAX_DEPTH:
+        raise HierError(f"depth {depth}: 1 to {MAX_DEPTH} levels are supported")
+    limit = f"the data's depth {depth}" if depth is not None else f"the {MAX_DEPTH} levels supported"
+    if deepest > (depth or MAX_DEPTH):
+        raise HierError(f"sample {sample}: level {deepest} is deeper than {limit}")
+    width = depth or deepest
     correct = torch.zeros(len(preds), width, dtype=torch.bool)
     asked = torch.zeros_like(correct)
     parsed = torch.ones_like(correct)

@@ -11,7 +11,6 @@ never shows is still a class; such classes are counted (``unseen_test_classes``)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,26 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
 from hiertrain.core.errors import HierError
 from hiertrain.core.feature_store import FeatureStore
-
-
-@dataclass
-class ProbeSpec:
-    """Everything `LinearProbes` needs to size its weights and name its results."""
-
-    sites: list[str]
-    dims: list[int]
-    slots: int
-    level_names: list[str]
-    classes: list[list[str]]
-    prompt_for_level: list[int]
-    probed_levels: list[int]
-    unseen_test_classes: list[list[str]] = field(default_factory=list)
-    split_sizes: dict[str, int] = field(default_factory=dict)
-    info: dict = field(default_factory=dict)
-
-    @property
-    def max_dim(self) -> int:
-        return max(self.dims)
+from hiertrain.core.probe_spec import ProbeSpec
 
 
 class FeatureRows(Dataset):

@@ -14,9 +14,10 @@ epoch per probe too, but on test). The selection lives in the weights, so the fi
 the selected model: one checkpoint written when fit ends (``ModelCheckpoint(save_last=True,
 save_top_k=0)``) is all that is needed, not a file per improving epoch. ``val/selected_acc``
 (mean best val accuracy) is what EarlyStopping monitors; validate/test stages evaluate the
-selected probes. Scores of every site come from one `ProbeAccuracy` metric (integer counts,
-summed across processes, so exact under DDP) with the evaluation metrics' definitions of
-per-level accuracy and HCA; one update per batch keeps validation cheap with 100+ probes.
+selected probes. Scores of every site come from one `hiertrain.core.metrics.ProbeAccuracy`
+metric (integer counts, summed across processes, so exact under DDP) computed by the
+evaluation metrics' functions for per-level accuracy and HCA; one update per batch keeps
+validation cheap with 100+ probes.
 """
 
 from __future__ import annotations
@@ -29,48 +30,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
-from torchmetrics import Metric
 
-from hiertrain.datamodules.features import ProbeSpec
 from hiertrain.core.errors import HierError
-
-
-class ProbeAccuracy(Metric):
-    """Per-level accuracy ``[sites, levels]`` and HCA ``[sites]`` of many probes in one metric.
-
-    Same definitions as `hiertrain.core.metrics.PerLevelAccuracy` / `HierarchicalConsistentAccuracy`
-    applied site by site (a sample's HCA counts when every asked level is right; samples with
-    nothing asked are in no denominator; ``valid`` False rows are DDP padding, dropped).
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self, num_sites: int, num_levels: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("hits", torch.zeros(num_sites, num_levels, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("asked", torch.zeros(num_levels, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("hca_hits", torch.zeros(num_sites, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("samples", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, correct: Tensor, asked: Tensor, valid: Tensor | None = None) -> None:
-        """``correct [B, sites, levels]``, ``asked [B, levels]``, ``valid [B]`` (all bool)."""
-        if valid is not None:
-            correct, asked = correct[valid], asked[valid]
-        hit = correct & asked[:, None, :]
-        self.hits += hit.sum(0)
-        self.asked += asked.sum(0)
-        has_any = asked.any(1)
-        self.hca_hits += ((hit == asked[:, None, :]).all(2) & has_any[:, None]).sum(0)
-        self.samples += has_any.sum()
-
-    def compute(self) -> tuple[Tensor, Tensor]:
-        """(accuracy ``[sites, levels]``, HCA ``[sites]``) in float64, NaN where nothing was counted."""
-        nan = torch.tensor(math.nan, dtype=torch.float64, device=self.hits.device)
-        acc = torch.where(self.asked > 0, self.hits / self.asked.clamp(min=1), nan)
-        hca = torch.where(self.samples > 0, self.hca_hits / self.samples.clamp(min=1), nan)
-        return acc.to(torch.float64), hca.to(torch.float64)
+from hiertrain.core.metrics import ProbeAccuracy
+from hiertrain.core.probe_spec import ProbeSpec
 
 
 class LinearProbes(LightningModule):
@@ -237,7 +200,7 @@ class LinearProbes(LightningModule):
     def _collect(self, split: str) -> dict[str, Any]:
         """Per site: accuracy per level (None = not probed) and HCA; then the metrics reset."""
         metric = self.metrics[split]
-        acc_t, hca_t = metric.compute()
+        acc_t, hca_t = metric.shaped(*metric.compute())
         metric.reset()
         self._last_acc = acc_t[:, self.levels].nan_to_num(-1.0)
         acc_rows, hca_list = acc_t.tolist(), hca_t.tolist()

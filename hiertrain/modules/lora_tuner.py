@@ -181,11 +181,7 @@ class LoRATuner(LightningModule):
             self.log("val/skipped", float(len(items) - len(good)), reduce_fx="sum", batch_size=1, sync_dist=True)
         if not good:
             return
-        correct, asked, parsed = to_tensors(self.answer(good, self.val_mode))
-        pad = self.val_depth - correct.shape[1]
-        if pad > 0:
-            correct, asked = (torch.nn.functional.pad(t, (0, pad)) for t in (correct, asked))
-            parsed = torch.nn.functional.pad(parsed, (0, pad), value=True)
+        correct, asked, parsed = to_tensors(self.answer(good, self.val_mode), self.val_depth)
         self.val_metrics.update(correct.to(self.device), asked.to(self.device), parsed.to(self.device))
 
     def on_validation_epoch_end(self) -> None:

@@ -295,7 +295,7 @@ def write_report(report: Report, out: str | Path, title: str = "hiertrain report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    images = report_plots.draw_all(report, out)
+    images = report_plots.draw_all(report.tables, out)
     t = report.tables
     md = [f"# {title}", "", f"{len(report.runs)} runs: " + ", ".join(sorted(r.path.name for r in report.runs)), ""]
     if report.differences:

@@ -7,16 +7,11 @@ text-vs-visual HCA scatter with its least-squares fit. Each returns the PNG's fi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-if TYPE_CHECKING:
-    from hiertrain.report.build import Report
-
 
 def _save(fig, out: Path, name: str) -> str:
     fig.tight_layout()
@@ -115,9 +110,12 @@ def probe_curves(rows: list[dict], out: Path) -> dict[str, str]:
     return images
 
 
-def draw_all(report: Report, out: Path) -> dict[str, str]:
-    """Draw every figure the report's data supports; returns {figure key: file name}."""
-    t = report.tables
+def draw_all(tables: dict[str, list[dict]], out: Path) -> dict[str, str]:
+    """Draw every figure a report's tables (`Report.tables`) support; returns {figure key: file name}.
+
+    Takes the plain tables, not the `Report`, so this module never imports the one that calls it.
+    """
+    t = tables
     images = {
         "hca_vs_leaf": hca_vs_leaf(t["visual"], out),
         "per_level": per_level(t["per_level"], out),

@@ -189,23 +189,13 @@ class RunDirectory:
 
 
 def compute_metrics(preds: list[SamplePrediction], depth: int) -> dict[str, Any]:
-    """Every hierarchical metric (hiertrain.core.metrics) over these predictions, JSON-ready."""
-    import torch
-
-    from hiertrain.core.metrics import hierarchical_metrics, metrics_dict
+    """Every hierarchical metric over these predictions, JSON-ready (hiertrain.core.functional on
+    all samples at once: the merged file holds every rank's samples, so nothing is synced)."""
+    from hiertrain.core.functional import hierarchical_scores
+    from hiertrain.core.metrics import json_values
     from hiertrain.core.predictions import to_tensors
 
-    # The merged file already holds every rank's samples and only rank 0 computes: a DDP
-    # all-gather here would wait forever for ranks that never call it.
-    collection = hierarchical_metrics(depth, sync_on_compute=False)
-    if preds:
-        correct, asked, parsed = to_tensors(preds)
-        pad = depth - correct.shape[1]
-        if pad > 0:
-            correct, asked = (torch.nn.functional.pad(t, (0, pad)) for t in (correct, asked))
-            parsed = torch.nn.functional.pad(parsed, (0, pad), value=True)
-        collection.update(correct, asked, parsed)
-    return metrics_dict(collection)
+    return json_values(hierarchical_scores(*to_tensors(preds, depth)))
 
 
 def _pct(value: Any) -> str:

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hiertrain.datamodules.features import ProbeSpec
+from hiertrain.core.probe_spec import ProbeSpec
 
 PROBES_JSON = "probes.json"
 

@@ -152,6 +152,11 @@ def test_errors_are_one_line(tmp_path, capsys):
     empty.write_text("")
     assert main(["score", str(empty)]) == 2
     assert "no predictions in the file" in capsys.readouterr().err
+    deep = _sample(9, [("O1", "O1")])
+    deep["levels"][0]["level"] = 21
+    assert main(["score", str(_write_jsonl(tmp_path / "deep.jsonl", [deep]))]) == 2
+    err = capsys.readouterr().err
+    assert "deep.jsonl: sample 9: level 21 is deeper than the 20 levels supported" in err and err.count("\n") == 1
 
 
 def test_entry_point_exit_code(tmp_path):

@@ -98,6 +98,21 @@ def test_to_tensors_unequal_depths():
     assert parsed.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]]
 
 
+def test_to_tensors_pads_to_the_data_depth():
+    """The one pad-to-depth step: columns past a batch's deepest level are unasked padding."""
+    short = _samples()[1:]  # deepest level 3
+    correct, asked, parsed = to_tensors(short, depth=5)
+    assert asked.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]]
+    assert correct.tolist() == [[1, 0, 1, 0, 0], [0, 1, 0, 0, 0]]
+    assert parsed.tolist() == [[1, 1, 1, 1, 1], [0, 1, 1, 1, 1]]
+    assert [t.shape for t in to_tensors([], depth=4)] == [(0, 4)] * 3  # a rank with no sample
+    with pytest.raises(HierError, match=r"sample 0: level 4 is deeper than the data's depth 3"):
+        to_tensors(_samples(), depth=3)
+    deep = SamplePrediction(7, [LevelPrediction(level=21, truth="x", letter="A", predicted="x", correct=True)])
+    with pytest.raises(HierError, match=r"sample 7: level 21 is deeper than the 20 levels supported"):
+        to_tensors([deep])
+
+
 def test_append_and_truncated_last_line(tmp_path):
     path = tmp_path / "p.jsonl"
     samples = _samples()

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from hiertrain.datamodules.features import ProbeSpec
+from hiertrain.core.probe_spec import ProbeSpec
 from hiertrain.core.feature_store import ShardWriter, StoreLayout
 from hiertrain.modules.linear_probes import LinearProbes
 from probing_cli import extract_features, train_probes

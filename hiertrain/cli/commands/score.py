@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def score(args: argparse.Namespace) -> dict[str, Any]:
-    """Read the file, update the metrics once with every sample, return the JSON-ready result."""
+    """Read the file, compute every metric on all samples at once, return the JSON-ready result."""
     from hiertrain.core.errors import HierError
     from hiertrain.core.predictions import read_predictions, to_tensors
 
@@ -64,17 +64,17 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
         raise HierError("--cub only applies with --protocol paper (hiertrain's protocol scores every asked level)")
     if protocol == "paper":
         return _score_paper(args, loaded)
-    from hiertrain.core.metrics import MAX_DEPTH, hierarchical_metrics, metrics_dict  # torch: once the file is good
+    from hiertrain.core.functional import hierarchical_scores  # torch: once the file is good
+    from hiertrain.core.metrics import json_values
 
-    correct, asked, parsed = to_tensors(samples)
-    if asked.shape[1] > MAX_DEPTH:
-        raise HierError(f"{args.predictions}: level {asked.shape[1]} is deeper than the {MAX_DEPTH} levels supported")
+    try:
+        correct, asked, parsed = to_tensors(samples)
+    except HierError as err:
+        raise HierError(f"{args.predictions}: {err}") from None
     for n in args.ignore_level:
         if not 1 <= n <= asked.shape[1]:
             raise HierError(f"--ignore-level {n}: the file has levels 1..{asked.shape[1]}")
         asked[:, n - 1] = False
-    metrics = hierarchical_metrics(asked.shape[1])
-    metrics.update(correct, asked, parsed)
     names: list[str | None] = [None] * asked.shape[1]
     for sample in samples:
         for lv in sample.levels:
@@ -89,7 +89,7 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
         "level_names": [name or f"level{i + 1}" for i, name in enumerate(names)],
         "level_asked": asked.sum(0).tolist(),
         "leaf_label": _leaf_label(samples),
-        **metrics_dict(metrics),
+        **json_values(hierarchical_scores(correct, asked, parsed)),
     }
 
 
