@@ -2,8 +2,10 @@
 
 Training on one wording and evaluating on another would measure the wording, not the
 model, so every string a model sees is built here and nowhere else. The wordings are the
-paper's (arXiv 2505.24840, its evaluation scripts); the level names come from
-`Taxonomy.level_names` (e.g. "order", "family", "genus", "species" for CUB-200).
+paper's (arXiv 2505.24840, its evaluation scripts), one set per dataset family (`IMAGE_WORDINGS`,
+`TEXT_WORDINGS`: cub, inat, imagenet_animal, imagenet_artifact, food), chosen by the data config's
+`prompt_family`; the level names come from `Taxonomy.level_names` (e.g. "order", "family",
+"genus", "species" for CUB-200).
 """
 
 from __future__ import annotations
