@@ -89,15 +89,21 @@ def _p(row: dict[str, Any], name: str) -> str:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    """HCA and leaf accuracy (%) before, after and the delta, one line per dataset and mode.
+    """HCA and last-level accuracy (%) before, after and the delta, one line per dataset and mode.
+    The last level is the leaf in visual rows and the deepest asked level in text rows (the text
+    questions name the leaf), so the column is not called "leaf".
 
     Rows with a paired comparison (`paired`, hiertrain.core.paired) show the delta's paired
-    bootstrap interval `[low, high]` and two more columns: the exact McNemar p of HCA and leaf.
+    bootstrap interval `[low, high]` and two more columns: the exact McNemar p of HCA and of the
+    last level.
     """
     paired = any(row.get("paired") for row in doc["rows"])
-    head = "| dataset | questions | chance HCA | HCA before | HCA after | Δ HCA | leaf before | leaf after | Δ leaf |"
+    head = (
+        "| dataset | questions | chance HCA | HCA before | HCA after | Δ HCA | last level before | last level after "
+        "| Δ last level |"
+    )
     if paired:
-        head += " McNemar p HCA | McNemar p leaf |"
+        head += " McNemar p HCA | McNemar p last level |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in doc["rows"]:
         b, a = row["before"], row["after"]

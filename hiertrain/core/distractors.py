@@ -17,6 +17,10 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 from hiertrain.core.errors import HierError
 from hiertrain.core.prompts import CLIP_TEXT_TEMPLATE
 
+# The paper's SigLIP so400m at 384 px (google/siglip-so400m-patch14-384; open_clip's copy of the same
+# webli weights): the default encoder that picks "similar" distractors (`hiertrain data questions`).
+SIMILAR_CLIP = "hf-hub:timm/ViT-SO400M-14-SigLIP-384"
+
 if TYPE_CHECKING:
     import torch
     from PIL import Image

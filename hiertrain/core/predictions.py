@@ -5,9 +5,14 @@ leaves at most one cut-off last line (read back without it, and reported)::
 
     {"id": 0, "image": ..., "label": ..., "split": ..., "mode": "image"|"text", "levels": [
      {"level": 1, "name": "order", "truth": ..., "options": [...], "reply": "...",
-      "letter": "B"|null, "predicted": ...|null, "correct": true, "asked": true}, ...]}
+      "letter": "B"|null, "predicted": ...|null, "correct": true, "asked": true,
+      "question": "Based on taxonomy, ...\nA. ...\nAnswer with ..."}, ...]}
 
 ``letter`` null (and ``predicted`` null) = unparseable answer. In text mode the leaf is not asked.
+``question`` is the exact user text put to the model at that level (prompt, lettered options,
+answer instruction; the system prompt and chat template come on top), so a run can be audited
+against the paper's wording; null when nothing was asked or the evaluator asks no text (CLIP).
+Files written before it existed have no ``question`` key and read as null.
 
 The paper's result format (its evaluation scripts) is a JSON list, one dict per sample with
 ``ground_truth_levelN``, ``prediction_levelN`` (the reply), ``predicted_levelN_letter``,
@@ -46,6 +51,7 @@ class LevelPrediction:
     correct: bool = False
     asked: bool = True
     name: str | None = None
+    question: str | None = None  # the user text put to the model (None: not asked / no text)
 
     @property
     def parsed(self) -> bool:
@@ -63,6 +69,7 @@ class LevelPrediction:
             "predicted": self.predicted,
             "correct": self.correct,
             "asked": self.asked,
+            "question": self.question,
         }
 
 
@@ -140,6 +147,7 @@ def _level_from_json(d: Any, where: str) -> LevelPrediction:
         correct=_require(d, "correct", bool, where),
         asked=_require(d, "asked", bool, where),
         name=d.get("name"),
+        question=d.get("question"),
     )
     if lv.level < 1:
         raise HierError(f"{where}: level numbers start at 1, got {lv.level}")

@@ -2,8 +2,10 @@
 
 Training on one wording and evaluating on another would measure the wording, not the
 model, so every string a model sees is built here and nowhere else. The wordings are the
-paper's (arXiv 2505.24840, its evaluation scripts); the level names come from
-`Taxonomy.level_names` (e.g. "order", "family", "genus", "species" for CUB-200).
+paper's (arXiv 2505.24840, its evaluation scripts), one set per dataset family (`IMAGE_WORDINGS`,
+`TEXT_WORDINGS`: cub, inat, imagenet_animal, imagenet_artifact, food), chosen by the data config's
+`prompt_family`; the level names come from `Taxonomy.level_names` (e.g. "order", "family",
+"genus", "species" for CUB-200).
 """
 
 from __future__ import annotations
@@ -23,22 +25,91 @@ ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices dir
 LETTERS = "ABCDEFGHIJ"
 DEFAULT_SUBJECT = "object"
 
-IMAGE_VARIANTS: tuple[str, ...] = (
-    "Based on taxonomy, what is the {level} of the {subject} in this image?",
-    "Based on the image, what is the taxonomic classification at the {level} level?",
-    "What is the taxonomic classification of the {subject} in this image?",
-    "How can the {subject} in this image be categorized taxonomically?",
-    "What is the systematic position of the {subject} shown in the image?",
-)
-TEXT_VARIANTS: tuple[str, ...] = (
+# The paper's question wordings per dataset family, 5 variants each (`--prompt_order` 0-4 of its
+# scripts, taken from the Qwen2.5-VL scripts evaluation/vllm/qwen/*.py and
+# evaluation/llm/qwen/eval_text_*.py at commit c86f23af). Placeholders: {level} (the level's
+# name), {subject} (the data config's noun: "bird", "plant", "animal"), {label} (the leaf's name,
+# text mode). Where the paper hard-codes the noun (ImageNet, Food) the string does too.
+# Differences between the paper's scripts (the Qwen wording is kept): LLaVA's text scripts lower-case
+# {label}; the og_llm Qwen CUB/iNat text variant 0 has no trailing "?".
+IMAGE_WORDINGS: dict[str, tuple[str, ...]] = {
+    "cub": (  # evaluation/vllm/qwen/eval_CUB.py (the paper's literal "bird" = subject)
+        "Based on taxonomy, what is the {level} of the {subject} in this image?",
+        "Based on the image, what is the taxonomic classification at the {level} level?",
+        "What is the taxonomic classification of the {subject} in this image?",
+        "How can the {subject} in this image be categorized taxonomically?",
+        "What is the systematic position of the {subject} shown in the image?",
+    ),
+    "inat": (  # eval_natural_plant.py / eval_natural_animal.py ("plant" / "animal" = subject)
+        "Based on taxonomy, where does the {subject} in the image fall in terms of {level}?",
+        "Given the {subject} in the image, what is its taxonomic classification at the {level} level?",
+        "What could the {subject} in the image be classified as?",
+        "How can the {subject} in the image be taxonomically categorized?",
+        "What is the systematic position of the {subject} in the image in the biological classification hierarchy?",
+    ),
+    "imagenet_animal": (  # eval_animal.py: no level named
+        "What is the taxonomic category of the animal in this image?",
+        "How can the animal in this image be categorized in taxonomy?",
+        "Based on classification, what type of animal is this?",
+        "What is the hierarchical class of the animal shown here?",
+        "Where does this animal belong in the taxonomic hierarchy?",
+    ),
+    "imagenet_artifact": (  # eval_artifact.py
+        "What is the taxonomic category of the object in this image?",
+        "How can the object in this image be categorized in taxonomy?",
+        "Based on classification, what type of object is this?",
+        "What is the hierarchical class of the object shown here?",
+        "Where does this object belong in the taxonomic hierarchy?",
+    ),
+    "food": (  # eval_food.py ("food item" in 0, 1, 4; "food" in 2, 3, as the script has them)
+        "What is the taxonomic category of the food item in this image?",
+        "How can the food item in this image be categorized in taxonomy?",
+        "Based on classification, what type of food is this?",
+        "What is the hierarchical class of the food shown here?",
+        "Where does this food item belong in the taxonomic hierarchy?",
+    ),
+}
+_TEXT_RANKED = (  # eval_text_cub.py and eval_text_natural.py share these
     "Based on taxonomy, where does {label} fall in terms of {level}?",
     "Given the {label}, what is its taxonomic classification at the {level} level?",
     "What could {label} be classified as?",
     "How can {label} be taxonomically categorized?",
     "What is the systematic position of {label} in the biological classification hierarchy?",
 )
+TEXT_WORDINGS: dict[str, tuple[str, ...] | None] = {
+    "cub": _TEXT_RANKED,
+    "inat": _TEXT_RANKED,
+    "imagenet_animal": (  # eval_text_animal.py: no level named
+        "Given the {label}, what is its taxonomic classification?",
+        "Based on taxonomy, where does {label} fall?",
+        "What could {label} be classified as?",
+        "How can {label} be taxonomically categorized?",
+        "What is the systematic position of {label} in the biological classification hierarchy?",
+    ),
+    "imagenet_artifact": (  # eval_text_artifact.py: variant 4 differs from the animal one
+        "Given the {label}, what is its taxonomic classification?",
+        "Based on taxonomy, where does {label} fall?",
+        "What could {label} be classified as?",
+        "How can {label} be taxonomically categorized?",
+        "What is the categorical classification of {label} in the artifact taxonomy?",
+    ),
+    "food": None,  # the paper has no text-only Food-101 script, so no wording to reproduce
+}
+PROMPT_FAMILIES: tuple[str, ...] = tuple(IMAGE_WORDINGS)
+DEFAULT_FAMILY = "cub"
+# Backwards-compatible names: the default (CUB) family.
+IMAGE_VARIANTS = IMAGE_WORDINGS[DEFAULT_FAMILY]
+TEXT_VARIANTS = _TEXT_RANKED
 
 Mode = Literal["image", "text"]
+
+
+def check_family(family: str, mode: str | None = None) -> None:
+    """HierError unless `family` has wordings (for `mode`, when given)."""
+    if family not in IMAGE_WORDINGS:
+        raise HierError(f"unknown prompt_family {family!r} (use one of {', '.join(PROMPT_FAMILIES)})")
+    if mode == "text" and TEXT_WORDINGS[family] is None:
+        raise HierError(f"prompt_family {family!r} has no text-mode wording (the paper asks it about images only)")
 
 
 def _variant(templates: tuple[str, ...], variant: int) -> str:
@@ -47,14 +118,16 @@ def _variant(templates: tuple[str, ...], variant: int) -> str:
     return templates[variant]
 
 
-def image_prompt(variant: int, level_name: str, subject: str = DEFAULT_SUBJECT) -> str:
-    """The paper's image question `variant` (0-4) for one level."""
-    return _variant(IMAGE_VARIANTS, variant).format(level=level_name, subject=subject)
+def image_prompt(variant: int, level_name: str, subject: str = DEFAULT_SUBJECT, family: str = DEFAULT_FAMILY) -> str:
+    """The paper's image question `variant` (0-4) of dataset `family` for one level."""
+    check_family(family, "image")
+    return _variant(IMAGE_WORDINGS[family], variant).format(level=level_name, subject=subject)
 
 
-def text_prompt(variant: int, level_name: str, leaf_label: str) -> str:
+def text_prompt(variant: int, level_name: str, leaf_label: str, family: str = DEFAULT_FAMILY) -> str:
     """The text-only twin of `image_prompt`: the image is replaced by the leaf's name."""
-    return _variant(TEXT_VARIANTS, variant).format(level=level_name, label=leaf_label)
+    check_family(family, "text")
+    return _variant(TEXT_WORDINGS[family], variant).format(level=level_name, label=leaf_label)
 
 
 def asked_levels(truths: list[str | None], mode: Mode) -> list[int]:
@@ -66,6 +139,12 @@ def asked_levels(truths: list[str | None], mode: Mode) -> list[int]:
     if mode == "image":
         return present
     raise HierError(f"unknown prompt mode {mode!r} (use 'image' or 'text')")
+
+
+def leaf_label(mode: str) -> str:
+    """What `leaf_accuracy` measures in `mode`: the leaf (image), or in text mode the deepest
+    asked level, since the leaf is named in the question and never asked."""
+    return "deepest asked level" if mode == "text" else "leaf"
 
 
 def shuffled_options(options: list[str], seed: int, sample_id: int, level: int) -> list[str]:

@@ -48,8 +48,11 @@ def level_questions(
     subject: str = prompts.DEFAULT_SUBJECT,
     variant: int = 0,
     seed: int = 0,
+    family: str = prompts.DEFAULT_FAMILY,
+    shuffle: bool = True,
 ) -> list[LevelQuestion]:
-    """The asked levels of `record` (all levels with a truth; not the leaf in text mode)."""
+    """The asked levels of `record` (all levels with a truth; not the leaf in text mode), worded
+    as the paper words dataset `family` (see `hiertrain.core.prompts.IMAGE_WORDINGS`)."""
     truths, choices = record.truths, record.choices
     if len(level_names) < len(truths):
         raise HierError(
@@ -59,10 +62,10 @@ def level_questions(
     for i in prompts.asked_levels(truths, mode):
         name = level_names[i]
         if mode == "image":
-            prompt = prompts.image_prompt(variant, name, subject)
+            prompt = prompts.image_prompt(variant, name, subject, family)
         else:
-            prompt = prompts.text_prompt(variant, name, record.label)
-        options = prompts.shuffled_options(choices[i], seed, record.sample_id, i)
+            prompt = prompts.text_prompt(variant, name, record.label, family)
+        options = prompts.shuffled_options(choices[i], seed, record.sample_id, i) if shuffle else list(choices[i])
         question = prompts.question_text(prompt, options)
         out.append(LevelQuestion(i, name, truths[i], options, question, prompts.chat_messages(question, mode)))
     return out
@@ -90,8 +93,11 @@ class QuestionDataset(Dataset):
         image_dir: Path,
         on_bad_image: Literal["skip", "error"],
         image_root_map: dict[str, str] | None = None,
+        family: str = prompts.DEFAULT_FAMILY,
+        shuffle: bool = True,
     ) -> None:
-        self.records, self.mode, self.level_names = records, mode, level_names
+        self.records, self.mode, self.level_names, self.family = records, mode, level_names, family
+        self.shuffle = shuffle
         self.subject, self.variant, self.seed = subject, variant, seed
         self.image_dir, self.on_bad_image = image_dir, on_bad_image
         self.image_root_map = dict(image_root_map or {})
@@ -117,7 +123,9 @@ class QuestionDataset(Dataset):
             "sample_id": record.sample_id,
             "valid": valid,
             "record": record,
-            "levels": level_questions(record, self.mode, self.level_names, self.subject, self.variant, self.seed),
+            "levels": level_questions(
+                record, self.mode, self.level_names, self.subject, self.variant, self.seed, self.family, self.shuffle
+            ),
             "image": None,
             "error": None,
         }
@@ -147,8 +155,15 @@ class HierVQADataModule(LightningDataModule):
         taxonomy: optional taxonomy JSON; every record's label must be in it, and its level
             names are used when `level_names` is not given.
         level_names: one name per depth (default: the taxonomy's, else "depth k").
-        subject: the noun of the image questions ("bird", "plant"; default "object").
+        subject: the noun of the image questions ("bird", "plant"; default "object"); used by the
+            "cub" and "inat" families (the other families' wordings name their noun themselves).
+        prompt_family: whose wording: "cub" (default), "inat", "imagenet_animal",
+            "imagenet_artifact" or "food" (image only); see `hiertrain.core.prompts`.
         prompt_variant: which of the paper's 5 wordings (0-4).
+        shuffle_options: put the options in a seeded order (default); false keeps the file's
+            order, as the paper's text-mode scripts do (its image scripts shuffle).
+        drop_trivial_levels: the question file was built with `--drop-trivial-levels`: drop the
+            taxonomy's single-class levels and their names from `level_names` too.
         seed: seeds the option order (per sample and level).
         limit: serve only the first `limit` records.
         image_dir: base folder of relative image paths (default: the question file's folder).
@@ -179,6 +194,9 @@ class HierVQADataModule(LightningDataModule):
         num_workers: int = 0,
         name: str | None = None,
         split: str | None = None,
+        prompt_family: str = prompts.DEFAULT_FAMILY,
+        drop_trivial_levels: bool = False,
+        shuffle_options: bool = True,
     ) -> None:
         super().__init__()
         if mode not in ("image", "text"):
@@ -196,6 +214,8 @@ class HierVQADataModule(LightningDataModule):
         self.on_bad_image, self.batch_size, self.num_workers = on_bad_image, batch_size, num_workers
         self.name = name or Path(questions).stem
         self.split = split
+        self.prompt_family, self.drop_trivial_levels = prompt_family, drop_trivial_levels
+        self.shuffle_options = shuffle_options
         self.records: list[QuestionRecord] | None = None
         self.level_names: list[str] = []
         self.exclude_ids: set[int] = set()  # finished samples of a resumed run
@@ -203,7 +223,8 @@ class HierVQADataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.records is not None:
             return
-        prompts.image_prompt(self.prompt_variant, "x")  # an unknown variant fails now, not per item
+        prompts.check_family(self.prompt_family, self.mode)  # unknown family/variant fail now, not per item
+        prompts.image_prompt(self.prompt_variant, "x", family=self.prompt_family)
         path = Path(self.questions)
         records = [] if path.is_file() and path.stat().st_size == 0 else read_questions(path)
         if not records:
@@ -223,10 +244,7 @@ class HierVQADataModule(LightningDataModule):
                     raise HierError(
                         f"{self.questions}:{record.sample_id + 1}: label {record.label!r} is not in taxonomy {self.taxonomy_path}"
                     ) from None
-        names = self.given_level_names or (list(taxonomy.level_names) if taxonomy else default_level_names(depth))
-        if len(names) < depth:
-            raise HierError(f"{self.questions}: records have {depth} levels but {len(names)} level names were given: {names}")
-        self.level_names = list(names)
+        self.level_names = self._names(taxonomy, records, depth)
         self.records = records[: self.limit] if self.limit else records
         if self.image_root and self.mode == "image":
             from hiertrain.core.paper_image_paths import image_root_map
@@ -234,12 +252,42 @@ class HierVQADataModule(LightningDataModule):
             found = image_root_map([r.image for r in self.records], self.image_root, source=str(self.questions))
             self.image_root_map = {**found, **self.image_root_map}
 
+    def _names(self, taxonomy, records: list[QuestionRecord], depth: int) -> list[str]:
+        """One name per level of the records: a name list that does not fit them is an error,
+        so a "phylum" question is never asked as "kingdom" after a level was dropped."""
+        dropped = " after dropping trivial levels" if self.drop_trivial_levels else ""
+        hint = "questions built with --drop-trivial-levels need data.drop_trivial_levels: true, and the other way round"
+        if taxonomy is not None:
+            names = list(taxonomy.level_names)  # the given names, minus the dropped levels' names
+            # Each record's levels are its leaf's path, name for name. A dropped (or kept) level shifts
+            # every record; a node the taxonomy re-parented (on_multi_parent="first") only its leaves.
+            off = [(r, len(taxonomy.path(r.label))) for r in records if len(r.truths) != len(taxonomy.path(r.label))]
+            if 2 * len(off) > len(records):
+                record, length = off[0]
+                raise HierError(
+                    f"{self.questions}:{record.sample_id + 1}: {len(record.truths)} levels but the taxonomy's path of "
+                    f"{record.label!r}{dropped} has {length}, named {names[:length]} ({len(off)} of {len(records)} "
+                    f"records differ; {hint})"
+                )
+            return names
+        if self.drop_trivial_levels:
+            raise HierError("drop_trivial_levels needs the taxonomy (data.taxonomy) to know which levels to drop")
+        names = list(self.given_level_names) if self.given_level_names else default_level_names(depth)
+        if len(names) != depth:
+            raise HierError(f"{self.questions}: its records have {depth} levels but {len(names)} level names were given: {names}")
+        return names
+
     def _taxonomy(self):
         if not self.taxonomy_path:
             return None
         from hiertrain.core.taxonomy import Taxonomy
 
-        return Taxonomy.from_json(self.taxonomy_path, on_multi_parent="first")  # membership only
+        return Taxonomy.from_json(  # membership and level names
+            self.taxonomy_path,
+            level_names=self.given_level_names,
+            on_multi_parent="first",
+            drop_trivial_levels=self.drop_trivial_levels,
+        )
 
     @property
     def depth(self) -> int:
@@ -257,7 +305,7 @@ class HierVQADataModule(LightningDataModule):
         todo = [r for r in self.records if r.sample_id not in self.exclude_ids]
         return QuestionDataset(
             todo, self.mode, self.level_names, self.subject, self.prompt_variant, self.seed,
-            self.image_dir, self.on_bad_image, self.image_root_map,
+            self.image_dir, self.on_bad_image, self.image_root_map, self.prompt_family, self.shuffle_options,
         )  # fmt: skip
 
     def test_dataloader(self) -> DataLoader:

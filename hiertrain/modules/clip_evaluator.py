@@ -73,5 +73,5 @@ class CLIPEvaluator(QuestionEvaluator):
             for lq in item["levels"]:
                 index = int((self.text_features(lq.options) @ image).argmax())
                 answers.append((LETTERS[index], index))
-            out.append(sample_prediction(item, mode, answers))
+            out.append(sample_prediction(item, mode, answers, asks_text=False))
         return out

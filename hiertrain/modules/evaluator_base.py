@@ -29,8 +29,11 @@ SAMPLE_TABLE_ROWS = 50
 warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device`")
 
 
-def sample_prediction(item: dict[str, Any], mode: str, answers: list[tuple[str | None, int | None]]) -> SamplePrediction:
-    """One finished sample: `answers[k]` = (reply, chosen option index or None) of asked level k."""
+def sample_prediction(
+    item: dict[str, Any], mode: str, answers: list[tuple[str | None, int | None]], asks_text: bool = True
+) -> SamplePrediction:
+    """One finished sample: `answers[k]` = (reply, chosen option index or None) of asked level k.
+    `asks_text` False (CLIP) leaves `question` empty: that model never saw the question text."""
     record = item["record"]
     asked = {lq.level: (lq, answer) for lq, answer in zip(item["levels"], answers, strict=True)}
     levels = []
@@ -52,6 +55,7 @@ def sample_prediction(item: dict[str, Any], mode: str, answers: list[tuple[str |
                 letter=None if index is None else LETTERS[index],
                 predicted=predicted,
                 correct=predicted == truth,
+                question=lq.question if asks_text else None,
             )
         )
     return SamplePrediction(
@@ -99,6 +103,9 @@ class QuestionEvaluator(LightningModule):
             "mode": dm.mode,
             "answer": self.answer_kind,
             "prompt_variant": dm.prompt_variant,
+            "prompt_family": dm.prompt_family,
+            "drop_trivial_levels": dm.drop_trivial_levels,
+            "shuffle_options": dm.shuffle_options,
             "seed": dm.seed,
             "subject": dm.subject,
             "level_names": dm.level_names,

@@ -5,8 +5,16 @@ causal LM loads by hub id or local path through `hiertrain.vlm.loading.load_vllm
 image share one vision encoding and one prefill of the common prefix (`SharedPrefixAnswerer`).
 
 - `answer: logits` (default): argmax of the next-token logits over the option letters.
-- `answer: generate`: the paper's protocol, greedy up to `max_new_tokens` (5) tokens, the letter
-  read with `answers.parse_letter`; anything else is unparseable, counted wrong and reported.
+- `answer: generate`: the paper's protocol, greedy up to `max_new_tokens` tokens with the
+  checkpoint's own generation config (as `model.generate(do_sample=False)`), the letter read with
+  `answer_parser`: "strict" (`answers.parse_letter`; anything else is unparseable, counted wrong
+  and reported) or "paper" (`answers.paper_letter`, the paper's first-letter-anywhere rule, for
+  reproducing its numbers).
+
+Per-model protocol settings (the paper's, set in configs/models and configs/paper, recorded in
+run.json): `max_image_side` (Qwen: longest side > 1680 px shrunk first, LANCZOS),
+`processor_kwargs` (Qwen `min_pixels`/`max_pixels`, InternVL-hf `max_patches`), and
+`image_aspect_ratio: pad` (LLaVA-OneVision: one padded square tile, no any-res grid).
 
 Models too large for one GPU: pass `device_map: auto` (accelerate places the layers over the
 visible GPUs; run with `--trainer.devices 1`, Lightning then leaves the model where it is) or
@@ -17,10 +25,26 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from hiertrain.core.answers import parse_letter
+from hiertrain.core.answers import paper_letter, parse_letter
+from hiertrain.core.errors import HierError
 from hiertrain.modules.evaluator_base import QuestionEvaluator, sample_prediction
 from hiertrain.core.predictions import SamplePrediction
 from hiertrain.core.prompts import LETTERS
+
+ANSWER_PARSERS = ("strict", "paper")
+ASPECT_RATIOS = ("pad",)
+
+
+def shrink_longest_side(image: Any, max_side: int | None) -> Any:
+    """The paper's Qwen pre-step: an image whose longest side exceeds `max_side` is scaled by
+    `max_side / longest` to (int(w * s), int(h * s)) with LANCZOS; smaller images are unchanged."""
+    if image is None or max_side is None or max(image.size) <= max_side:
+        return image
+    from PIL import Image
+
+    scale = max_side / max(image.size)
+    width, height = image.size
+    return image.resize((int(width * scale), int(height * scale)), Image.LANCZOS)
 
 
 class VLLMEvaluator(QuestionEvaluator):
@@ -31,9 +55,15 @@ class VLLMEvaluator(QuestionEvaluator):
         answer: "logits" (letter logits, one forward) or "generate" (the paper's protocol).
         dtype: "float32", "bfloat16", "float16" or "auto".
         attn_implementation: "sdpa", "eager", "flash_attention_2", ...
-        max_new_tokens: reply length for `generate`.
+        max_new_tokens: reply length for `generate` (the paper: Qwen image 10 on CUB/ImageNet/Food,
+            5 on iNat and in text mode; LLaVA-OV image 10, text 5; InternVL 5).
         device_map: accelerate device map (e.g. "auto") for models larger than one device.
         run_name: run directory name inside `--trainer.default_root_dir`.
+        answer_parser: how a generated reply becomes a letter: "strict" or "paper".
+        max_image_side: shrink images whose longest side is larger first (Qwen in the paper: 1680).
+        processor_kwargs: passed to `AutoProcessor.from_pretrained` (e.g. `min_pixels`, `max_pixels`).
+        image_aspect_ratio: "pad" = LLaVA-OneVision's one padded tile per image (the paper's
+            `overwrite_config: {image_aspect_ratio: pad}`); None = the processor's default.
     """
 
     def __init__(
@@ -45,19 +75,43 @@ class VLLMEvaluator(QuestionEvaluator):
         max_new_tokens: int = 5,
         device_map: str | None = None,
         run_name: str | None = None,
+        answer_parser: Literal["strict", "paper"] = "strict",
+        max_image_side: int | None = None,
+        processor_kwargs: dict[str, Any] | None = None,
+        image_aspect_ratio: str | None = None,
     ) -> None:
         super().__init__(pretrained, run_name)
         if answer not in ("logits", "generate"):
-            from hiertrain.core.errors import HierError
-
             raise HierError(f"answer {answer!r} is not 'logits' or 'generate'")
+        if answer_parser not in ANSWER_PARSERS:
+            raise HierError(f"answer_parser {answer_parser!r} is not one of {', '.join(ANSWER_PARSERS)}")
+        if image_aspect_ratio is not None and image_aspect_ratio not in ASPECT_RATIOS:
+            raise HierError(f"image_aspect_ratio {image_aspect_ratio!r} is not one of {', '.join(ASPECT_RATIOS)} (or null)")
+        if max_image_side is not None and max_image_side < 1:
+            raise HierError(f"max_image_side must be a positive number of pixels, got {max_image_side}")
         self.answer_kind = answer
         self.model_dtype, self.attn_implementation = dtype, attn_implementation
         self.max_new_tokens, self.device_map = max_new_tokens, device_map
+        self.answer_parser, self.max_image_side = answer_parser, max_image_side
+        self.processor_kwargs = dict(processor_kwargs or {})
+        self.image_aspect_ratio = image_aspect_ratio
         self.model: Any = None
         self._placed: dict[str, Any] = {}  # a device_map model, kept out of Lightning's .to()
         self.processor: Any = None
         self.answerer: Any = None
+
+    def protocol(self) -> dict[str, Any]:
+        """The per-model protocol settings, as recorded in run.json."""
+        return {
+            "answer_parser": self.answer_parser if self.answer_kind == "generate" else None,
+            "max_new_tokens": self.max_new_tokens if self.answer_kind == "generate" else None,
+            "max_image_side": self.max_image_side,
+            "processor_kwargs": self.processor_kwargs,
+            "image_aspect_ratio": self.image_aspect_ratio,
+        }
+
+    def run_meta(self, dm) -> dict[str, Any]:
+        return {**super().run_meta(dm), **self.protocol()}
 
     def configure_model(self) -> None:
         if self.answerer is not None:
@@ -65,13 +119,20 @@ class VLLMEvaluator(QuestionEvaluator):
         from hiertrain.vlm.loading import load_vllm
         from hiertrain.vlm.prefix_cache import SharedPrefixAnswerer
 
-        model, self.processor = load_vllm(self.pretrained, self.model_dtype, self.attn_implementation, self.device_map)
+        model, self.processor = load_vllm(
+            self.pretrained, self.model_dtype, self.attn_implementation, self.device_map, self.processor_kwargs
+        )
         model.requires_grad_(False)
         if self.device_map is None:
             self.model = model
         else:
             self._placed["model"] = model
-        self.answerer = SharedPrefixAnswerer(model, self.processor, self.max_new_tokens)
+        processor = self.processor
+        if self.image_aspect_ratio == "pad":
+            from hiertrain.vlm.padded_tile import PaddedTileProcessor
+
+            processor = PaddedTileProcessor(self.processor)
+        self.answerer = SharedPrefixAnswerer(model, processor, self.max_new_tokens)
 
     def prompts_of(self, item: dict[str, Any]) -> list[str]:
         """Each asked level's full chat prompt, in the model's own template."""
@@ -79,10 +140,16 @@ class VLLMEvaluator(QuestionEvaluator):
 
         return [render_chat(self.processor, lq.messages) for lq in item["levels"]]
 
+    def letter_of(self, reply: str, options: list[str]) -> int | None:
+        """The option index a generated reply chooses, by `answer_parser` (None = unparseable)."""
+        if self.answer_parser == "paper":
+            return paper_letter(reply, len(options))
+        return parse_letter(reply, options)
+
     def answer_items(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
         from hiertrain.vlm.prefix_cache import ImagePrompts
 
-        batch = [ImagePrompts(item["image"], self.prompts_of(item)) for item in items]
+        batch = [ImagePrompts(shrink_longest_side(item["image"], self.max_image_side), self.prompts_of(item)) for item in items]
         out = []
         if self.answer_kind == "logits":
             for item, logits in zip(items, self.answerer.logits(batch)):
@@ -93,6 +160,6 @@ class VLLMEvaluator(QuestionEvaluator):
                 out.append(sample_prediction(item, mode, answers))
         else:
             for item, replies in zip(items, self.answerer.generate(batch)):
-                answers = [(reply, parse_letter(reply, lq.options)) for lq, reply in zip(item["levels"], replies)]
+                answers = [(reply, self.letter_of(reply, lq.options)) for lq, reply in zip(item["levels"], replies)]
                 out.append(sample_prediction(item, mode, answers))
         return out

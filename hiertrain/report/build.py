@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hiertrain.core.errors import HierError
+from hiertrain.core.prompts import leaf_label
 
 
 @dataclass
@@ -106,16 +107,23 @@ def protocol_differences(runs: list[Run]) -> list[str]:
                 f"{run.meta.get('split')!r} vs {ref.meta.get('split')!r}"
             )
     vllm = [r for r in evals if r.meta.get("answer") != "clip"]
-    for key in ("prompt_variant", "answer"):
+    for key in ("prompt_variant", "answer", "answer_parser"):
         if vllm:
             ref = vllm[0]
             for run in vllm[1:]:
-                if run.meta.get(key) != ref.meta.get(key):
+                if _setting(run, key) != _setting(ref, key):
                     out.append(
                         f"{run.path.name} and {ref.path.name} differ in {key}: "
-                        f"{run.meta.get(key)!r} vs {ref.meta.get(key)!r}"
+                        f"{_setting(run, key)!r} vs {_setting(ref, key)!r}"
                     )
     return out
+
+
+def _setting(run: Run, key: str) -> Any:
+    """A protocol setting of a run; generate runs written before `answer_parser` existed used "strict"."""
+    if key == "answer_parser" and run.meta.get("answer") == "generate":
+        return run.meta.get(key) or "strict"
+    return run.meta.get(key)
 
 
 def _pct(x: Any) -> float | None:
@@ -230,8 +238,9 @@ def _lora_tables(runs: list[Run]) -> list[dict[str, Any]]:
                     "hca_before": _pct(before.get("hca")),
                     "hca_after": _pct(after.get("hca")),
                     "hca_delta": _pct(None if before.get("hca") is None or after.get("hca") is None else after["hca"] - before["hca"]),
-                    "leaf_before": _pct(before.get("leaf_accuracy")),
-                    "leaf_after": _pct(after.get("leaf_accuracy")),
+                    "last_level": leaf_label(str(row.get("mode", "image"))),  # text rows: the leaf is not asked
+                    "last_level_before": _pct(before.get("leaf_accuracy")),
+                    "last_level_after": _pct(after.get("leaf_accuracy")),
                     **_paired_cells(row.get("paired")),
                 }
             )
@@ -242,11 +251,11 @@ def _paired_cells(paired: dict[str, Any] | None) -> dict[str, Any]:
     """The delta's paired bootstrap interval (points) and McNemar p of a before/after row."""
     out: dict[str, Any] = {}
     metrics = (paired or {}).get("metrics") or {}
-    for name, short in (("hca", "hca"), ("leaf_accuracy", "leaf")):
+    for name, short in (("hca", "hca"), ("leaf_accuracy", "last_level")):
         entry = metrics.get(name) or {}
         interval = entry.get("interval")
         if name == "leaf_accuracy":
-            out["leaf_delta"] = _pct(entry.get("difference")) if entry else None
+            out["last_level_delta"] = _pct(entry.get("difference")) if entry else None
         out[f"{short}_delta_ci"] = None if not interval else [_pct(interval[0]), _pct(interval[1])]
         out[f"{short}_mcnemar_p"] = (entry.get("mcnemar") or {}).get("p")
     return out
@@ -411,7 +420,8 @@ def write_report(report: Report, out: str | Path, title: str = "hiertrain report
         md += [
             "## LoRA tuning: before / after (%)",
             "",
-            markdown_table(t["lora"], ["dataset", "mode", "hca_before", "hca_after", "hca_delta", "hca_mcnemar_p", "leaf_before", "leaf_after", "leaf_delta", "leaf_mcnemar_p"]),
+            markdown_table(t["lora"], ["dataset", "mode", "hca_before", "hca_after", "hca_delta", "hca_mcnemar_p", "last_level",
+                                      "last_level_before", "last_level_after", "last_level_delta", "last_level_mcnemar_p"]),
             "",
             "Deltas: after - before in points [95% paired bootstrap interval over images]; "
             "McNemar p: exact two-sided test on the images only one of the two models got right.",

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hiertrain.core.errors import HierError
+from hiertrain.core.prompts import leaf_label
 from hiertrain.core.resources import read_data_bytes, resolve_data_path
 from hiertrain.core.predictions import (
     SamplePrediction,
@@ -35,6 +36,7 @@ from hiertrain.core.predictions import (
 # run.json keys that must match for a resume to continue an earlier run.
 IDENTITY_KEYS = (
     "model", "questions_sha256", "mode", "answer", "prompt_variant", "seed", "subject", "level_names", "split",
+    "prompt_family", "answer_parser", "shuffle_options",
 )  # fmt: skip
 
 
@@ -176,6 +178,7 @@ class RunDirectory:
             num_samples=len(preds),
             num_skipped=len(skipped),
             level_names=list(level_names[:depth]),
+            leaf_label=leaf_label(str(meta.get("mode", "image"))),
         )
         write_paper_results(preds, self.path / "results.json")
         _write_atomic(self.path / "metrics.json", _json(metrics))
@@ -225,7 +228,8 @@ def summary_table(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
     ]
     lines += [f"{name:<{width}}  {_pct(acc)}" for name, acc in zip(names, per_level)]
     for key, label in (
-        ("hca", "HCA"), ("leaf_accuracy", "leaf accuracy"), ("point_overlap", "point overlap"),
+        ("hca", "HCA"), ("leaf_accuracy", f"{leaf_label(str(meta.get('mode', 'image')))} accuracy"),
+        ("point_overlap", "point overlap"),
         ("strict_point_overlap", "strict point overlap"), ("top_overlap", "top overlap"),
         ("hierarchical_f1", "hierarchical F1"), ("unparseable_rate", "unparseable"),
     ):  # fmt: skip
@@ -253,7 +257,8 @@ def plot_per_level(metrics: dict[str, Any], path: Path, title: str = "") -> None
     ax.set_xticks(range(len(values)), names[: len(values)], rotation=30, ha="right")
     for key, style in (("hca", "--"), ("leaf_accuracy", ":")):
         if metrics.get(key) is not None:
-            ax.axhline(100 * metrics[key], color="k", linestyle=style, label=f"{key} {100 * metrics[key]:.1f}")
+            name = key if key == "hca" else f"{metrics.get('leaf_label', 'leaf')} accuracy"
+            ax.axhline(100 * metrics[key], color="k", linestyle=style, label=f"{name} {100 * metrics[key]:.1f}")
     ax.set_ylim(0, 100)
     ax.set_ylabel("accuracy %")
     ax.set_title(title, fontsize=8)

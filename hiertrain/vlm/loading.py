@@ -21,12 +21,15 @@ def load_vllm(
     dtype: str = "float32",
     attn_implementation: str | None = "sdpa",
     device_map: Any = None,
+    processor_kwargs: dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
     """(model, processor) in eval mode; for a text-only LLM the "processor" is its tokenizer.
 
     Image-text-to-text models load with AutoModelForImageTextToText + AutoProcessor; causal LMs
     with AutoModelForCausalLM + AutoTokenizer. The processor is returned as saved (its padding
     side untouched): callers that batch generation set `padding_side` themselves.
+    `processor_kwargs` go to `AutoProcessor.from_pretrained` (e.g. Qwen2-VL `min_pixels` /
+    `max_pixels`, InternVL-hf `max_patches`), so a protocol's image settings are the processor's own.
     """
     import torch
     from transformers import (
@@ -44,8 +47,10 @@ def load_vllm(
     kwargs = {"dtype": torch_dtype, "attn_implementation": attn_implementation, "device_map": device_map}
     if type(config) in AutoModelForImageTextToText._model_mapping:
         model = AutoModelForImageTextToText.from_pretrained(pretrained, config=config, **kwargs)
-        processor = AutoProcessor.from_pretrained(pretrained)
+        processor = AutoProcessor.from_pretrained(pretrained, **(processor_kwargs or {}))
     elif type(config) in AutoModelForCausalLM._model_mapping:
+        if processor_kwargs:
+            raise HierError(f"{pretrained}: a text-only LLM has no image processor for {sorted(processor_kwargs)}")
         model = AutoModelForCausalLM.from_pretrained(pretrained, config=config, **kwargs)
         processor = AutoTokenizer.from_pretrained(pretrained)
     else:

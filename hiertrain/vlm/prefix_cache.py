@@ -12,6 +12,12 @@ are always passed explicitly (computed with `get_rope_index` for the prefix, pre
 offset + delta for the suffix), and the state is cleared after each group, so nothing leaks
 from one image to the next. (transformers 5 has no `cache_position` argument any more: the
 query offset is the cache length, which is the prefix length here.)
+
+`generate` equals the model's own `generate(do_sample=False, max_new_tokens=N)`, including what
+the checkpoint's `generation_config.json` adds to greedy decoding (e.g. Qwen2.5-VL's
+`repetition_penalty: 1.05`, its eos list): the logits processors are the ones `generate` builds
+(`_prepare_generation_config` + `_get_logits_processor`), applied per row to that row's own
+tokens (prefix + its suffix + its reply so far), so padding never counts as a repeated token.
 """
 
 from __future__ import annotations
@@ -194,7 +200,8 @@ class SharedPrefixAnswerer:
             rows = [b for b, (_, _, suffixes) in enumerate(members) for _ in suffixes]
             cache.reorder_cache(torch.tensor(rows, device=self.model.device))
             suffixes = [s for _, _, sfx in members for s in sfx]
-            per_row = self._suffix_logits(cache, plen, deltas[rows], suffixes, generate)
+            prefix_ids = [inputs["input_ids"][b].tolist() for b in rows] if generate else None
+            per_row = self._suffix_logits(cache, plen, deltas[rows], suffixes, generate, prefix_ids)
         finally:
             self._reset_state()
         start = 0
@@ -202,7 +209,10 @@ class SharedPrefixAnswerer:
             results[index] = per_row[start : start + len(sfx)]
             start += len(sfx)
 
-    def _suffix_logits(self, cache, plen: int, deltas: torch.Tensor, suffixes: list[list[int]], generate: bool):
+    def _suffix_logits(
+        self, cache, plen: int, deltas: torch.Tensor, suffixes: list[list[int]], generate: bool,
+        prefix_ids: list[list[int]] | None = None,
+    ):  # fmt: skip
         device = self.model.device
         lengths = torch.tensor([len(s) for s in suffixes], device=device)
         width = int(lengths.max())
@@ -221,11 +231,40 @@ class SharedPrefixAnswerer:
         last = out.logits[torch.arange(len(suffixes), device=device), where]
         if not generate:
             return last
-        return self._greedy(cache, mask, lengths + plen + deltas.view(-1), last)
+        return self._greedy(cache, mask, lengths + plen + deltas.view(-1), last, [p + s for p, s in zip(prefix_ids, suffixes)])
 
-    def _greedy(self, cache, mask: torch.Tensor, next_pos: torch.Tensor, logits: torch.Tensor) -> list[str]:
-        """Greedy decoding on the padded cache: pad slots stay masked, positions continue per row."""
-        tokens = [logits.argmax(-1)]
+    def generation_processors(self, prompt_ids: torch.Tensor) -> Any:
+        """The logits processors `model.generate(ids, do_sample=False, max_new_tokens=N)` would
+        use for this one prompt (built by transformers from the model's generation config)."""
+        model = self.model
+        config, _ = model._prepare_generation_config(None, do_sample=False, max_new_tokens=self.max_new_tokens)
+        model._prepare_special_tokens(config, True, device=prompt_ids.device)
+        mask = torch.ones_like(prompt_ids)
+        return model._get_logits_processor(
+            generation_config=config, input_ids_seq_length=prompt_ids.shape[-1], encoder_input_ids=prompt_ids,
+            device=prompt_ids.device, model_kwargs={"attention_mask": mask},
+        )  # fmt: skip
+
+    def _greedy(
+        self, cache, mask: torch.Tensor, next_pos: torch.Tensor, logits: torch.Tensor, prompts: list[list[int]]
+    ) -> list[str]:
+        """Greedy decoding on the padded cache: pad slots stay masked, positions continue per row;
+        each row's logits go through `generate`'s processors with that row's own token history."""
+        device = mask.device
+        history = [torch.tensor(p, dtype=torch.long, device=device).view(1, -1) for p in prompts]
+        processors = [self.generation_processors(h) for h in history]
+
+        def choose(step_logits: torch.Tensor) -> torch.Tensor:
+            picked = []
+            for r, row in enumerate(step_logits):
+                scores = processors[r](history[r], row.float().view(1, -1)) if processors[r] else row.view(1, -1)
+                picked.append(scores.argmax(-1))
+            chosen = torch.cat(picked)
+            for r in range(len(history)):
+                history[r] = torch.cat([history[r], chosen[r].view(1, 1)], 1)
+            return chosen
+
+        tokens = [choose(logits)]
         done = torch.tensor([int(t) in self.eos_ids for t in tokens[0]], device=mask.device)
         for step in range(1, self.max_new_tokens):
             if bool(done.all()):
@@ -236,7 +275,7 @@ class SharedPrefixAnswerer:
                 input_ids=tokens[-1].view(-1, 1), attention_mask=mask,
                 position_ids=self._text_positions(positions), cache=cache, use_cache=True,
             )  # fmt: skip
-            nxt = out.logits[:, -1].argmax(-1)
+            nxt = choose(out.logits[:, -1])
             tokens.append(nxt)
             done = done | torch.tensor([int(t) in self.eos_ids for t in nxt], device=mask.device)
         replies = []

@@ -55,3 +55,57 @@ def test_demo_configs_parse_on_their_own(capsys):
         printed = _printed(capsys, demo)
         assert printed["data"]["init_args"]["questions"].startswith("runs/demo/")
         assert printed["trainer"]["accelerator"] == "cpu"
+
+
+# ---- configs/paper: one preset per model x dataset x mode the paper reports ------------------------
+
+PRESETS = sorted((CONFIGS / "paper").rglob("*.yaml"))
+
+
+def _compose_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paper_compose", CONFIGS / "paper" / "compose.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_paper_preset_parses(capsys, preset):
+    printed = _printed(capsys, preset)
+    written = yaml.safe_load(preset.read_text())
+    assert printed["model"]["init_args"]["pretrained"] == written["model"]["init_args"]["pretrained"]
+    data = printed["data"]["init_args"]
+    assert data["mode"] == ("text" if preset.stem.endswith("_text") else "image")
+    assert data["prompt_variant"] == written["data"]["init_args"]["prompt_variant"]
+    assert data["prompt_family"] == written["data"]["init_args"]["prompt_family"]
+
+
+def test_paper_presets_are_their_model_and_data_configs():
+    """Each file is what compose.py makes of today's models/ and data/ configs (rerun it after editing them)."""
+    compose = _compose_module()
+    expected = compose.presets()
+    assert {str(p.relative_to(CONFIGS)) for p in PRESETS} == set(expected)
+    for name, (config, header) in expected.items():
+        assert (CONFIGS / name).read_text() == compose.render(config, header), f"{name} is stale: python configs/paper/compose.py"
+
+
+def test_paper_presets_hold_the_papers_settings():
+    load = lambda name: yaml.safe_load((CONFIGS / "paper" / name).read_text())  # noqa: E731
+    qwen_plant = load("qwen2_5_vl_7b/inat21_plant.yaml")
+    assert qwen_plant["data"]["init_args"]["prompt_variant"] == 1 and qwen_plant["data"]["init_args"]["prompt_family"] == "inat"
+    assert qwen_plant["model"]["init_args"]["max_new_tokens"] == 5 and qwen_plant["model"]["init_args"]["max_image_side"] == 1680
+    assert load("qwen2_5_vl_7b/cub200_similar.yaml")["model"]["init_args"]["max_new_tokens"] == 10
+    assert load("qwen2_5_vl_32b/inat21_plant.yaml")["data"]["init_args"]["prompt_variant"] == 0
+    assert load("internvl2_5_8b/imagenet_animal.yaml")["data"]["init_args"]["prompt_variant"] == 2
+    assert load("internvl3_8b/food.yaml")["model"]["init_args"]["processor_kwargs"] == {"max_patches": 4}
+    llava = load("llava_ov_7b/inat21_animal.yaml")["model"]["init_args"]
+    assert llava["image_aspect_ratio"] == "pad" and llava["max_new_tokens"] == 10
+    for name in ("llava_ov_7b/imagenet_artifact_text.yaml", "qwen2_5_7b_instruct/imagenet_artifact_text.yaml"):
+        text = load(name)
+        assert text["data"]["init_args"]["prompt_variant"] == 2 and text["data"]["init_args"]["shuffle_options"] is False
+        assert text["model"]["init_args"]["max_new_tokens"] == 5 and text["model"]["init_args"]["answer_parser"] == "paper"
+    assert load("siglip_so400m/food.yaml")["model"]["init_args"]["pretrained"] == "hf-hub:timm/ViT-SO400M-14-SigLIP-384"
+    assert not (CONFIGS / "paper" / "qwen2_5_vl_7b" / "food_text.yaml").exists()  # the paper has no Food text run
+    assert len(PRESETS) == 8 * 6 + 7 * 5

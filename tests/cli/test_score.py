@@ -188,3 +188,81 @@ def test_score_intervals_and_chance(tmp_path, capsys):
     none = _score_json(capsys, path, "--bootstrap", "0")
     assert "hca" not in none["intervals"]
     assert main(["score", path, "--ci", "2"]) == 2
+
+
+# ---- --protocol paper: the paper's utils/metric.py, computed by hand on SAMPLES -----------------
+
+
+def test_protocol_paper_keeps_level_1_with_cub(tmp_path, capsys):
+    # The same paths as HAND; TOR also equal (no one-level path), the leaf is each path's last element.
+    got = _score_json(capsys, str(_write_jsonl(tmp_path / "p.jsonl", SAMPLES)), "--protocol", "paper", "--cub")
+    _assert_close(got, {k: HAND[k] for k in ("hca", "leaf_accuracy", "point_overlap", "strict_point_overlap",
+                                             "top_overlap", "unparseable_rate", "per_level_accuracy")})  # fmt: skip
+    assert got["protocol"] == "paper" and got["cub"] is True and got["num_scored"] == 4
+    assert got["level_names"] == ["order", "family", "genus", "species"] and got["hierarchical_f1"] is None
+
+
+def test_protocol_paper_drops_level_1(tmp_path, capsys):
+    # From level 2: s0 [R R R], s1 [R W], s2 [R W R], s3 [R] (its unparseable level 1 is dropped).
+    got = _score_json(capsys, str(_write_jsonl(tmp_path / "p.jsonl", SAMPLES)), "--protocol", "paper")
+    _assert_close(
+        got,
+        {
+            "hca": 2 / 4,  # s0 and s3
+            "point_overlap": (1 + 1 / 2 + 2 / 3 + 1) / 4,
+            "strict_point_overlap": (1 + 1 / 2 + 1 / 3 + 1) / 4,
+            "top_overlap": (1 + 0 + 0 + 0) / 4,  # s3 has one level: 0, counted (hiertrain leaves it out)
+            "leaf_accuracy": 3 / 4,
+            "unparseable_rate": 0.0,
+            "per_level_accuracy": [4 / 4, 1 / 3, 2 / 2],
+        },
+    )
+    assert got["level_names"] == ["family", "genus", "species"] and got["level_asked"] == [4, 3, 2]
+    assert main(["score", str(tmp_path / "p.jsonl"), "--protocol", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "level 1 dropped" in out and re.search(r"^hierarchical consistent accuracy +50\.0000%$", out, re.M)
+    assert re.search(r"^3 +genus +3 +33\.33%$", out, re.M)
+
+
+def test_protocol_paper_compares_lower_case_only(tmp_path, capsys):
+    # The paper's script lower-cases; it does not fold hyphens or spaces as hiertrain's reader does.
+    item = {"image": "b.jpg", "label": "Black-footed Albatross"}
+    _paper_level(item, 1, "Black-footed Albatross", "black footed albatross")
+    _paper_level(item, 2, "Diomedeidae", "DIOMEDEIDAE")
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps([item]))
+    assert _score_json(capsys, str(path))["per_level_accuracy"] == [1.0, 1.0]
+    assert _score_json(capsys, str(path), "--protocol", "paper", "--cub")["per_level_accuracy"] == [0.0, 1.0]
+
+
+def test_text_mode_leaf_under_each_protocol(tmp_path, capsys):
+    # Text mode: order right, family wrong, genus right asked; the species is named, not asked.
+    sample = _sample(0, [("O1", "O1"), ("F1", "F2"), ("G1", "G1"), ("S1", "S1")])
+    sample["mode"], sample["label"] = "text", "S1"
+    sample["levels"][3].update(asked=False, reply=None, letter=None, predicted=None, correct=False)
+    path = _write_jsonl(tmp_path / "t.jsonl", [sample])
+    ours = _score_json(capsys, str(path))
+    assert ours["leaf_label"] == "deepest asked level" and ours["leaf_accuracy"] == 1.0  # the genus
+    assert ours["per_level_accuracy"][3] is None
+    paper = _score_json(capsys, str(path), "--protocol", "paper", "--cub")
+    assert paper["per_level_accuracy"] == [1.0, 0.0, 1.0, 1.0]  # the paper fills the leaf in with the label
+    assert paper["leaf_label"].startswith("leaf (named in the question")
+    assert main(["score", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^deepest asked level accuracy +100\.00%$", out, re.M) and "leaf accuracy" not in out
+
+
+def test_one_level_file_scores_in_table_and_json(tmp_path, capsys):
+    path = _write_jsonl(tmp_path / "one.jsonl", [_sample(0, [("O1", "O1")]), _sample(1, [("O1", "O2")])])
+    got = _score_json(capsys, str(path))
+    assert got["per_level_accuracy"] == [0.5] and got["hca"] == 0.5 and got["top_overlap"] is None
+    assert main(["score", str(path)]) == 0
+    assert re.search(r"^1 +order +2 +50\.00%$", capsys.readouterr().out, re.M)
+    assert _score_json(capsys, str(path), "--protocol", "paper", "--cub")["per_level_accuracy"] == [0.5]
+    assert main(["score", str(path), "--protocol", "paper"]) == 2  # nothing left once level 1 is dropped
+    assert "pass --cub" in capsys.readouterr().err
+
+
+def test_cub_flag_needs_the_paper_protocol(tmp_path, capsys):
+    assert main(["score", str(_write_jsonl(tmp_path / "p.jsonl", SAMPLES)), "--cub"]) == 2
+    assert "--cub only applies with --protocol paper" in capsys.readouterr().err

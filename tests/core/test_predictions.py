@@ -68,8 +68,27 @@ def test_jsonl_round_trip(tmp_path):
     write_predictions(samples, path)
     first = json.loads(path.read_text().splitlines()[0])
     assert list(first) == ["id", "image", "label", "split", "mode", "levels"]
-    assert list(first["levels"][0]) == ["level", "name", "truth", "options", "reply", "letter", "predicted", "correct", "asked"]
+    assert list(first["levels"][0]) == ["level", "name", "truth", "options", "reply", "letter", "predicted", "correct", "asked",
+                                      "question"]
     assert load_predictions(path) == samples
+
+
+def test_question_round_trips_and_old_files_without_it_still_read(tmp_path):
+    samples = _samples()
+    samples[0].levels[0].question = "Based on taxonomy, what is the order of the bird in this image?\nA. x\nB. y"
+    path = tmp_path / "p.jsonl"
+    write_predictions(samples, path)
+    assert load_predictions(path)[0].levels[0].question == samples[0].levels[0].question
+    old = []
+    for line in path.read_text().splitlines():  # a file written before the key existed
+        obj = json.loads(line)
+        for level in obj["levels"]:
+            del level["question"]
+        old.append(json.dumps(obj))
+    path.write_text("\n".join(old) + "\n")
+    loaded = load_predictions(path)
+    assert [lv.question for lv in loaded[0].levels] == [None] * len(loaded[0].levels)
+    assert [lv.correct for lv in loaded[0].levels] == [lv.correct for lv in samples[0].levels]
 
 
 def test_to_tensors_unequal_depths():

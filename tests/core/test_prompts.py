@@ -136,3 +136,106 @@ def test_shuffle_is_the_same_in_every_process():
     }
     assert len(outs) == 1
     assert outs.pop().strip() == repr(shuffled_options(list("abcdefgh"), 1, 2, 3))
+
+
+# Every family's 5 image and 5 text wordings, as the paper's Qwen2.5-VL scripts have them
+# (evaluation/vllm/qwen/eval_{CUB,natural_plant,natural_animal,animal,artifact,food}.py and
+# evaluation/llm/qwen/eval_text_{cub,natural,animal,artifact}.py at commit c86f23af), rendered for
+# one level. Keys: (family, subject, level name).
+PAPER_IMAGE = {
+    ("cub", "bird", "order"): [
+        "Based on taxonomy, what is the order of the bird in this image?",
+        "Based on the image, what is the taxonomic classification at the order level?",
+        "What is the taxonomic classification of the bird in this image?",
+        "How can the bird in this image be categorized taxonomically?",
+        "What is the systematic position of the bird shown in the image?",
+    ],
+    ("inat", "plant", "phylum"): [
+        "Based on taxonomy, where does the plant in the image fall in terms of phylum?",
+        "Given the plant in the image, what is its taxonomic classification at the phylum level?",
+        "What could the plant in the image be classified as?",
+        "How can the plant in the image be taxonomically categorized?",
+        "What is the systematic position of the plant in the image in the biological classification hierarchy?",
+    ],
+    ("inat", "animal", "species"): [
+        "Based on taxonomy, where does the animal in the image fall in terms of species?",
+        "Given the animal in the image, what is its taxonomic classification at the species level?",
+        "What could the animal in the image be classified as?",
+        "How can the animal in the image be taxonomically categorized?",
+        "What is the systematic position of the animal in the image in the biological classification hierarchy?",
+    ],
+    ("imagenet_animal", "animal", "depth 3"): [
+        "What is the taxonomic category of the animal in this image?",
+        "How can the animal in this image be categorized in taxonomy?",
+        "Based on classification, what type of animal is this?",
+        "What is the hierarchical class of the animal shown here?",
+        "Where does this animal belong in the taxonomic hierarchy?",
+    ],
+    ("imagenet_artifact", "object", "depth 3"): [
+        "What is the taxonomic category of the object in this image?",
+        "How can the object in this image be categorized in taxonomy?",
+        "Based on classification, what type of object is this?",
+        "What is the hierarchical class of the object shown here?",
+        "Where does this object belong in the taxonomic hierarchy?",
+    ],
+    ("food", "food", "depth 2"): [
+        "What is the taxonomic category of the food item in this image?",
+        "How can the food item in this image be categorized in taxonomy?",
+        "Based on classification, what type of food is this?",
+        "What is the hierarchical class of the food shown here?",
+        "Where does this food item belong in the taxonomic hierarchy?",
+    ],
+}
+PAPER_TEXT = {
+    ("cub", "Black-footed Albatross", "genus"): [
+        "Based on taxonomy, where does Black-footed Albatross fall in terms of genus?",
+        "Given the Black-footed Albatross, what is its taxonomic classification at the genus level?",
+        "What could Black-footed Albatross be classified as?",
+        "How can Black-footed Albatross be taxonomically categorized?",
+        "What is the systematic position of Black-footed Albatross in the biological classification hierarchy?",
+    ],
+    ("inat", "Oenothera curtiflora", "class"): [
+        "Based on taxonomy, where does Oenothera curtiflora fall in terms of class?",
+        "Given the Oenothera curtiflora, what is its taxonomic classification at the class level?",
+        "What could Oenothera curtiflora be classified as?",
+        "How can Oenothera curtiflora be taxonomically categorized?",
+        "What is the systematic position of Oenothera curtiflora in the biological classification hierarchy?",
+    ],
+    ("imagenet_animal", "goldfish", "depth 4"): [
+        "Given the goldfish, what is its taxonomic classification?",
+        "Based on taxonomy, where does goldfish fall?",
+        "What could goldfish be classified as?",
+        "How can goldfish be taxonomically categorized?",
+        "What is the systematic position of goldfish in the biological classification hierarchy?",
+    ],
+    ("imagenet_artifact", "banjo", "depth 4"): [
+        "Given the banjo, what is its taxonomic classification?",
+        "Based on taxonomy, where does banjo fall?",
+        "What could banjo be classified as?",
+        "How can banjo be taxonomically categorized?",
+        "What is the categorical classification of banjo in the artifact taxonomy?",
+    ],
+}
+
+
+@pytest.mark.parametrize("key", list(PAPER_IMAGE), ids=lambda k: f"{k[0]}-{k[1]}")
+def test_every_family_image_wording_is_the_papers(key):
+    family, subject, level = key
+    assert [image_prompt(v, level, subject, family) for v in range(5)] == PAPER_IMAGE[key]
+
+
+@pytest.mark.parametrize("key", list(PAPER_TEXT), ids=lambda k: k[0])
+def test_every_family_text_wording_is_the_papers(key):
+    family, label, level = key
+    assert [text_prompt(v, level, label, family) for v in range(5)] == PAPER_TEXT[key]
+
+
+def test_every_family_is_pinned_and_food_has_no_text_wording():
+    from hiertrain.core.prompts import PROMPT_FAMILIES
+
+    assert set(PROMPT_FAMILIES) == {k[0] for k in PAPER_IMAGE}
+    assert set(PROMPT_FAMILIES) - {k[0] for k in PAPER_TEXT} == {"food"}
+    with pytest.raises(HierError, match="food.*no text-mode wording"):
+        text_prompt(0, "depth 2", "pizza", "food")
+    with pytest.raises(HierError, match="unknown prompt_family 'birds'"):
+        image_prompt(0, "order", "bird", "birds")

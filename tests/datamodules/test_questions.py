@@ -147,3 +147,96 @@ def test_split_serves_only_that_split_and_keeps_sample_ids(tmp_path):
     assert len(HierVQADataModule(str(path)).served_records()) == 4
     with pytest.raises(HierError, match=r"q.jsonl: no records with split 'dev' \(splits found: test, train, val\)$"):
         HierVQADataModule(str(path), split="dev").setup()
+
+
+def _inat_plant_config(reference_data, questions: Path, **overrides) -> HierVQADataModule:
+    """configs/data/inat21_plant.yaml's settings, on `questions` and the shared iNat taxonomy."""
+    import yaml
+
+    config = Path(__file__).resolve().parents[2] / "configs/data/inat21_plant.yaml"
+    args = yaml.safe_load(config.read_text())["data"]["init_args"]
+    args.update(questions=str(questions), taxonomy=str(reference_data / "taxonomies/hierarchy_Inat_plantae.json"))
+    args.update(num_workers=0, **overrides)
+    return HierVQADataModule(**args)
+
+
+def _inat_plant_questions(reference_data, tmp_path: Path, drop: bool) -> Path:
+    from hiertrain.core.question_bank import build_questions, write_questions
+    from hiertrain.core.taxonomy import Taxonomy
+
+    taxonomy = Taxonomy.from_json(reference_data / "taxonomies/hierarchy_Inat_plantae.json", drop_trivial_levels=drop)
+    images = [{"image": f"img/{i}.jpg", "label": leaf, "split": "test"} for i, leaf in enumerate(taxonomy.leaves[:3])]
+    path = tmp_path / f"inat_plant_drop{int(drop)}.jsonl"
+    write_questions(build_questions(taxonomy, images), path)
+    return path
+
+
+def test_inat_config_words_questions_the_inat_way(reference_data, tmp_path):
+    dm = _inat_plant_config(reference_data, _inat_plant_questions(reference_data, tmp_path, drop=False), mode="image")
+    dm.setup()
+    assert dm.prompt_family == "inat" and dm.level_names[0] == "kingdom"
+    levels = level_questions(dm.served_records()[0], "image", dm.level_names, dm.subject, 1, 0, dm.prompt_family)
+    assert levels[1].question.startswith(
+        "Given the plant in the image, what is its taxonomic classification at the phylum level?\nA. "
+    )
+
+
+def test_dropped_level_drops_its_name(reference_data, tmp_path):
+    questions = _inat_plant_questions(reference_data, tmp_path, drop=True)
+    dm = _inat_plant_config(reference_data, questions, mode="text", drop_trivial_levels=True)
+    dm.setup()
+    assert dm.level_names == ["phylum", "class", "order", "family", "genus", "species"]
+    item = dm.dataset()[0]
+    label = dm.served_records()[0].label
+    assert [q.name for q in item["levels"]] == ["phylum", "class", "order", "family", "genus"]
+    assert item["levels"][0].question.startswith(f"Based on taxonomy, where does {label} fall in terms of phylum?\n")
+
+
+def test_level_names_that_do_not_fit_the_levels_are_an_error(reference_data, tmp_path):
+    dropped = _inat_plant_questions(reference_data, tmp_path, drop=True)
+    with pytest.raises(HierError, match=r"6 levels but the taxonomy's path of .* has 7, named \['kingdom', 'phylum'.*drop_trivial_levels: true") as err:
+        _inat_plant_config(reference_data, dropped, mode="text").setup()
+    assert "\n" not in str(err.value)
+    full = _inat_plant_questions(reference_data, tmp_path, drop=False)
+    with pytest.raises(HierError, match=r"7 levels but the taxonomy's path of .* after dropping trivial levels has 6"):
+        _inat_plant_config(reference_data, full, mode="text", drop_trivial_levels=True).setup()
+    with pytest.raises(HierError, match=r"3 levels but 4 level names were given: \['a', 'b', 'c', 'd'\]"):
+        HierVQADataModule(str(_write(tmp_path / "q.jsonl", [RECORD])), level_names=["a", "b", "c", "d"]).setup()
+
+
+def test_prompt_family_is_checked_at_setup(tmp_path):
+    path = _write(tmp_path / "q.jsonl", [RECORD])
+    with pytest.raises(HierError, match="unknown prompt_family 'plants'"):
+        HierVQADataModule(str(path), prompt_family="plants").setup()
+    with pytest.raises(HierError, match="'food' has no text-mode wording"):
+        HierVQADataModule(str(path), prompt_family="food", mode="text").setup()
+    dm = HierVQADataModule(str(path), prompt_family="imagenet_animal", mode="text")
+    assert dm.dataset()[0]["levels"][0].question.startswith("Given the Red Solid Circle, what is its taxonomic classification?\n")
+
+
+def test_shuffle_options_false_keeps_the_files_order(tmp_path):
+    path = _write(tmp_path / "q.jsonl", [RECORD])
+    kept = HierVQADataModule(str(path), mode="text", shuffle_options=False).dataset()[0]["levels"]
+    assert [q.options for q in kept] == [RECORD["choices_level1"], RECORD["choices_level2"]]
+    assert kept[1].question.split("\n")[1:5] == ["A. circle", "B. square", "C. triangle", "D. ellipse"]
+    shuffled = HierVQADataModule(str(path), mode="text", seed=1).dataset()[0]["levels"]
+    assert sorted(shuffled[1].options) == sorted(RECORD["choices_level2"])
+
+
+def test_a_few_re_parented_leaves_are_not_a_level_name_error(tmp_path):
+    # One record of three is a level short of its taxonomy path (as a leaf under a node that
+    # on_multi_parent="first" re-parented): a dropped level would shift them all, this does not.
+    taxonomy = tmp_path / "t.json"
+    taxonomy.write_text(json.dumps({
+        "Red Solid Circle": ["round", "circle", "Red Solid Circle"],
+        "Blue Square": ["angular", "square", "Blue Square"],
+    }))  # fmt: skip
+    short = {"image": "img/b.png", "label": "Blue Square", "split": "test",
+             "level1": "square", "choices_level1": ["square", "circle"],
+             "level2": "Blue Square", "choices_level2": ["Blue Square", "Red Solid Circle"]}  # fmt: skip
+    records = [dict(RECORD, label="Red Solid Circle"), dict(RECORD, label="Red Solid Circle"), short]
+    dm = HierVQADataModule(str(_write(tmp_path / "q.jsonl", records)), taxonomy=str(taxonomy), level_names=["a", "b", "c"])
+    dm.setup()
+    assert dm.level_names == ["a", "b", "c"]
+    with pytest.raises(HierError, match=r"2 levels but the taxonomy's path of 'Blue Square' has 3.*2 of 3 records differ"):
+        HierVQADataModule(str(_write(tmp_path / "q2.jsonl", [short, short, records[0]])), taxonomy=str(taxonomy)).setup()

@@ -17,8 +17,9 @@ from hiertrain.core.prompts import LETTERS
 
 def evaluate(pretrained, questions, root, taxonomy=None, **data_kwargs):
     answer = data_kwargs.pop("answer", "logits")
+    model_kwargs = data_kwargs.pop("model_kwargs", {})
     dm = HierVQADataModule(str(questions), taxonomy=taxonomy and str(taxonomy), **data_kwargs)
-    model = VLLMEvaluator(str(pretrained), answer=answer, run_name="run")
+    model = VLLMEvaluator(str(pretrained), answer=answer, run_name="run", **model_kwargs)
     trainer = Trainer(
         accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=str(root),
@@ -93,3 +94,54 @@ def test_unreadable_image_is_a_counted_skip(tiny_qwen, synth_dir, tmp_path):
     assert [p.id for p in load_predictions(run / "predictions.jsonl")] == [0, 2]
     skipped = json.loads((run / "skipped.jsonl").read_text())
     assert skipped["id"] == 1 and "broken.png: cannot read image of sample 1" in skipped["reason"]
+
+
+def test_paper_protocol_settings_parser_and_asked_text_are_recorded(tiny_qwen, synth_dir, tmp_path):
+    from hiertrain.core.answers import paper_letter
+
+    settings = {"answer_parser": "paper", "max_new_tokens": 10, "max_image_side": 300,
+                "processor_kwargs": {"size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 128}}}  # fmt: skip
+    model, run = evaluate(
+        tiny_qwen, synth_dir / "questions_random.jsonl", tmp_path, limit=2, answer="generate",
+        prompt_family="inat", prompt_variant=1, subject="shape", model_kwargs=settings,
+    )  # fmt: skip
+    meta = json.loads((run / "run.json").read_text())
+    assert {k: meta[k] for k in settings} == settings
+    assert meta["prompt_family"] == "inat" and meta["image_aspect_ratio"] is None
+    assert model.processor.image_processor.size["longest_edge"] == 28 * 28 * 128
+    preds = load_predictions(run / "predictions.jsonl")
+    for lv in (lv for p in preds for lv in p.levels):
+        index = paper_letter(lv.reply, len(lv.options))
+        assert lv.letter == (None if index is None else LETTERS[index])
+        assert lv.question.startswith(f"Given the shape in the image, what is its taxonomic classification at the {lv.name} level?\nA. ")
+        assert lv.question.endswith("\nAnswer with the option's letter from the given choices directly.")
+
+
+def test_shrink_longest_side_is_the_papers_lanczos_cap():
+    from PIL import Image
+
+    from hiertrain.modules.vllm_evaluator import shrink_longest_side
+
+    big = Image.new("RGB", (2000, 1001), (1, 2, 3))
+    assert shrink_longest_side(big, 1680).size == (1680, int(1001 * 1680 / 2000))
+    small = Image.new("RGB", (1680, 900))
+    assert shrink_longest_side(small, 1680) is small and shrink_longest_side(big, None) is big
+
+
+def test_bad_protocol_settings_are_one_line_errors():
+    from hiertrain.core.errors import HierError
+
+    with pytest.raises(HierError, match="answer_parser 'loose'"):
+        VLLMEvaluator("x", answer_parser="loose")
+    with pytest.raises(HierError, match="image_aspect_ratio 'anyres'"):
+        VLLMEvaluator("x", image_aspect_ratio="anyres")
+
+
+def test_llava_pad_setting_runs_end_to_end(tiny_llava, synth_dir, tmp_path):
+    from hiertrain.vlm.padded_tile import PaddedTileProcessor
+
+    model, run = evaluate(tiny_llava, synth_dir / "questions_random.jsonl", tmp_path, limit=2,
+                          model_kwargs={"image_aspect_ratio": "pad"})  # fmt: skip
+    assert isinstance(model.answerer.processor, PaddedTileProcessor)
+    assert json.loads((run / "run.json").read_text())["image_aspect_ratio"] == "pad"
+    assert [p.id for p in load_predictions(run / "predictions.jsonl")] == [0, 1]

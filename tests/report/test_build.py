@@ -122,3 +122,17 @@ def test_different_splits_of_one_file_are_a_protocol_difference(runs_root: Path)
     _eval_run(runs_root, "m6-img", "m6", "cub", "image", 0.5, 0.9, [1, 1, 1, 1], split="train")
     with pytest.raises(HierError, match=r"m6-img and m1-img \(cub\) score different splits: 'train' vs None"):
         build_report(collect_runs([runs_root]))
+
+
+def test_mixed_answer_parsers_refused_unless_allowed(tmp_path: Path) -> None:
+    _eval_run(tmp_path, "old-gen", "m1", "cub", "image", 0.5, 0.9, [1, 1, 1, 1], answer="generate")  # no key: strict
+    _eval_run(tmp_path, "strict-gen", "m2", "cub", "image", 0.5, 0.9, [1, 1, 1, 1], answer="generate",
+              answer_parser="strict")
+    assert build_report(collect_runs([tmp_path])).differences == []
+    _eval_run(tmp_path, "paper-gen", "m3", "cub", "image", 0.5, 0.9, [1, 1, 1, 1], answer="generate",
+              answer_parser="paper")
+    with pytest.raises(HierError, match=r"paper-gen and old-gen differ in answer_parser: 'paper' vs 'strict'") as err:
+        build_report(collect_runs([tmp_path]))
+    assert "\n" not in str(err.value)
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 2
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep"), "--allow-mixed"]) == 0

@@ -104,3 +104,43 @@ def test_letter_that_is_not_one_token_is_an_error():
     answerer = SharedPrefixAnswerer(model, _MultiTokenLetters())
     with pytest.raises(HierError, match="not a single token"):
         answerer.letter_ids("A")
+
+
+@pytest.fixture(scope="module")
+def qwen_penalised(tiny_qwen, tmp_path_factory):
+    """The tiny Qwen with the real Qwen2.5-VL-7B-Instruct's generation extras in its
+    generation_config.json (repetition_penalty 1.05, sampling flags that do_sample=False overrides)."""
+    import json
+    import shutil
+
+    path = tmp_path_factory.mktemp("tiny_qwen_penalised") / "model"
+    shutil.copytree(tiny_qwen, path)
+    config_path = path / "generation_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(repetition_penalty=1.05, do_sample=True, temperature=1e-6, top_k=1, top_p=0.001)
+    config_path.write_text(json.dumps(config))
+    model, processor = load_vllm(str(path), "float32")
+    assert model.generation_config.repetition_penalty == 1.05
+    return SharedPrefixAnswerer(model, processor, max_new_tokens=10)
+
+
+@pytest.mark.parametrize("mode", ["image", "text"])
+def test_shared_prefix_generate_keeps_the_checkpoints_generation_config(qwen_penalised, mode):
+    answerer = qwen_penalised
+    images = _images() if mode == "image" else [None, None]
+    items = [ImagePrompts(img, _prompts(answerer.processor, mode, label)) for img, label in zip(images, ["red a", "blue b"])]
+    shared = answerer.generate(items)
+    for item, replies in zip(items, shared):
+        assert replies == [answerer.full_generate(item.image, p) for p in item.prompts]  # question by question
+
+
+def test_the_repetition_penalty_changes_replies(qwen_penalised):
+    """The test above could fail: without the checkpoint's processors the replies differ."""
+    from transformers import LogitsProcessorList
+
+    answerer = qwen_penalised
+    items = [ImagePrompts(img, _prompts(answerer.processor, "image")) for img in _images()]
+    with_penalty = answerer.generate(items)
+    plain = SharedPrefixAnswerer(answerer.model, answerer.processor, max_new_tokens=10)
+    plain.generation_processors = lambda ids: LogitsProcessorList()  # greedy argmax, no penalty
+    assert plain.generate(items) != with_penalty

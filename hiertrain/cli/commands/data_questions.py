@@ -14,7 +14,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="image list JSONL (image, label, split); relative image paths start at its folder",
     )
     parser.add_argument("--distractors", choices=("random", "similar"), default="random")
-    parser.add_argument("--clip", help="open_clip name or local dir (needed for --distractors similar)")
+    from hiertrain.core.distractors import SIMILAR_CLIP
+
+    parser.add_argument(
+        "--clip", default=SIMILAR_CLIP,
+        help=f"open_clip name or local dir scoring --distractors similar (default {SIMILAR_CLIP}, the paper's SigLIP so400m at 384 px)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-choices", type=int, default=4, help="options per question (truth included)")
     parser.add_argument("--batch-size", type=int, default=32, help="images (and texts) per CLIP batch")

@@ -1,7 +1,10 @@
-"""`hiertrain score PRED.jsonl|PRED.json [--json]`: every metric, recomputed from a predictions file.
+"""`hiertrain score PRED.jsonl|PRED.json [--json] [--protocol paper [--cub]]`: every metric, recomputed
+from a predictions file.
 
 Reads our JSONL or the paper's result JSON (see hiertrain.core.predictions), so numbers from either
 are computed by the same code. `--json` prints the metrics.json layout the report reads.
+`--protocol paper` scores as the paper's utils/metric.py does (hiertrain.core.paper_metric): level 1
+dropped unless `--cub`, the text-mode leaf counted correct, comparisons on the option text.
 """
 
 from __future__ import annotations
@@ -31,6 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="paper files only: 'text' leaves each sample's leaf unasked (auto: the file's 'mode' key, else image)",
     )
     parser.add_argument(
+        "--protocol",
+        choices=("hiertrain", "paper"),
+        default="hiertrain",
+        help="paper: reproduce the paper's utils/metric.py (drops level 1 unless --cub; text leaf counted correct)",
+    )
+    parser.add_argument("--cub", action="store_true", help="--protocol paper: keep level 1 (the paper's --cub flag)")
+    parser.add_argument(
         "--ignore-level",
         type=int,
         action="append",
@@ -52,6 +62,11 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     samples = loaded.samples
     if not samples:
         raise HierError(f"{args.predictions}: no predictions in the file")
+    protocol = getattr(args, "protocol", "hiertrain")
+    if getattr(args, "cub", False) and protocol != "paper":
+        raise HierError("--cub only applies with --protocol paper (hiertrain's protocol scores every asked level)")
+    if protocol == "paper":
+        return _score_paper(args, loaded)
     from hiertrain.core.functional import hierarchical_scores  # torch: once the file is good
     from hiertrain.core.metrics import json_values
 
@@ -75,19 +90,66 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "file": str(args.predictions),
         "format": loaded.format,
+        "protocol": "hiertrain",
         "truncated_line": loaded.truncated_line,
         "num_samples": len(samples),
         "num_scored": int(asked.any(1).sum()),
         "level_names": [name or f"level{i + 1}" for i, name in enumerate(names)],
         "level_asked": asked.sum(0).tolist(),
+        "leaf_label": _leaf_label(samples),
         **json_values(hierarchical_scores(correct, asked, parsed)),
         "intervals": intervals,
         "chance": chance_levels(samples, asked.shape[1], set(args.ignore_level)),
     }
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
+def _leaf_label(samples) -> str:
+    from hiertrain.core.prompts import leaf_label
+
+    modes = {s.mode for s in samples}
+    return leaf_label("text") if modes == {"text"} else "leaf" if modes == {"image"} else "leaf (image) / deepest asked level (text)"
+
+
+def _score_paper(args: argparse.Namespace, loaded) -> dict[str, Any]:
+    """The paper's utils/metric.py on this file: its own records, or ours in its result format."""
+    from hiertrain.core.errors import HierError
+    from hiertrain.core.paper_metric import paper_scores
+    from hiertrain.core.predictions import to_paper_results
+
+    if args.ignore_level:
+        raise HierError("--ignore-level does not apply to --protocol paper (it drops level 1 itself; --cub keeps it)")
+    if loaded.format == "paper":
+        items = json.loads(open(args.predictions, encoding="utf-8").read())
+        if args.mode != "auto":  # the mode only matters for our reading of the file, not the paper's
+            items = [{**item, "mode": args.mode} for item in items]
+    else:
+        items = to_paper_results(loaded.samples)
+    scores = paper_scores(items, cub=args.cub, source=str(args.predictions))
+    first = scores.pop("first_level")
+    names: dict[int, str] = {}
+    for sample in loaded.samples:
+        for lv in sample.levels:
+            if lv.name:
+                names.setdefault(lv.level, lv.name)
+    width = len(scores["per_level_accuracy"])
+    modes = {s.mode for s in loaded.samples}
+    return {
+        "file": str(args.predictions),
+        "format": loaded.format,
+        "protocol": "paper",
+        "cub": bool(args.cub),
+        "truncated_line": loaded.truncated_line,
+        "num_samples": len(loaded.samples),
+        "level_names": [names.get(first + i, f"level{first + i}") for i in range(width)],
+        "leaf_label": "leaf (named in the question: counted correct, as the paper's text scripts)"
+        if "text" in modes
+        else "leaf",
+        **scores,
+    }
+
+
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
 
 
 def _ci(result: dict[str, Any], key: str, level: int | None = None) -> str:
@@ -102,18 +164,26 @@ def format_table(result: dict[str, Any]) -> str:
     """The result as an aligned text table (percentages; `[low, high]` = the bootstrap interval)."""
     head = f"{result['file']} ({result['format']}, {result['num_samples']} samples"
     if result["num_scored"] != result["num_samples"]:
-        head += f", {result['num_samples'] - result['num_scored']} with no level asked"
+        why = "without a level past level 1" if result.get("protocol") == "paper" and not result["cub"] else "with no level asked"
+        head += f", {result['num_samples'] - result['num_scored']} {why}"
     if result["truncated_line"] is not None:
         head += f"; cut-off line {result['truncated_line']} ignored"
+    paper = result.get("protocol") == "paper"
+    if paper:
+        kept = "level 1 kept (--cub)" if result["cub"] else "level 1 dropped"
+        head += f"; the paper's utils/metric.py protocol, {kept}"
     lines = [head + ")", ""]
-    width = max(len(v) for v in _LABELS.values())
-    lines += [f"{label:<{width}}  {_pct(result[key]):>8}{_ci(result, key)}" for key, label in _LABELS.items()]
+    labels = {**_LABELS, "leaf_accuracy": f"{result.get('leaf_label', 'leaf')} accuracy"}
+    width = max(len(v) for v in labels.values())
+    digits = 4 if paper else 2  # the paper's script prints 4 decimals
+    lines += [f"{label:<{width}}  {_pct(result[key], digits):>10}{_ci(result, key)}" for key, label in labels.items()]
     chance = result.get("chance") or {}
     if chance.get("hca") is not None:
-        lines.append(f"{'chance HCA (uniform guess)':<{width}}  {_pct(chance['hca']):>8}")
+        lines.append(f"{'chance HCA (uniform guess)':<{width}}  {_pct(chance['hca']):>10}")
     lines += ["", f"{'level':<6} {'name':<20} {'asked':>7}  {'accuracy':>8}"]
+    first = 1 if not paper or result["cub"] else 2
     for i, (name, n, acc) in enumerate(zip(result["level_names"], result["level_asked"], result["per_level_accuracy"])):
-        lines.append(f"{i + 1:<6} {name:<20} {n:>7}  {_pct(acc):>8}{_ci(result, 'per_level_accuracy', i)}")
+        lines.append(f"{i + first:<6} {name:<20} {n:>7}  {_pct(acc):>8}{_ci(result, 'per_level_accuracy', i)}")
     settings = result.get("intervals") or {}
     if settings.get("bootstrap"):
         lines += ["", f"[low, high]: {100 * settings['ci']:g}% {settings['method']} ({settings['bootstrap']} replicates, seed {settings['seed']})"]
