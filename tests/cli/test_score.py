@@ -249,7 +249,7 @@ def test_text_mode_leaf_under_each_protocol(tmp_path, capsys):
     assert paper["leaf_label"].startswith("leaf (named in the question")
     assert main(["score", str(path)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^deepest asked level accuracy +100\.00%$", out, re.M) and "leaf accuracy" not in out
+    assert re.search(r"^deepest asked level accuracy +100\.00%  \[[\d.]+, [\d.]+\]$", out, re.M) and "leaf accuracy" not in out
 
 
 def test_one_level_file_scores_in_table_and_json(tmp_path, capsys):
@@ -257,7 +257,7 @@ def test_one_level_file_scores_in_table_and_json(tmp_path, capsys):
     got = _score_json(capsys, str(path))
     assert got["per_level_accuracy"] == [0.5] and got["hca"] == 0.5 and got["top_overlap"] is None
     assert main(["score", str(path)]) == 0
-    assert re.search(r"^1 +order +2 +50\.00%$", capsys.readouterr().out, re.M)
+    assert re.search(r"^1 +order +2 +50\.00%  \[[\d.]+, [\d.]+\]$", capsys.readouterr().out, re.M)
     assert _score_json(capsys, str(path), "--protocol", "paper", "--cub")["per_level_accuracy"] == [0.5]
     assert main(["score", str(path), "--protocol", "paper"]) == 2  # nothing left once level 1 is dropped
     assert "pass --cub" in capsys.readouterr().err
