@@ -87,8 +87,8 @@ def collect_runs(paths: list[str | Path]) -> list[Run]:
 def protocol_differences(runs: list[Run]) -> list[str]:
     """Say which evaluation runs were scored under a different protocol than the first of their kind.
 
-    Runs on one dataset must share the question file and split; VLLM runs must share the prompt variant
-    and the answer mode (CLIP runs answer by similarity, so only their question file counts).
+    Runs on one dataset must share the question file and split; VLLM runs must share the prompt variant,
+    the answer mode and the backend (CLIP runs answer by similarity, so only their question file counts).
     """
     evals = [r for r in runs if r.kind == "eval"]
     out: list[str] = []
@@ -115,7 +115,19 @@ def protocol_differences(runs: list[Run]) -> list[str]:
                         f"{run.path.name} and {ref.path.name} differ in {key}: "
                         f"{run.meta.get(key)!r} vs {ref.meta.get(key)!r}"
                     )
+    if vllm:  # served (vLLM, SGLang, an API) and in-process transformers runs of one model can drift apart
+        ref = vllm[0]
+        for run in vllm[1:]:
+            if run_backend(run) != run_backend(ref):
+                out.append(
+                    f"{run.path.name} and {ref.path.name} differ in backend: {run_backend(run)!r} vs {run_backend(ref)!r}"
+                )
     return out
+
+
+def run_backend(run: Run) -> str:
+    """How the run's model was run: "transformers" (in process; runs from before the field) or "served"."""
+    return str(run.meta.get("backend") or "transformers")
 
 
 def _pct(x: Any) -> float | None:
