@@ -125,10 +125,11 @@ class ServedEvaluator(QuestionEvaluator):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         self.cache = RequestCache(self.run_dir.path, rank=self.global_rank)
-        api_key = os.environ.get(self.api_key_env) or "EMPTY"
+        api_key = os.environ.get(self.api_key_env)
+        key_source = f"${self.api_key_env}" + ("" if api_key else " (not set)")
         self._loop = asyncio.new_event_loop()
         self._client = ServedClient(
-            self.base_url, api_key, self.api_key_env, self.timeout, self.max_retries, self.max_concurrency
+            self.base_url, api_key or "EMPTY", key_source, self.timeout, self.max_retries, self.max_concurrency
         )
         self._loop.run_until_complete(self._client.check(self.served_model_id))
         dm = self._datamodule()
@@ -202,6 +203,7 @@ class ServedEvaluator(QuestionEvaluator):
         flat = [body for bodies in per_item for body in bodies]
         results = self._loop.run_until_complete(self._ask_all(flat))
         if flat and all(isinstance(r, RequestFailed) for r in results):
+            self.teardown("test")  # Lightning calls no module hook on an exception: close the client here
             raise HierError(f"no request of this batch was answered ({results[0]}); rerun the same command to resume")
         out, start = [], 0
         for item, bodies in zip(items, per_item):

@@ -179,9 +179,9 @@ class ServedClient:
         import openai
 
         if isinstance(err, openai.AuthenticationError):
-            return HierError(f"{self.host} refused the API key from ${self.key_source} (HTTP 401: {_server_message(err)})")
+            return HierError(f"{self.host} refused the API key from {self.key_source} (HTTP 401: {_server_message(err)})")
         if isinstance(err, openai.PermissionDeniedError):
-            return HierError(f"{self.host} denied access with the API key from ${self.key_source} (HTTP 403: {_server_message(err)})")
+            return HierError(f"{self.host} denied access with the API key from {self.key_source} (HTTP 403: {_server_message(err)})")
         if isinstance(err, openai.NotFoundError) and body is not None:
             return HierError(f"{self.host} does not serve model {body.get('model')!r} (HTTP 404: {_server_message(err)})")
         if isinstance(err, openai.APIStatusError):
