@@ -26,6 +26,7 @@ with) and `usage` (requests and token totals of the run).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -113,8 +114,6 @@ class ServedEvaluator(QuestionEvaluator):
         meta["run_name"] = self.run_name or default_run_name({**meta, "model_name": f"{meta['model_name']}-served"})
         old = Path(self.trainer.default_root_dir) / meta["run_name"] / "run.json"
         if old.is_file():
-            import json
-
             backend = json.loads(old.read_text(encoding="utf-8")).get("backend", "transformers")
             if backend != BACKEND:
                 raise HierError(f"{old.parent}: holds a {backend!r} run, not a served one; choose another run_name")
@@ -131,7 +130,11 @@ class ServedEvaluator(QuestionEvaluator):
         self._client = ServedClient(
             self.base_url, api_key or "EMPTY", key_source, self.timeout, self.max_retries, self.max_concurrency
         )
-        self._loop.run_until_complete(self._client.check(self.served_model_id))
+        try:
+            self._loop.run_until_complete(self._client.check(self.served_model_id))
+        except HierError:
+            self.teardown(stage)  # no module hook runs on an exception: close the client here
+            raise
         dm = self._datamodule()
         todo = [r for r in dm.served_records() if r.sample_id not in dm.exclude_ids]
         total = sum(len(asked_levels(r.truths, self.meta["mode"])) for r in todo)

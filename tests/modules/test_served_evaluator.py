@@ -498,3 +498,10 @@ def test_hiertrain_test_with_the_served_config(server, tiny_qwen, synth_dir, tmp
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
     assert proxy.forwarded == len(proxy.bodies) > 0
+
+
+def test_a_served_run_never_continues_an_in_process_run(synth_dir, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/run.json").write_text(json.dumps({"kind": "eval", "model": "m", "backend": "transformers"}))
+    with pytest.raises(HierError, match="holds a 'transformers' run, not a served one"):
+        served_run("http://127.0.0.1:9/v1", "m", tmp_path, synth_dir)
