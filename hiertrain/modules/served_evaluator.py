@@ -232,6 +232,9 @@ class ServedEvaluator(QuestionEvaluator):
     # ---------------------------------------------------------------- end of run
 
     def on_test_epoch_end(self) -> None:
+        if self._bar is not None:  # done before the summary table is printed
+            self._bar.close()
+            self._bar = None
         super().on_test_epoch_end()
         if self.global_rank != 0:
             return
