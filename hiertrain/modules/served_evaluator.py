@@ -199,14 +199,27 @@ class ServedEvaluator(QuestionEvaluator):
 
     async def _ask_all(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any] | RequestFailed]:
         inflight: dict[str, asyncio.Task] = {}
-        return list(await asyncio.gather(*(self._ask(body, inflight) for body in bodies)))
+        tasks = [asyncio.ensure_future(self._ask(body, inflight)) for body in bodies]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:  # a fatal answer (HierError): stop the other requests before the loop closes
+            for task in [*tasks, *inflight.values()]:
+                task.cancel()
+            await asyncio.gather(*tasks, *inflight.values(), return_exceptions=True)
+            raise
 
     def answer_items(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
+        try:
+            return self._answer(items, mode)
+        except HierError:
+            self.teardown("test")  # Lightning calls no module hook on an exception: close the client here
+            raise
+
+    def _answer(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
         per_item = [self.bodies(item) for item in items]
         flat = [body for bodies in per_item for body in bodies]
         results = self._loop.run_until_complete(self._ask_all(flat))
         if flat and all(isinstance(r, RequestFailed) for r in results):
-            self.teardown("test")  # Lightning calls no module hook on an exception: close the client here
             raise HierError(f"no request of this batch was answered ({results[0]}); rerun the same command to resume")
         out, start = [], 0
         for item, bodies in zip(items, per_item):
