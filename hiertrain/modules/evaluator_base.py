@@ -68,6 +68,7 @@ class QuestionEvaluator(LightningModule):
     `<model>-<dataset>-<mode>-<answer>-v<variant>` inside `--trainer.default_root_dir`."""
 
     answer_kind = "?"
+    backend = "transformers"  # how the model runs: in this process; "served" = behind an OpenAI-compatible API
 
     def __init__(self, pretrained: str, run_name: str | None = None) -> None:
         super().__init__()
@@ -102,6 +103,7 @@ class QuestionEvaluator(LightningModule):
             "taxonomy": dm.taxonomy_path,
             "mode": dm.mode,
             "answer": self.answer_kind,
+            "backend": self.backend,
             "prompt_variant": dm.prompt_variant,
             "prompt_family": dm.prompt_family,
             "drop_trivial_levels": dm.drop_trivial_levels,

@@ -88,8 +88,8 @@ def collect_runs(paths: list[str | Path]) -> list[Run]:
 def protocol_differences(runs: list[Run]) -> list[str]:
     """Say which evaluation runs were scored under a different protocol than the first of their kind.
 
-    Runs on one dataset must share the question file and split; VLLM runs must share the prompt variant
-    and the answer mode (CLIP runs answer by similarity, so only their question file counts).
+    Runs on one dataset must share the question file and split; VLLM runs must share the prompt variant,
+    the answer mode and the backend (CLIP runs answer by similarity, so only their question file counts).
     """
     evals = [r for r in runs if r.kind == "eval"]
     out: list[str] = []
@@ -116,6 +116,13 @@ def protocol_differences(runs: list[Run]) -> list[str]:
                         f"{run.path.name} and {ref.path.name} differ in {key}: "
                         f"{_setting(run, key)!r} vs {_setting(ref, key)!r}"
                     )
+    if vllm:  # served (vLLM, SGLang, an API) and in-process transformers runs of one model can drift apart
+        ref = vllm[0]
+        for run in vllm[1:]:
+            if run_backend(run) != run_backend(ref):
+                out.append(
+                    f"{run.path.name} and {ref.path.name} differ in backend: {run_backend(run)!r} vs {run_backend(ref)!r}"
+                )
     return out
 
 
@@ -124,6 +131,11 @@ def _setting(run: Run, key: str) -> Any:
     if key == "answer_parser" and run.meta.get("answer") == "generate":
         return run.meta.get(key) or "strict"
     return run.meta.get(key)
+
+
+def run_backend(run: Run) -> str:
+    """How the run's model was run: "transformers" (in process; runs from before the field) or "served"."""
+    return str(run.meta.get("backend") or "transformers")
 
 
 def _pct(x: Any) -> float | None:

@@ -40,7 +40,8 @@ def test_every_model_config_composes_with_a_data_config(capsys):
         printed = _printed(capsys, model, data)
         expected = yaml.safe_load(model.read_text())["model"]
         assert printed["model"]["class_path"] == expected["class_path"]
-        assert printed["model"]["init_args"]["pretrained"] == expected["init_args"]["pretrained"]
+        for key, value in expected["init_args"].items():  # pretrained (served: base_url, model, ...)
+            assert printed["model"]["init_args"][key] == value
         assert printed["data"]["init_args"]["questions"] == yaml.safe_load(data.read_text())["data"]["init_args"]["questions"]
 
 

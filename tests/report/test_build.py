@@ -77,6 +77,20 @@ def test_mixed_protocols_refused_and_named(runs_root: Path) -> None:
     assert len(report.differences) == 2
 
 
+def test_mixed_backends_refused_unless_allowed(runs_root: Path, capsys) -> None:
+    # runs_root's runs predate the field: they read as in-process ("transformers") runs
+    _eval_run(runs_root, "m4-img", "m4", "cub", "image", 0.5, 0.9, [1, 1, 1, 1], backend="transformers")
+    build_report(collect_runs([runs_root]))
+    _eval_run(runs_root, "m5-img", "m5", "cub", "image", 0.5, 0.9, [1, 1, 1, 1], backend="served")
+    with pytest.raises(HierError) as err:
+        build_report(collect_runs([runs_root]))
+    assert "m5-img" in str(err.value) and "backend" in str(err.value) and "'served'" in str(err.value)
+    assert main(["report", str(runs_root), "--out", str(runs_root / "out")]) == 2
+    assert "--allow-mixed" in capsys.readouterr().err
+    report = build_report(collect_runs([runs_root]), allow_mixed=True)
+    assert [d for d in report.differences if "backend" in d] == report.differences and len(report.differences) == 1
+
+
 def test_write_report_files_and_cli(runs_root: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "report"
     assert main(["report", str(runs_root), "--out", str(out)]) == 0

@@ -1,0 +1,265 @@
+"""Served models answering the question bank through an OpenAI-compatible API: `hiertrain test`.
+
+GPT-4o, or any model behind vLLM, SGLang or `transformers serve`: the questions, prompt
+families, option shuffling, parsers, metrics, predictions, run directory, resume and W&B are the
+in-process evaluator's (`QuestionEvaluator`); only the answering differs. Each asked level is one
+chat request: the level's chat messages (`datamodules.questions.level_questions`, texts from
+`core.prompts`) with the image as a base64 data URL (PNG: the pixels the datamodule loaded;
+text mode sends no image). The server applies its own chat template.
+
+- `answer: generate` (every server): temperature 0, `max_tokens` = `max_new_tokens` (the
+  paper's 5); the letter is read with `answers.parse_letter`, as in-process.
+- `answer: logprobs` (OpenAI, vLLM, SGLang): one token with its top-20 log-probabilities; the
+  highest-scored option letter is the answer, a letter not in the list is unscored; a server
+  that returns no logprobs (`transformers serve`) stops the run: use `generate`.
+
+Requests of a batch (`--data.batch_size` images x their levels) are sent concurrently, at most
+`max_concurrency` at a time; retries and backoff are the `openai` client's. Every answer is
+cached in the run directory (`runs/request_cache.py`), so a resumed run resends nothing already
+answered. A sample whose request still fails after the retries is named, recorded in
+`skipped.jsonl` (not scored; `num_skipped` in metrics.json) and retried by the next run; a batch
+in which no request got through stops the run (the server is gone; rerun to resume).
+run.json adds `backend: "served"`, `base_url_host`, `served_model` (the id the server answered
+with) and `usage` (requests and token totals of the run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.pytorch.utilities import rank_zero_warn
+
+from hiertrain.core.answers import parse_letter
+from hiertrain.core.errors import HierError
+from hiertrain.core.predictions import SamplePrediction
+from hiertrain.core.prompts import LETTERS, asked_levels
+from hiertrain.modules.evaluator_base import QuestionEvaluator, sample_prediction
+from hiertrain.runs.eval_outputs import default_run_name
+from hiertrain.runs.request_cache import RequestCache, request_key
+from hiertrain.vlm.served_client import (
+    RequestFailed,
+    ServedClient,
+    best_letter,
+    image_data_url,
+    letter_scores,
+    openai_messages,
+    reply_text,
+    request_body,
+    url_host,
+)
+
+BACKEND = "served"
+
+
+class ServedEvaluator(QuestionEvaluator):
+    """Answer each image's levels by asking a model behind an OpenAI-compatible server.
+
+    Args:
+        base_url: the API root, e.g. `https://api.openai.com/v1` or `http://localhost:8000/v1`.
+        model: the model id the server knows (`gpt-4o`, `Qwen/Qwen2.5-VL-72B-Instruct`, ...).
+        api_key_env: name of the environment variable holding the key (the key itself is never
+            written anywhere); local servers need none (unset -> the placeholder "EMPTY").
+        answer: "generate" (the paper's protocol) or "logprobs" (first-token letter scores).
+        max_concurrency: requests in flight at once.
+        timeout: seconds per request try.
+        max_retries: retries per request on 429/5xx/connection errors (the openai client's backoff).
+        max_new_tokens: reply length for `generate`.
+        image_format: "png" (lossless, default) or "jpeg" (quality 95, smaller uploads).
+        progress_bar: show requests done, requests/s, cached and failed requests.
+        run_name: run directory name inside `--trainer.default_root_dir`
+            (default `<model>-served-<dataset>-<mode>-<answer>-v<variant>`).
+    """
+
+    backend = BACKEND
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        answer: Literal["generate", "logprobs"] = "generate",
+        max_concurrency: int = 8,
+        timeout: float = 120.0,
+        max_retries: int = 5,
+        max_new_tokens: int = 5,
+        image_format: Literal["png", "jpeg"] = "png",
+        progress_bar: bool = True,
+        run_name: str | None = None,
+    ) -> None:
+        super().__init__(model, run_name)
+        if answer not in ("generate", "logprobs"):
+            raise HierError(f"answer {answer!r} is not 'generate' or 'logprobs' (served models)")
+        if image_format not in ("png", "jpeg"):
+            raise HierError(f"image_format {image_format!r} is not 'png' or 'jpeg'")
+        self.answer_kind = answer
+        self.base_url, self.served_model_id, self.api_key_env = base_url.rstrip("/"), model, api_key_env
+        self.max_concurrency, self.timeout, self.max_retries = max_concurrency, timeout, max_retries
+        self.max_new_tokens, self.image_format, self.progress_bar = max_new_tokens, image_format, progress_bar
+        self.failed: dict[int, str] = {}  # sample id -> why its requests failed (this run)
+        self.cache: RequestCache | None = None
+        self._client: ServedClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bar: Any = None
+        self._sent = self._errors = self._cached = 0
+
+    # ---------------------------------------------------------------- run identity
+
+    def run_meta(self, dm) -> dict[str, Any]:
+        meta = super().run_meta(dm)
+        meta["base_url_host"] = url_host(self.base_url)
+        meta["run_name"] = self.run_name or default_run_name({**meta, "model_name": f"{meta['model_name']}-served"})
+        old = Path(self.trainer.default_root_dir) / meta["run_name"] / "run.json"
+        if old.is_file():
+            backend = json.loads(old.read_text(encoding="utf-8")).get("backend", "transformers")
+            if backend != BACKEND:
+                raise HierError(f"{old.parent}: holds a {backend!r} run, not a served one; choose another run_name")
+        return meta
+
+    # ---------------------------------------------------------------- setup / teardown
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self.cache = RequestCache(self.run_dir.path, rank=self.global_rank)
+        api_key = os.environ.get(self.api_key_env)
+        key_source = f"${self.api_key_env}" + ("" if api_key else " (not set)")
+        self._loop = asyncio.new_event_loop()
+        self._client = ServedClient(
+            self.base_url, api_key or "EMPTY", key_source, self.timeout, self.max_retries, self.max_concurrency
+        )
+        try:
+            self._loop.run_until_complete(self._client.check(self.served_model_id))
+        except HierError:
+            self.teardown(stage)  # no module hook runs on an exception: close the client here
+            raise
+        dm = self._datamodule()
+        todo = [r for r in dm.served_records() if r.sample_id not in dm.exclude_ids]
+        total = sum(len(asked_levels(r.truths, self.meta["mode"])) for r in todo)
+        if self.progress_bar and self.global_rank == 0:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=f"{self._client.host} {self.served_model_id}", unit="req", dynamic_ncols=True)
+
+    def teardown(self, stage: str) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._loop is not None:
+            if self._client is not None:
+                self._loop.run_until_complete(self._client.close())
+            self._loop.close()
+        self._loop, self._client = None, None
+
+    # ---------------------------------------------------------------- answering
+
+    def bodies(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        """The chat-completions request of each asked level of one item."""
+        url = image_data_url(item["image"], self.image_format) if item["image"] is not None else None
+        return [
+            request_body(self.served_model_id, openai_messages(lq.messages, url), self.answer_kind, self.max_new_tokens)
+            for lq in item["levels"]
+        ]
+
+    async def _ask(self, body: dict[str, Any], inflight: dict[str, asyncio.Task]) -> dict[str, Any] | RequestFailed:
+        """The cached answer, the answer of the same request already in flight, or a new request."""
+        key = request_key(body)
+        cached = self.cache.get(key)
+        if cached is None and key in inflight:  # the same question twice in a batch (text mode)
+            result = await asyncio.shield(inflight[key])
+            cached = result if not isinstance(result, RequestFailed) else None
+            if cached is None:
+                self._tick()
+                return result
+        if cached is not None:
+            self._cached += 1
+            self._tick()
+            return cached
+        inflight[key] = asyncio.ensure_future(self._send(key, body))
+        result = await inflight[key]
+        self._tick()
+        return result
+
+    async def _send(self, key: str, body: dict[str, Any]) -> dict[str, Any] | RequestFailed:
+        try:
+            response = await self._client.complete(body)
+        except RequestFailed as err:
+            self._errors += 1
+            return err
+        self.cache.put(key, response)
+        self._sent += 1
+        return response
+
+    def _tick(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(sent=self._sent, cached=self._cached, errors=self._errors, refresh=False)
+
+    async def _ask_all(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any] | RequestFailed]:
+        inflight: dict[str, asyncio.Task] = {}
+        tasks = [asyncio.ensure_future(self._ask(body, inflight)) for body in bodies]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:  # a fatal answer (HierError): stop the other requests before the loop closes
+            for task in [*tasks, *inflight.values()]:
+                task.cancel()
+            await asyncio.gather(*tasks, *inflight.values(), return_exceptions=True)
+            raise
+
+    def answer_items(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
+        try:
+            return self._answer(items, mode)
+        except HierError:
+            self.teardown("test")  # Lightning calls no module hook on an exception: close the client here
+            raise
+
+    def _answer(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
+        per_item = [self.bodies(item) for item in items]
+        flat = [body for bodies in per_item for body in bodies]
+        results = self._loop.run_until_complete(self._ask_all(flat))
+        if flat and all(isinstance(r, RequestFailed) for r in results):
+            raise HierError(f"no request of this batch was answered ({results[0]}); rerun the same command to resume")
+        out, start = [], 0
+        for item, bodies in zip(items, per_item):
+            responses, start = results[start : start + len(bodies)], start + len(bodies)
+            failures = [r for r in responses if isinstance(r, RequestFailed)]
+            if failures:
+                reason = f"{len(failures)} of {len(bodies)} requests failed: {failures[0]}"
+                self.failed[item["sample_id"]] = reason
+                self.run_dir.skip(item["sample_id"], item["record"].image, reason)
+                rank_zero_warn(f"sample {item['sample_id']} ({item['record'].image}) not scored: {reason}")
+                continue
+            out.append(sample_prediction(item, mode, [self.answer_of(lq, r) for lq, r in zip(item["levels"], responses)]))
+        return out
+
+    def answer_of(self, lq: Any, response: dict[str, Any]) -> tuple[str, int | None]:
+        """(reply, chosen option index or None) of one level from the server's answer."""
+        if self.answer_kind == "generate":
+            reply = reply_text(response)
+            return reply, parse_letter(reply, lq.options)
+        index = best_letter(letter_scores(response, len(lq.options)))
+        return (reply_text(response), None) if index is None else (LETTERS[index], index)
+
+    # ---------------------------------------------------------------- end of run
+
+    def on_test_epoch_end(self) -> None:
+        if self._bar is not None:  # done before the summary table is printed
+            self._bar.close()
+            self._bar = None
+        super().on_test_epoch_end()
+        if self.global_rank != 0:
+            return
+        cache = RequestCache(self.run_dir.path)  # every rank's answers
+        models = cache.served_models()
+        self.run_dir.update_meta(
+            served_model=models[0] if len(models) == 1 else models, usage=cache.usage()
+        )
+        if self.failed:
+            ids = sorted(self.failed)
+            shown = ", ".join(map(str, ids[:20])) + (", ..." if len(ids) > 20 else "")
+            rank_zero_warn(
+                f"{len(ids)} samples not scored, their requests failed after {self.max_retries} retries "
+                f"(ids {shown}; reasons in {self.run_dir.path / 'skipped.jsonl'}); rerun the same command to retry only those"
+            )
