@@ -248,7 +248,7 @@ class BeforeAfterEvaluation(Callback):
         for name, args in self.datasets.items():
             for mode in self.modes:
                 data = HierTuningDataModule(**{**args, "mode": mode, "batch_size": self.batch_size})
-                data.attach_processor(tuner.processor)
+                data.connect(processor=tuner.processor, family=tuner.family)
                 before_preds: list[Any] = []
                 after_preds: list[Any] = []
                 before, n, skipped = evaluate_split(tuner, data, self.split, adapter=False, keep=before_preds)

@@ -22,24 +22,22 @@ from hiertrain.core.prompts import LETTERS
 IGNORE_INDEX = -100
 
 
-def _tokenizer(processor: Any) -> Any:
-    return getattr(processor, "tokenizer", processor)
-
-
 class TuningCollator:
     """Question items (one record, all its asked levels) -> a right-padded training batch.
 
     The prompt is tokenized with the processor (which expands the image placeholder into the
     visual tokens) and the target with the tokenizer alone; the first call checks that the two
     concatenated equal the tokenization of the whole conversation, so no token straddles the cut.
+    The model's family (`hiertrain.vlm.family.ModelFamily`) names the tokenizer, the per-token
+    processor outputs to extend over the target, and how image tensors are batched.
     """
 
-    def __init__(self, processor: Any) -> None:
-        self.processor = processor
-        self.tokenizer = _tokenizer(processor)
+    def __init__(self, processor: Any, family: Any) -> None:
+        self.processor, self.family = processor, family
+        self.tokenizer = family.tokenizer(processor)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
-        self.is_vllm = getattr(processor, "image_processor", None) is not None
+        self.is_vllm = not family.text_only
         self._checked = False
 
     def prompt_text(self, messages: list[dict]) -> str:
@@ -96,10 +94,10 @@ class TuningCollator:
             "input_ids": torch.cat([prompt_ids, target_ids]),
             "labels": torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), target_ids]),
         }
-        mm = enc.pop("mm_token_type_ids", None)
-        if mm is not None:
-            out["mm_token_type_ids"] = torch.cat([mm[0], torch.zeros_like(target_ids)])
-        out.update(enc)  # pixel_values [patches, dim], image_grid_thw [1, 3], ...
+        for key in self.family.per_token_keys:  # e.g. Qwen's mm_token_type_ids: text (0) for the target
+            if key in enc:
+                out[key] = torch.cat([enc.pop(key)[0], torch.zeros_like(target_ids)])
+        out.update(enc)  # per-image tensors: pixel_values, image_grid_thw / image_sizes, ...
         return out
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -127,18 +125,18 @@ class TuningCollator:
             "attention_mask": torch.zeros(n, width, dtype=torch.long),
             "labels": torch.full((n, width), IGNORE_INDEX, dtype=torch.long),
         }
-        if "mm_token_type_ids" in examples[0]:
-            batch["mm_token_type_ids"] = torch.zeros(n, width, dtype=torch.long)
+        per_token = [key for key in self.family.per_token_keys if key in examples[0]]
+        for key in per_token:
+            batch[key] = torch.zeros(n, width, dtype=torch.long)
         for row, e in enumerate(examples):
             k = len(e["input_ids"])
             batch["input_ids"][row, :k] = e["input_ids"]
             batch["attention_mask"][row, :k] = 1
             batch["labels"][row, :k] = e["labels"]
-            if "mm_token_type_ids" in batch:
-                batch["mm_token_type_ids"][row, :k] = e["mm_token_type_ids"]
-        for key in examples[0]:
-            if key not in batch and isinstance(examples[0][key], torch.Tensor):
-                batch[key] = torch.cat([e[key] for e in examples], 0)
+            for key in per_token:
+                batch[key][row, :k] = e[key]
+        images = [k for k in examples[0] if k not in batch and isinstance(examples[0][k], torch.Tensor)]
+        batch.update(self.family.batch_image_tensors(examples, images))
         return batch
 
 
@@ -151,8 +149,8 @@ class HierTuningDataModule(HierVQADataModule):
     `VLLMEvaluator` on the merged model) evaluates `test_split` only.
 
     Args (beyond HierVQADataModule's):
-        processor: processor / tokenizer dir for the training collation; None = the tuner
-            attaches its model's processor at setup (`attach_processor`).
+        processor: processor / tokenizer dir for the training collation; None = the tuned
+            model's processor, handed over by `connect` (LoRATuner calls it at setup).
         train_split / val_split / test_split: values of the records' `split` field.
         train_batch_size: records per training step (each gives one sequence per asked level).
     """
@@ -171,22 +169,34 @@ class HierTuningDataModule(HierVQADataModule):
         super().__init__(questions, mode=mode, **kwargs)
         self.processor_path = processor
         self.processor: Any = None
+        self.family: Any = None  # hiertrain.vlm.family.ModelFamily, from `connect`
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.train_batch_size = train_batch_size
 
-    def attach_processor(self, processor: Any) -> None:
-        """Use this (the tuned model's) processor unless one was configured."""
+    def connect(self, processor: Any = None, family: Any = None) -> None:
+        """What the data module needs from the model, in one declared call (as litgpt's
+        `DataModule.connect`): its processor (unless `processor` was configured) and its
+        `hiertrain.vlm.family.ModelFamily`."""
         if self.processor is None:
             self.processor = processor
+        self.family = family if family is not None else self.family
 
-    def _processor(self) -> Any:
+    def _collator(self) -> TuningCollator:
         if self.processor is None:
             if self.processor_path is None:
                 raise HierError("HierTuningDataModule: no processor (give data.processor or use LoRATuner)")
             from transformers import AutoProcessor
 
             self.processor = AutoProcessor.from_pretrained(self.processor_path)
-        return self.processor
+        if self.family is None:
+            if self.processor_path is None:
+                raise HierError("HierTuningDataModule: no model family (call connect(processor=, family=) or use LoRATuner)")
+            from transformers import AutoConfig
+
+            from hiertrain.vlm.family import family_of
+
+            self.family = family_of(AutoConfig.from_pretrained(self.processor_path))
+        return TuningCollator(self.processor, self.family)
 
     def split_records(self, split: str) -> list:
         """Records of one split, in file order; HierError when the split is empty."""
@@ -216,7 +226,7 @@ class HierTuningDataModule(HierVQADataModule):
             batch_size=self.train_batch_size,
             shuffle=True,
             num_workers=self.num_workers,
-            collate_fn=TuningCollator(self._processor()),
+            collate_fn=self._collator(),
         )
 
     def val_dataloader(self) -> DataLoader:

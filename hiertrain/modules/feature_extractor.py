@@ -3,7 +3,9 @@
 Sites (image mode): ``vision`` (vision-encoder output tokens, the projector's input),
 ``projector`` (its output, the visual tokens the LLM reads) and ``llm.0..llm.N`` (the LLM's
 hidden states at the visual-token positions: ``llm.0`` = input embeddings, ``llm.k`` = after
-block k, the last one after the final norm as in transformers' ``hidden_states``). Text mode
+block k, the last one after the final norm as in transformers' ``hidden_states``). Which
+tensor ``vision`` and ``projector`` are, and their token order, is the model family's
+(`hiertrain.vlm.family`: Qwen2.5-VL and LLaVA-OneVision; see their class docstrings). Text mode
 has the ``llm.*`` sites only, pooled over every token of the chat-formatted prompt (as the
 paper's text probing does). Each site is pooled right inside its hook (``avg`` and/or
 ``last``), so no [batch, tokens, dim] tensor outlives its layer.
@@ -94,7 +96,8 @@ class FeatureExtractor(LightningModule):
         image_system: str = IMAGE_SYSTEM,
     ) -> None:
         super().__init__()
-        from hiertrain.vlm.loading import language_model_of, load_vllm, projector_of, vision_tower_of
+        from hiertrain.vlm.family import family_of
+        from hiertrain.vlm.loading import load_vllm
 
         self.save_hyperparameters()
         self.mode = mode
@@ -104,7 +107,8 @@ class FeatureExtractor(LightningModule):
             raise HierError(f"FeatureExtractor: pools must be among {POOLS} and mode image|text (got {self.pools}, {mode!r})")
         self.vllm, self.processor = load_vllm(pretrained, dtype=dtype, attn_implementation=attn_implementation)
         self.vllm.requires_grad_(False)
-        self.language_model = language_model_of(self.vllm)
+        self.family = family_of(self.vllm)
+        self.language_model = self.family.language_model(self.vllm)
         n_layers = len(self.language_model.layers)
         self.llm_layers = list(range(n_layers + 1)) if llm_layers is None else sorted(set(llm_layers))
         if any(not 0 <= k <= n_layers for k in self.llm_layers):
@@ -114,17 +118,12 @@ class FeatureExtractor(LightningModule):
         self.dims = [hidden] * len(self.sites)
         self.image_prompt, self.image_system = image_prompt, image_system
         if mode == "image":
-            self.visual = vision_tower_of(self.vllm)
-            self.projector = projector_of(self.vllm)
-            if getattr(self.vllm.config, "model_type", "") != "qwen2_5_vl":
-                raise HierError(
-                    f"{pretrained}: image-side feature extraction supports Qwen2.5-VL "
-                    f"(got model type '{self.vllm.config.model_type}'); text mode works for any LLM"
-                )
-            self.image_token_id = self.vllm.config.image_token_id
-            vcfg = self.visual.config
+            try:
+                vision_dim, projector_dim = self.family.image_site_dims(self.vllm)
+            except HierError as err:
+                raise HierError(f"{pretrained}: {err}") from err
             self.sites = ["vision", "projector", *self.sites]
-            self.dims = [vcfg.hidden_size, vcfg.out_hidden_size, *self.dims]
+            self.dims = [vision_dim, projector_dim, *self.dims]
 
     # ---- store description ---------------------------------------------------------------------
 
@@ -161,36 +160,20 @@ class FeatureExtractor(LightningModule):
                 self.language_model.norm.register_forward_hook(lambda m, a, o: rec.llm_site(f"llm.{last}", _hidden(o)))
             )
 
-    def _register_vision(self, rec: _Recorder, grid_thw: Tensor) -> None:
-        from transformers.vision_utils import get_vision_window_index
+    def _register_vision(self, rec: _Recorder, inputs: dict[str, Tensor]) -> None:
+        def emit(site: str, rows: Tensor, counts: list[int]) -> None:
+            rec.pooled[site] = pool_segments(rows, counts, rec.pools)
 
-        vcfg = self.visual.config
-        unit = vcfg.spatial_merge_size**2
-        # Qwen2.5-VL runs its encoder in window order; undo it so `last` is the image's last patch.
-        window_index, _ = get_vision_window_index(grid_thw.cpu(), vcfg.spatial_merge_size, vcfg.window_size, vcfg.patch_size)
-        reverse = torch.argsort(window_index).to(grid_thw.device)
-        tokens = (grid_thw.prod(-1) // unit).tolist()
-        patches = grid_thw.prod(-1).tolist()
-
-        def pre(module, args):
-            x = args[0]
-            x = x.reshape(-1, unit, x.shape[-1])[reverse].reshape(-1, x.shape[-1])
-            rec.pooled["vision"] = pool_segments(x, patches, rec.pools)
-
-        def post(module, args, output):
-            rec.pooled["projector"] = pool_segments(_hidden(output)[reverse], tokens, rec.pools)
-
-        rec.handles.append(self.projector.register_forward_pre_hook(pre))
-        rec.handles.append(self.projector.register_forward_hook(post))
+        rec.handles.extend(self.family.image_site_hooks(self.vllm, inputs, emit))
 
     # ---- forward -------------------------------------------------------------------------------
 
-    def _run(self, inputs: dict[str, Tensor], token_mask: Tensor, grid_thw: Tensor | None) -> dict[str, dict[str, Tensor]]:
+    def _run(self, inputs: dict[str, Tensor], token_mask: Tensor, image: bool) -> dict[str, dict[str, Tensor]]:
         rec = _Recorder(self.pools)
         rec.token_mask = token_mask
         self._register_llm(rec)
-        if grid_thw is not None:
-            self._register_vision(rec, grid_thw)
+        if image:
+            self._register_vision(rec, inputs)
         try:
             # the backbone only: the LM head's logits are not a probing site
             self.vllm.model(**inputs, use_cache=False)
@@ -232,8 +215,8 @@ class FeatureExtractor(LightningModule):
         inputs = inputs.to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.vllm.dtype)
-        mask = inputs["input_ids"] == self.image_token_id
-        pooled = self._run(dict(inputs), mask, inputs["image_grid_thw"])
+        inputs = dict(inputs)
+        pooled = self._run(inputs, self.family.visual_token_mask(self.vllm, inputs), image=True)
         return self._stack(pooled, len(images), 1, [(b, 0) for b in range(len(images))])
 
     def _text_features(self, texts: list[list[tuple[int, str]]]) -> dict[str, Tensor]:
@@ -241,9 +224,9 @@ class FeatureExtractor(LightningModule):
         if not where:
             raise HierError("FeatureExtractor: text mode got a batch without prompts (is the data module in image mode?)")
         prompts = [text for items in texts for _, text in items]
-        tok = getattr(self.processor, "tokenizer", self.processor)
+        tok = self.family.tokenizer(self.processor)
         chats = [tok.apply_chat_template(text_messages(p), tokenize=False, add_generation_prompt=True) for p in prompts]
         inputs = tok(chats, padding=True, return_tensors="pt").to(self.device)
-        pooled = self._run(dict(inputs), inputs["attention_mask"].bool(), None)
+        pooled = self._run(dict(inputs), inputs["attention_mask"].bool(), image=False)
         slots = 1 + max(s for _, s in where)  # the writer pads to the store's slot count
         return self._stack(pooled, len(texts), slots, where)

@@ -27,6 +27,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
 from hiertrain.core.errors import HierError
+from hiertrain.datamodules.tuning import HierTuningDataModule
 
 ADAPTER_DIRNAME = "adapter"
 
@@ -82,12 +83,14 @@ class LoRATuner(LightningModule):
             return
         from peft import LoraConfig, get_peft_model
 
-        from hiertrain.vlm.lora_targets import check_adapted, check_targets, language_model_pattern
-        from hiertrain.vlm.loading import language_model_of, load_vllm
+        from hiertrain.vlm.family import family_of
+        from hiertrain.vlm.loading import load_vllm
+        from hiertrain.vlm.lora_targets import check_adapted, check_targets
 
         base, self.processor = load_vllm(self.pretrained, self.hparams.dtype, self.hparams.attn_implementation)
-        language_model = language_model_of(base)
-        pattern = self.hparams.target_modules or language_model_pattern(base, language_model)
+        family = family_of(base)
+        language_model = family.language_model(base)
+        pattern = self.hparams.target_modules or family.lora_pattern(base)
         check_targets(base, language_model, pattern)
         config = LoraConfig(
             r=self.hparams.rank,
@@ -109,11 +112,18 @@ class LoRATuner(LightningModule):
         """The transformers model with the LoRA layers injected (what the answerer calls)."""
         return self.model.get_base_model()
 
+    @property
+    def family(self) -> Any:
+        """The tuned model's `hiertrain.vlm.family.ModelFamily`."""
+        from hiertrain.vlm.family import family_of
+
+        return family_of(self.hf_model)
+
     def setup(self, stage: str) -> None:
         self.configure_model()
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "attach_processor"):
-            dm.attach_processor(self.processor)
+        if isinstance(dm, HierTuningDataModule):  # the one call that hands the data module the model side
+            dm.connect(processor=self.processor, family=self.family)
         if dm is not None and hasattr(dm, "depth"):
             from hiertrain.core.metrics import hierarchical_metrics
 
@@ -235,15 +245,12 @@ class LoRATuner(LightningModule):
 
 def frozen_parts(model: Any) -> dict[str, Any]:
     """The parts LoRA must leave alone: vision tower and projector (none for a plain LLM)."""
-    from hiertrain.vlm.loading import projector_of, vision_tower_of
+    from hiertrain.vlm.family import family_of
 
-    parts = {}
-    for name, getter in (("vision tower", vision_tower_of), ("projector", projector_of)):
-        try:
-            parts[name] = getter(model)
-        except HierError:
-            continue
-    return parts
+    family = family_of(model)
+    if family.text_only:
+        return {}
+    return {"vision tower": family.vision_tower(model), "projector": family.projector(model)}
 
 
 def save_adapter(peft_model: Any, processor: Any, out: str | Path, source: str = "") -> Path:

@@ -1,9 +1,8 @@
-"""Load a vision LLM (or a plain LLM) by hub id or local dir, and find its parts.
+"""Load a vision LLM (or a plain LLM) by hub id or local dir.
 
 Evaluation, probing and LoRA all load models here, so a tiny checkpoint from `hiertrain tiny`
-and a real hub checkpoint take the same path. The accessors name the three parts the study
-cares about (vision tower, projector, language model) across families, so probing and LoRA
-code never hard-codes one family's attribute names.
+and a real hub checkpoint take the same path. The parts the study cares about (vision tower,
+projector, language model) are found by the model's family (`hiertrain.vlm.family.family_of`).
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hiertrain.core.errors import HierError
+from hiertrain.vlm.family import family_of
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
@@ -45,6 +45,10 @@ def load_vllm(
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     config = _load_config(pretrained, AutoConfig)
     kwargs = {"dtype": torch_dtype, "attn_implementation": attn_implementation, "device_map": device_map}
+    try:  # an image-text model without a family adapter fails here, before its weights load
+        family_of(config)
+    except HierError as err:
+        raise HierError(f"{pretrained}: {err}") from err
     if type(config) in AutoModelForImageTextToText._model_mapping:
         model = AutoModelForImageTextToText.from_pretrained(pretrained, config=config, **kwargs)
         processor = AutoProcessor.from_pretrained(pretrained, **(processor_kwargs or {}))
@@ -72,38 +76,3 @@ def _load_config(pretrained: str, auto_config):
     except (OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise HierError(f"{pretrained}: cannot load model config ({reason})") from err
-
-
-def language_model_of(model) -> Any:
-    """The decoder stack (embeddings + layers + norm, no LM head) of a VLLM or plain LLM."""
-    inner = getattr(model, "model", None)
-    for candidate in (getattr(inner, "language_model", None), getattr(model, "language_model", None)):
-        if candidate is not None:
-            return candidate
-    if inner is not None and hasattr(inner, "layers"):  # plain causal LM: model.model
-        return inner
-    raise HierError(f"{type(model).__name__}: cannot find its language model")
-
-
-def vision_tower_of(model) -> Any:
-    """The image encoder (Qwen2.5-VL `visual`, incl. its merger; LLaVA `vision_tower`)."""
-    inner = getattr(model, "model", model)
-    for name in ("visual", "vision_tower", "vision_model"):
-        for owner in (inner, model):
-            tower = getattr(owner, name, None)
-            if tower is not None:
-                return tower
-    raise HierError(f"{type(model).__name__}: has no vision tower (a text-only model?)")
-
-
-def projector_of(model) -> Any:
-    """The vision-to-LLM projector (Qwen2.5-VL `visual.merger`, LLaVA `multi_modal_projector`)."""
-    inner = getattr(model, "model", model)
-    for owner in (inner, model):
-        projector = getattr(owner, "multi_modal_projector", None)
-        if projector is not None:
-            return projector
-    merger = getattr(vision_tower_of(model), "merger", None)
-    if merger is not None:
-        return merger
-    raise HierError(f"{type(model).__name__}: cannot find its vision-to-language projector")

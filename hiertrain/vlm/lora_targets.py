@@ -3,7 +3,8 @@
 Qwen2.5-VL's vision blocks also have `mlp.gate_proj/up_proj/down_proj`, so a plain name
 list (or `all-linear`) silently adapts the vision tower too. PEFT takes a *string*
 `target_modules` as a regex that must `fullmatch` the module's qualified name, so we
-anchor the pattern on the language model's own prefix, and check the result afterwards.
+anchor the pattern on the language model's own prefix (`ModelFamily.lora_pattern` finds it),
+and check the result afterwards.
 """
 
 from __future__ import annotations
@@ -33,11 +34,6 @@ def target_pattern(lm_prefix: str) -> str:
     """The regex PEFT fullmatches against module names: decoder layers under `lm_prefix` only."""
     head = re.escape(lm_prefix) + r"\." if lm_prefix else ""
     return head + r"layers\.\d+\." + LINEAR_SUFFIX
-
-
-def language_model_pattern(model: nn.Module, language_model: nn.Module) -> str:
-    """The anchored target pattern for `model`, found from its language model's position."""
-    return target_pattern(module_prefix(model, language_model))
 
 
 def matched_modules(model: nn.Module, pattern: str) -> list[str]:

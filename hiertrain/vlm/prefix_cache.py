@@ -6,11 +6,12 @@ KV cache is copied once per level with `Cache.reorder_cache`) and the per-level 
 as one right-padded batch on top of it. Right padding keeps every real token at the position
 a plain forward would give it; the letter logits are read at each row's last real token.
 
-Qwen2-VL / Qwen2.5-VL rotate with 3-row mRoPE whose text positions are shifted by a per-image
-`rope_delta`, which the model otherwise keeps as module state between calls. Here position ids
-are always passed explicitly (computed with `get_rope_index` for the prefix, prefix length +
-offset + delta for the suffix), and the state is cleared after each group, so nothing leaks
-from one image to the next. (transformers 5 has no `cache_position` argument any more: the
+Position ids are always passed explicitly: the model's family (`hiertrain.vlm.family`) gives
+the prefix positions and a per-row delta (Qwen2-VL / Qwen2.5-VL: 3-row mRoPE from
+`get_rope_index`, text after an image shifted by a per-image `rope_delta`); the suffix gets
+prefix length + offset + delta. Whatever state the model keeps between calls (Qwen's cached
+`rope_deltas`) is cleared by the family after each group, so nothing leaks from one image to
+the next. (transformers 5 has no `cache_position` argument any more: the
 query offset is the cache length, which is the prefix length here.)
 
 `generate` equals the model's own `generate(do_sample=False, max_new_tokens=N)`, including what
@@ -32,6 +33,7 @@ import torch
 
 from hiertrain.core.errors import HierError
 from hiertrain.core.prompts import LETTERS
+from hiertrain.vlm.family import family_of
 
 
 @dataclass
@@ -58,10 +60,6 @@ def render_chat(processor: Any, messages: list[dict]) -> str:
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def _tokenizer(processor: Any):
-    return getattr(processor, "tokenizer", processor)
-
-
 class SharedPrefixAnswerer:
     """Letter logits (`answer: logits`) or greedy replies (`answer: generate`) for many levels.
 
@@ -73,9 +71,8 @@ class SharedPrefixAnswerer:
 
     def __init__(self, model: Any, processor: Any, max_new_tokens: int = 5) -> None:
         self.model, self.processor, self.max_new_tokens = model, processor, max_new_tokens
-        self.tokenizer = _tokenizer(processor)
-        inner = getattr(model, "model", None)
-        self._rope_index = getattr(inner, "get_rope_index", None)  # Qwen2-VL family: 3-row mRoPE
+        self.family = family_of(model)
+        self.tokenizer = self.family.tokenizer(processor)
         added = sorted((t.content for t in self.tokenizer.added_tokens_decoder.values()), key=len, reverse=True)
         self._added = re.compile("|".join(map(re.escape, added))) if added else None
         self._letters: dict[str, list[int]] = {}
@@ -147,22 +144,13 @@ class SharedPrefixAnswerer:
 
     def _prefix_positions(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(position_ids, per-row delta added to text positions after the prefix)."""
-        ids = inputs["input_ids"]
-        batch, length = ids.shape
-        if self._rope_index is not None and inputs.get("image_grid_thw") is not None:
-            rope_inputs = {k: inputs[k] for k in ("mm_token_type_ids", "image_grid_thw", "attention_mask") if k in inputs}
-            positions, deltas = self._rope_index(ids, **rope_inputs)
-            return positions, deltas.view(batch, 1).to(ids.device)
-        positions = torch.arange(length, device=ids.device).expand(batch, length)
-        return positions, torch.zeros(batch, 1, dtype=torch.long, device=ids.device)
+        return self.family.prefix_positions(self.model, inputs)
 
     def _text_positions(self, positions: torch.Tensor) -> torch.Tensor:
-        return positions.unsqueeze(0).expand(3, *positions.shape) if self._rope_index is not None else positions
+        return self.family.text_positions(positions)
 
     def _reset_state(self) -> None:
-        inner = getattr(self.model, "model", None)
-        if inner is not None and hasattr(inner, "rope_deltas"):
-            inner.rope_deltas = None
+        self.family.reset_state(self.model)
 
     @torch.no_grad()
     def _run(self, items: list[ImagePrompts], generate: bool) -> list[Any]:

@@ -8,6 +8,7 @@ import torch
 from hiertrain.datamodules.tuning import IGNORE_INDEX, HierTuningDataModule, TuningCollator
 from hiertrain.core.errors import HierError
 from hiertrain.core.prompts import LETTERS
+from hiertrain.vlm.family import CausalLMFamily, family_of
 
 
 @pytest.fixture(scope="module")
@@ -17,12 +18,19 @@ def processor(tiny_qwen):
     return AutoProcessor.from_pretrained(str(tiny_qwen))
 
 
-def _data(synth_dir, processor, mode="image", **kwargs) -> HierTuningDataModule:
+@pytest.fixture(scope="module")
+def family(tiny_qwen):
+    from transformers import AutoConfig
+
+    return family_of(AutoConfig.from_pretrained(str(tiny_qwen)))
+
+
+def _data(synth_dir, processor, family, mode="image", **kwargs) -> HierTuningDataModule:
     dm = HierTuningDataModule(
         str(synth_dir / "questions_random.jsonl"), mode=mode, taxonomy=str(synth_dir / "taxonomy.json"),
         subject="shape", **kwargs,
     )  # fmt: skip
-    dm.attach_processor(processor)
+    dm.connect(processor=processor, family=family)
     dm.setup("fit")
     return dm
 
@@ -39,10 +47,10 @@ def _evaluator_inputs(tiny_qwen, processor, item):
 
 
 @pytest.mark.parametrize("mode", ["image", "text"])
-def test_training_prompt_is_byte_identical_to_the_evaluators(synth_dir, tiny_qwen, processor, mode) -> None:
-    dm = _data(synth_dir, processor, mode)
+def test_training_prompt_is_byte_identical_to_the_evaluators(synth_dir, tiny_qwen, processor, mode, family) -> None:
+    dm = _data(synth_dir, processor, family, mode)
     item = dm.split_dataset("train")[0]
-    collator = TuningCollator(processor)
+    collator = TuningCollator(processor, family)
     fed = _evaluator_inputs(tiny_qwen, processor, item)
     assert len(fed) == len(item["levels"]) == (4 if mode == "image" else 3)
     for level, evaluator_inputs in zip(item["levels"], fed):
@@ -62,8 +70,8 @@ def test_training_prompt_is_byte_identical_to_the_evaluators(synth_dir, tiny_qwe
             assert torch.equal(ex["image_grid_thw"], evaluator_inputs["image_grid_thw"])
 
 
-def test_batches_cover_the_train_split_once_per_level(synth_dir, processor) -> None:
-    dm = _data(synth_dir, processor, "image", train_batch_size=3, limit=15)  # 5 train records
+def test_batches_cover_the_train_split_once_per_level(synth_dir, processor, family) -> None:
+    dm = _data(synth_dir, processor, family, "image", train_batch_size=3, limit=15)  # 5 train records
     train = dm.split_records("train")
     assert {r.split for r in train} == {"train"}
     seen, sequences = [], 0
@@ -81,8 +89,8 @@ def test_batches_cover_the_train_split_once_per_level(synth_dir, processor) -> N
     assert sequences == 4 * len(train)
 
 
-def test_validation_and_test_serve_their_own_splits(synth_dir, processor) -> None:
-    dm = _data(synth_dir, processor, "text", batch_size=5)
+def test_validation_and_test_serve_their_own_splits(synth_dir, processor, family) -> None:
+    dm = _data(synth_dir, processor, family, "text", batch_size=5)
     val_ids = [item["sample_id"] for batch in dm.val_dataloader() for item in batch if item["valid"]]
     assert sorted(val_ids) == [r.sample_id for r in dm.records if r.split == "val"]
     # what `hiertrain test` (VLLMEvaluator + this data config) evaluates and finalizes
@@ -92,12 +100,12 @@ def test_validation_and_test_serve_their_own_splits(synth_dir, processor) -> Non
         dm.split_records("holdout")
 
 
-def test_unreadable_training_image_is_skipped_and_counted(synth_dir, processor, tmp_path) -> None:
+def test_unreadable_training_image_is_skipped_and_counted(synth_dir, processor, tmp_path, family) -> None:
     import shutil
 
     copy = tmp_path / "synth"
     shutil.copytree(synth_dir, copy)
-    dm = _data(copy, processor, "image", train_batch_size=64, limit=9)
+    dm = _data(copy, processor, family, "image", train_batch_size=64, limit=9)
     broken = dm.split_records("train")[0]
     (copy / broken.image).write_bytes(b"not a png")
     batch = next(iter(dm.train_dataloader()))
@@ -106,12 +114,12 @@ def test_unreadable_training_image_is_skipped_and_counted(synth_dir, processor, 
     assert batch["input_ids"].shape[0] == 4 * (len(dm.split_records("train")) - 1)
 
 
-def test_plain_llm_tokenizer_collates(tiny_qwen, synth_dir, processor) -> None:
+def test_plain_llm_tokenizer_collates(tiny_qwen, synth_dir, processor, family) -> None:
     # A causal LM's "processor" is its tokenizer (text mode): same masking, string contents.
     tokenizer = processor.tokenizer
-    dm = _data(synth_dir, processor, "text")
+    dm = _data(synth_dir, processor, family, "text")
     item = dm.split_dataset("train")[0]
-    ex = TuningCollator(tokenizer).example(item["levels"][0].messages, "B", None)
+    ex = TuningCollator(tokenizer, CausalLMFamily("qwen2")).example(item["levels"][0].messages, "B", None)
     target = ex["labels"][ex["labels"] != IGNORE_INDEX]
     assert tokenizer.decode(target) == "B<|im_end|>\n"
     assert "pixel_values" not in ex

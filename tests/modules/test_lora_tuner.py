@@ -117,7 +117,7 @@ def test_image_tuning_reads_the_image(small_image_qwen, synth_dir) -> None:
     torch.manual_seed(0)
     tuner = _tuner(small_image_qwen)
     tuner.configure_model()
-    collator = TuningCollator(tuner.processor)
+    collator = TuningCollator(tuner.processor, tuner.family)
     messages = chat_messages(question_text(image_prompt(0, "shape", "shape"), ["circle", "square", "triangle", "ellipse"]), "image")
     images = [Image.open(synth_dir / "images" / f"{name}_0.png").convert("RGB") for name in ("red_solid_circle", "blue_striped_square")]
     batch = collator.pad([collator.example(messages, "A", images[0]), collator.example(messages, "B", images[1])])
@@ -291,7 +291,7 @@ def test_ddp_fit_on_two_processes_has_exact_validation_metrics(tiny_qwen, synth_
     tuner.processor = load_vllm(str(tiny_qwen))[1]
     tuner.model = load_adapter(base, ckpt_dir / "adapter")
     data = HierTuningDataModule(mode="text", batch_size=2, **args)
-    data.attach_processor(tuner.processor)
+    data.connect(processor=tuner.processor, family=tuner.family)
     metrics, n, skipped = evaluate_split(tuner, data, "val", adapter=True)
     assert (n, skipped) == (7, 0)
     names = ("hca", "leaf_accuracy", "point_overlap", "strict_point_overlap", "top_overlap", "hierarchical_f1")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from hiertrain.core.errors import HierError
-from hiertrain.vlm.loading import language_model_of, load_vllm, projector_of, vision_tower_of
+from hiertrain.vlm.family import family_of
+from hiertrain.vlm.loading import load_vllm
 from hiertrain.vlm.tiny import LLAVA_SPECIAL_TOKENS, build_tokenizer
 
 
@@ -17,10 +18,10 @@ def test_load_qwen_and_its_parts(tiny_qwen):
     assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
     assert type(processor).__name__ == "Qwen2_5_VLProcessor"
     assert not model.training and next(model.parameters()).dtype == torch.float32
-    assert language_model_of(model) is model.model.language_model
-    assert vision_tower_of(model) is model.model.visual
-    assert projector_of(model) is model.model.visual.merger
-    assert type(language_model_of(model)).__name__ == "Qwen2_5_VLTextModel"
+    assert family_of(model).language_model(model) is model.model.language_model
+    assert family_of(model).vision_tower(model) is model.model.visual
+    assert family_of(model).projector(model) is model.model.visual.merger
+    assert type(family_of(model).language_model(model)).__name__ == "Qwen2_5_VLTextModel"
 
 
 def test_load_llava_and_its_parts(tiny_llava):
@@ -28,10 +29,10 @@ def test_load_llava_and_its_parts(tiny_llava):
     assert type(model).__name__ == "LlavaOnevisionForConditionalGeneration"
     assert type(processor).__name__ == "LlavaOnevisionProcessor"
     assert next(model.parameters()).dtype == torch.bfloat16
-    assert language_model_of(model) is model.model.language_model
-    assert vision_tower_of(model) is model.model.vision_tower
-    assert projector_of(model) is model.model.multi_modal_projector
-    assert type(vision_tower_of(model)).__name__ == "SiglipVisionModel"
+    assert family_of(model).language_model(model) is model.model.language_model
+    assert family_of(model).vision_tower(model) is model.model.vision_tower
+    assert family_of(model).projector(model) is model.model.multi_modal_projector
+    assert type(family_of(model).vision_tower(model)).__name__ == "SiglipVisionModel"
 
 
 def test_plain_causal_lm_returns_tokenizer_as_processor(tmp_path):
@@ -45,11 +46,11 @@ def test_plain_causal_lm_returns_tokenizer_as_processor(tmp_path):
     model, processor = load_vllm(str(tmp_path))
     assert type(model).__name__ == "Qwen2ForCausalLM"
     assert type(processor).__name__ == "Qwen2Tokenizer"
-    assert language_model_of(model) is model.model
+    assert family_of(model).language_model(model) is model.model
     with pytest.raises(HierError, match="has no vision tower"):
-        vision_tower_of(model)
+        family_of(model).vision_tower(model)
     with pytest.raises(HierError, match="Qwen2ForCausalLM"):
-        projector_of(model)
+        family_of(model).projector(model)
 
 
 def test_bad_inputs_are_one_line_hier_errors(tmp_path):

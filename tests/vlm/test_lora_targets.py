@@ -17,11 +17,11 @@ from hiertrain.vlm.lora_targets import (
     MLP,
     check_adapted,
     check_targets,
-    language_model_pattern,
     matched_modules,
     target_pattern,
 )
-from hiertrain.vlm.loading import language_model_of, load_vllm, projector_of, vision_tower_of
+from hiertrain.vlm.family import family_of
+from hiertrain.vlm.loading import load_vllm
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +39,9 @@ def _peft(model, targets):
 
 
 def test_pattern_is_anchored_on_the_language_model(qwen) -> None:
-    pattern = language_model_pattern(qwen, language_model_of(qwen))
+    pattern = family_of(qwen).lora_pattern(qwen)
     assert pattern.startswith(re.escape("model.language_model") + r"\.")
-    names = check_targets(qwen, language_model_of(qwen), pattern)
+    names = check_targets(qwen, family_of(qwen).language_model(qwen), pattern)
     layers = qwen.config.text_config.num_hidden_layers
     assert len(names) == 7 * layers
     assert all(n.startswith("model.language_model.layers.") for n in names)
@@ -52,11 +52,10 @@ def test_pattern_is_anchored_on_the_language_model(qwen) -> None:
 
 
 def test_no_vision_or_projector_parameter_is_trainable_or_adapted(qwen) -> None:
-    lm = language_model_of(qwen)
-    peft_model = _peft(qwen, language_model_pattern(qwen, lm))
+    peft_model = _peft(qwen, family_of(qwen).lora_pattern(qwen))
     base = peft_model.get_base_model()
-    frozen = {"vision tower": vision_tower_of(base), "projector": projector_of(base)}
-    check_adapted(peft_model, frozen, language_model_of(base))
+    frozen = {"vision tower": family_of(base).vision_tower(base), "projector": family_of(base).projector(base)}
+    check_adapted(peft_model, frozen, family_of(base).language_model(base))
     for part in frozen.values():
         assert not any(p.requires_grad for p in part.parameters())
         assert not any("lora_" in n for n, _ in part.named_parameters())
@@ -68,13 +67,13 @@ def test_no_vision_or_projector_parameter_is_trainable_or_adapted(qwen) -> None:
 def test_plain_name_list_adapts_the_vision_tower_and_is_caught(qwen) -> None:
     peft_model = _peft(qwen, list(ATTENTION + MLP))
     base = peft_model.get_base_model()
-    frozen = {"vision tower": vision_tower_of(base), "projector": projector_of(base)}
+    frozen = {"vision tower": family_of(base).vision_tower(base), "projector": family_of(base).projector(base)}
     with pytest.raises(HierError, match="LoRA adapted the vision tower: blocks.0.mlp.gate_proj"):
-        check_adapted(peft_model, frozen, language_model_of(base))
+        check_adapted(peft_model, frozen, family_of(base).language_model(base))
 
 
 def test_bad_patterns_are_rejected_before_wrapping(qwen) -> None:
-    lm = language_model_of(qwen)
+    lm = family_of(qwen).language_model(qwen)
     with pytest.raises(HierError, match="outside the language model: model.visual.blocks.0.mlp.gate_proj"):
         check_targets(qwen, lm, r".*\.mlp\.(gate|up|down)_proj")
     with pytest.raises(HierError, match="matches no linear layer"):
@@ -95,7 +94,7 @@ def test_pattern_for_a_plain_causal_lm_prefix() -> None:
 
 def test_llava_onevision_targets(tiny_llava) -> None:
     model, _ = load_vllm(str(tiny_llava))
-    lm = language_model_of(model)
-    names = check_targets(model, lm, language_model_pattern(model, lm))
+    lm = family_of(model).language_model(model)
+    names = check_targets(model, lm, family_of(model).lora_pattern(model))
     assert names and all(".language_model.layers." in n for n in names)
-    assert not set(names) & set(matched_modules(vision_tower_of(model), r".*"))
+    assert not set(names) & set(matched_modules(family_of(model).vision_tower(model), r".*"))
