@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,7 +98,9 @@ def test_cub_image_config_reads_the_real_split_and_names_missing_images():
 
 def _local_copy(name: str, tmp: Path, tiny: Path, synth: Path) -> Path:
     text = (REPO / "configs/probing" / name).read_text()
-    text = text.replace("runs/demo/tiny/qwen2_5_vl", str(tiny)).replace("runs/demo/synth", str(synth))
+    for arch in ("qwen2_5_vl", "llava_onevision"):
+        text = text.replace(f"runs/demo/tiny/{arch}", str(tiny))
+    text = text.replace("runs/demo/synth", str(synth))
     text = text.replace("runs/demo/probing", str(tmp / "probing"))
     out = tmp / name
     out.write_text(text)
@@ -150,3 +153,43 @@ def test_synthetic_demo_through_the_cli(tmp_path, tiny_qwen, synth_dir, monkeypa
     main(["fit", "--config", str(probes), "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
           "--trainer.default_root_dir", "null", "--model.init_args.test_after_fit", "false"])  # fmt: skip
     assert list(work.iterdir()) == []
+
+
+def test_llava_onevision_image_features_extracted_and_probed(tmp_path, tiny_llava, synth_dir, monkeypatch):
+    """The family adapter's new capability end to end: LLaVA-OneVision image features through
+    `hiertrain predict` (FeatureWriter store), then `hiertrain fit` (FeatureDataModule ->
+    LinearProbes, validated and tested on the fitted checkpoint) -> probes.json per site."""
+    from hiertrain.cli.main import main
+    from hiertrain.core.feature_store import FeatureStore
+
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    extract = _local_copy("synth_extract_image_llava.yaml", tmp_path, tiny_llava, synth_dir)
+    probes = _local_copy("synth_probes_llava.yaml", tmp_path, tiny_llava, synth_dir)
+    main(["predict", "--config", str(extract), "--data.init_args.limit", "24", "--data.init_args.batch_size", "4",
+          "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    store = FeatureStore(tmp_path / "probing" / "features_image_llava")
+    sites = ["vision", "projector", "llm.0", "llm.1", "llm.2"]
+    assert store.layout.mode == "image" and store.layout.sites == sites
+    assert store.layout.dims == [32, 64, 64, 64, 64] and store.layout.pools == ["avg", "last"]
+    records = [r for _, _, r in store.index]
+    assert [int(r["id"]) for r in records] == list(range(24))
+    assert {r["split"] for r in records} == {"train", "val", "test"}
+    x = store.gather([(s, r) for s, r, _ in store.index], "avg")
+    assert x.shape == (24, 1, 5, 64) and bool(torch.isfinite(x).all())
+    assert bool((x[:, 0, 0, :32].abs().sum(-1) > 0).all()) and x[:, 0, 0, 32:].abs().sum() == 0
+    assert bool((x[:, 0, 1:].abs().sum(-1) > 0).all())  # every site of every image was written
+    assert not torch.allclose(x[0], x[1])  # different images, different features
+
+    main(["fit", "--config", str(probes), "--trainer.max_epochs", "5", "--trainer.enable_progress_bar", "false"])
+    report = json.loads((tmp_path / "probing" / "probes_image_llava" / "probes.json").read_text())
+    assert report["sites"] == sites and report["side"] == "visual"
+    assert (report["num_train"], report["num_val"], report["num_test"]) == (8, 8, 8)
+    for split in ("val", "test"):
+        assert report[split]["hca"].keys() == set(sites)
+        for site in sites:
+            accs = report[split]["accuracy"][site]
+            assert len(accs) == 4 and all(a is not None and 0.0 <= a <= 1.0 for a in accs), (split, site, accs)
+            assert 0.0 <= report[split]["hca"][site] <= 1.0
+    print("LLaVA-OV probe test accuracy:", json.dumps(report["test"]["accuracy"]), "hca:", json.dumps(report["test"]["hca"]))

@@ -179,3 +179,48 @@ def test_two_process_ddp_writes_each_sample_once(tmp_path, tiny_qwen, synth_dir)
     by_rank = {p.name[:10]: [int(r["id"]) for r in s.records] for p, s in zip(store.shard_paths(), store.shards)}
     assert by_rank == {"shard-r000": [0, 2, 4], "shard-r001": [1, 3]}
     assert [int(r["id"]) for _, _, r in store.index] == [0, 1, 2, 3, 4]
+
+
+def test_llava_onevision_sites_match_transformers_hidden_states(tiny_llava, synth_dir):
+    """LLaVA-OneVision through its family adapter, same oracle as Qwen: `vision` = the base crop's
+    vision feature the projector reads, `projector` = the packed visual tokens in LLM order
+    (== the LLM input embeddings at the image tokens), `llm.k` = transformers' hidden states.
+    Two aspect ratios in one batch: different tiles, unpadding, newline tokens and padding."""
+    from PIL import Image
+
+    from hiertrain.datamodules.probe_inputs import image_messages
+    from hiertrain.modules.feature_extractor import FeatureExtractor
+    from hiertrain.vlm.loading import load_vllm
+
+    extractor = FeatureExtractor(str(tiny_llava), mode="image")
+    assert extractor.sites == ["vision", "projector", "llm.0", "llm.1", "llm.2"]  # tiny: 2 LLM blocks
+    assert extractor.dims == [32, 64, 64, 64, 64]  # SigLIP width, then the LLM's
+    square = Image.open(synth_dir / "images" / "red_solid_circle_0.png").convert("RGB")
+    images = [square, square.resize((700, 300))]
+    got = extractor.predict_step({"records": [{}, {}], "valid": torch.tensor([True, True]), "images": images})
+    avg, last = got["features"]["avg"], got["features"]["last"]
+    assert avg.shape == last.shape == (2, 1, 5, 64)
+
+    model, processor = load_vllm(str(tiny_llava))
+    chat = processor.apply_chat_template(image_messages(), tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[chat] * 2, images=images, padding=True, return_tensors="pt")
+    cfg = model.config
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+        tower = model.model.vision_tower(inputs["pixel_values"][:, 0], output_hidden_states=True)
+    base = tower.hidden_states[cfg.vision_feature_layer]
+    base = base[:, 1:] if cfg.vision_feature_select_strategy == "default" else base
+    mask = inputs["input_ids"] == cfg.image_token_id
+    assert mask[0].sum() != mask[1].sum()  # the wide image has other tiles: other token counts
+    for k, h in enumerate(out.hidden_states):
+        for b in range(2):
+            tokens = h[b][mask[b]]
+            torch.testing.assert_close(avg[b, 0, 2 + k], tokens.mean(0), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(last[b, 0, 2 + k], tokens[-1], rtol=1e-4, atol=1e-5)
+    for b in range(2):
+        torch.testing.assert_close(avg[b, 0, 0, :32], base[b].mean(0), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(last[b, 0, 0, :32], base[b][-1], rtol=1e-4, atol=1e-5)
+        assert avg[b, 0, 0, 32:].abs().sum() == 0  # zero padding up to the widest site
+    # the hooked projector tokens, packed in LLM order, are exactly the LLM's visual input embeddings
+    torch.testing.assert_close(avg[:, 0, 1], avg[:, 0, 2])
+    torch.testing.assert_close(last[:, 0, 1], last[:, 0, 2])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from PIL import Image
@@ -101,6 +103,7 @@ class _MultiTokenLetters:
 
 def test_letter_that_is_not_one_token_is_an_error():
     model = torch.nn.Linear(1, 1)
+    model.config = SimpleNamespace(model_type="qwen2")  # the answerer asks the model's family
     answerer = SharedPrefixAnswerer(model, _MultiTokenLetters())
     with pytest.raises(HierError, match="not a single token"):
         answerer.letter_ids("A")
