@@ -87,15 +87,15 @@ class ModelFamily:
 
     def language_model(self, model: Any) -> Any:
         """The decoder stack (embeddings + layers + norm, no LM head)."""
-        return _part(model, "model.language_model", "language model")
+        return part_at(model, "model.language_model", "language model")
 
     def vision_tower(self, model: Any) -> Any:
         """The image encoder."""
-        return _part(model, "model.vision_tower", "vision tower")
+        return part_at(model, "model.vision_tower", "vision tower")
 
     def projector(self, model: Any) -> Any:
         """The vision-to-language projector."""
-        return _part(model, "model.multi_modal_projector", "vision-to-language projector")
+        return part_at(model, "model.multi_modal_projector", "vision-to-language projector")
 
     # ---- processor -----------------------------------------------------------------------------
 
@@ -154,7 +154,8 @@ class ModelFamily:
         return {key: torch.cat([e[key] for e in examples], 0) for key in keys}
 
 
-def _part(model: Any, path: str, what: str) -> Any:
+def part_at(model: Any, path: str, what: str) -> Any:
+    """`model`'s submodule at dotted `path`; HierError naming `what` when it is not there."""
     obj = model
     for name in path.split("."):
         obj = getattr(obj, name, None)
@@ -169,7 +170,7 @@ class CausalLMFamily(ModelFamily):
     text_only = True
 
     def language_model(self, model: Any) -> Any:
-        return _part(model, "model", "language model")
+        return part_at(model, "model", "language model")
 
     def vision_tower(self, model: Any) -> Any:
         raise HierError(f"{type(model).__name__}: has no vision tower (a text-only model)")
@@ -190,10 +191,10 @@ class QwenVLFamily(ModelFamily):
     per_token_keys = ("mm_token_type_ids",)
 
     def vision_tower(self, model: Any) -> Any:
-        return _part(model, "model.visual", "vision tower")
+        return part_at(model, "model.visual", "vision tower")
 
     def projector(self, model: Any) -> Any:
-        return _part(model, "model.visual.merger", "vision-to-language projector")
+        return part_at(model, "model.visual.merger", "vision-to-language projector")
 
     def prefix_positions(self, model: Any, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """`get_rope_index` (3-row mRoPE) when there is an image; 1-D text positions otherwise."""
