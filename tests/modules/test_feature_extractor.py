@@ -188,7 +188,7 @@ def test_llava_onevision_sites_match_transformers_hidden_states(tiny_llava, synt
     Two aspect ratios in one batch: different tiles, unpadding, newline tokens and padding."""
     from PIL import Image
 
-    from hiertrain.datamodules.probe_inputs import image_messages
+    from hiertrain.core.prompts import probe_image_messages as image_messages
     from hiertrain.modules.feature_extractor import FeatureExtractor
     from hiertrain.vlm.loading import load_vllm
 
