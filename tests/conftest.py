@@ -87,6 +87,12 @@ def tiny_llava(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_internvl(tmp_path_factory) -> Path:
+    """A tiny random-init InternVL (transformers-native) checkpoint dir."""
+    return _tiny(tmp_path_factory, "internvl")
+
+
+@pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> Path:
     """A tiny random-init open_clip model dir (load with hiertrain.vlm.openclip.load_open_clip)."""
     return _tiny(tmp_path_factory, "clip")

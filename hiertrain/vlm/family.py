@@ -22,7 +22,7 @@ from hiertrain.core.errors import HierError
 Emit = Callable[[str, Tensor, list[int]], None]
 
 FAMILIES: dict[str, type[ModelFamily]] = {}
-IMAGE_FEATURE_FAMILIES = ("qwen2_5_vl", "llava_onevision")
+IMAGE_FEATURE_FAMILIES = ("qwen2_5_vl", "llava_onevision", "internvl")
 
 
 def register(*model_types: str) -> Callable[[type[ModelFamily]], type[ModelFamily]]:
@@ -311,10 +311,42 @@ class LlavaOnevisionFamily(ModelFamily):
 @register("internvl")
 class InternVLFamily(ModelFamily):
     """InternVL, transformers-native port (`OpenGVLab/InternVL3-*-hf`): InternViT tower, pixel
-    shuffle + MLP projector, dynamic 448px tiles (+ thumbnail). Parts and positions as the shared
-    layout; image-side probing sites are not implemented (no tiny InternVL to test them on)."""
+    shuffle + MLP projector, dynamic 448 px tiles (+ a thumbnail when tiled), 1-D positions.
 
-    max_tiles = 12  # GotOcr2ImageProcessor's default max_patches
+    Image sites: `vision` = what the projector reads (the `vision_feature_layer` output without
+    CLS, pixel-shuffled: 2x2 neighbouring patches concatenated, so 4x the tower's width) for the
+    image's **last tile**: the thumbnail (whole image) when tiled, else its only tile;
+    `projector` = the projector output of all its tiles in order, i.e. exactly the LLM's input
+    embeddings at the `<IMG_CONTEXT>` tokens.
+    """
+
+    max_tiles = 12  # GotOcr2ImageProcessor's max_patches in the -hf releases
+
+    def image_site_dims(self, model: Any) -> tuple[int, int]:
+        projector = self.projector(model)
+        return projector.linear_1.in_features, projector.linear_2.out_features
+
+    def _tiles(self, model: Any, inputs: dict[str, Tensor]) -> list[int]:
+        per_tile = model.config.image_seq_length
+        tokens = self.visual_token_mask(model, inputs).sum(1)
+        if bool((tokens == 0).any()) or bool((tokens % per_tile != 0).any()):
+            raise HierError(f"InternVL features: one image per sample expected ({tokens.tolist()} image tokens per row)")
+        return (tokens // per_tile).tolist()
+
+    def image_site_hooks(self, model: Any, inputs: dict[str, Tensor], emit: Emit) -> list[Any]:
+        tiles = self._tiles(model, inputs)
+
+        def pre(module, args):
+            x = args[0]  # [all tiles, tokens, 4 * width]
+            whole = torch.stack([part[-1] for part in torch.split(x, tiles)])
+            emit("vision", whole.reshape(-1, x.shape[-1]), [x.shape[1]] * len(tiles))
+
+        def post(module, args, output):
+            out = _first(output)
+            emit("projector", out.reshape(-1, out.shape[-1]), [n * out.shape[1] for n in tiles])
+
+        projector = self.projector(model)
+        return [projector.register_forward_pre_hook(pre), projector.register_forward_hook(post)]
 
 
 def _first(output: Any) -> Tensor:

@@ -20,7 +20,7 @@ from hiertrain.core.errors import HierError
 if TYPE_CHECKING:
     from transformers import Qwen2Tokenizer
 
-ARCHS = ("qwen2_5_vl", "llava_onevision", "clip")
+ARCHS = ("qwen2_5_vl", "llava_onevision", "internvl", "clip")
 CONFIG_DIR = Path(__file__).resolve().parent / "tiny_sizes"
 OPTION_LETTERS = "ABCDEFGHIJ"
 
@@ -62,6 +62,18 @@ LLAVA_ONEVISION_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# The transformers InternVL conversion script's template (OpenGVLab/InternVL3-*-hf).
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
+    "{% elif content['type'] == 'video' %}{{ '<video>\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
+
 # Qwen2.5 special tokens in their real order (ids 151643.. upstream; here right after the BPE vocab).
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -72,6 +84,12 @@ QWEN_SPECIAL_TOKENS = (
 )  # fmt: skip
 # llava-hf's Qwen2 tokenizer: the Qwen2 base specials plus <image> and <video>.
 LLAVA_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
+# InternVL-hf's tokenizer: Qwen2 base specials plus the image/video tokens its processor names.
+INTERNVL_NAMED_TOKENS = {
+    "start_image_token": "<img>", "end_image_token": "</img>",
+    "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>",
+}  # fmt: skip
+INTERNVL_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", *INTERNVL_NAMED_TOKENS.values())
 
 # Text the BPE merges are learned from: chat scaffolding, the paper's prompt phrasing, taxonomy
 # words (birds, plants, the synthetic shapes), common English. Byte-level BPE encodes any text;
@@ -125,7 +143,10 @@ def make_tiny(arch: str, out: str | Path, seed: int = 0, overrides: dict[str, An
         raise HierError(f"{out}: output directory exists and is not empty")
     sizes = _merge_sizes(tiny_sizes(arch), overrides or {}, f"{CONFIG_DIR / arch}.yaml")
     out.mkdir(parents=True, exist_ok=True)
-    builders = {"qwen2_5_vl": _make_qwen2_5_vl, "llava_onevision": _make_llava_onevision, "clip": _make_clip}
+    builders = {
+        "qwen2_5_vl": _make_qwen2_5_vl, "llava_onevision": _make_llava_onevision,
+        "internvl": _make_internvl, "clip": _make_clip,
+    }  # fmt: skip
     try:
         builders[arch](out, seed, sizes)
     except KeyError as err:
@@ -158,12 +179,16 @@ def _merge_sizes(sizes: dict[str, Any], overrides: dict[str, Any], source: str, 
     return merged
 
 
-def build_tokenizer(special_tokens: tuple[str, ...], max_vocab: int, eos_token: str) -> Qwen2Tokenizer:
+def build_tokenizer(
+    special_tokens: tuple[str, ...], max_vocab: int, eos_token: str, named_tokens: dict[str, str] | None = None
+) -> Qwen2Tokenizer:
     """A Qwen2Tokenizer with a byte-level BPE learned from `_CORPUS` and the family's specials.
 
     The pre-tokenizer, normalizer and decoder are the real Qwen2 ones (taken from the class), so
     tokenization behaves like Qwen's, just with fewer merges. Every option letter is forced to
     be one token with and without a leading space, since evaluation reads letter logits.
+    `named_tokens` (attribute name -> token, e.g. InternVL's `context_image_token`) become the
+    tokenizer's named extra special tokens, which some processors read.
     """
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
@@ -197,7 +222,7 @@ def build_tokenizer(special_tokens: tuple[str, ...], max_vocab: int, eos_token: 
         bos_token=None,
         eos_token=eos_token,
         pad_token="<|endoftext|>",
-        extra_special_tokens=extra,
+        extra_special_tokens=named_tokens or extra,
         model_max_length=32768,
     )
     tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens], special_tokens=True)
@@ -323,6 +348,52 @@ def _make_llava_onevision(out: Path, seed: int, sizes: dict[str, Any]) -> None:
         vision_aspect_ratio="anyres_max_9",
         chat_template=LLAVA_ONEVISION_CHAT_TEMPLATE,
     )
+    processor.save_pretrained(out)
+
+
+def _make_internvl(out: Path, seed: int, sizes: dict[str, Any]) -> None:
+    from transformers import (
+        GotOcr2ImageProcessor,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVideoProcessor,
+    )
+
+    tokenizer = build_tokenizer(
+        INTERNVL_SPECIAL_TOKENS, sizes["tokenizer_max_vocab"], eos_token="<|im_end|>", named_tokens=INTERNVL_NAMED_TOKENS
+    )
+    tokenizer.chat_template = INTERNVL_CHAT_TEMPLATE
+    rows = _pad_vocab(len(tokenizer), sizes["vocab_multiple"])
+    text = {"model_type": "qwen2", **_text_config(sizes, tokenizer, rows)}
+    vision = dict(sizes["vision"])
+    side, patch = vision.pop("image_size"), vision.pop("patch_size")
+    downsample = 0.5
+    tokens_per_tile = int((side // patch * downsample) ** 2)
+    config = InternVLConfig(
+        text_config=text,
+        vision_config={**vision, "image_size": [side, side], "patch_size": [patch, patch]},
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        image_seq_length=tokens_per_tile,
+        downsample_ratio=downsample,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
+    model = _seeded_init(seed, lambda: InternVLForConditionalGeneration(config))
+    model.generation_config = _generation_config(tokenizer)
+    model.save_pretrained(out, safe_serialization=True)
+    imagenet = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(
+            size={"height": side, "width": side}, crop_to_patches=True, min_patches=1,
+            max_patches=sizes["max_patches"], **imagenet,
+        ),
+        tokenizer=tokenizer,
+        video_processor=InternVLVideoProcessor(size={"height": side, "width": side}, **imagenet),
+        image_seq_length=tokens_per_tile,
+        chat_template=INTERNVL_CHAT_TEMPLATE,
+    )  # fmt: skip
     processor.save_pretrained(out)
 
 

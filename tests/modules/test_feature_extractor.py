@@ -224,3 +224,48 @@ def test_llava_onevision_sites_match_transformers_hidden_states(tiny_llava, synt
     # the hooked projector tokens, packed in LLM order, are exactly the LLM's visual input embeddings
     torch.testing.assert_close(avg[:, 0, 1], avg[:, 0, 2])
     torch.testing.assert_close(last[:, 0, 1], last[:, 0, 2])
+
+
+def test_internvl_sites_match_transformers_hidden_states(tiny_internvl, synth_dir):
+    """InternVL-hf through its family adapter: `vision` = the pixel-shuffled tower feature the
+    projector reads for the last tile (the thumbnail when tiled), `projector` = all tiles'
+    projector output (== the LLM input embeddings at <IMG_CONTEXT>), `llm.k` = hidden states."""
+    from PIL import Image
+
+    from hiertrain.core.prompts import probe_image_messages as image_messages
+    from hiertrain.modules.feature_extractor import FeatureExtractor
+    from hiertrain.vlm.loading import load_vllm
+
+    extractor = FeatureExtractor(str(tiny_internvl), mode="image")
+    assert extractor.sites == ["vision", "projector", "llm.0", "llm.1", "llm.2"]
+    assert extractor.dims == [128, 64, 64, 64, 64]  # 2x2 pixel shuffle of a 32-wide tower
+    square = Image.open(synth_dir / "images" / "red_solid_circle_0.png").convert("RGB")
+    images = [square, square.resize((600, 300))]  # one tile; tiles + thumbnail
+    got = extractor.predict_step({"records": [{}, {}], "valid": torch.tensor([True, True]), "images": images})
+    avg, last = got["features"]["avg"], got["features"]["last"]
+    assert avg.shape == (2, 1, 5, 128)
+
+    model, processor = load_vllm(str(tiny_internvl))
+    chat = processor.apply_chat_template(image_messages(), tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[chat] * 2, images=images, padding=True, return_tensors="pt")
+    cfg = model.config
+    mask = inputs["input_ids"] == cfg.image_token_id
+    tiles = (mask.sum(1) // cfg.image_seq_length).tolist()
+    assert tiles[0] == 1 and tiles[1] > 2
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+        last_tiles = inputs["pixel_values"][torch.tensor(tiles).cumsum(0) - 1]
+        tower = model.model.vision_tower(pixel_values=last_tiles).last_hidden_state[:, 1:]  # CLS dropped
+    side = int(tower.shape[1] ** 0.5)
+    shuffled = model.model.pixel_shuffle(tower.reshape(2, side, side, -1), scale_factor=cfg.downsample_ratio)
+    shuffled = shuffled.reshape(2, -1, shuffled.shape[-1])
+    for k, h in enumerate(out.hidden_states):
+        for b in range(2):
+            tokens = h[b][mask[b]]
+            torch.testing.assert_close(avg[b, 0, 2 + k, :64], tokens.mean(0), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(last[b, 0, 2 + k, :64], tokens[-1], rtol=1e-4, atol=1e-5)
+    for b in range(2):
+        torch.testing.assert_close(avg[b, 0, 0], shuffled[b].mean(0), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(last[b, 0, 0], shuffled[b][-1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(avg[:, 0, 1], avg[:, 0, 2])
+    torch.testing.assert_close(last[:, 0, 1], last[:, 0, 2])

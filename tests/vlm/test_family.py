@@ -89,12 +89,38 @@ def test_llava_positions_are_plain_and_tiles_pad_in_batches(tiny_llava) -> None:
     assert torch.equal(batch["pixel_values"][1], b[0]) and batch["image_sizes"].tolist() == [[4, 4], [4, 8]]
 
 
-def test_families_without_image_sites_say_so(tiny_qwen) -> None:
-    from transformers import InternVLConfig, Qwen2Config, Qwen2VLConfig
+def test_families_without_image_sites_say_so() -> None:
+    from transformers import Qwen2Config, Qwen2VLConfig
 
-    with pytest.raises(HierError, match="image-side feature extraction supports qwen2_5_vl, llava_onevision"):
-        family_of(InternVLConfig()).image_site_dims(None)
-    with pytest.raises(HierError, match="'qwen2_vl': image-side feature extraction supports"):
+    with pytest.raises(HierError, match="'qwen2_vl': image-side feature extraction supports qwen2_5_vl, llava_onevision, internvl"):
         family_of(Qwen2VLConfig()).image_site_dims(None)
     with pytest.raises(HierError, match="text-only: use mode: text"):
         family_of(Qwen2Config()).image_site_dims(None)
+
+
+def test_internvl_parts_and_shared_prefix_logits(tiny_internvl) -> None:
+    """InternVL-hf through the shared layout: its parts, and letter logits from the shared-prefix
+    cache equal a full forward (fp32), as for Qwen and LLaVA."""
+    from PIL import Image
+
+    from hiertrain.core import prompts
+    from hiertrain.vlm.loading import load_vllm
+    from hiertrain.vlm.lora_targets import check_targets
+    from hiertrain.vlm.prefix_cache import ImagePrompts, SharedPrefixAnswerer, render_chat
+
+    model, processor = load_vllm(str(tiny_internvl))
+    family = family_of(model)
+    assert type(family) is InternVLFamily
+    assert family.language_model(model) is model.model.language_model
+    assert family.vision_tower(model) is model.model.vision_tower
+    assert family.projector(model) is model.model.multi_modal_projector
+    names = check_targets(model, family.language_model(model), family.lora_pattern(model))  # LM only, 7 per layer
+    assert len(names) == 7 * model.config.text_config.num_hidden_layers
+    answerer = SharedPrefixAnswerer(model, processor)
+    image = Image.new("RGB", (500, 300), (200, 30, 30))
+    texts = [prompts.question_text(prompts.image_prompt(0, level, "object"), ["circle", "square", "star"]) for level in ("shape", "colour")]
+    rendered = [render_chat(processor, prompts.chat_messages(t, "image")) for t in texts]
+    shared = answerer.logits([ImagePrompts(image, rendered)])[0]
+    for row, prompt in zip(shared, rendered):
+        full = answerer.full_forward_logits(image, prompt)
+        assert (row - full).abs().max() < 1e-4

@@ -38,7 +38,7 @@ def llava(tiny_llava):
     return AutoProcessor.from_pretrained(tiny_llava), AutoModelForImageTextToText.from_pretrained(tiny_llava).eval()
 
 
-@pytest.mark.parametrize("fixture", ["tiny_qwen", "tiny_llava"])
+@pytest.mark.parametrize("fixture", ["tiny_qwen", "tiny_llava", "tiny_internvl"])
 def test_option_letters_are_single_tokens_with_and_without_space(fixture, request):
     tokenizer = AutoTokenizer.from_pretrained(request.getfixturevalue(fixture))
     assert type(tokenizer).__name__ == "Qwen2Tokenizer"
@@ -59,6 +59,7 @@ def test_option_letters_are_single_tokens_with_and_without_space(fixture, reques
         ("tiny_qwen", ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|vision_start|>", "<|vision_end|>",
                        "<|image_pad|>", "<|video_pad|>"]),
         ("tiny_llava", ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<image>", "<video>"]),
+        ("tiny_internvl", ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]),
     ],
 )  # fmt: skip
 def test_family_special_tokens_are_atomic(fixture, specials, request):
@@ -177,7 +178,7 @@ def test_make_tiny_rejects_bad_arch_and_non_empty_out(tmp_path):
     (tmp_path / "busy" / "keep.txt").write_text("x")
     with pytest.raises(HierError, match="not empty"):
         make_tiny("clip", tmp_path / "busy")
-    assert set(ARCHS) == {"qwen2_5_vl", "llava_onevision", "clip"}
+    assert set(ARCHS) == {"qwen2_5_vl", "llava_onevision", "internvl", "clip"}
 
 
 def test_cli_tiny_writes_a_loadable_checkpoint(tmp_path, capsys):
