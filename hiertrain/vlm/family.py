@@ -67,13 +67,16 @@ class ModelFamily:
     """Shared behaviour: the transformers-v5 VLM layout `model.model.{language_model,
     vision_tower, multi_modal_projector}`, 1-D positions, no per-call state.
 
-    Protocol defaults are plain attributes (what a paper preset may read): `image_max_pixels`
-    (None = the processor's own resizing), `max_tiles` (None = no tiling), `max_new_tokens`.
+    Protocol defaults are plain attributes, the paper's settings (its public evaluation code) for
+    a preset to read; nothing applies them yet: `image_max_pixels` (None = the processor's own
+    resizing), `max_tiles` (image views incl. a thumbnail/base view; None = the processor's
+    own), `max_new_tokens` (text mode) and `image_max_new_tokens` (image mode) for `generate`.
     """
 
     image_max_pixels: int | None = None
     max_tiles: int | None = None
-    max_new_tokens: int = 5  # the paper's reply length for `answer: generate`
+    max_new_tokens: int = 5  # paper, text mode, every family: max_new_tokens=5
+    image_max_new_tokens: int = 5
     per_token_keys: tuple[str, ...] = ()  # processor outputs aligned with input_ids (besides it)
     text_only = False
 
@@ -187,7 +190,8 @@ class QwenVLFamily(ModelFamily):
     """Qwen2-VL / Qwen2.5-VL: `visual` (its forward already applies the `merger` projector),
     3-row mRoPE whose text positions after an image are shifted by a per-image `rope_delta`."""
 
-    image_max_pixels = 12845056  # Qwen2VLImageProcessor's default max_pixels (16384 * 28 * 28)
+    image_max_pixels = 12845056  # paper: the hub processor as saved (preprocessor_config max_pixels)
+    image_max_new_tokens = 10  # paper, evaluation/vllm/qwen: max_new_tokens=10
     per_token_keys = ("mm_token_type_ids",)
 
     def vision_tower(self, model: Any) -> Any:
@@ -259,7 +263,8 @@ class LlavaOnevisionFamily(ModelFamily):
     every tiled image (informative only from `llm.1` on, where it has attended to the image).
     """
 
-    max_tiles = 9  # vision_aspect_ratio "anyres_max_9"
+    max_tiles = 1  # paper: "image_aspect_ratio": "pad" (one padded view; llava-hf default: anyres_max_9)
+    image_max_new_tokens = 10  # paper, evaluation/vllm/llava: max_new_tokens=10
 
     def image_site_dims(self, model: Any) -> tuple[int, int]:
         linear = self.projector(model).linear_1
@@ -320,7 +325,7 @@ class InternVLFamily(ModelFamily):
     embeddings at the `<IMG_CONTEXT>` tokens.
     """
 
-    max_tiles = 12  # GotOcr2ImageProcessor's max_patches in the -hf releases
+    max_tiles = 4  # paper: load_image(image_path, max_num=4), use_thumbnail=True (-hf default: 12)
 
     def image_site_dims(self, model: Any) -> tuple[int, int]:
         projector = self.projector(model)
