@@ -5,7 +5,7 @@ Sites (image mode): ``vision`` (vision-encoder output tokens, the projector's in
 hidden states at the visual-token positions: ``llm.0`` = input embeddings, ``llm.k`` = after
 block k, the last one after the final norm as in transformers' ``hidden_states``). Which
 tensor ``vision`` and ``projector`` are, and their token order, is the model family's
-(`hiertrain.vlm.family`: Qwen2.5-VL and LLaVA-OneVision; see their class docstrings). Text mode
+(`hiertrain.vlm.family`: Qwen2.5-VL, LLaVA-OneVision, InternVL-hf; see their class docstrings). Text mode
 has the ``llm.*`` sites only, pooled over every token of the chat-formatted prompt (as the
 paper's text probing does). Each site is pooled right inside its hook (``avg`` and/or
 ``last``), so no [batch, tokens, dim] tensor outlives its layer.

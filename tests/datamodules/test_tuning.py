@@ -129,3 +129,30 @@ def test_missing_processor_is_a_clear_error(synth_dir) -> None:
     dm = HierTuningDataModule(str(synth_dir / "questions_random.jsonl"))
     with pytest.raises(HierError, match="no processor"):
         dm.train_dataloader()
+
+
+def test_llava_examples_with_different_tilings_collate_into_one_trainable_batch(tiny_llava, synth_dir) -> None:
+    """LLaVA-OneVision's per-image crop count depends on the aspect ratio: the family pads the crop
+    axis, and the padded batch gives the same logits as each example alone."""
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from hiertrain.core.prompts import chat_messages, image_prompt, question_text
+
+    processor = AutoProcessor.from_pretrained(str(tiny_llava))
+    model = AutoModelForImageTextToText.from_pretrained(str(tiny_llava)).eval()
+    collator = TuningCollator(processor, family_of(model))
+    messages = chat_messages(question_text(image_prompt(0, "shape", "shape"), ["circle", "square"]), "image")
+    square = Image.open(synth_dir / "images" / "red_solid_circle_0.png").convert("RGB")
+    examples = [collator.example(messages, "A", square), collator.example(messages, "B", square.resize((700, 300)))]
+    assert examples[0]["pixel_values"].shape[1] != examples[1]["pixel_values"].shape[1]
+    batch = collator.pad(examples)
+    assert batch["pixel_values"].shape[:2] == (2, max(e["pixel_values"].shape[1] for e in examples))
+    model_inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "pixel_values", "image_sizes", "batch_num_images")}
+    with torch.no_grad():
+        logits = model(**model_inputs).logits
+        for row, example in enumerate(examples):
+            alone = collator.pad([example])
+            single = model(**{k: v for k, v in alone.items() if k in model_inputs}).logits[0]
+            n = len(example["input_ids"])
+            torch.testing.assert_close(logits[row, :n], single[:n], rtol=1e-4, atol=1e-4)
