@@ -258,9 +258,9 @@ class LlavaOnevisionFamily(ModelFamily):
     visual tokens in the order they enter the LLM: the projector output packed by the model's own
     `pack_image_features` (base crop, then the unpadded tiles in raster order with the learned
     `image_newline` ending each row), i.e. exactly the LLM's input embeddings at the image tokens.
-    `avg` / `last` pool over those tokens as for Qwen; note that a tiled image's last visual token
-    is the learned `image_newline`, so `last` at `projector` / `llm.0` is the same vector for
-    every tiled image (informative only from `llm.1` on, where it has attended to the image).
+    `avg` / `last` pool over those tokens as for Qwen; note that the last visual token is always
+    the learned `image_newline` (packing appends it, tiled or not), so `last` at `projector` /
+    `llm.0` is the same vector for every image (informative only from `llm.1` on).
     """
 
     max_tiles = 1  # paper: "image_aspect_ratio": "pad" (one padded view; llava-hf default: anyres_max_9)
