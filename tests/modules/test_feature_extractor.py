@@ -224,6 +224,9 @@ def test_llava_onevision_sites_match_transformers_hidden_states(tiny_llava, synt
     # the hooked projector tokens, packed in LLM order, are exactly the LLM's visual input embeddings
     torch.testing.assert_close(avg[:, 0, 1], avg[:, 0, 2])
     torch.testing.assert_close(last[:, 0, 1], last[:, 0, 2])
+    # documented caveat: the packed sequence always ends with the learned image_newline
+    torch.testing.assert_close(last[0, 0, 1], last[1, 0, 1])
+    torch.testing.assert_close(last[0, 0, 1, :64], model.model.image_newline.detach())
 
 
 def test_internvl_sites_match_transformers_hidden_states(tiny_internvl, synth_dir):
