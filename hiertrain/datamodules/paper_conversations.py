@@ -166,16 +166,14 @@ class ConversationCollator(TuningCollator):
     def conversation_example(self, messages: list[dict], image: Any) -> dict[str, torch.Tensor]:
         """One training sequence: 1-D input_ids / labels (+ the image tensors of the first turn)."""
         pieces = self.segments(messages)
-        ids, labels, extra = [], [], {}
+        ids, labels, extra, per_token = [], [], {}, {}
         for i, (text, supervised) in enumerate(pieces):
             if i == 0:
                 enc = self._encode_prompt(text, image)
                 piece = enc.pop("input_ids")[0]
                 enc.pop("attention_mask", None)
-                mm = enc.pop("mm_token_type_ids", None)
+                per_token = {k: enc.pop(k)[0] for k in self.family.per_token_keys if k in enc}
                 extra = {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
-                if mm is not None:
-                    extra["mm_token_type_ids"] = mm[0]
             else:
                 piece = torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
             ids.append(piece)
@@ -190,9 +188,8 @@ class ConversationCollator(TuningCollator):
                 )
             self._checked = True
         out = {"input_ids": input_ids, "labels": torch.cat(labels)}
-        if "mm_token_type_ids" in extra:
-            mm = extra.pop("mm_token_type_ids")
-            out["mm_token_type_ids"] = torch.cat([mm, torch.zeros(len(input_ids) - len(mm), dtype=mm.dtype)])
+        for key, values in per_token.items():  # e.g. Qwen's mm_token_type_ids: text (0) after the first turn
+            out[key] = torch.cat([values, torch.zeros(len(input_ids) - len(values), dtype=values.dtype)])
         out.update(extra)
         return out
 
@@ -250,5 +247,5 @@ class PaperTuningDataModule(HierTuningDataModule):
             batch_size=self.train_batch_size,
             shuffle=True,
             num_workers=self.num_workers,
-            collate_fn=ConversationCollator(self._processor()),
+            collate_fn=self._collator(ConversationCollator),
         )

@@ -181,7 +181,8 @@ class HierTuningDataModule(HierVQADataModule):
             self.processor = processor
         self.family = family if family is not None else self.family
 
-    def _collator(self) -> TuningCollator:
+    def _collator(self, kind: type[TuningCollator] = TuningCollator) -> TuningCollator:
+        """A `kind` collator on the connected (or configured) processor and model family."""
         if self.processor is None:
             if self.processor_path is None:
                 raise HierError("HierTuningDataModule: no processor (give data.processor or use LoRATuner)")
@@ -196,7 +197,7 @@ class HierTuningDataModule(HierVQADataModule):
             from hiertrain.vlm.family import family_of
 
             self.family = family_of(AutoConfig.from_pretrained(self.processor_path))
-        return TuningCollator(self.processor, self.family)
+        return kind(self.processor, self.family)
 
     def split_records(self, split: str) -> list:
         """Records of one split, in file order; HierError when the split is empty."""

@@ -29,6 +29,15 @@ def processor(tiny_qwen):
     return AutoProcessor.from_pretrained(str(tiny_qwen))
 
 
+@pytest.fixture(scope="module")
+def family(tiny_qwen):
+    from transformers import AutoConfig
+
+    from hiertrain.vlm.family import family_of
+
+    return family_of(AutoConfig.from_pretrained(str(tiny_qwen)))
+
+
 @pytest.fixture()
 def files(tmp_path):
     """train_plant_img.json / train_plant_text.json look-alikes; images under the authors' prefix."""
@@ -59,10 +68,10 @@ def _paper_sequence(user: str, answer: str, image_tokens: int = 0) -> str:
     )
 
 
-def test_image_record_matches_the_papers_sequence(files, processor):
+def test_image_record_matches_the_papers_sequence(files, processor, family):
     folder, root = files
     dm = PaperTuningDataModule("unused.jsonl", train_conversations=str(folder / "train_plant_img.json"), image_root=str(root))
-    dm.attach_processor(processor)
+    dm.connect(processor=processor, family=family)
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape[0] == 1 and batch["skipped"] == 0
     ids, labels = batch["input_ids"][0], batch["labels"][0]
@@ -75,9 +84,9 @@ def test_image_record_matches_the_papers_sequence(files, processor):
     assert (labels[:first] == IGNORE_INDEX).all() and (labels[first:] != IGNORE_INDEX).all()
 
 
-def test_text_records_single_and_multi_turn(files, processor):
+def test_text_records_single_and_multi_turn(files, processor, family):
     folder, _ = files
-    collator = ConversationCollator(processor)
+    collator = ConversationCollator(processor, family)
     dm = PaperTuningDataModule("unused.jsonl", train_conversations=str(folder / "train_plant_text.json"))
     dataset = dm.conversation_dataset()
     batch = collator([dataset[0], dataset[1]])
