@@ -225,10 +225,8 @@ def prepare(dataset: str, root: str | os.PathLike, taxonomy: Taxonomy) -> Prepar
 
 def write_image_list(images: list[dict], path: str | os.PathLike) -> None:
     """One JSON object a line (the format `read_image_list` and `hiertrain data questions` read)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="\n") as f:
+    from hiertrain.core.atomic import atomic_path
+
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as f:
         for item in images:
             f.write(json.dumps(item, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hiertrain.core.atomic import atomic_path, write_atomic
 from hiertrain.core.errors import HierError
 
 STORE_META = "store.json"
@@ -164,9 +165,7 @@ class FeatureStore:
             if old != json.loads(json.dumps(layout.to_json())):
                 raise HierError(f"{meta}: existing store has a different layout (sites/pools/dtype/prompts); use a new directory")
         else:
-            tmp = root / f".{STORE_META}.r{rank}.tmp"
-            tmp.write_text(json.dumps(layout.to_json(), indent=1))
-            os.replace(tmp, meta)
+            write_atomic(meta, json.dumps(layout.to_json(), indent=1))
         return cls(root)
 
     def shard_paths(self) -> list[Path]:
@@ -311,11 +310,10 @@ class ShardWriter:
             return None
         assert self._buf is not None
         final = self.store.root / _shard_name(self.rank, self._next)
-        tmp = final.with_name(final.name + ".tmp")
         ids = torch.tensor([int(r["id"]) for r in self._records], dtype=torch.int64)
         tensors = {"ids": ids, **{p: self._buf[p][:n] for p in self.layout.pools}}
-        write_safetensors(tmp, tensors, {"records": json.dumps(self._records, ensure_ascii=False)})
-        os.replace(tmp, final)
+        with atomic_path(final) as tmp:
+            write_safetensors(tmp, tensors, {"records": json.dumps(self._records, ensure_ascii=False)})
         self._next += 1
         self.written_rows += n
         self.written_shards.append(final)

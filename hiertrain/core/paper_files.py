@@ -20,7 +20,6 @@ import http.client
 import json
 import os
 import socket
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -129,10 +128,10 @@ def fetch_files(
 
 
 def _download_verified(url: str, dest: Path, item: PaperFile, progress: bool, timeout: float) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    from hiertrain.core.atomic import atomic_path
+
+    with atomic_path(dest) as tmp:  # a failed or mismatching download leaves nothing behind
+        with open(tmp, "wb") as f:
             _stream(url, f, dest.name, progress, timeout)
         got = file_blob_id(tmp)
         if got != item.blob:
@@ -140,9 +139,6 @@ def _download_verified(url: str, dest: Path, item: PaperFile, progress: bool, ti
                 f"{url}: blob id {got} does not match the manifest's {item.blob} "
                 f"({tmp.stat().st_size} bytes received; not kept)"
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _stream(url: str, f, name: str, progress: bool, timeout: float) -> None:

@@ -12,6 +12,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from hiertrain.core.atomic import atomic_path
+
 LEADERBOARD_METRICS = (
     "hca", "leaf_accuracy", "point_overlap", "strict_point_overlap", "top_overlap", "hierarchical_f1", "unparseable_rate",
 )  # fmt: skip
@@ -64,7 +66,7 @@ def write_leaderboard(runs: list[Any], path: str | Path) -> Path:
     for name in LEADERBOARD_METRICS:
         columns += [name, f"{name}_low", f"{name}_high"]
     columns += ["chance_hca", "ci"]
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)

@@ -13,9 +13,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from hiertrain.core.atomic import atomic_path  # noqa: E402
+
 def _save(fig, out: Path, name: str) -> str:
     fig.tight_layout()
-    fig.savefig(out / name, dpi=120)
+    with atomic_path(out / name) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return name
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hiertrain.core.atomic import write_atomic
 from hiertrain.core.errors import HierError
 
 
@@ -50,7 +51,6 @@ class StepRunner:
             first = str(err).splitlines()[0] if str(err) else ""
             raise HierError(f"step '{name}' failed: {type(err).__name__}: {first}") from err
         seconds = time.perf_counter() - start
-        self._marker(name).parent.mkdir(parents=True, exist_ok=True)
-        self._marker(name).write_text(json.dumps({"seconds": round(seconds, 2)}))
+        write_atomic(self._marker(name), json.dumps({"seconds": round(seconds, 2)}))
         self.echo(f"{where} {name}: finished in {seconds:.1f}s")
         return True
