@@ -15,7 +15,9 @@ from typing import Any
 
 from lightning.pytorch import Callback
 
+from hiertrain.core.atomic import write_atomic
 from hiertrain.core.errors import HierError
+from hiertrain.core.metric_labels import format_percent
 
 # Scalar metrics carried into each row; per-level lists stay in the evaluation's own files.
 ROW_METRICS = ("hca", "leaf_accuracy", "point_overlap", "hierarchical_f1", "unparseable_rate")
@@ -69,18 +71,12 @@ def before_after_doc(rows: list[BeforeAfterRow], base: str, tuned: str) -> dict[
     return {"rows": [r.to_json() for r in rows], "base": base, "tuned": tuned}
 
 
-def _pct(x: float | None, signed: bool = False) -> str:
-    if x is None:
-        return "-"
-    return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
-
-
 def _delta(row: dict[str, Any], name: str) -> str:
     """The signed delta, with the paired bootstrap interval when the row has one."""
     from hiertrain.report.compare import difference_text
 
     entry = (row.get("paired") or {}).get("metrics", {}).get(name)
-    return difference_text(entry) if entry else _pct(row["delta"].get(name), True)
+    return difference_text(entry) if entry else format_percent(row["delta"].get(name), signed=True)
 
 
 def _p(row: dict[str, Any], name: str) -> str:
@@ -110,8 +106,8 @@ def markdown(doc: dict[str, Any]) -> str:
         mode = "visual" if row["mode"] == "image" else "text"
         chance = (row.get("chance") or {}).get("hca")
         line = (
-            f"| {row['dataset']} | {mode} | {_pct(chance)} | {_pct(b.get('hca'))} | {_pct(a.get('hca'))} | "
-            f"{_delta(row, 'hca')} | {_pct(b.get('leaf_accuracy'))} | {_pct(a.get('leaf_accuracy'))} | "
+            f"| {row['dataset']} | {mode} | {format_percent(chance)} | {format_percent(b.get('hca'))} | {format_percent(a.get('hca'))} | "
+            f"{_delta(row, 'hca')} | {format_percent(b.get('leaf_accuracy'))} | {format_percent(a.get('leaf_accuracy'))} | "
             f"{_delta(row, 'leaf_accuracy')} |"
         )
         if paired:
@@ -128,9 +124,8 @@ def write_before_after(run_dir: str | Path, doc: dict[str, Any]) -> Path:
     """Write `before_after.json` and `before_after.md` into `run_dir`; return the JSON path."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "before_after.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    (run_dir / "before_after.md").write_text(markdown(doc))
+    path = write_atomic(run_dir / "before_after.json", json.dumps(doc, indent=2) + "\n")
+    write_atomic(run_dir / "before_after.md", markdown(doc))
     return path
 
 
@@ -272,26 +267,23 @@ class BeforeAfterEvaluation(Callback):
 
 def write_run_json(run_dir: Path, tuner: Any, data: Any, adapter: Path) -> None:
     """`run.json` of kind "lora" (docs/ARCHITECTURE.md, run directories) for `hiertrain report`."""
-    from datetime import datetime, timezone
+    from hiertrain.runs import meta as run_meta
 
-    from hiertrain.runs.eval_outputs import file_sha256, model_name
-
-    meta = {
-        "kind": "lora",
-        "model": str(tuner.pretrained),
-        "model_name": model_name(str(tuner.pretrained)),
-        "dataset": Path(data.questions).stem,
-        "questions": str(data.questions),
-        "questions_sha256": file_sha256(data.questions),
-        "mode": data.mode,
-        "prompt_variant": data.prompt_variant,
-        "answer": "logits",
-        "seed": data.seed,
-        "num_samples": len(data.split_records(data.train_split)),
-        "skipped": 0,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "base": str(tuner.pretrained),
-        "adapter": str(adapter),
-        "hparams": {k: v for k, v in dict(tuner.hparams).items() if k != "pretrained"},
-    }
-    (Path(run_dir) / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+    meta = run_meta.RunMeta(
+        kind="lora",
+        model=str(tuner.pretrained),
+        dataset=run_meta.dataset_name(getattr(data, "name", None), data.questions),
+        mode=data.mode,
+        answer="logits",
+        seed=data.seed,
+        prompt_variant=data.prompt_variant,
+        questions=str(data.questions),
+        questions_sha256=run_meta.file_sha256(data.questions),
+        num_samples=len(data.split_records(data.train_split)),
+        fields={
+            "base": str(tuner.pretrained),
+            "adapter": str(adapter),
+            "hparams": {k: v for k, v in dict(tuner.hparams).items() if k != "pretrained"},
+        },
+    )
+    run_meta.write_run_json(run_dir, meta)

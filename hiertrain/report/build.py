@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hiertrain.core.atomic import write_atomic
 from hiertrain.core.errors import HierError
 from hiertrain.core.prompts import leaf_label
+from hiertrain.core.metric_labels import percent
+from hiertrain.runs.meta import RUN_JSON, model_name, read_run_json
 
 
 @dataclass
@@ -33,7 +36,7 @@ class Run:
 
     @property
     def model(self) -> str:
-        return str(self.meta.get("model_name") or Path(str(self.meta.get("model", "?"))).name)
+        return str(self.meta.get("model_name") or model_name(str(self.meta.get("model", "?"))))
 
     @property
     def dataset(self) -> str:
@@ -69,13 +72,13 @@ def collect_runs(paths: list[str | Path]) -> list[Run]:
         root = Path(given)
         if not root.exists():
             raise HierError(f"{root}: no such run directory")
-        found = [root / "run.json"] if (root / "run.json").is_file() else sorted(root.rglob("run.json"))
+        found = [root / RUN_JSON] if (root / RUN_JSON).is_file() else sorted(root.rglob(RUN_JSON))
         for meta_path in found:
             run_dir = meta_path.parent.resolve()
             if run_dir in seen:
                 continue
             seen.add(run_dir)
-            run = Run(run_dir, _read_json(meta_path))
+            run = Run(run_dir, read_run_json(meta_path))
             for name, attr in (("metrics.json", "metrics"), ("probes.json", "probes"), ("before_after.json", "before_after")):
                 if (run_dir / name).is_file():
                     setattr(run, attr, _read_json(run_dir / name))
@@ -138,19 +141,15 @@ def run_backend(run: Run) -> str:
     return str(run.meta.get("backend") or "transformers")
 
 
-def _pct(x: Any) -> float | None:
-    return None if x is None else round(100.0 * float(x), 2)
-
-
 def _ci(metrics: dict[str, Any] | None, key: str) -> list[float] | None:
     """A metric's bootstrap interval from metrics.json (`intervals`), in percent; None if absent."""
     bounds = ((metrics or {}).get("intervals") or {}).get(key)
-    return None if not bounds else [_pct(bounds[0]), _pct(bounds[1])]
+    return None if not bounds else [percent(bounds[0]), percent(bounds[1])]
 
 
 def _level_cis(metrics: dict[str, Any], names: list[str]) -> dict[str, list[float]]:
     bounds = (metrics.get("intervals") or {}).get("per_level_accuracy") or []
-    return {n: [_pct(b[0]), _pct(b[1])] for n, b in zip(names, bounds) if b}
+    return {n: [percent(b[0]), percent(b[1])] for n, b in zip(names, bounds) if b}
 
 
 def _chance(metrics: dict[str, Any] | None, key: str) -> Any:
@@ -169,16 +168,16 @@ def _eval_tables(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
                 {
                     "model": run.model,
                     "dataset": run.dataset,
-                    "hca": _pct(m.get("hca")),
-                    "leaf_accuracy": _pct(m.get("leaf_accuracy")),
-                    "text_hca": _pct(twin.metrics.get("hca")) if twin else None,
+                    "hca": percent(m.get("hca")),
+                    "leaf_accuracy": percent(m.get("leaf_accuracy")),
+                    "text_hca": percent(twin.metrics.get("hca")) if twin else None,
                     "samples": m.get("num_samples"),
                     "skipped": run.meta.get("skipped", 0),
                     "hca_ci": _ci(m, "hca"),
                     "leaf_accuracy_ci": _ci(m, "leaf_accuracy"),
                     "text_hca_ci": _ci(twin.metrics, "hca") if twin else None,
-                    "chance_hca": _pct(_chance(m, "hca")),
-                    "text_chance_hca": _pct(_chance(twin.metrics, "hca")) if twin else None,
+                    "chance_hca": percent(_chance(m, "hca")),
+                    "text_chance_hca": percent(_chance(twin.metrics, "hca")) if twin else None,
                 }
             )
         names = m.get("level_names") or [f"level{i + 1}" for i in range(len(m.get("per_level_accuracy", [])))]
@@ -187,12 +186,12 @@ def _eval_tables(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
                 "model": run.model,
                 "dataset": run.dataset,
                 "mode": run.mode,
-                "levels": {n: _pct(a) for n, a in zip(names, m.get("per_level_accuracy", [])) if a is not None and not _isnan(a)},
+                "levels": {n: percent(a) for n, a in zip(names, m.get("per_level_accuracy", [])) if a is not None and not _isnan(a)},
                 "levels_ci": _level_cis(m, names),
-                "chance_levels": {n: _pct(c) for n, c in zip(names, _chance(m, "per_level_accuracy") or []) if c is not None},
-                "hca": _pct(m.get("hca")),
+                "chance_levels": {n: percent(c) for n, c in zip(names, _chance(m, "per_level_accuracy") or []) if c is not None},
+                "hca": percent(m.get("hca")),
                 "hca_ci": _ci(m, "hca"),
-                "chance_hca": _pct(_chance(m, "hca")),
+                "chance_hca": percent(_chance(m, "hca")),
             }
         )
         overlap_rows.append(
@@ -200,11 +199,11 @@ def _eval_tables(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
                 "model": run.model,
                 "dataset": run.dataset,
                 "mode": run.mode,
-                "point_overlap": _pct(m.get("point_overlap")),
-                "strict_point_overlap": _pct(m.get("strict_point_overlap")),
-                "top_overlap": _pct(m.get("top_overlap")),
-                "hierarchical_f1": _pct(m.get("hierarchical_f1")),
-                "unparseable_rate": _pct(m.get("unparseable_rate")),
+                "point_overlap": percent(m.get("point_overlap")),
+                "strict_point_overlap": percent(m.get("strict_point_overlap")),
+                "top_overlap": percent(m.get("top_overlap")),
+                "hierarchical_f1": percent(m.get("hierarchical_f1")),
+                "unparseable_rate": percent(m.get("unparseable_rate")),
                 **{f"{k}_ci": _ci(m, k) for k in ("point_overlap", "strict_point_overlap", "top_overlap")},
             }
         )
@@ -230,8 +229,8 @@ def _probe_tables(runs: list[Run]) -> list[dict[str, Any]]:
                     "dataset": run.dataset,
                     "side": p.get("side", run.meta.get("side", "visual")),
                     "site": site,
-                    "levels": {n: _pct(a) for n, a in zip(p.get("level_names", []), test.get("accuracy", {}).get(site, []))},
-                    "hca": _pct(test.get("hca", {}).get(site)),
+                    "levels": {n: percent(a) for n, a in zip(p.get("level_names", []), test.get("accuracy", {}).get(site, []))},
+                    "hca": percent(test.get("hca", {}).get(site)),
                 }
             )
     return rows
@@ -247,12 +246,12 @@ def _lora_tables(runs: list[Run]) -> list[dict[str, Any]]:
                     "run": run.path.name,
                     "dataset": row.get("dataset"),
                     "mode": row.get("mode"),
-                    "hca_before": _pct(before.get("hca")),
-                    "hca_after": _pct(after.get("hca")),
-                    "hca_delta": _pct(None if before.get("hca") is None or after.get("hca") is None else after["hca"] - before["hca"]),
+                    "hca_before": percent(before.get("hca")),
+                    "hca_after": percent(after.get("hca")),
+                    "hca_delta": percent(None if before.get("hca") is None or after.get("hca") is None else after["hca"] - before["hca"]),
                     "last_level": leaf_label(str(row.get("mode", "image"))),  # text rows: the leaf is not asked
-                    "last_level_before": _pct(before.get("leaf_accuracy")),
-                    "last_level_after": _pct(after.get("leaf_accuracy")),
+                    "last_level_before": percent(before.get("leaf_accuracy")),
+                    "last_level_after": percent(after.get("leaf_accuracy")),
                     **_paired_cells(row.get("paired")),
                 }
             )
@@ -267,8 +266,8 @@ def _paired_cells(paired: dict[str, Any] | None) -> dict[str, Any]:
         entry = metrics.get(name) or {}
         interval = entry.get("interval")
         if name == "leaf_accuracy":
-            out["last_level_delta"] = _pct(entry.get("difference")) if entry else None
-        out[f"{short}_delta_ci"] = None if not interval else [_pct(interval[0]), _pct(interval[1])]
+            out["last_level_delta"] = percent(entry.get("difference")) if entry else None
+        out[f"{short}_delta_ci"] = None if not interval else [percent(interval[0]), percent(interval[1])]
         out[f"{short}_mcnemar_p"] = (entry.get("mcnemar") or {}).get("p")
     return out
 
@@ -439,7 +438,7 @@ def write_report(report: Report, out: str | Path, title: str = "hiertrain report
             "McNemar p: exact two-sided test on the images only one of the two models got right.",
             "",
         ]
-    (out / "report.md").write_text("\n".join(md))
+    write_atomic(out / "report.md", "\n".join(md))
     payload = {
         # No creation times: two runs of the same study give the same report.json bytes.
         "runs": [{"path": str(r.path), **{k: v for k, v in r.meta.items() if k not in VOLATILE_META}} for r in report.runs],
@@ -448,7 +447,7 @@ def write_report(report: Report, out: str | Path, title: str = "hiertrain report
         "correlation": report.correlation,
         "images": images,
     }
-    (out / "report.json").write_text(json.dumps(payload, indent=2, default=str))
+    write_atomic(out / "report.json", json.dumps(payload, indent=2, default=str))
     return out / "report.md"
 
 

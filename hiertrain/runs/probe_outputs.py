@@ -12,7 +12,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hiertrain.core.atomic import atomic_path, write_atomic
 from hiertrain.core.probe_spec import ProbeSpec
+from hiertrain.runs.meta import RunMeta, dataset_name, write_run_json
 
 PROBES_JSON = "probes.json"
 
@@ -56,30 +58,19 @@ def probe_report(spec: ProbeSpec, results: dict[str, dict], hparams: dict[str, A
 
 def run_meta(report: dict[str, Any], seed: int) -> dict[str, Any]:
     """run.json for `hiertrain report` (kind "probe"; question-file fields do not apply)."""
-    from datetime import datetime, timezone
-
     info = report["info"]
     source = info.get("source") or info.get("train_taxonomy") or info.get("store", "")
-    model = info.get("model", "")
-    return {
-        "kind": "probe",
-        "model": model,
-        "model_name": Path(str(model)).name or str(model),
-        "dataset": Path(str(source)).parent.name.lower() or "features",
-        "questions": None,
-        "questions_sha256": None,
-        "mode": "image" if report["side"] == "visual" else "text",
-        "prompt_variant": None,
-        "answer": "probe",
-        "seed": seed,
-        "num_samples": report["num_test"],
-        "skipped": 0,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "sites": report["sites"],
-        "pooling": report["pooling"],
-        "side": report["side"],
-        "store": info.get("store"),
-    }
+    meta = RunMeta(
+        kind="probe",
+        model=str(info.get("model", "")),
+        dataset=dataset_name(source=source),
+        mode="image" if report["side"] == "visual" else "text",
+        answer="probe",
+        seed=seed,
+        num_samples=report["num_test"],
+        fields={"sites": report["sites"], "pooling": report["pooling"], "side": report["side"], "store": info.get("store")},
+    )
+    return meta.to_json()
 
 
 def summary_lines(report: dict[str, Any], split: str = "test") -> list[str]:
@@ -124,7 +115,8 @@ def plot_probes(report: dict[str, Any], out_dir: Path, split: str = "test") -> l
         ax.plot(xs, [math.nan if y is None else y for y in ys], marker="o", label=f"{lv['name']} ({lv['classes']} cl.)")
     _axes(ax, sites, f"probe accuracy per level ({split})", "accuracy")
     paths.append(out_dir / "accuracy_vs_layer.png")
-    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    with atomic_path(paths[-1]) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(sites) + 3), 4))
@@ -132,7 +124,8 @@ def plot_probes(report: dict[str, Any], out_dir: Path, split: str = "test") -> l
     ax.axhline(report["chance"]["hca"], color="gray", linestyle=":", label="chance")
     _axes(ax, sites, f"probe hierarchical consistent accuracy ({split})", "HCA")
     paths.append(out_dir / "hca_vs_layer.png")
-    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    with atomic_path(paths[-1]) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     plt.close(fig)
     return paths
 
@@ -152,8 +145,8 @@ def write_probe_outputs(report: dict[str, Any], out_dir: Path, loggers: list | N
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / PROBES_JSON
-    path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out_dir / "run.json").write_text(json.dumps(run_meta(report, seed), indent=1, ensure_ascii=False) + "\n")
+    write_atomic(path, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    write_run_json(out_dir, run_meta(report, seed))
     plots = plot_probes(report, out_dir)
     print("\n".join(summary_lines(report)))
     for logger in loggers or []:

@@ -13,15 +13,9 @@ import argparse
 import json
 from typing import Any
 
-_LABELS = {
-    "hca": "hierarchical consistent accuracy",
-    "leaf_accuracy": "leaf accuracy",
-    "point_overlap": "point-overlap ratio",
-    "strict_point_overlap": "strict point-overlap ratio",
-    "top_overlap": "top-overlap ratio",
-    "hierarchical_f1": "hierarchical F1",
-    "unparseable_rate": "unparseable answers",
-}
+from hiertrain.core.metric_labels import format_percent, full_labels
+
+_LABELS = full_labels()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,10 +142,6 @@ def _score_paper(args: argparse.Namespace, loaded) -> dict[str, Any]:
     }
 
 
-def _pct(x: float | None, digits: int = 2) -> str:
-    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
-
-
 def _ci(result: dict[str, Any], key: str, level: int | None = None) -> str:
     """` [low, high]` in percent when the result has that interval, else ''."""
     bounds = (result.get("intervals") or {}).get(key)
@@ -176,14 +166,14 @@ def format_table(result: dict[str, Any]) -> str:
     labels = {**_LABELS, "leaf_accuracy": f"{result.get('leaf_label', 'leaf')} accuracy"}
     width = max(len(v) for v in labels.values())
     digits = 4 if paper else 2  # the paper's script prints 4 decimals
-    lines += [f"{label:<{width}}  {_pct(result[key], digits):>10}{_ci(result, key)}" for key, label in labels.items()]
+    lines += [f"{label:<{width}}  {format_percent(result[key], digits, missing='n/a', suffix='%'):>10}{_ci(result, key)}" for key, label in labels.items()]
     chance = result.get("chance") or {}
     if chance.get("hca") is not None:
-        lines.append(f"{'chance HCA (uniform guess)':<{width}}  {_pct(chance['hca']):>10}")
+        lines.append(f"{'chance HCA (uniform guess)':<{width}}  {format_percent(chance['hca'], missing='n/a', suffix='%'):>10}")
     lines += ["", f"{'level':<6} {'name':<20} {'asked':>7}  {'accuracy':>8}"]
     first = 1 if not paper or result["cub"] else 2
     for i, (name, n, acc) in enumerate(zip(result["level_names"], result["level_asked"], result["per_level_accuracy"])):
-        lines.append(f"{i + first:<6} {name:<20} {n:>7}  {_pct(acc):>8}{_ci(result, 'per_level_accuracy', i)}")
+        lines.append(f"{i + first:<6} {name:<20} {n:>7}  {format_percent(acc, missing='n/a', suffix='%'):>8}{_ci(result, 'per_level_accuracy', i)}")
     settings = result.get("intervals") or {}
     if settings.get("bootstrap"):
         lines += ["", f"[low, high]: {100 * settings['ci']:g}% {settings['method']} ({settings['bootstrap']} replicates, seed {settings['seed']})"]

@@ -1,0 +1,215 @@
+"""The run contract: what a run is (`RunMeta`), how it is named, and its `run.json`.
+
+Every run kind (evaluation, probing, LoRA) builds its `run.json` here, so the fields `hiertrain
+report` groups by (model name, dataset name) are derived once, and the W&B run name equals
+the run directory name. `run.json` keys (docs/ARCHITECTURE.md, "Run directories"):
+kind, model, model_name, dataset, questions, questions_sha256, mode, prompt_variant, answer,
+seed, num_samples, skipped, created, plus the kind's own fields (probe: sites, pooling, side,
+store; lora: base, adapter, hparams; eval: subject, level_names, limit, split, weights,
+settings, run_name, taxonomy).
+
+A run's identity (`IDENTITY_KEYS`) is everything that decides its numbers: the question
+file's bytes, the split, the mode, the prompt family, variant and subject, the seed, the
+option order, the answer mode and parser, generation length, the processor settings (image
+side cap, processor kwargs, aspect-ratio mode), the backend, the evaluator's settings (dtype,
+attention kernel, CLIP template) and a fingerprint of the weights. A resumed run must match it field by field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hiertrain.core.atomic import write_atomic
+from hiertrain.core.errors import HierError
+
+RUN_JSON = "run.json"
+
+# run.json keys that must match for a rerun to continue (resume) an earlier run in its directory.
+# `limit` is left out on purpose: it only selects which samples are served, and the metrics
+# are computed over exactly the served ids, so a changed limit can never reuse a wrong answer.
+IDENTITY_KEYS = (
+    "model", "weights", "backend", "questions_sha256", "split", "mode", "answer", "prompt_family", "prompt_variant",
+    "subject", "seed", "level_names", "drop_trivial_levels", "shuffle_options", "answer_parser", "max_new_tokens",
+    "max_image_side", "processor_kwargs", "image_aspect_ratio", "settings",
+)  # fmt: skip
+
+# The flag that starts a run afresh in its directory (named in every refusal).
+FRESH_FLAG = "--fresh true"
+
+# Files at most this size are hashed whole by `weights_fingerprint`; larger ones by their size,
+# first and last `_EDGE` bytes (the safetensors header, the first and the last tensor).
+_WHOLE = 64 << 20
+_EDGE = 1 << 20
+
+
+def now() -> str:
+    """The `created` timestamp (UTC, seconds)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def model_name(pretrained: str | os.PathLike) -> str:
+    """Short display name: the last path component of a hub id or directory."""
+    return Path(str(pretrained).rstrip("/")).name or str(pretrained)
+
+
+def dataset_name(name: str | None = None, questions: str | os.PathLike | None = None, source: str | os.PathLike | None = None) -> str:
+    """The dataset name report groups by: an explicit `name`; else the question file's stem;
+    else (probes, which read a feature store) the folder of the taxonomy/store, lower-cased."""
+    if name:
+        return str(name)
+    if questions:
+        return Path(str(questions)).stem
+    if source:
+        return Path(str(source)).parent.name.lower() or "features"
+    return "features"
+
+
+def default_run_name(model_name: str, dataset: str, mode: str, answer: str, prompt_variant: Any) -> str:
+    """`<model>-<dataset>-<mode>-<answer>-v<variant>`: reruns of one setting land in one dir."""
+    return f"{model_name}-{dataset}-{mode}-{answer}-v{prompt_variant}"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a data file's content: a gzipped or packaged (`hiertrain://`) file hashes as
+    its decompressed bytes, so the same questions give the same hash however they are stored."""
+    from hiertrain.core.resources import read_data_bytes, resolve_data_path
+
+    real = resolve_data_path(path)
+    if real.suffix == ".gz":
+        return hashlib.sha256(read_data_bytes(real)).hexdigest()
+    digest = hashlib.sha256()
+    with open(real, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_fingerprint(pretrained: str | os.PathLike) -> str | None:
+    """A cheap hash that changes when the weights at a local path change; None for a hub id.
+
+    Covers every file of the model folder (not hidden ones): its name, size, and its bytes
+    (whole for files up to 64 MiB, else the first and last MiB: the safetensors header, first
+    and last tensors), so rebuilt weights at the same path give another fingerprint.
+    """
+    root = Path(str(pretrained))
+    if not root.exists():
+        return None  # a hub id: the id is the identity (the hub keeps revisions)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    digest = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(root) if path != root else path.name}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            if size <= _WHOLE:
+                digest.update(f.read())
+            else:
+                digest.update(f.read(_EDGE))
+                f.seek(size - _EDGE)
+                digest.update(f.read(_EDGE))
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class RunMeta:
+    """What a run is. `fields` holds the kind's own keys (written after the common ones)."""
+
+    kind: str  # "eval" | "probe" | "lora"
+    model: str
+    dataset: str
+    mode: str
+    answer: str
+    seed: int
+    prompt_variant: int | None = None
+    questions: str | None = None
+    questions_sha256: str | None = None
+    num_samples: int | None = None
+    skipped: int = 0
+    created: str = field(default_factory=now)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        return model_name(self.model)
+
+    @property
+    def run_name(self) -> str:
+        """The given run name (`fields["run_name"]`) or the default one."""
+        return self.fields.get("run_name") or default_run_name(
+            self.model_name, self.dataset, self.mode, self.answer, self.prompt_variant
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The run.json object (existing keys keep their names; kinds add theirs)."""
+        common = {
+            "kind": self.kind,
+            "model": self.model,
+            "model_name": self.model_name,
+            "dataset": self.dataset,
+            "questions": self.questions,
+            "questions_sha256": self.questions_sha256,
+            "mode": self.mode,
+            "prompt_variant": self.prompt_variant,
+            "answer": self.answer,
+            "seed": self.seed,
+            "num_samples": self.num_samples,
+            "skipped": self.skipped,
+            "created": self.created,
+        }
+        return {**common, **self.fields}
+
+    def wandb_identity(self, taxonomy: str | None = None) -> dict[str, Any]:
+        """W&B name/group/tags: name = run directory name, group = dataset (runs of one
+        question set side by side), tags = model, dataset, mode, answer (+ taxonomy)."""
+        tags = [self.model_name, self.dataset, self.mode, str(self.answer)]
+        if taxonomy:
+            tags.append(Path(str(taxonomy)).stem)
+        return {"name": self.run_name, "group": self.dataset, "tags": tags}
+
+
+def to_json_text(obj: Any, indent: int = 2) -> str:
+    """The JSON text every run file uses (UTF-8 kept, trailing newline)."""
+    return json.dumps(obj, indent=indent, ensure_ascii=False) + "\n"
+
+
+def write_run_json(run_dir: str | os.PathLike, meta: RunMeta | dict[str, Any]) -> Path:
+    """Write `<run_dir>/run.json` atomically (the only writer of run.json)."""
+    obj = meta.to_json() if isinstance(meta, RunMeta) else dict(meta)
+    return write_atomic(Path(run_dir) / RUN_JSON, to_json_text(obj))
+
+
+def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """`<run_dir>/run.json` (or that file itself); HierError naming the file when it is not JSON."""
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / RUN_JSON
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise HierError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    except UnicodeDecodeError:
+        raise HierError(f"{path}: not a text file") from None
+    if not isinstance(obj, dict):
+        raise HierError(f"{path}: not a run.json object")
+    return obj
+
+
+def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The identity fields that differ, as `name (old, this run new)`; nested settings by key."""
+    out = []
+    for key in IDENTITY_KEYS:
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            for sub in sorted(set(a) | set(b)):
+                if a.get(sub) != b.get(sub):
+                    out.append(f"{sub} ({a.get(sub)!r}, this run {b.get(sub)!r})")
+        else:
+            out.append(f"{key} ({a!r}, this run {b!r})")
+    return out

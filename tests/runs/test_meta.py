@@ -1,0 +1,68 @@
+"""The run contract: one run.json writer/reader, one name derivation, an identity that sees the weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from hiertrain.core.errors import HierError
+from hiertrain.runs.meta import (
+    RunMeta,
+    dataset_name,
+    identity_differences,
+    read_run_json,
+    weights_fingerprint,
+    write_run_json,
+)
+
+
+def test_run_json_round_trip_keeps_the_report_keys(tmp_path):
+    meta = RunMeta(kind="eval", model="/models/Qwen2.5-VL-7B-Instruct/", dataset=dataset_name(None, "q/cub200.jsonl"),
+                   mode="image", answer="logits", seed=0, prompt_variant=2, fields={"split": "test"})  # fmt: skip
+    write_run_json(tmp_path, meta)
+    back = read_run_json(tmp_path)
+    for key in ("kind", "model", "model_name", "dataset", "questions", "questions_sha256", "mode", "prompt_variant",
+                "answer", "seed", "num_samples", "skipped", "created"):  # fmt: skip
+        assert key in back, key
+    assert (back["model_name"], back["dataset"], back["split"]) == ("Qwen2.5-VL-7B-Instruct", "cub200", "test")
+    assert meta.run_name == "Qwen2.5-VL-7B-Instruct-cub200-image-logits-v2"
+    assert meta.wandb_identity()["name"] == meta.run_name  # W&B name = run directory name
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no .tmp left
+
+
+def test_dataset_name_is_derived_one_way():
+    assert dataset_name("synthetic", "q/questions_random.jsonl") == "synthetic"
+    assert dataset_name(None, "q/questions_random.jsonl") == "questions_random"
+    assert dataset_name(source="d/CUB200/train_taxonomy.json") == "cub200"  # probes: the store's data folder
+
+
+def test_read_run_json_one_line_errors(tmp_path):
+    (tmp_path / "run.json").write_text("{oops")
+    with pytest.raises(HierError, match=r"run\.json:1: not valid JSON"):
+        read_run_json(tmp_path)
+    (tmp_path / "run.json").write_text("[1]")
+    with pytest.raises(HierError, match="not a run.json object"):
+        read_run_json(tmp_path)
+
+
+def test_weights_fingerprint_changes_when_weights_are_rebuilt(tiny_qwen, tmp_path):
+    # issue 11 case 1: rebuilt weights at the same path must not look like the same run
+    from hiertrain.vlm.tiny import make_tiny
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_qwen, copy)
+    before = weights_fingerprint(copy)
+    assert before == weights_fingerprint(copy) and before is not None
+    shutil.rmtree(copy)
+    make_tiny("qwen2_5_vl", copy, seed=1)  # same path, same sizes, other weights
+    assert weights_fingerprint(copy) != before
+    assert weights_fingerprint("Qwen/Qwen2.5-VL-7B-Instruct") is None  # a hub id: the id is the identity
+
+
+def test_identity_differences_name_every_field():
+    old = {"model": "m", "weights": "a", "settings": {"dtype": "float32", "backend": "transformers"}, "seed": 0}
+    new = {"model": "m", "weights": "b", "settings": {"dtype": "bfloat16", "backend": "transformers"}, "seed": 0}
+    assert identity_differences(old, new) == ["weights ('a', this run 'b')", "dtype ('float32', this run 'bfloat16')"]
+    assert identity_differences(old, json.loads(json.dumps(old))) == []
