@@ -6,8 +6,14 @@ experiment composes from `configs/models/*.yaml` + `configs/data/*.yaml`.
 
 Logging: unless `--trainer.logger` is given, runs log to W&B (`WandbLogger`; project
 `--wandb_project`, group = question set, name = run name, tags = model, dataset, mode, answer,
-taxonomy), so runs of one taxonomy sit side by side. `WANDB_MODE=offline` works without a
-network; `--wandb false` (or `WANDB_MODE=disabled`) logs to CSV instead.
+taxonomy), so runs of one taxonomy sit side by side. W&B never blocks or prompts: without
+credentials (WANDB_API_KEY or `wandb login`) it logs offline and says so in one line;
+`WANDB_MODE` is respected; `--wandb false` (or `WANDB_MODE=disabled`) logs to CSV instead.
+
+Outputs: `--trainer.default_root_dir` defaults to `runs/` (git-ignored), and a
+`ModelCheckpoint` without `dirpath` writes to `<default_root_dir>/checkpoints`, so
+`--ckpt_path last` only finds this run's checkpoints. `--fresh true` clears an evaluation's
+run directory before it starts (a rerun with another identity is refused without it).
 
 A model with ``test_after_fit = True`` (LinearProbes) is validated and tested once on the
 fitted checkpoint right after `fit`, so one command gives its report (`hiertrain test
@@ -26,29 +32,29 @@ from typing import Any
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from hiertrain.core.atomic import file_error
 from hiertrain.core.errors import HierError
 
 
 def _logger_identity(model: Any, data: Any) -> dict[str, Any]:
-    """W&B name/group/tags from an evaluator and its question data (empty for other modules)."""
-    from hiertrain.runs.eval_outputs import default_run_name, model_name
+    """W&B name/group/tags from an evaluator and its question data (empty for other modules):
+    the same `RunMeta` the run directory is named by (hiertrain.runs.meta)."""
+    from hiertrain.runs.meta import RunMeta, dataset_name
 
     pretrained, questions = getattr(model, "pretrained", None), getattr(data, "questions", None)
     if pretrained is None or questions is None:
         return {}
-    meta = {
-        "model_name": model_name(pretrained),
-        "dataset": getattr(data, "name", None) or Path(questions).stem,
-        "mode": getattr(data, "mode", "image"),
-        "answer": getattr(model, "answer_kind", type(model).__name__),
-        "prompt_variant": getattr(data, "prompt_variant", 0),
-    }
-    tags = [meta["model_name"], meta["dataset"], meta["mode"], str(meta["answer"])]
-    taxonomy = getattr(data, "taxonomy_path", None)
-    if taxonomy:
-        tags.append(Path(taxonomy).stem)
-    name = getattr(model, "run_name", None) or default_run_name(meta)
-    return {"name": name, "group": meta["dataset"], "tags": tags}
+    meta = RunMeta(
+        kind="eval",
+        model=str(pretrained),
+        dataset=dataset_name(getattr(data, "name", None), questions),
+        mode=getattr(data, "mode", "image"),
+        answer=getattr(model, "answer_kind", type(model).__name__),
+        seed=getattr(data, "seed", 0),
+        prompt_variant=getattr(data, "prompt_variant", 0),
+        fields={"run_name": getattr(model, "run_name", None)},
+    )
+    return meta.wandb_identity(getattr(data, "taxonomy_path", None))
 
 
 class RunDirConfigCallback(SaveConfigCallback):
@@ -71,18 +77,68 @@ def fitted_checkpoint(trainer: Trainer) -> str | None:
     return None
 
 
+DEFAULT_ROOT_DIR = "runs"
+
+
+def wandb_credentials() -> bool:
+    """Whether W&B has an API key (env or `wandb login`'s netrc entry), checked without wandb."""
+    import netrc
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_mode(wanted: bool) -> tuple[str, str | None]:
+    """("online"|"offline"|"csv", the one line to print or None): never a login prompt."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if not wanted or mode == "disabled":
+        return "csv", None
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        return "csv", "hiertrain: wandb is not installed: logging to CSV"
+    if mode in ("offline", "dryrun"):
+        return "offline", None
+    if not wandb_credentials():
+        if mode == "online":
+            raise HierError("WANDB_MODE=online but no W&B credentials: run `wandb login` or set WANDB_API_KEY")
+        return "offline", "hiertrain: no W&B credentials (WANDB_API_KEY or `wandb login`): logging offline (`wandb sync` uploads later)"
+    return "online", None
+
+
 class HierCLI(LightningCLI):
-    """LightningCLI with our defaults: a W&B (or CSV) logger named after the run."""
+    """LightningCLI with our defaults: a W&B (or CSV) logger named after the run, outputs
+    under `runs/`, checkpoints inside the run's root."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--wandb", type=bool, default=True, help="log to W&B; false = CSV logger")
         parser.add_argument("--wandb_project", type=str, default="hiertrain", help="W&B project")
+        parser.add_argument(
+            "--fresh", type=bool, default=False, help="evaluation: clear the run directory and start afresh"
+        )
+        parser.set_defaults({"trainer.default_root_dir": DEFAULT_ROOT_DIR})
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
+        root = kwargs.setdefault("default_root_dir", trainer_config.get("default_root_dir") or DEFAULT_ROOT_DIR)
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
-            kwargs["logger"] = self._default_logger(trainer_config.get("default_root_dir") or os.getcwd())
-        return super().instantiate_trainer(**kwargs)
+            kwargs["logger"] = self._default_logger(root)
+        trainer = super().instantiate_trainer(**kwargs)
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        for callback in trainer.callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
+        if hasattr(self.model, "fresh"):
+            self.model.fresh = bool(self._get(self.config_init, "fresh", default=False))
+        return trainer
 
     def after_fit(self) -> None:
         """Validate + test once on the fitted checkpoint when the model asks (``test_after_fit``)."""
@@ -96,11 +152,16 @@ class HierCLI(LightningCLI):
         from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
         identity = _logger_identity(self.model, self.datamodule)
-        use_wandb = self._get(self.config_init, "wandb", default=True) and os.environ.get("WANDB_MODE") != "disabled"
-        if not use_wandb:
+        mode, note = wandb_mode(bool(self._get(self.config_init, "wandb", default=True)))
+        if note:
+            print(note, file=sys.stderr, flush=True)
+        if mode == "csv":
             return CSVLogger(save_dir=root, name="csv", version=identity.get("name"))
         project = self._get(self.config_init, "wandb_project", default="hiertrain")
-        return WandbLogger(save_dir=root, project=project, job_type=self.subcommand, **identity)
+        Path(root).mkdir(parents=True, exist_ok=True)
+        return WandbLogger(
+            save_dir=root, project=project, job_type=self.subcommand, offline=mode == "offline", **identity
+        )
 
 
 def _cli(argv: list[str]) -> HierCLI:
@@ -135,6 +196,8 @@ def _hier_cause(err: BaseException | None) -> HierError | None:
     while err is not None and id(err) not in seen:
         if isinstance(err, HierError):
             return err
+        if isinstance(err, OSError) and file_error(err) is not None:
+            return file_error(err)
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None

@@ -60,6 +60,19 @@ def _tool_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a closed pipe (`hiertrain score x | head`) ends quietly."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # Python's recipe: point stdout at devnull so the interpreter's final flush is silent.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
         from hiertrain.cli.lightning import run_lightning_cli
@@ -77,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(importlib.import_module(args._module).run(args) or 0)
     except HierError as err:
         print(f"hiertrain: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # unwritable folder, full disk: one line, not a traceback
+        from hiertrain.core.atomic import file_error
+
+        cause = file_error(err)
+        if cause is None:
+            raise
+        print(f"hiertrain: {cause}", file=sys.stderr)
         return 2
 
 

@@ -40,6 +40,10 @@ class CLIPEvaluator(QuestionEvaluator):
         self.tokenizer: Any = None
         self._text_cache: dict[str, torch.Tensor] = {}
 
+    def run_settings(self) -> dict[str, Any]:
+        """The option template decides the text embeddings."""
+        return {"backend": "open_clip", "template": self.template}
+
     def configure_model(self) -> None:
         if self.model is not None:
             return

@@ -2,16 +2,21 @@
 
 Subclasses only answer questions (`answer_items`: dataset items -> `SamplePrediction`s).
 Everything else follows the same steps whatever the model:
-- `setup`: rank 0 claims the run directory and merges what a previous (maybe killed) run
-  streamed; the finished sample ids are broadcast and left out of the dataloader.
+- `setup`: rank 0 locks and claims the run directory (`RunMeta`, identity checked) and merges
+  what a previous (maybe killed) run streamed; the finished sample ids are broadcast and left
+  out of the dataloader. When every sample is finished (a run killed during finalize, or a
+  finished run rerun) Lightning runs no test loop, so the outputs are finalized right here.
 - `test_step`: padding copies of the distributed sampler are dropped, unreadable images are
   recorded as skipped, each finished sample is appended to this rank's predictions part.
 - `on_test_epoch_end`: rank 0 merges the parts and writes metrics, results, plot and table
-  from the merged file; the metrics are broadcast and logged by every rank.
+  from the merged file; the metrics are broadcast and logged by every rank. A run with no
+  scored sample fails (exit 2) naming the first skip reasons; skipping more than the data's
+  `max_skip_rate` warns.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from hiertrain.core.errors import HierError
 from hiertrain.core.predictions import LevelPrediction, SamplePrediction
 from hiertrain.core.prompts import LETTERS
-from hiertrain.runs.eval_outputs import RunDirectory, default_run_name, file_sha256, model_name
+from hiertrain.runs.eval_outputs import RunDirectory
+from hiertrain.runs.meta import RunMeta, dataset_name, file_sha256, weights_fingerprint
 
 SAMPLE_TABLE_ROWS = 50
 # Overriding transfer_batch_to_device on the module (items hold PIL images) is deliberate.
@@ -73,6 +79,7 @@ class QuestionEvaluator(LightningModule):
     def __init__(self, pretrained: str, run_name: str | None = None) -> None:
         super().__init__()
         self.pretrained, self.run_name = pretrained, run_name
+        self.fresh = False  # `hiertrain test ... --fresh true`: clear the run directory first
         self.run_dir: RunDirectory | None = None
         self.meta: dict[str, Any] = {}
         self.final_metrics: dict[str, Any] | None = None
@@ -92,29 +99,44 @@ class QuestionEvaluator(LightningModule):
             raise HierError(f"{type(self).__name__} needs a HierVQADataModule (--data), got {type(dm).__name__}")
         return dm
 
+    def run_settings(self) -> dict[str, Any]:
+        """Evaluator settings that decide the numbers (part of the run's identity)."""
+        return {}
+
+    def describe(self, dm) -> RunMeta:
+        """This run's `RunMeta` (the data module's fields + this evaluator's settings)."""
+        meta = RunMeta(
+            kind="eval",
+            model=str(self.pretrained),
+            dataset=dataset_name(dm.name, dm.questions),
+            mode=dm.mode,
+            answer=self.answer_kind,
+            seed=dm.seed,
+            prompt_variant=dm.prompt_variant,
+            questions=str(dm.questions),
+            questions_sha256=file_sha256(dm.questions),
+            fields={
+                "backend": self.backend,
+                "prompt_family": dm.prompt_family,
+                "drop_trivial_levels": dm.drop_trivial_levels,
+                "shuffle_options": dm.shuffle_options,
+                "taxonomy": dm.taxonomy_path,
+                "subject": dm.subject,
+                "level_names": dm.level_names,
+                "limit": dm.limit,
+                "split": dm.split,
+                "weights": weights_fingerprint(self.pretrained),
+                "settings": self.run_settings(),
+            },
+        )
+        meta.fields["run_name"] = self.run_name or meta.run_name
+        return meta
+
     def run_meta(self, dm) -> dict[str, Any]:
-        meta = {
-            "kind": "eval",
-            "model": str(self.pretrained),
-            "model_name": model_name(self.pretrained),
-            "dataset": dm.name,
-            "questions": str(dm.questions),
-            "questions_sha256": file_sha256(dm.questions),
-            "taxonomy": dm.taxonomy_path,
-            "mode": dm.mode,
-            "answer": self.answer_kind,
-            "backend": self.backend,
-            "prompt_variant": dm.prompt_variant,
-            "prompt_family": dm.prompt_family,
-            "drop_trivial_levels": dm.drop_trivial_levels,
-            "shuffle_options": dm.shuffle_options,
-            "seed": dm.seed,
-            "subject": dm.subject,
-            "level_names": dm.level_names,
-            "limit": dm.limit,
-            "split": dm.split,
-        }
-        meta["run_name"] = self.run_name or default_run_name(meta)
+        """The run.json object of this run (see `describe`)."""
+        meta = self.describe(dm).to_json()
+        for key in ("num_samples", "skipped"):  # filled in by finalize
+            meta.pop(key)
         return meta
 
     def setup(self, stage: str) -> None:
@@ -124,12 +146,23 @@ class QuestionEvaluator(LightningModule):
         self.run_dir = RunDirectory(Path(self.trainer.default_root_dir) / self.meta["run_name"], rank=self.global_rank)
         finished: list[int] = []
         if self.global_rank == 0:
-            self.run_dir.claim(self.meta)
-            finished = [p.id for p in self.run_dir.consolidate()]
+            self.run_dir.lock()
+            try:
+                self.run_dir.claim(self.meta, fresh=self.fresh)
+                finished = [p.id for p in self.run_dir.consolidate()]
+            except BaseException:
+                self.run_dir.unlock()  # Lightning calls no teardown when setup fails
+                raise
         finished = self.trainer.strategy.broadcast(finished, src=0)
         dm.exclude_ids = set(finished)
         if finished:
             rank_zero_info(f"resuming {self.run_dir.path}: {len(finished)} samples already done")
+        if {r.sample_id for r in dm.served_records()} <= set(finished):
+            self._finalize(log=False)  # nothing left to answer: Lightning will not run the test loop
+
+    def teardown(self, stage: str) -> None:
+        if self.run_dir is not None:
+            self.run_dir.unlock()
 
     # ---------------------------------------------------------------- steps
 
@@ -148,23 +181,52 @@ class QuestionEvaluator(LightningModule):
                 self.run_dir.append(prediction)
 
     def on_test_epoch_end(self) -> None:
+        self._finalize()
+
+    def _finalize(self, log: bool = True) -> None:
+        """Rank 0 writes every output from the merged predictions; all ranks log the metrics."""
         strategy = self.trainer.strategy
         strategy.barrier("hiertrain-predictions-written")
-        metrics = None
+        result: tuple[dict[str, Any], list[str]] | None = None
         if self.global_rank == 0:
             dm = self._datamodule()
             served = [r.sample_id for r in dm.served_records()]
-            metrics, preds = self.run_dir.finalize(served, dm.level_names, dm.depth, self.meta)
+            try:
+                metrics, preds = self.run_dir.finalize(served, dm.level_names, dm.depth, self.meta)
+            except BaseException:
+                self.run_dir.unlock()  # a failed run (full disk) must not hold the directory
+                raise
             print((self.run_dir.path / "summary.txt").read_text(encoding="utf-8"), end="", flush=True)
+            print(f"run directory: {self.run_dir.path}", flush=True)
+            result = (metrics, self.run_dir.skip_reasons())
+            self._warn_skips(metrics, result[1], dm.max_skip_rate)
             self._log_artifacts(preds)
-        metrics = strategy.broadcast(metrics, src=0)
+        metrics, reasons = strategy.broadcast(result, src=0)
         self.final_metrics = metrics
+        if not metrics["num_samples"]:
+            self.run_dir.unlock()
+            why = "; ".join(reasons) if reasons else "no sample was served"
+            raise HierError(f"{self.run_dir.path}: no sample was scored ({metrics['num_skipped']} skipped; first: {why})")
+        if not log:  # finalized in setup: there is no epoch to log into
+            return
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.log(f"test/{key}", float(value), sync_dist=True)  # equal on all ranks
         for name, value in zip(metrics["level_names"], metrics["per_level_accuracy"] or []):
             if value is not None:
                 self.log(f"test/acc_{name}", float(value), sync_dist=True)  # equal on all ranks
+
+    @staticmethod
+    def _warn_skips(metrics: dict[str, Any], reasons: list[str], max_rate: float) -> None:
+        """A loud warning when more than `max_rate` of the served samples were skipped."""
+        skipped, total = metrics["num_skipped"], metrics["num_skipped"] + metrics["num_samples"]
+        if total and metrics["num_samples"] and skipped / total > max_rate:
+            print(
+                f"WARNING: {skipped} of {total} samples ({100 * skipped / total:.1f}%) were skipped, more than "
+                f"{100 * max_rate:g}% (--data.max_skip_rate); first: {'; '.join(reasons)}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _log_artifacts(self, preds: list[SamplePrediction]) -> None:
         """The plot and a sample table where the logger can show them (W&B)."""

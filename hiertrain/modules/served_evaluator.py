@@ -26,7 +26,6 @@ with) and `usage` (requests and token totals of the run).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +37,7 @@ from hiertrain.core.errors import HierError
 from hiertrain.core.predictions import SamplePrediction
 from hiertrain.core.prompts import LETTERS, asked_levels
 from hiertrain.modules.evaluator_base import QuestionEvaluator, sample_prediction
-from hiertrain.runs.eval_outputs import default_run_name
+from hiertrain.runs.meta import default_run_name, read_run_json
 from hiertrain.runs.request_cache import RequestCache, request_key
 from hiertrain.vlm.served_client import (
     RequestFailed,
@@ -111,10 +110,12 @@ class ServedEvaluator(QuestionEvaluator):
     def run_meta(self, dm) -> dict[str, Any]:
         meta = super().run_meta(dm)
         meta["base_url_host"] = url_host(self.base_url)
-        meta["run_name"] = self.run_name or default_run_name({**meta, "model_name": f"{meta['model_name']}-served"})
+        meta["run_name"] = self.run_name or default_run_name(
+            f"{meta['model_name']}-served", meta["dataset"], meta["mode"], meta["answer"], meta["prompt_variant"]
+        )
         old = Path(self.trainer.default_root_dir) / meta["run_name"] / "run.json"
         if old.is_file():
-            backend = json.loads(old.read_text(encoding="utf-8")).get("backend", "transformers")
+            backend = read_run_json(old).get("backend", "transformers")
             if backend != BACKEND:
                 raise HierError(f"{old.parent}: holds a {backend!r} run, not a served one; choose another run_name")
         return meta
@@ -152,6 +153,7 @@ class ServedEvaluator(QuestionEvaluator):
                 self._loop.run_until_complete(self._client.close())
             self._loop.close()
         self._loop, self._client = None, None
+        super().teardown(stage)  # frees the run directory's lock
 
     # ---------------------------------------------------------------- answering
 

@@ -113,6 +113,10 @@ class VLLMEvaluator(QuestionEvaluator):
     def run_meta(self, dm) -> dict[str, Any]:
         return {**super().run_meta(dm), **self.protocol()}
 
+    def run_settings(self) -> dict[str, Any]:
+        """dtype and attention kernel decide the logits (the protocol keys are top-level)."""
+        return {"dtype": self.model_dtype, "attn_implementation": self.attn_implementation}
+
     def configure_model(self) -> None:
         if self.answerer is not None:
             return

@@ -7,6 +7,7 @@ Layout of `<root>/<run name>/`:
 - `predictions.jsonl`: all finished samples, sorted by id (parts are merged into it at start
   and at the end, so a killed run resumes from whatever was flushed).
 - `skipped.jsonl`: samples that could not be evaluated (unreadable image), with the reason.
+- `.lock`: held (an OS file lock) by the run writing here; a second run is refused.
 - `results.json` (the paper's result format), `metrics.json`, `per_level_accuracy.png`,
   `summary.txt` (the printed table).
 Metrics are computed from `predictions.jsonl` only, so an interrupted-and-resumed run writes
@@ -15,16 +16,14 @@ the same bytes as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from hiertrain.core.atomic import atomic_path, write_atomic
 from hiertrain.core.errors import HierError
+from hiertrain.core.metric_labels import format_percent, short_labels
 from hiertrain.core.prompts import leaf_label
-from hiertrain.core.resources import read_data_bytes, resolve_data_path
 from hiertrain.core.predictions import (
     SamplePrediction,
     append_predictions,
@@ -32,45 +31,14 @@ from hiertrain.core.predictions import (
     write_paper_results,
     write_predictions,
 )
+from hiertrain.runs.meta import FRESH_FLAG, RUN_JSON, identity_differences, now, read_run_json, to_json_text, write_run_json
 
-# run.json keys that must match for a resume to continue an earlier run.
-IDENTITY_KEYS = (
-    "model", "questions_sha256", "mode", "answer", "prompt_variant", "seed", "subject", "level_names", "split",
-    "prompt_family", "answer_parser", "shuffle_options",
+_json = to_json_text
+LOCK_FILE = ".lock"
+# Every file a run writes into its directory (removed by `RunDirectory.clear`).
+OUTPUT_FILES = (
+    RUN_JSON, "predictions.jsonl", "skipped.jsonl", "results.json", "metrics.json", "per_level_accuracy.png", "summary.txt",
 )  # fmt: skip
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a data file's content: a gzipped or packaged (`hiertrain://`) file hashes as
-    its decompressed bytes, so the same questions give the same hash however they are stored."""
-    real = resolve_data_path(path)
-    if real.suffix == ".gz":
-        return hashlib.sha256(read_data_bytes(real)).hexdigest()
-    digest = hashlib.sha256()
-    with open(real, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_name(pretrained: str) -> str:
-    """Short display name: the last path component of a hub id or directory."""
-    return Path(str(pretrained).rstrip("/")).name or str(pretrained)
-
-
-def default_run_name(meta: dict[str, Any]) -> str:
-    """`<model>-<dataset>-<mode>-<answer>-v<variant>`: reruns of one setting land in one dir."""
-    return f"{meta['model_name']}-{meta['dataset']}-{meta['mode']}-{meta['answer']}-v{meta['prompt_variant']}"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 
 
 class RunDirectory:
@@ -88,27 +56,73 @@ class RunDirectory:
 
     # ---------------------------------------------------------------- start / resume
 
-    def claim(self, meta: dict[str, Any]) -> None:
-        """Create the directory and run.json, or check that an existing run.json is this run."""
+    def lock(self) -> None:
+        """Hold this directory for this process (an OS lock, freed even by a kill).
+
+        A second run into the same directory gets a one-line refusal naming the holder
+        (PID, host) instead of both runs corrupting the predictions file.
+        """
+        import fcntl
+        import os
+        import socket
+
         self.path.mkdir(parents=True, exist_ok=True)
-        meta_path = self.path / "run.json"
+        handle = open(self.path / LOCK_FILE, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise HierError(
+                f"{self.path}: in use by {holder}; wait for that run to end or use another --model.run_name"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"PID {os.getpid()} on host {socket.gethostname()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def unlock(self) -> None:
+        """Release `lock` (the lock file stays; an unheld lock file means nothing)."""
+        handle = getattr(self, "_lock", None)
+        if handle is not None:
+            handle.close()
+            self._lock = None
+
+    def clear(self) -> None:
+        """Start afresh: remove what an earlier run wrote here (only the files a run writes)."""
+        for name in OUTPUT_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        for pattern in ("predictions.rank*.jsonl", "skipped.rank*.jsonl", "*.tmp"):
+            for path in self.path.glob(pattern):
+                path.unlink()
+
+    def claim(self, meta: dict[str, Any], fresh: bool = False) -> None:
+        """Create the directory and run.json, or check that an existing run.json is this run.
+
+        Another identity (IDENTITY_KEYS, runs/meta.py) is refused in one line naming every
+        differing field and the flag that starts afresh; `fresh` clears the directory first.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            self.clear()
+        meta_path = self.path / RUN_JSON
         if meta_path.is_file():
-            old = json.loads(meta_path.read_text(encoding="utf-8"))
-            for key in IDENTITY_KEYS:
-                if old.get(key) != meta.get(key):
-                    raise HierError(
-                        f"{self.path}: holds a run with another {key} ({old.get(key)!r}, this run {meta.get(key)!r}); "
-                        "choose another run_name or remove the directory"
-                    )
+            old = read_run_json(meta_path)
+            differ = identity_differences(old, meta)
+            if differ:
+                raise HierError(
+                    f"{self.path}: holds a run with another {', '.join(differ)}; "
+                    f"add {FRESH_FLAG} to start afresh there, or use another --model.run_name"
+                )
             meta = {**old, **meta, "created": old.get("created")}
         else:
-            meta = {**meta, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        _write_atomic(meta_path, _json(meta))
+            meta = {**meta, "created": meta.get("created") or now()}
+        write_run_json(self.path, meta)
 
     def update_meta(self, **values: Any) -> None:
-        meta_path = self.path / "run.json"
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        _write_atomic(meta_path, _json({**meta, **values}))
+        write_run_json(self.path, {**read_run_json(self.path), **values})
 
     def consolidate(self) -> list[SamplePrediction]:
         """Merge every rank's streamed lines into predictions.jsonl (sorted by id); drop the parts.
@@ -127,9 +141,8 @@ class RunDirectory:
                     raise HierError(f"{source}: sample {sample.id} differs from the one already recorded")
         merged = sorted(by_id.values(), key=lambda s: s.id)
         if parts:
-            tmp = self.predictions_path.with_name("predictions.jsonl.tmp")
-            write_predictions(merged, tmp)
-            os.replace(tmp, self.predictions_path)
+            with atomic_path(self.predictions_path) as tmp:
+                write_predictions(merged, tmp)
         for part in self.path.glob("predictions.rank*.jsonl"):
             part.unlink()
         return merged
@@ -167,7 +180,7 @@ class RunDirectory:
         wanted = set(served_ids)
         preds = [p for p in merged if p.id in wanted]
         skipped = {i: e for i, e in self.skipped().items() if i in wanted and i not in {p.id for p in preds}}
-        _write_atomic(self.path / "skipped.jsonl", "".join(json.dumps(skipped[i], ensure_ascii=False) + "\n" for i in sorted(skipped)))
+        write_atomic(self.path / "skipped.jsonl", "".join(json.dumps(skipped[i], ensure_ascii=False) + "\n" for i in sorted(skipped)))
         for part in self.path.glob("skipped.rank*.jsonl"):
             part.unlink()
         missing = sorted(wanted - {p.id for p in preds} - set(skipped))
@@ -180,12 +193,22 @@ class RunDirectory:
             level_names=list(level_names[:depth]),
             leaf_label=leaf_label(str(meta.get("mode", "image"))),
         )
-        write_paper_results(preds, self.path / "results.json")
-        _write_atomic(self.path / "metrics.json", _json(metrics))
-        plot_per_level(metrics, self.path / "per_level_accuracy.png", title=meta.get("run_name", self.path.name))
-        _write_atomic(self.path / "summary.txt", summary_table(metrics, meta))
+        with atomic_path(self.path / "results.json") as tmp:
+            write_paper_results(preds, tmp)
+        write_atomic(self.path / "metrics.json", _json(metrics))
+        with atomic_path(self.path / "per_level_accuracy.png") as tmp:
+            plot_per_level(metrics, tmp, title=meta.get("run_name", self.path.name))
+        write_atomic(self.path / "summary.txt", summary_table(metrics, meta))
         self.update_meta(skipped=len(skipped), num_samples=len(preds))
         return metrics, preds
+
+    def skip_reasons(self, count: int = 3) -> list[str]:
+        """The first `count` skip reasons of the finalized run (each names its file)."""
+        path = self.path / "skipped.jsonl"
+        if not path.is_file():
+            return []
+        lines = path.read_text(encoding="utf-8").splitlines()[:count]
+        return [json.loads(line)["reason"] for line in lines]
 
 
 def compute_metrics(preds: list[SamplePrediction], depth: int) -> dict[str, Any]:
@@ -211,10 +234,6 @@ def uncertainty(preds: list[SamplePrediction], depth: int, n_boot: int | None = 
     return {"intervals": intervals, "chance": chance_levels(preds, depth)}
 
 
-def _pct(value: Any) -> str:
-    return "   -" if value is None else f"{100 * value:5.1f}"
-
-
 def summary_table(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
     """The table printed at the end of a run (per-level accuracy, HCA, leaf accuracy, overlaps)."""
     names = metrics.get("level_names", [])
@@ -226,14 +245,10 @@ def summary_table(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
         f"samples {metrics.get('num_samples')}  skipped {metrics.get('num_skipped')}",
         f"{'level':<{width}}  acc %",
     ]
-    lines += [f"{name:<{width}}  {_pct(acc)}" for name, acc in zip(names, per_level)]
-    for key, label in (
-        ("hca", "HCA"), ("leaf_accuracy", f"{leaf_label(str(meta.get('mode', 'image')))} accuracy"),
-        ("point_overlap", "point overlap"),
-        ("strict_point_overlap", "strict point overlap"), ("top_overlap", "top overlap"),
-        ("hierarchical_f1", "hierarchical F1"), ("unparseable_rate", "unparseable"),
-    ):  # fmt: skip
-        lines.append(f"{label:<{width}}  {_pct(metrics.get(key))}")
+    lines += [f"{name:<{width}}  {format_percent(acc, digits=1, width=5)}" for name, acc in zip(names, per_level)]
+    labels = {**short_labels(), "leaf_accuracy": f"{leaf_label(str(meta.get('mode', 'image')))} accuracy"}
+    for key, label in labels.items():
+        lines.append(f"{label:<{width}}  {format_percent(metrics.get(key), digits=1, width=5)}")
     return "\n".join(lines) + "\n"
 
 
@@ -264,5 +279,5 @@ def plot_per_level(metrics: dict[str, Any], path: Path, title: str = "") -> None
     ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
