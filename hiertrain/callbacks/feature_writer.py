@@ -9,6 +9,7 @@ already in the store are excluded before the loader is built (resume).
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ class FeatureWriter(BasePredictionWriter):
         self.writer: ShardWriter | None = None
         self.skipped_done = 0
         self.dropped_padding = 0
+        self.skipped_images = 0  # unreadable images (each named on stderr when met)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "predict":
@@ -72,6 +74,9 @@ class FeatureWriter(BasePredictionWriter):
         self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         assert self.writer is not None
+        for reason in batch.get("skipped", []) if isinstance(batch, dict) else []:
+            self.skipped_images += 1
+            print(f"skipped: {reason}", file=sys.stderr, flush=True)
         valid = prediction["valid"].cpu().bool()
         keep = valid.nonzero().flatten()
         self.dropped_padding += int((~valid).sum())
@@ -88,7 +93,8 @@ class FeatureWriter(BasePredictionWriter):
         msg = (
             f"rank {trainer.global_rank}: wrote {self.writer.written_rows} samples in "
             f"{len(self.writer.written_shards)} shards to {self.output_dir} "
-            f"(already stored: {self.skipped_done}; padding repeats dropped: {self.dropped_padding})"
+            f"(already stored: {self.skipped_done}; padding repeats dropped: {self.dropped_padding}; "
+            f"unreadable images skipped: {self.skipped_images})"
         )
         log.info(msg)
         print(msg)

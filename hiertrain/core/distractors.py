@@ -14,7 +14,6 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Sequence
 
-from hiertrain.core.errors import HierError
 from hiertrain.core.prompts import CLIP_TEXT_TEMPLATE
 
 # The paper's SigLIP so400m at 384 px (google/siglip-so400m-patch14-384; open_clip's copy of the same
@@ -100,13 +99,13 @@ class _ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from PIL import Image
+        """The RGB image, or the one-line reason it cannot be read (the sample is then skipped)."""
+        from hiertrain.core.images import BAD_IMAGE_ERRORS, open_rgb
 
         try:
-            with Image.open(self.paths[i]) as image:
-                return image.convert("RGB")
-        except OSError as err:
-            raise HierError(f"{self.source}:{i + 1}: cannot read image {self.paths[i]} ({err})") from None
+            return open_rgb(self.paths[i])
+        except BAD_IMAGE_ERRORS as err:
+            return f"{self.source}:{i + 1}: cannot read image {self.paths[i]} ({type(err).__name__}: {err})"
 
 
 def similar_distractors(
@@ -119,9 +118,9 @@ def similar_distractors(
     batch_size: int,
     workers: int = 0,
     source: str = "<memory>",
-) -> list[list[list[int]]]:
+) -> list[list[list[int]] | str]:
     """Per sample and level, the positions of the k classes most similar to the image,
-    the truth excluded, most similar first."""
+    the truth excluded, most similar first; for an unreadable image, the reason (a string)."""
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
@@ -133,11 +132,18 @@ def similar_distractors(
     loader = DataLoader(
         _ImageFiles(image_paths, source), batch_size=batch_size, num_workers=workers, collate_fn=list
     )
-    picks: list[list[list[int]]] = []
+    picks: list[list[list[int]] | str] = []
     start = 0
-    for images in tqdm(loader, desc="similar distractors", unit="batch"):
+    for loaded in tqdm(loader, desc="similar distractors", unit="batch"):
+        good = [j for j, image in enumerate(loaded) if not isinstance(image, str)]
+        images = [loaded[j] for j in good]
+        out: list[list[list[int]] | str] = list(loaded)  # reasons stay, picks fill the good slots
+        start += len(loaded)
+        if not images:
+            picks.extend(out)
+            continue
         features = encoder.encode_images(images)
-        batch = truth_positions[start : start + len(images)]
+        batch = [truth_positions[start - len(loaded) + j] for j in good]
         batch_picks: list[list[list[int]]] = [[] for _ in batch]
         for level in range(max(len(t) for t in batch)):
             rows = [r for r, t in enumerate(batch) if len(t) > level]
@@ -149,8 +155,9 @@ def similar_distractors(
             top = similarity.topk(min(k + 1, similarity.shape[1]), dim=1).indices.tolist()
             for r, ranked in zip(rows, top):
                 batch_picks[r].append([j for j in ranked if j != batch[r][level]][:k])
-        picks.extend(batch_picks)
-        start += len(images)
+        for j, chosen in zip(good, batch_picks):
+            out[j] = chosen
+        picks.extend(out)
     return picks
 
 

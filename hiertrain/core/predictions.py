@@ -237,6 +237,8 @@ def from_paper_results(items: Any, source: str = "<memory>", mode: str | None = 
         if sample_mode not in MODES:
             raise HierError(f"{where}: mode must be one of {MODES}, got {sample_mode!r}")
         numbers = _paper_levels(item)
+        if not any(_PAPER_TRUTH.fullmatch(k) for k in item):
+            raise HierError(f"{where}: no ground_truth_levelN key, not the paper's result format: {NOT_PREDICTIONS_HINT}")
         levels = []
         for n in numbers:
             for key in (f"predicted_level{n}", f"choices_level{n}"):
@@ -319,6 +321,9 @@ def write_paper_results(preds: Iterable[SamplePrediction], path: str | Path) -> 
 # ---------------------------------------------------------------- either format
 
 
+NOT_PREDICTIONS_HINT = "give a run's predictions.jsonl (one sample a line) or the paper's result .json (a list)"
+
+
 def read_predictions(path: str | Path, mode: str | None = None) -> LoadedPredictions:
     """Read our JSONL or the paper's JSON list (told apart by the first character)."""
     path = Path(path)
@@ -326,6 +331,15 @@ def read_predictions(path: str | Path, mode: str | None = None) -> LoadedPredict
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise HierError(f"{path}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise HierError(f"{path}: not a text file: {NOT_PREDICTIONS_HINT}") from None
+    if text.lstrip().startswith("{") and "\n" in text.strip():
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict):  # run.json, metrics.json, ...: one object, not a line per sample
+            raise HierError(f"{path}: a JSON object, not predictions: {NOT_PREDICTIONS_HINT}")
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)

@@ -178,13 +178,11 @@ def write_questions(records: Sequence[QuestionRecord], path: str | os.PathLike) 
     """Write records one a line, in the serialisation of the paper's files (default
     `json.dumps` separators, UTF-8 kept as is), via a temporary file so a crash leaves no
     half-written bank."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="\n") as f:
+    from hiertrain.core.atomic import atomic_path
+
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as f:
         for record in records:
             f.write(json.dumps(record.raw, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -235,6 +233,7 @@ def build_questions(
     workers: int = 0,
     cache_dir: str | os.PathLike | None = None,
     encoder: ImageTextEncoder | None = None,
+    skipped: list[str] | None = None,
 ) -> list[QuestionRecord]:
     """One record per image: for every level of its path the truth and up to
     `num_choices - 1` distractors of the same level, in a seeded order.
@@ -243,7 +242,9 @@ def build_questions(
     questions do not depend on the other images. `similar` takes the classes the image-text
     `encoder` (e.g. `hiertrain.vlm.openclip.OpenClipEncoder`) finds most similar to the image. A level with fewer
     classes than `num_choices` gets fewer options. `source` and `image_root` name the image
-    list file (for error lines) and the folder its relative image paths start from.
+    list file (for error lines) and the folder its relative image paths start from. With
+    `similar`, an unreadable image (truncated, decompression bomb, ...) leaves its record out;
+    its reason (naming the file) is appended to `skipped`.
     """
     if not 2 <= num_choices <= len(LETTERS):
         raise HierError(f"num_choices must be between 2 and {len(LETTERS)}, got {num_choices}")
@@ -254,7 +255,7 @@ def build_questions(
     positions = [levels.positions(path) for _, path in resolved]
     k = num_choices - 1
 
-    similar: list[list[list[int]]] | None = None
+    similar: list[list[list[int]] | str] | None = None
     if distractors == "similar":
         if encoder is None:
             raise HierError("similar distractors need a CLIP model (--clip NAME_OR_PATH)")
@@ -268,12 +269,17 @@ def build_questions(
 
     records = []
     rows = tqdm(zip(images, resolved), total=len(images), desc="questions", disable=len(images) < 1000)
-    for sample_id, (image, (leaf, _)) in enumerate(rows):
+    for index, (image, (leaf, _)) in enumerate(rows):
+        if similar is not None and isinstance(similar[index], str):
+            if skipped is not None:
+                skipped.append(similar[index])
+            continue
+        sample_id = len(records)  # the record's line in the written bank
         raw = {"image": image["image"], "label": leaf, "split": image["split"]}
-        for level, t in enumerate(positions[sample_id]):
+        for level, t in enumerate(positions[index]):
             rng = random.Random(f"{seed}:{sample_id}:{level}:choices")
             nodes = levels.nodes[level]
-            picked = similar[sample_id][level] if similar is not None else random_distractors(len(nodes), t, k, rng)
+            picked = similar[index][level] if similar is not None else random_distractors(len(nodes), t, k, rng)
             truth = nodes[t]
             choices = [truth] + [nodes[j] for j in picked]
             rng.shuffle(choices)

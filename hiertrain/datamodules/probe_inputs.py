@@ -40,13 +40,18 @@ class ImageProbeDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from PIL import Image
+        """The item; an unreadable image (missing, truncated, decompression bomb) gives
+        `image=None` and `error` naming the file: the collate leaves it out, counted."""
+        from hiertrain.core.images import BAD_IMAGE_ERRORS, open_rgb
 
         real, valid = unpad_index(index, len(self.records))
         rec = self.records[real]
-        with Image.open(self.root / rec["image"]) as im:
-            image = im.convert("RGB")
-        return {"image": image, "record": rec, "valid": valid}
+        path = self.root / rec["image"]
+        try:
+            return {"image": open_rgb(path), "record": rec, "valid": valid, "error": None}
+        except BAD_IMAGE_ERRORS as err:
+            message = f"{path}: cannot read image of sample {rec['id']} ({type(err).__name__}: {err})"
+            return {"image": None, "record": rec, "valid": valid, "error": message}
 
 
 class TextProbeDataset(Dataset):
@@ -65,10 +70,16 @@ class TextProbeDataset(Dataset):
 
 
 def collate_probe_inputs(items: list[dict]) -> dict[str, Any]:
-    """Lists stay lists (PIL images, prompts, records): the model's processor batches them."""
+    """Lists stay lists (PIL images, prompts, records): the model's processor batches them.
+    Unreadable images are left out; `skipped` holds their reasons (real samples only)."""
     import torch
 
+    skipped = [it["error"] for it in items if it.get("error") and it["valid"]]
+    items = [it for it in items if not it.get("error")]
+    if not items:
+        return {"records": [], "valid": torch.zeros(0, dtype=torch.bool), "images": [], "skipped": skipped}
     out: dict[str, Any] = {
+        "skipped": skipped,
         "records": [it["record"] for it in items],
         "valid": torch.tensor([bool(it["valid"]) for it in items]),
     }

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from hiertrain.core import prompts
 from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
 from hiertrain.core.errors import HierError
+from hiertrain.core.images import BAD_IMAGE_ERRORS
 from hiertrain.core.question_bank import QuestionRecord, read_questions
 
 Mode = Literal["image", "text"]
@@ -72,11 +73,10 @@ def level_questions(
 
 
 def open_image(path: Path):
-    """The image as RGB, fully decoded now so a truncated file fails here, not in the model."""
-    from PIL import Image
+    """The image as RGB (`hiertrain.core.images.open_rgb`: bombs, truncation, 16-bit grey)."""
+    from hiertrain.core.images import open_rgb
 
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    return open_rgb(path)
 
 
 class QuestionDataset(Dataset):
@@ -106,15 +106,10 @@ class QuestionDataset(Dataset):
         return len(self.records)
 
     def image_path(self, record: QuestionRecord) -> Path:
-        """Where the image is: a mapped prefix replaced first (the paper's files hold the
-        authors' absolute paths), then relative paths taken from `image_dir`."""
-        image = record.image
-        for old, new in self.image_root_map.items():
-            if image.startswith(old):
-                image = new + image[len(old) :]
-                break
-        path = Path(image)
-        return path if path.is_absolute() else self.image_dir / path
+        """Where the image is (`hiertrain.core.images.resolve_image`, the one image-path rule)."""
+        from hiertrain.core.images import resolve_image
+
+        return resolve_image(record.image, self.image_dir, self.image_root_map)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         real, valid = unpad_index(index, len(self.records))
@@ -133,7 +128,7 @@ class QuestionDataset(Dataset):
             path = self.image_path(record)
             try:
                 item["image"] = open_image(path)
-            except (OSError, ValueError) as err:  # PIL raises OSError (incl. missing) or ValueError
+            except BAD_IMAGE_ERRORS as err:  # missing, truncated, not an image, decompression bomb
                 message = f"{path}: cannot read image of sample {record.sample_id} ({type(err).__name__}: {err})"
                 if self.on_bad_image == "error":
                     raise HierError(message) from None
@@ -167,13 +162,15 @@ class HierVQADataModule(LightningDataModule):
         seed: seeds the option order (per sample and level).
         limit: serve only the first `limit` records.
         image_dir: base folder of relative image paths (default: the question file's folder).
-        image_root_map: leading path replacements, e.g. the authors' CUB folder -> yours.
+        image_root_map: leading path replacements, e.g. the authors' CUB folder -> yours; a
+            relative target is taken from the working directory (README, "Image paths").
         image_root: your download of the dataset of a paper file (e.g. your CUB_200_2011):
             the authors' absolute image paths are mapped there (hiertrain.core.paper_image_paths);
             takes precedence over `image_root_map`. Image mode only.
         on_bad_image: "skip" (counted, named in the run's skipped list) or "error".
         name: short dataset name for run names and reports (default: the question file's stem).
         split: serve only records of this split (e.g. "test" when a file holds train/val/test).
+        max_skip_rate: warn at the end of a run that skipped more than this share of samples.
     """
 
     def __init__(
@@ -197,6 +194,7 @@ class HierVQADataModule(LightningDataModule):
         prompt_family: str = prompts.DEFAULT_FAMILY,
         drop_trivial_levels: bool = False,
         shuffle_options: bool = True,
+        max_skip_rate: float = 0.05,
     ) -> None:
         super().__init__()
         if mode not in ("image", "text"):
@@ -205,6 +203,10 @@ class HierVQADataModule(LightningDataModule):
             raise HierError(f"on_bad_image {on_bad_image!r} is not 'skip' or 'error'")
         if limit is not None and limit < 1:
             raise HierError(f"limit must be at least 1, got {limit}")
+        if batch_size < 1:
+            raise HierError(f"data.batch_size must be at least 1, got {batch_size}")
+        if not 0 <= max_skip_rate <= 1:
+            raise HierError(f"data.max_skip_rate must be in [0, 1], got {max_skip_rate}")
         self.questions, self.mode, self.taxonomy_path = questions, mode, taxonomy
         self.given_level_names, self.subject = level_names, subject
         self.prompt_variant, self.seed, self.limit = prompt_variant, seed, limit
@@ -216,6 +218,7 @@ class HierVQADataModule(LightningDataModule):
         self.split = split
         self.prompt_family, self.drop_trivial_levels = prompt_family, drop_trivial_levels
         self.shuffle_options = shuffle_options
+        self.split, self.max_skip_rate = split, max_skip_rate
         self.records: list[QuestionRecord] | None = None
         self.level_names: list[str] = []
         self.exclude_ids: set[int] = set()  # finished samples of a resumed run
@@ -251,6 +254,21 @@ class HierVQADataModule(LightningDataModule):
 
             found = image_root_map([r.image for r in self.records], self.image_root, source=str(self.questions))
             self.image_root_map = {**found, **self.image_root_map}
+        self._warn_single_options()
+
+    def _warn_single_options(self) -> None:
+        """A question with one option is always right: say so instead of counting it silently."""
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        single = [
+            (r.sample_id, i) for r in self.records for i in prompts.asked_levels(r.truths, self.mode) if len(r.choices[i]) < 2
+        ]
+        if single:
+            sample_id, level = single[0]
+            rank_zero_warn(
+                f"{self.questions}: {len(single)} questions have a single option and are always counted correct "
+                f"(first: line {sample_id + 1}, level {level + 1}); `hiertrain score --ignore-level N` leaves a level out"
+            )
 
     def _names(self, taxonomy, records: list[QuestionRecord], depth: int) -> list[str]:
         """One name per level of the records: a name list that does not fit them is an error,

@@ -199,6 +199,8 @@ class FeatureExtractor(LightningModule):
     @torch.no_grad()
     def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
         records, valid = batch["records"], batch["valid"]
+        if not records:  # every image of the batch was unreadable (counted by the writer)
+            return {"records": [], "valid": valid, "features": {}}
         if self.mode == "image":
             feats = self._image_features(batch["images"])
         else:

@@ -29,11 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--drop-trivial-levels", action="store_true", help="leave out levels with a single class"
     )
     parser.add_argument("--on-multi-parent", choices=("error", "first"), default="error")
-    parser.add_argument("--out", required=True, type=Path, help="question bank JSONL to write")
+    parser.add_argument(
+        "--out", required=True, type=Path,
+        help="question bank JSONL to write (image paths are written relative to its folder)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from hiertrain.core.errors import HierError
+    from hiertrain.core.images import relative_image_path, resolve_image
     from hiertrain.core.question_bank import build_questions, read_image_list, write_questions
     from hiertrain.core.taxonomy import Taxonomy
     from hiertrain.vlm.openclip import OpenClipEncoder
@@ -43,7 +47,14 @@ def run(args: argparse.Namespace) -> int:
     taxonomy = Taxonomy.from_json(
         args.taxonomy, on_multi_parent=args.on_multi_parent, drop_trivial_levels=args.drop_trivial_levels
     )
-    images = read_image_list(args.images)
+    # The bank's image paths follow the one image-path rule (hiertrain.core.images): relative
+    # to the question file, wherever --out puts it.
+    images = [
+        image if Path(image["image"]).is_absolute()
+        else {**image, "image": relative_image_path(resolve_image(image["image"], args.images.parent), args.out)}
+        for image in read_image_list(args.images)
+    ]
+    skipped: list[str] = []
     records = build_questions(
         taxonomy,
         images,
@@ -51,16 +62,23 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_choices=args.num_choices,
         source=str(args.images),
-        image_root=args.images.parent,
+        image_root=args.out.parent,
         batch_size=args.batch_size,
         workers=args.workers,
         cache_dir=args.cache_dir,
         encoder=OpenClipEncoder(args.clip, batch_size=args.batch_size) if args.distractors == "similar" else None,
+        skipped=skipped,
     )
+    for reason in skipped:
+        print(f"skipped: {reason}", file=sys.stderr)
+    if not records:
+        raise HierError(f"{args.images}: no readable image ({len(skipped)} skipped; first: {skipped[0]})")
     write_questions(records, args.out)
     short = sum(
         1 for r in records for choices in r.choices if len(choices) < args.num_choices
     )
     note = f" ({short} questions have fewer than {args.num_choices} options)" if short else ""
+    if skipped:
+        note += f"; {len(skipped)} unreadable images skipped"
     print(f"wrote {len(records)} records to {args.out}{note}", file=sys.stderr)
     return 0
