@@ -96,3 +96,23 @@ def tiny_internvl(tmp_path_factory) -> Path:
 def tiny_clip(tmp_path_factory) -> Path:
     """A tiny random-init open_clip model dir (load with hiertrain.vlm.openclip.load_open_clip)."""
     return _tiny(tmp_path_factory, "clip")
+
+
+def _bomb_png(path: Path, side: int = 20000) -> Path:
+    """A small file whose PNG header claims side x side pixels (PIL's bomb guard reads the header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    body = zlib.compress(b"\0" * (side + 1))  # one row; the guard fires before decoding
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture
+def bomb_png():
+    """Writes a decompression-bomb PNG (20000 x 20000 claimed) at a path: `bomb_png(path)`."""
+    return _bomb_png

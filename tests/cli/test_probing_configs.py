@@ -149,10 +149,12 @@ def test_synthetic_demo_through_the_cli(tmp_path, tiny_qwen, synth_dir, monkeypa
     assert report["checkpoint"]["path"] == str(ckpt)
     assert report["test"] == after_fit["test"]  # test touched once per command, same selected probes
     assert "probe test accuracy" in done.stdout
-    # no run dir named (no logger, no default_root_dir): LightningCLI must not drop config.yaml in cwd
+    # no run dir named (no logger, no default_root_dir): LightningCLI must not drop config.yaml in cwd;
+    # everything goes under the git-ignored runs/ (issue 11, cases 10 and 11)
     main(["fit", "--config", str(probes), "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
           "--trainer.default_root_dir", "null", "--model.init_args.test_after_fit", "false"])  # fmt: skip
-    assert list(work.iterdir()) == []
+    assert [p.name for p in work.iterdir()] == ["runs"]
+    assert (work / "runs" / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_llava_onevision_image_features_extracted_and_probed(tmp_path, tiny_llava, synth_dir, monkeypatch):

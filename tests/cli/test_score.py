@@ -266,3 +266,33 @@ def test_one_level_file_scores_in_table_and_json(tmp_path, capsys):
 def test_cub_flag_needs_the_paper_protocol(tmp_path, capsys):
     assert main(["score", str(_write_jsonl(tmp_path / "p.jsonl", SAMPLES)), "--cub"]) == 2
     assert "--cub only applies with --protocol paper" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("run.json", json.dumps({"kind": "eval", "model": "m", "mode": "image"}, indent=2) + "\n"),
+        ("metrics.json", json.dumps({"hca": 0.25, "per_level_accuracy": [0.5]}, indent=2) + "\n"),
+        ("foo.json", '[{"foo": 1}]'),
+        ("image.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"),
+    ],
+    ids=["run.json", "metrics.json", "foo-list", "png"],
+)
+def test_non_prediction_inputs_are_one_line(tmp_path, capsys, name, content):
+    # issue 11 case 8: "not valid JSON" for run.json/metrics.json; TypeError / UnicodeDecodeError before
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert main(["score", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hiertrain: {path}") and err.count("\n") == 1
+    assert "give a run's predictions.jsonl" in err
+
+
+def test_broken_pipe_ends_quietly(tmp_path):
+    # issue 11: `hiertrain score x | head -1` must not print a BrokenPipeError traceback
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in SAMPLES))
+    # `true` exits at once, so the reader is gone before hiertrain prints: a certain EPIPE
+    proc = subprocess.run(f"'{HIERTRAIN}' score '{path}' --json | true", shell=True, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0  # the pipeline's status is `true`'s; stderr is what matters
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

@@ -4,6 +4,7 @@ distractors, and one-line errors for bad input."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -321,12 +322,16 @@ def test_similar_needs_every_image_file(small, tmp_path):
                         encoder=FakeEncoder([{}]), image_root=tmp_path, source="images.jsonl")
 
 
-def test_similar_names_an_unreadable_image(small, tmp_path):
+def test_similar_skips_and_names_an_unreadable_image(small, tmp_path):
+    # issue 11 case 5: one bad image no longer aborts the bank; it is left out, counted and named
     make_images(tmp_path / "img", 1)
     (tmp_path / "img" / "1.png").write_bytes(b"not a png")
-    with pytest.raises(HierError, match=r"images\.jsonl:2: cannot read image"):
-        build_questions(small, image_list(["robin", "gull"]), distractors="similar",
-                        encoder=FakeEncoder([{}]), image_root=tmp_path, source="images.jsonl")
+    skipped: list[str] = []
+    records = build_questions(small, image_list(["robin", "gull"]), distractors="similar",
+                              encoder=FakeEncoder([{}]), image_root=tmp_path, source="images.jsonl", skipped=skipped)
+    assert [r.label for r in records] == ["robin"] and records[0].sample_id == 0
+    assert len(skipped) == 1
+    assert re.match(r"images\.jsonl:2: cannot read image .*1\.png", skipped[0])
 
 
 def test_text_embeddings_disk_cache(tmp_path):
@@ -353,7 +358,9 @@ def test_similar_with_the_tiny_clip_via_cli(small, tiny_clip, tmp_path):
             "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
     assert main(args) == 0
     records = read_questions(out)
-    assert [r.image for r in records] == [f"img/{i}.png" for i in range(4)]  # kept as given
+    # issue 11 case 3: written relative to the bank's folder (the one image-path rule), so they resolve
+    assert [r.image for r in records] == [f"data/img/{i}.png" for i in range(4)]
+    assert all((out.parent / r.image).is_file() for r in records)
     check_records(records, small)
     assert len(list((tmp_path / "cache").iterdir())) == 3  # one file per level
     first = out.read_bytes()
@@ -372,7 +379,9 @@ def test_cli_random_bank(small, tmp_path):
                  "--seed", "3", "--out", str(out)]) == 0
     records = read_questions(out)
     assert [r.label for r in records] == ["robin", "salmon"]
-    assert [r.raw for r in records] == [r.raw for r in build_questions(small, read_image_list(images), seed=3)]
+    # the bank's image paths are relative to the bank's folder (one image-path rule, issue 11 case 3)
+    expected = [{**r.raw, "image": f"../{r.image}"} for r in build_questions(small, read_image_list(images), seed=3)]
+    assert [r.raw for r in records] == expected
 
 
 def test_cli_errors_are_one_line_with_the_entry_point(small, tmp_path):

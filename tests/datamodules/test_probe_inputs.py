@@ -49,3 +49,25 @@ def test_text_splits_must_be_leaf_disjoint(tmp_path, synth_dir):
     dm = ProbeInputDataModule(mode="text", train_taxonomy=str(tmp_path / "train.json"), test_taxonomy=str(tmp_path / "test.json"))
     with pytest.raises(HierError, match=f"leaf '{leaves[2]}' is also in"):
         dm.setup()
+
+
+def test_unreadable_images_are_skipped_and_named(tmp_path, synth_dir, bomb_png):
+    # issue 11 case 5: `predict` on a truncated JPEG died with a traceback that never named the file
+    import numpy as np
+    from PIL import Image
+
+    from hiertrain.datamodules.probe_inputs import ImageProbeDataset, collate_probe_inputs
+
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "good.jpg")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "cut.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "cut.jpg").read_bytes()[:600])
+    bomb_png(tmp_path / "bomb.png")
+    records = [{"id": i, "image": name} for i, name in enumerate(["good.jpg", "cut.jpg", "bomb.png"])]
+    data = ImageProbeDataset(records, tmp_path)
+    batch = collate_probe_inputs([data[i] for i in range(3)])
+    assert [r["id"] for r in batch["records"]] == [0] and len(batch["images"]) == 1
+    assert len(batch["skipped"]) == 2
+    assert "cut.jpg: cannot read image of sample 1" in batch["skipped"][0]
+    assert "bomb.png: cannot read image of sample 2 (DecompressionBombError" in batch["skipped"][1]
+    empty = collate_probe_inputs([data[1]])  # a batch of only bad images still collates
+    assert empty["records"] == [] and empty["images"] == [] and len(empty["skipped"]) == 1

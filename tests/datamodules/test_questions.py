@@ -240,3 +240,50 @@ def test_a_few_re_parented_leaves_are_not_a_level_name_error(tmp_path):
     assert dm.level_names == ["a", "b", "c"]
     with pytest.raises(HierError, match=r"2 levels but the taxonomy's path of 'Blue Square' has 3.*2 of 3 records differ"):
         HierVQADataModule(str(_write(tmp_path / "q2.jsonl", [short, short, records[0]])), taxonomy=str(taxonomy)).setup()
+
+
+# ---- issue 11: image-path rule, bad images, bad settings ----------------------------------
+
+
+def test_image_root_map_relative_target_is_taken_from_the_working_directory(tmp_path, monkeypatch):
+    # case 3: the CUB config maps to `data/CUB_200_2011/images`, which must not resolve under the
+    # question file's folder (that skipped 100% of images)
+    monkeypatch.chdir(tmp_path)
+    _image(tmp_path / "data/CUB/images/001/a.jpg")
+    record = dict(RECORD, image="/authors/CUB/images/001/a.jpg")
+    (tmp_path / "annotations").mkdir()
+    questions = _write(tmp_path / "annotations" / "q.jsonl", [record])
+    dm = HierVQADataModule(str(questions), image_root_map={"/authors/CUB/images": "data/CUB/images"})
+    item = dm.dataset()[0]
+    assert item["error"] is None, item["error"]
+
+
+def test_bomb_and_16bit_images(tmp_path, bomb_png):
+    # case 5: a decompression bomb is skipped and named (it killed `test` with a traceback);
+    # case 9: 16-bit grey is scaled, not clipped to white
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    bomb_png(tmp_path / "img/bomb.png")
+    Image.fromarray((np.linspace(0, 1, 32 * 32).reshape(32, 32) * 65535).astype(np.uint16)).save(tmp_path / "img/g16.png")
+    records = [dict(RECORD, image="img/bomb.png"), dict(RECORD, image="img/g16.png")]
+    dm = HierVQADataModule(str(_write(tmp_path / "q.jsonl", records)))
+    bomb, grey = dm.dataset()[0], dm.dataset()[1]
+    assert bomb["image"] is None and "img/bomb.png: cannot read image of sample 0 (DecompressionBombError" in bomb["error"]
+    pixels = np.asarray(grey["image"])[..., 0]
+    assert grey["error"] is None and (pixels == 255).mean() < 0.01 and pixels.max() >= 250
+
+
+def test_batch_size_below_one_is_one_line(tmp_path):
+    # case 9: `--data.batch_size 0` was a torch traceback
+    with pytest.raises(HierError, match=r"^data.batch_size must be at least 1, got 0$"):
+        HierVQADataModule(str(_write(tmp_path / "q.jsonl", [RECORD])), batch_size=0)
+
+
+def test_single_option_question_warns(tmp_path):
+    # case 9: a one-option question is always right; it must not be counted silently
+    record = dict(RECORD, choices_level1=["round"])
+    dm = HierVQADataModule(str(_write(tmp_path / "q.jsonl", [RECORD, record])))
+    with pytest.warns(UserWarning, match=r"1 questions have a single option .*first: line 2, level 1"):
+        dm.setup()
