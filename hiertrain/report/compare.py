@@ -8,7 +8,6 @@ statistics are `hiertrain.core.paired` (difference B - A, paired bootstrap, exac
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,17 +32,15 @@ def load_run(path: str | Path) -> ComparedRun:
     """run.json + predictions.jsonl of an evaluation run; HierError naming what is missing."""
     from hiertrain.core.predictions import read_predictions
 
+    from hiertrain.runs.meta import RUN_JSON, read_run_json
+
     path = Path(path)
-    meta_path, preds_path = path / "run.json", path / "predictions.jsonl"
-    if not meta_path.is_file():
+    preds_path = path / "predictions.jsonl"
+    if not (path / RUN_JSON).is_file():
         raise HierError(f"{path}: no run.json (not a run directory)")
     if not preds_path.is_file():
         raise HierError(f"{path}: no predictions.jsonl (compare needs evaluation runs)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise HierError(f"{meta_path}:{err.lineno}: not valid JSON ({err.msg})") from None
-    return ComparedRun(path, meta, read_predictions(preds_path).samples)
+    return ComparedRun(path, read_run_json(path), read_predictions(preds_path).samples)
 
 
 def _asked(sample: Any) -> list[int]:
