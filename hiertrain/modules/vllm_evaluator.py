@@ -2,7 +2,11 @@
 
 Any HF image-text-to-text model (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision, InternVL-hf, ...) or
 causal LM loads by hub id or local path through `hiertrain.vlm.loading.load_vllm`. All levels of an
-image share one vision encoding and one prefill of the common prefix (`SharedPrefixAnswerer`).
+image share one vision encoding and one prefill of the common prefix (`SharedPrefixAnswerer`),
+and the images of a batch run together: one vision pass + one prefill of their right-padded
+prefixes, then all their levels as one batch, in steps of at most `max_batch_tokens` KV-cache
+slots (default per device: CPU 16384, CUDA 2048 per GiB of device memory). The data batch
+(`--data.batch_size`) is how many images one step may hold; the token budget bounds memory.
 
 - `answer: logits` (default): argmax of the next-token logits over the option letters.
 - `answer: generate`: the paper's protocol, greedy up to `max_new_tokens` tokens with the
@@ -58,6 +62,8 @@ class VLLMEvaluator(QuestionEvaluator):
         max_new_tokens: reply length for `generate` (the paper: Qwen image 10 on CUB/ImageNet/Food,
             5 on iNat and in text mode; LLaVA-OV image 10, text 5; InternVL 5).
         device_map: accelerate device map (e.g. "auto") for models larger than one device.
+        max_batch_tokens: KV-cache slots (suffix rows x padded prompt length) per forward step;
+            None = the device's default (`hiertrain.vlm.prefix_cache.default_max_batch_tokens`).
         run_name: run directory name inside `--trainer.default_root_dir`.
         answer_parser: how a generated reply becomes a letter: "strict" or "paper".
         max_image_side: shrink images whose longest side is larger first (Qwen in the paper: 1680).
@@ -79,6 +85,7 @@ class VLLMEvaluator(QuestionEvaluator):
         max_image_side: int | None = None,
         processor_kwargs: dict[str, Any] | None = None,
         image_aspect_ratio: str | None = None,
+        max_batch_tokens: int | None = None,
     ) -> None:
         super().__init__(pretrained, run_name)
         if answer not in ("logits", "generate"):
@@ -95,6 +102,7 @@ class VLLMEvaluator(QuestionEvaluator):
         self.answer_parser, self.max_image_side = answer_parser, max_image_side
         self.processor_kwargs = dict(processor_kwargs or {})
         self.image_aspect_ratio = image_aspect_ratio
+        self.max_batch_tokens = max_batch_tokens
         self.model: Any = None
         self._placed: dict[str, Any] = {}  # a device_map model, kept out of Lightning's .to()
         self.processor: Any = None
@@ -136,7 +144,7 @@ class VLLMEvaluator(QuestionEvaluator):
             from hiertrain.vlm.padded_tile import PaddedTileProcessor
 
             processor = PaddedTileProcessor(self.processor)
-        self.answerer = SharedPrefixAnswerer(model, processor, self.max_new_tokens)
+        self.answerer = SharedPrefixAnswerer(model, processor, self.max_new_tokens, self.max_batch_tokens)
 
     def prompts_of(self, item: dict[str, Any]) -> list[str]:
         """Each asked level's full chat prompt, in the model's own template."""

@@ -1,18 +1,25 @@
-"""Answer every level of an image from one vision encoding and one prefill of the shared prefix.
+"""Answer every level of many images from one vision pass and one prefill per step.
 
 The per-level prompts of one image are identical up to the end of the image (system prompt,
-user turn, image tokens); only the question differs. So the prefix runs once per image (its
-KV cache is copied once per level with `Cache.reorder_cache`) and the per-level suffixes run
-as one right-padded batch on top of it. Right padding keeps every real token at the position
-a plain forward would give it; the letter logits are read at each row's last real token.
+user turn, image tokens); only the question differs. So the prefix runs once per image and the
+per-level suffixes run as one batch on top of its KV cache. Several images go
+through one step together: their prefixes (of different lengths when the image sizes differ)
+are right-padded into one vision pass + one prefill, the cache is expanded to one row per
+suffix with transformers' `Cache.reorder_cache`, and all suffixes of all images run as one
+batch (each suffix padded at the front of its block, so all rows end in the last column). Pad
+slots stay masked, so every real token sees exactly what a plain forward of its own prompt
+sees; the letter logits are read at each row's last token. A step is bounded by
+`max_batch_tokens` KV slots (rows x padded length): items are sorted by prefix length and
+packed, so neighbours pad little (`pad_prefixes=False` groups equal lengths instead).
 
 Position ids are always passed explicitly: the model's family (`hiertrain.vlm.family`) gives
 the prefix positions and a per-row delta (Qwen2-VL / Qwen2.5-VL: 3-row mRoPE from
-`get_rope_index`, text after an image shifted by a per-image `rope_delta`); the suffix gets
-prefix length + offset + delta. Whatever state the model keeps between calls (Qwen's cached
-`rope_deltas`) is cleared by the family after each group, so nothing leaks from one image to
-the next. (transformers 5 has no `cache_position` argument any more: the
-query offset is the cache length, which is the prefix length here.)
+`get_rope_index` with the padding mask, text after an image shifted by a per-image
+`rope_delta`); a suffix gets its own row's real prefix length + offset + delta. Whatever state
+the model keeps between calls (Qwen's cached `rope_deltas`) is cleared by the family after each
+step, so nothing leaks from one step to the next. (transformers 5 has no `cache_position`
+argument any more: the query offset is the cache length, the padded prefix length here, which
+only the causal mask reads; the positions are explicit.)
 
 `generate` equals the model's own `generate(do_sample=False, max_new_tokens=N)`, including what
 the checkpoint's `generation_config.json` adds to greedy decoding (e.g. Qwen2.5-VL's
@@ -25,7 +32,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +48,37 @@ class ImagePrompts:
 
     image: Any
     prompts: list[str]
+
+
+@dataclass
+class _Prepared:
+    """One item ready to batch: its prefix text and image, the prefix's token count (estimated
+    from the image size before processing; only the packing reads it), its suffix ids."""
+
+    prefix: str
+    image: Any
+    length: int
+    suffixes: list[list[int]]
+
+    @property
+    def kind(self) -> bool:
+        """Only items of one kind (all with an image, or all without) share a step."""
+        return self.image is not None
+
+
+CPU_BATCH_TOKENS = 16384
+GPU_BATCH_TOKENS_PER_GIB = 2048
+
+
+def default_max_batch_tokens(device: Any) -> int:
+    """A step budget that fits the device: CPU 16384 KV slots (bigger steps gain nothing
+    there, measured in bench/eval_speed.py); CUDA 2048 per GiB of the device's memory (80 GB:
+    ~160k slots, ~9 GiB of bf16 KV cache at Qwen2.5-VL-7B's sizes, room for the prefill too)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        return int(total * GPU_BATCH_TOKENS_PER_GIB)
+    return CPU_BATCH_TOKENS
 
 
 def render_chat(processor: Any, messages: list[dict]) -> str:
@@ -67,19 +104,38 @@ class SharedPrefixAnswerer:
         model: a loaded image-text-to-text model or causal LM (eval mode, any device).
         processor: its processor (VLLM) or tokenizer (plain LLM).
         max_new_tokens: reply length for `generate` (the paper's 5).
+        max_batch_tokens: KV-cache slots per forward step (suffix rows x padded length); None =
+            `default_max_batch_tokens(model.device)`. 1 = one image per step (the per-image path).
+        pad_prefixes: let a step mix prefix lengths (right-padded); False = group equal lengths.
     """
 
-    def __init__(self, model: Any, processor: Any, max_new_tokens: int = 5) -> None:
+    def __init__(
+        self, model: Any, processor: Any, max_new_tokens: int = 5,
+        max_batch_tokens: int | None = None, pad_prefixes: bool = True,
+    ) -> None:  # fmt: skip
         self.model, self.processor, self.max_new_tokens = model, processor, max_new_tokens
+        if max_batch_tokens is not None and max_batch_tokens < 1:
+            raise HierError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+        self._max_batch_tokens, self.pad_prefixes = max_batch_tokens, pad_prefixes
         self.family = family_of(model)
         self.tokenizer = self.family.tokenizer(processor)
         added = sorted((t.content for t in self.tokenizer.added_tokens_decoder.values()), key=len, reverse=True)
         self._added = re.compile("|".join(map(re.escape, added))) if added else None
         self._letters: dict[str, list[int]] = {}
+        self._checked: set[tuple[str, str]] = set()  # (prefix, suffix opening) pairs verified additive
+        self._prefix_tokens: dict[str, int] = {}
         eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
         eos = eos if eos is not None else self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    @property
+    def max_batch_tokens(self) -> int:
+        """The step budget; the device default is read at run time (Lightning moves the model
+        to its device after the answerer is built)."""
+        if self._max_batch_tokens is not None:
+            return self._max_batch_tokens
+        return default_max_batch_tokens(getattr(self.model, "device", "cpu"))
 
     # ------------------------------------------------------------------ letters
 
@@ -116,27 +172,35 @@ class SharedPrefixAnswerer:
         ends = [e for e in ends if e < shortest]
         return ends[-1] if ends else 0
 
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
     def check_split(self, prompts: list[str], cut: int) -> list[list[int]]:
-        """Suffix token ids per prompt; HierError when prefix + suffix tokens != the whole."""
-        prefix = self._encode(prompts[0][:cut])
-        suffixes = []
-        for prompt in prompts:
-            suffix = self._encode(prompt[cut:])
-            if prefix + suffix != self._encode(prompt):
+        """Suffix token ids per prompt; HierError when prefix + suffix tokens != the whole.
+
+        A fast tokenizer cuts the text at added tokens first and tokenizes the pieces apart, so
+        whether a cut right after an added token changes the tokens depends only on the prefix
+        and on how the suffix opens (leading whitespace + first character, which an `rstrip` /
+        `single_word` token reacts to): each such (prefix, opening) is compared in full once,
+        later suffixes with a seen opening are only encoded (one tokenizer call per item).
+        """
+        prefix_text = prompts[0][:cut]
+        tails = [p[cut:] for p in prompts]
+        fresh = {tail: prompt for tail, prompt in zip(tails, prompts) if (prefix_text, _opening(tail)) not in self._checked}
+        fresh_prompts = list(fresh.values())
+        ids = self.tokenizer([prefix_text, *tails, *fresh_prompts], add_special_tokens=False)["input_ids"]
+        prefix, suffixes, wholes = ids[0], ids[1 : len(tails) + 1], ids[len(tails) + 1 :]
+        by_tail = dict(zip(tails, suffixes))
+        for (tail, prompt), whole in zip(fresh.items(), wholes):
+            if prefix + by_tail[tail] != whole:
                 raise HierError(
                     f"{self.tokenizer.name_or_path}: prompt does not tokenize the same when split after "
                     f"{prompt[max(0, cut - 20):cut]!r}; prefix sharing is not safe for this tokenizer"
                 )
-            suffixes.append(suffix)
+            self._checked.add((prefix_text, _opening(tail)))
         return suffixes
 
     # ------------------------------------------------------------------ running
 
     def _process(self, texts: list[str], images: list[Any] | None) -> dict[str, torch.Tensor]:
-        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
+        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True, "padding_side": "right"}
         if images is not None:
             kwargs["images"] = images
         inputs = dict(self.processor(**kwargs))
@@ -152,74 +216,131 @@ class SharedPrefixAnswerer:
     def _reset_state(self) -> None:
         self.family.reset_state(self.model)
 
+    def _prepare(self, items: list[ImagePrompts]) -> list[_Prepared]:
+        """Split each item's prompts; estimate each prefix's token count from its text and image
+        size (the processor's own `_get_num_multimodal_tokens`, one call for all images)."""
+        cuts = [self.split_point(item.prompts) for item in items]
+        if 0 in cuts:
+            raise HierError(f"{self.tokenizer.name_or_path}: prompts share no special-token prefix to cache")
+        visual = self._visual_tokens([item.image for item in items])
+        out = []
+        for item, cut, extra in zip(items, cuts, visual):
+            prefix = item.prompts[0][:cut]
+            if prefix not in self._prefix_tokens:
+                self._prefix_tokens[prefix] = len(self.tokenizer(prefix, add_special_tokens=False)["input_ids"])
+            suffixes = self.check_split(item.prompts, cut)
+            out.append(_Prepared(prefix, item.image, self._prefix_tokens[prefix] + extra, suffixes))
+        return out
+
+    def _visual_tokens(self, images: list[Any]) -> list[int]:
+        """Per image, the tokens its placeholder expands to, minus the placeholder (0 without an
+        image, or when the processor cannot tell: then packing just sees shorter prefixes)."""
+        sizes = [(img.height, img.width) for img in images if img is not None]
+        count = getattr(self.processor, "_get_num_multimodal_tokens", None)
+        if not sizes or count is None:
+            return [0] * len(images)
+        tokens = iter(count(image_sizes=sizes)["num_image_tokens"])
+        return [0 if img is None else int(next(tokens)) - 1 for img in images]
+
+    def chunks(self, prepared: list[_Prepared]) -> list[list[int]]:
+        """Indices of `prepared` per forward step, under `max_batch_tokens` KV slots.
+
+        Items are taken in order of prefix length (so neighbours pad little); a step's cost is
+        its suffix rows x (longest prefix + longest suffix), the cache it holds at the suffix
+        step. With `pad_prefixes=False` a step never mixes prefix lengths (group, no padding);
+        a step never mixes items with and without an image.
+        An item alone over the budget still runs, alone.
+        """
+        order = sorted(range(len(prepared)), key=lambda i: (prepared[i].kind, prepared[i].length))
+        steps: list[list[int]] = []
+        rows = plen = slen = 0
+        kind = False
+        budget = self.max_batch_tokens
+        for i in order:
+            item = prepared[i]
+            n, longest = len(item.suffixes), max(len(s) for s in item.suffixes)
+            grown = (rows + n) * (max(plen, item.length) + max(slen, longest))
+            mixed = item.kind != kind or (not self.pad_prefixes and item.length != plen)
+            if steps and grown <= budget and not mixed:
+                steps[-1].append(i)
+                rows, plen, slen = rows + n, max(plen, item.length), max(slen, longest)
+            else:
+                steps.append([i])
+                rows, plen, slen, kind = n, item.length, longest, item.kind
+        return steps
+
     @torch.no_grad()
     def _run(self, items: list[ImagePrompts], generate: bool) -> list[Any]:
         """Per item: [L, V] last-token logits (generate=False) or L reply strings."""
         results: list[Any] = [None] * len(items)
-        groups: dict[tuple, list[tuple[int, int, list[list[int]]]]] = defaultdict(list)
-        for index, item in enumerate(items):
-            if not item.prompts:
-                results[index] = [] if generate else torch.empty(0, 0)
-                continue
-            cut = self.split_point(item.prompts)
-            if cut == 0:
-                raise HierError(f"{self.tokenizer.name_or_path}: prompts share no special-token prefix to cache")
-            suffixes = self.check_split(item.prompts, cut)
-            size = None if item.image is None else tuple(item.image.size)
-            groups[(item.prompts[0][:cut], size)].append((index, cut, suffixes))
-        for (prefix, _), members in groups.items():
-            images = None if items[members[0][0]].image is None else [items[i].image for i, _, _ in members]
-            inputs = self._process([prefix] * len(members), images)
-            if not bool(inputs["attention_mask"].all()):  # unequal prefix lengths: run one by one
-                for member in members:
-                    self._run_group(items, [member], prefix, results, generate)
-            else:
-                self._run_group(items, members, prefix, results, generate, inputs)
+        asked = [i for i, item in enumerate(items) if item.prompts]
+        for index in set(range(len(items))) - set(asked):
+            results[index] = [] if generate else torch.empty(0, 0)
+        prepared = self._prepare([items[i] for i in asked])
+        for step in self.chunks(prepared):
+            members = [prepared[j] for j in step]
+            per_item = self._run_step(members, generate)
+            for j, out in zip(step, per_item):
+                results[asked[j]] = out
         return results
 
-    def _run_group(self, items, members, prefix, results, generate, inputs=None) -> None:
-        if inputs is None:
-            images = None if items[members[0][0]].image is None else [items[members[0][0]].image]
-            inputs = self._process([prefix], images)
+    def _run_step(self, members: list[_Prepared], generate: bool) -> list[Any]:
+        """One vision pass + one prefill of all members' (right-padded) prefixes, then all their
+        suffixes as one batch on the cache expanded to one row per suffix."""
+        images = [m.image for m in members] if members[0].image is not None else None
+        inputs = self._process([m.prefix for m in members], images)
+        real = inputs["attention_mask"].sum(1)
+        if not bool(inputs["attention_mask"][:, 0].all()):
+            raise HierError(f"{type(self.processor).__name__}: prefixes came back left-padded; right padding is required")
+        device = self.model.device
         try:
             positions, deltas = self._prefix_positions(inputs)
             out = self.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
-            cache, plen = out.cache, inputs["input_ids"].shape[1]
-            rows = [b for b, (_, _, suffixes) in enumerate(members) for _ in suffixes]
-            cache.reorder_cache(torch.tensor(rows, device=self.model.device))
-            suffixes = [s for _, _, sfx in members for s in sfx]
-            prefix_ids = [inputs["input_ids"][b].tolist() for b in rows] if generate else None
-            per_row = self._suffix_logits(cache, plen, deltas[rows], suffixes, generate, prefix_ids)
+            cache = out.cache
+            rows = torch.tensor([b for b, m in enumerate(members) for _ in m.suffixes], device=device)
+            cache.reorder_cache(rows)  # transformers' own batch expansion: row r = copy of its prefix
+            suffixes = [s for m in members for s in m.suffixes]
+            prefix_mask = inputs["attention_mask"][rows]
+            prefix_ids = [inputs["input_ids"][b, : real[b]].tolist() for b in rows.tolist()] if generate else None
+            starts = real[rows].view(-1, 1) + deltas[rows]
+            per_row = self._suffix_logits(cache, prefix_mask, starts, suffixes, generate, prefix_ids)
         finally:
             self._reset_state()
-        start = 0
-        for index, _, sfx in members:
-            results[index] = per_row[start : start + len(sfx)]
-            start += len(sfx)
+        out_items, start = [], 0
+        for m in members:
+            out_items.append(per_row[start : start + len(m.suffixes)])
+            start += len(m.suffixes)
+        return out_items
 
     def _suffix_logits(
-        self, cache, plen: int, deltas: torch.Tensor, suffixes: list[list[int]], generate: bool,
+        self, cache, prefix_mask: torch.Tensor, starts: torch.Tensor, suffixes: list[list[int]], generate: bool,
         prefix_ids: list[list[int]] | None = None,
     ):  # fmt: skip
+        """`prefix_mask` [R, P] marks each row's real prefix slots in the cache; `starts` [R, 1]
+        is the position of each row's first suffix token (real prefix length + rope delta);
+        `prefix_ids` (generate) each row's real prefix tokens, for the generation processors.
+
+        The suffixes are padded on the left of their block, so every row ends at the last
+        column and the LM head runs once per row (`logits_to_keep=1`); the pad slots between a
+        row's prefix and its suffix are masked and the positions are explicit, so each real
+        token still sees exactly its own prompt."""
         device = self.model.device
         lengths = torch.tensor([len(s) for s in suffixes], device=device)
         width = int(lengths.max())
         ids = torch.full((len(suffixes), width), self.pad_id, dtype=torch.long, device=device)
         for r, s in enumerate(suffixes):
-            ids[r, : len(s)] = torch.tensor(s, device=device)
-        real = torch.arange(width, device=device)[None, :] < lengths[:, None]
-        mask = torch.cat([torch.ones(len(suffixes), plen, dtype=torch.long, device=device), real.long()], 1)
-        positions = plen + torch.arange(width, device=device)[None, :] + deltas
-        keep = torch.unique(lengths - 1)  # logits only where some row ends
+            ids[r, width - len(s) :] = torch.tensor(s, device=device)
+        offset = torch.arange(width, device=device)[None, :] - (width - lengths)[:, None]  # <0 on pads
+        mask = torch.cat([prefix_mask.long(), (offset >= 0).long()], 1)
+        positions = starts + offset.clamp(min=0)
         out = self.model(
             input_ids=ids, attention_mask=mask, position_ids=self._text_positions(positions),
-            cache=cache, use_cache=generate, logits_to_keep=keep,
+            cache=cache, use_cache=generate, logits_to_keep=1,
         )  # fmt: skip
-        where = torch.searchsorted(keep, lengths - 1)
-        last = out.logits[torch.arange(len(suffixes), device=device), where]
+        last = out.logits[:, -1]
         if not generate:
             return last
-        return self._greedy(cache, mask, lengths + plen + deltas.view(-1), last, [p + s for p, s in zip(prefix_ids, suffixes)])
+        return self._greedy(cache, mask, lengths + starts.view(-1), last, [p + s for p, s in zip(prefix_ids, suffixes)])
 
     def generation_processors(self, prompt_ids: torch.Tensor) -> Any:
         """The logits processors `model.generate(ids, do_sample=False, max_new_tokens=N)` would
@@ -302,3 +423,9 @@ class SharedPrefixAnswerer:
             return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         finally:
             self._reset_state()
+
+
+def _opening(text: str) -> str:
+    """Leading whitespace and the first other character: all a cut before `text` depends on."""
+    body = text.lstrip()
+    return text[: len(text) - len(body) + 1]

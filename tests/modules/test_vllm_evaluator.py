@@ -145,3 +145,14 @@ def test_llava_pad_setting_runs_end_to_end(tiny_llava, synth_dir, tmp_path):
     assert isinstance(model.answerer.processor, PaddedTileProcessor)
     assert json.loads((run / "run.json").read_text())["image_aspect_ratio"] == "pad"
     assert [p.id for p in load_predictions(run / "predictions.jsonl")] == [0, 1]
+
+
+def test_max_batch_tokens_reaches_the_answerer(tiny_qwen):
+    from hiertrain.vlm.prefix_cache import default_max_batch_tokens
+
+    one = VLLMEvaluator(str(tiny_qwen), max_batch_tokens=1)
+    one.configure_model()
+    assert one.answerer.max_batch_tokens == 1
+    default = VLLMEvaluator(str(tiny_qwen))
+    default.configure_model()
+    assert default.answerer.max_batch_tokens == default_max_batch_tokens("cpu") > 1

@@ -147,3 +147,98 @@ def test_the_repetition_penalty_changes_replies(qwen_penalised):
     plain = SharedPrefixAnswerer(answerer.model, answerer.processor, max_new_tokens=10)
     plain.generation_processors = lambda ids: LogitsProcessorList()  # greedy argmax, no penalty
     assert plain.generate(items) != with_penalty
+
+
+# ---- several images per step: mixed sizes (CUB-like aspect ratios, small for speed) ----------
+
+MIXED = [(120, 80), (84, 112), (112, 84), (98, 98)]
+
+
+def _mixed_items(processor, levels=(2, 3, 4, 3)):
+    colours = [(200, 30, 30), (20, 30, 220), (30, 180, 40), (120, 120, 20)]
+    return [
+        ImagePrompts(Image.new("RGB", size, colour), _prompts(processor, "image", levels=n))
+        for size, colour, n in zip(MIXED, colours, levels)
+    ]
+
+
+def test_mixed_sizes_run_in_one_padded_step(qwen):
+    items = _mixed_items(qwen.processor)
+    prepared = qwen._prepare(items)
+    assert len({p.length for p in prepared}) > 1  # different visual-token counts: prefixes are padded
+    # the packing's estimate (from the image size, before processing) is the processor's length
+    assert [qwen._process([p.prefix], [p.image])["input_ids"].shape[1] for p in prepared] == [p.length for p in prepared]
+    assert qwen.chunks(prepared) == [sorted(range(len(items)), key=lambda i: prepared[i].length)]
+
+
+def test_mixed_sizes_logits_equal_full_forward(qwen):
+    items = _mixed_items(qwen.processor)
+    for item, rows in zip(items, qwen.logits(items)):
+        assert rows.shape[0] == len(item.prompts)
+        for prompt, row in zip(item.prompts, rows):
+            full = qwen.full_forward_logits(item.image, prompt)
+            assert (full - row).abs().max().item() < 1e-4
+            assert int(qwen.letter_scores(full, 4).argmax()) == int(qwen.letter_scores(row, 4).argmax())
+    assert qwen.model.model.rope_deltas is None
+
+
+def test_batched_path_equals_per_image_path(qwen):
+    items = _mixed_items(qwen.processor)
+    per_image = SharedPrefixAnswerer(qwen.model, qwen.processor, max_batch_tokens=1)
+    steps = per_image.chunks(per_image._prepare(items))
+    assert sorted(steps) == [[i] for i in range(len(items))]  # one image per step: the per-image path
+    alone, together = per_image.logits(items), qwen.logits(items)
+    for a, b in zip(alone, together):
+        assert torch.equal(a.argmax(-1), b.argmax(-1))
+        assert (a - b).abs().max().item() < 1e-4
+
+
+def test_mixed_sizes_generate_equals_hf_generate(qwen):
+    items = _mixed_items(qwen.processor, levels=(2, 1, 2, 1))
+    replies = qwen.generate(items)
+    assert replies == [[qwen.full_generate(item.image, p) for p in item.prompts] for item in items]
+
+
+def test_token_budget_splits_steps(qwen):
+    items = _mixed_items(qwen.processor)
+    prepared = qwen._prepare(items)
+    one_image = max(len(p.suffixes) * (p.length + max(map(len, p.suffixes))) for p in prepared)
+    small = SharedPrefixAnswerer(qwen.model, qwen.processor, max_batch_tokens=2 * one_image)
+    steps = small.chunks(prepared)
+    assert sorted(i for step in steps for i in step) == list(range(len(items)))
+    assert 1 < len(steps) < len(items)
+    for step in steps:
+        rows = sum(len(prepared[i].suffixes) for i in step)
+        width = max(prepared[i].length for i in step) + max(len(s) for i in step for s in prepared[i].suffixes)
+        assert len(step) == 1 or rows * width <= 2 * one_image
+    grouped = SharedPrefixAnswerer(qwen.model, qwen.processor, pad_prefixes=False)
+    assert all(len({prepared[i].length for i in step}) == 1 for step in grouped.chunks(prepared))
+    for a, b in zip(small.logits(items), grouped.logits(items)):
+        assert (a - b).abs().max().item() < 1e-4
+
+
+def test_text_and_image_items_share_a_call(qwen):
+    items = [_mixed_items(qwen.processor)[0], ImagePrompts(None, _prompts(qwen.processor, "text", levels=2))]
+    for item, rows in zip(items, qwen.logits(items)):
+        for prompt, row in zip(item.prompts, rows):
+            assert (qwen.full_forward_logits(item.image, prompt) - row).abs().max().item() < 1e-4
+
+
+def test_budget_below_one_is_an_error(qwen):
+    with pytest.raises(HierError, match="max_batch_tokens"):
+        SharedPrefixAnswerer(qwen.model, qwen.processor, max_batch_tokens=0)
+
+
+def test_llava_onevision_mixed_sizes_in_one_step(tiny_llava):
+    model, processor = load_vllm(str(tiny_llava), "float32")
+    answerer = SharedPrefixAnswerer(model, processor)
+    items = [
+        ImagePrompts(Image.new("RGB", size, colour), _prompts(processor, "image", levels=2))
+        for size, colour in (((64, 48), (10, 200, 10)), ((40, 72), (200, 10, 10)))
+    ]
+    prepared = answerer._prepare(items)
+    assert prepared[0].length != prepared[1].length and len(answerer.chunks(prepared)) == 1
+    assert [answerer._process([p.prefix], [p.image])["input_ids"].shape[1] for p in prepared] == [p.length for p in prepared]
+    for item, rows in zip(items, answerer.logits(items)):
+        for prompt, row in zip(item.prompts, rows):
+            assert (answerer.full_forward_logits(item.image, prompt) - row).abs().max().item() < 1e-4
