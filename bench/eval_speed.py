@@ -1,23 +1,31 @@
-"""Evaluation speed: the paper's protocol vs hiertrain's default, same model, same questions.
+"""Evaluation speed: the paper's protocol vs hiertrain's per-image and batched paths, same questions.
 
 (a) paper: one question at a time; the image is processed and encoded again for every level;
     `generate` up to 5 tokens; the letter is read from the reply.
-(b) hiertrain: per image one vision encoding and one prefix prefill, all 7 levels as one
-    batch on a copy of the KV cache; the letter is the argmax of the letter logits.
-Both run on the same tiny random-init Qwen2.5-VL (448 px images -> 256 visual tokens) and the
-same 7-level questions, in one process, one after the other. Also reported: (c) hiertrain's
-`generate` (shared prefix, greedy) and how often the answers of the modes agree.
+(b) per image: per image one vision encoding and one prefix prefill, its 7 levels as one batch
+    on a copy of the KV cache, letter logits (hiertrain's path before batching images;
+    `max_batch_tokens=1`).
+(c) batched (hiertrain's default): several images per step, one vision pass + one prefill of
+    their right-padded prefixes, all their levels as one batch on the expanded cache, bounded by
+    `max_batch_tokens` (default per device, `--max-batch-tokens` to set it).
+Also: (d) batched `generate` (shared prefix, greedy) and, on mixed sizes, (c') batched with
+equal-length groups instead of padding. Two image sets: 448 px (256 visual tokens each) and
+mixed CUB-like sizes (500x333, 375x500, 500x375, 448x448, 500x281, 333x500). All on the same
+tiny random-init Qwen2.5-VL and the same 7-level questions, in one process, one after the
+other; `--repeats N` runs every timing N times and reports min - max.
 
-    python bench/eval_speed.py [--images 8] [--json out.json] [--pretrained DIR]
-                               [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]
+    python bench/eval_speed.py [--images 8] [--repeats 1] [--sets 448,mixed] [--json out.json]
+                               [--pretrained DIR] [--device cpu|cuda[:N]] [--dtype float32|...]
+                               [--max-batch-tokens N] [--threads N]
 
 On a GPU (`--device cuda --dtype bfloat16 --pretrained DIR`) the model is loaded straight onto
-the device and every timing is bracketed by `torch.cuda.synchronize()`. The defaults (CPU,
-float32) are the project's CPU benchmark, unchanged.
+the device and every timing is bracketed by `torch.cuda.synchronize()`.
 
-A random-init model rarely replies with a letter, so logits-vs-generate agreement means little
-on it; `--pretrained runs/demo/lora/merged` (the demo's LoRA-tuned tiny Qwen2.5-VL, which
-answers with letters) measures agreement on a model that does.
+Checks printed with the figures: batched predictions == per-image predictions (and the largest
+logit difference), shared-prefix generate == the paper's generate. A random-init model rarely
+replies with a letter, so logits-vs-generate agreement means little on it;
+`--pretrained runs/demo/lora/merged` (the demo's LoRA-tuned tiny Qwen2.5-VL) measures it on a
+model that does.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -59,33 +68,45 @@ def seven_level_questions(n: int, seed: int = 0) -> list[list[tuple[str, list[st
     return out
 
 
+MIXED_SIZES = [(500, 333), (375, 500), (500, 375), (448, 448), (500, 281), (333, 500)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=1, help="time every protocol this many times (min - max)")
+    parser.add_argument("--sets", default="448,mixed", help="image sets: 448 and/or mixed (comma-separated)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--pretrained", default=None, help="a Qwen2.5-VL checkpoint dir (default: a fresh tiny one)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, ...")
     parser.add_argument(
         "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="weights' dtype (default float32)"
     )
+    parser.add_argument("--max-batch-tokens", type=int, default=None, help="batched path's step budget (default per device)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default torch's; 1 on a loaded shared machine)"
+    )
     args = parser.parse_args(argv)
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from PIL import Image
 
     from hiertrain.core import prompts
     from hiertrain.core.answers import parse_letter
+    from hiertrain.core.synth import make_synthetic
     from hiertrain.vlm.loading import load_vllm
     from hiertrain.vlm.prefix_cache import ImagePrompts, SharedPrefixAnswerer, render_chat
-    from hiertrain.core.synth import make_synthetic
     from hiertrain.vlm.tiny import make_tiny
 
     work = Path(tempfile.mkdtemp(prefix="eval_speed_"))
     checkpoint = args.pretrained or make_tiny("qwen2_5_vl", work / "tiny", seed=0)
     synth = make_synthetic(work / "synth", images_per_leaf=3, seed=0, image_size=448)
     image_files = sorted(synth["images_dir"].glob("*.png"))[: args.images]
-    images = [Image.open(p).convert("RGB") for p in image_files]
-    questions = seven_level_questions(len(images))
+    base = [Image.open(p).convert("RGB") for p in image_files]
+    questions = seven_level_questions(len(base))
     on_gpu = args.device.startswith("cuda")
     if on_gpu and not torch.cuda.is_available():
         raise SystemExit(f"eval_speed: --device {args.device} but torch sees no CUDA device")
@@ -95,89 +116,172 @@ def main(argv: list[str] | None = None) -> int:
     def sync() -> None:
         if on_gpu:
             torch.cuda.synchronize(args.device)
-    answerer = SharedPrefixAnswerer(model, processor, max_new_tokens=5)
-    grid = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[images[0]], return_tensors="pt")
-    visual_tokens = int(grid["image_grid_thw"].prod()) // 4
+
+    per_image = SharedPrefixAnswerer(model, processor, max_new_tokens=5, max_batch_tokens=1)
+    batched = SharedPrefixAnswerer(model, processor, max_new_tokens=5, max_batch_tokens=args.max_batch_tokens)
+    grouped = SharedPrefixAnswerer(
+        model, processor, max_new_tokens=5, max_batch_tokens=args.max_batch_tokens, pad_prefixes=False
+    )
+
+    def visual_tokens(image) -> int:
+        grid = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[image], return_tensors="pt")
+        return int(grid["image_grid_thw"].prod()) // 4
 
     def chat(levels, k):
         question = prompts.question_text(prompts.image_prompt(0, LEVELS[k], "plant"), levels[k][1])
         return render_chat(processor, prompts.chat_messages(question, "image"))
 
-    items = [ImagePrompts(img, [chat(levels, k) for k in range(7)]) for img, levels in zip(images, questions)]
-    n_questions = 7 * len(items)
+    def picks(all_logits):
+        return [
+            [int(batched.letter_scores(r, len(o)).argmax()) for r, (_, o) in zip(rows, levels)]
+            for rows, levels in zip(all_logits, questions)
+        ]
 
-    def paper():
-        return [[answerer.full_generate(item.image, p) for p in item.prompts] for item in items]
+    from hiertrain.vlm.family import family_of
 
-    def ours_logits():
-        out = []
-        for item, levels in zip(items, questions):
-            rows = answerer.logits([item])[0]
-            out.append([int(answerer.letter_scores(r, len(o)).argmax()) for r, (_, o) in zip(rows, levels)])
-        return out
+    family = family_of(model)
+    embed = family.language_model(model).get_input_embeddings()
+    llm_params = sum(p.numel() for p in family.language_model(model).parameters()) - embed.weight.numel()
+    vision_params = sum(p.numel() for p in family.vision_tower(model).parameters())
+    head = model.get_output_embeddings().weight.numel()
 
-    def ours_generate():
-        return [answerer.generate([item])[0] for item in items]
+    def work_flop(items, tokens) -> float:
+        """The batched path's matmul work (2 x params per token; attention left out): the vision
+        tower over each image's patches (4 per visual token), the LLM over each prefix once and
+        every suffix, the LM head once per question."""
+        prepared = batched._prepare(items)
+        llm_tokens = sum(p.length + sum(len(x) for x in p.suffixes) for p in prepared)
+        questions = sum(len(p.suffixes) for p in prepared)
+        return 2.0 * (vision_params * 4 * sum(tokens) + llm_params * llm_tokens + head * questions)
 
-    warm = ImagePrompts(images[0], items[0].prompts[:2])
-    answerer.full_generate(warm.image, warm.prompts[0])
-    answerer.logits([warm])
-    if on_gpu:  # kernels / cuBLAS plans of the batched decode are first built here, not in (c)'s timing
-        answerer.generate([warm])
-    timings, results = {}, {}
-    for name, fn in (("paper", paper), ("hiertrain", ours_logits), ("hiertrain_generate", ours_generate)):
-        sync()
-        start = time.perf_counter()
-        results[name] = fn()
-        sync()
-        timings[name] = time.perf_counter() - start
-    qps = {name: n_questions / seconds for name, seconds in timings.items()}
+    warm = ImagePrompts(base[0], [chat(questions[0], k) for k in range(2)])
+    per_image.full_generate(warm.image, warm.prompts[0])
+    batched.logits([warm, warm])
+    if on_gpu:  # kernels / cuBLAS plans of the batched decode are first built here, not in the timings
+        batched.generate([warm, warm])
 
-    parsed = [
-        (parse_letter(reply, opts), mine)
-        for replies, picks, levels in zip(results["paper"], results["hiertrain"], questions)
-        for reply, mine, (_, opts) in zip(replies, picks, levels)
-    ]
-    readable = [(p, m) for p, m in parsed if p is not None]
-    same_replies = sum(a == b for ra, rb in zip(results["paper"], results["hiertrain_generate"]) for a, b in zip(ra, rb))
-    default_run = args.device == "cpu" and args.dtype == "float32"
+    def measure(images) -> dict:
+        items = [ImagePrompts(img, [chat(levels, k) for k in range(7)]) for img, levels in zip(images, questions)]
+        n_questions = 7 * len(items)
+        protocols = {
+            "paper": lambda: [[per_image.full_generate(i.image, p) for p in i.prompts] for i in items],
+            "per_image": lambda: per_image.logits(items),
+            "hiertrain": lambda: batched.logits(items),
+            "hiertrain_generate": lambda: batched.generate(items),
+        }
+        if len({img.size for img in images}) > 1:
+            protocols["hiertrain_grouped"] = lambda: grouped.logits(items)
+        if on_gpu:  # this set's shapes (the batched step, its decode) are planned here, not in the timings
+            batched.logits(items)
+            batched.generate(items)
+        times: dict[str, list[float]] = {name: [] for name in protocols}
+        results = {}
+        for _ in range(args.repeats):
+            for name, fn in protocols.items():
+                sync()
+                start = time.perf_counter()
+                results[name] = fn()
+                sync()
+                times[name].append(time.perf_counter() - start)
+        qps = {k: [n_questions / t for t in v] for k, v in times.items()}
+        parsed = [
+            (parse_letter(reply, opts), mine)
+            for replies, mine_row, levels in zip(results["paper"], picks(results["hiertrain"]), questions)
+            for reply, mine, (_, opts) in zip(replies, mine_row, levels)
+        ]
+        readable = [(p, m) for p, m in parsed if p is not None]
+        same_replies = sum(
+            a == b for ra, rb in zip(results["paper"], results["hiertrain_generate"]) for a, b in zip(ra, rb)
+        )
+        diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(results["hiertrain"], results["per_image"]))
+        same_picks = sum(
+            a == b for ra, rb in zip(picks(results["hiertrain"]), picks(results["per_image"])) for a, b in zip(ra, rb)
+        )
+        tokens = [visual_tokens(img) for img in images]
+        flop = work_flop(items, tokens)
+        paper_q = qps["paper"]
+
+        def ratio(name: str) -> list[float]:
+            return [round(q / p, 2) for q, p in zip(qps[name], paper_q)]
+
+        return {
+            "images": len(items),
+            "questions": n_questions,
+            "image_sizes": sorted({f"{w}x{h}" for w, h in (img.size for img in images)}),
+            "visual_tokens_per_image": tokens[0] if len(set(tokens)) == 1 else f"{min(tokens)}-{max(tokens)}",
+            "seconds": {k: [round(t, 2) for t in v] for k, v in times.items()},
+            "questions_per_s": {k: round(min(v), 2) if len(v) == 1 else [round(min(v), 2), round(max(v), 2)] for k, v in qps.items()},
+            "ratio_vs_paper": {k: ratio(k) for k in qps if k != "paper"},
+            "model_gflop_per_question": round(flop / n_questions / 1e9, 2),
+            "achieved_tflops_batched": round(flop / min(times["hiertrain"]) / 1e12, 3),
+            "batched_picks_equal_per_image": f"{same_picks}/{n_questions}",
+            "batched_vs_per_image_max_abs_logit_diff": diff,
+            "paper_replies_parseable": f"{len(readable)}/{n_questions}",
+            "logits_agree_with_parsed_generate": f"{sum(p == m for p, m in readable)}/{len(readable)}",
+            "shared_prefix_generate_equals_paper_generate": f"{same_replies}/{n_questions}",
+        }
+
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    figures: dict = {}
     if args.device == "cpu":
-        device_text = f"CPU, torch threads {torch.get_num_threads()}"
+        figures["device"] = f"CPU, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}"
     elif on_gpu:
-        device_text = f"{torch.cuda.get_device_name(args.device)} ({args.device})"
+        figures["device"] = f"{torch.cuda.get_device_name(args.device)} ({args.device}), dtype {args.dtype}"
     else:
-        device_text = args.device
-    if not default_run:
-        device_text += f", dtype {args.dtype}"
-    figures = {
-        "device": device_text,
-        "images": len(items),
-        "questions": n_questions,
-        "visual_tokens_per_image": visual_tokens,
-        "seconds": {k: round(v, 2) for k, v in timings.items()},
-        "questions_per_s": {k: round(v, 2) for k, v in qps.items()},
-        "speedup_default_vs_paper": round(qps["hiertrain"] / qps["paper"], 2),
-        "speedup_generate_vs_paper": round(qps["hiertrain_generate"] / qps["paper"], 2),
-        "paper_replies_parseable": f"{len(readable)}/{n_questions}",
-        "logits_agree_with_parsed_generate": f"{sum(p == m for p, m in readable)}/{len(readable)}",
-        "shared_prefix_generate_equals_paper_generate": f"{same_replies}/{n_questions}",
-    }
-    if not default_run:  # the CPU default's figures keep their old keys
+        figures["device"] = f"{args.device}, dtype {args.dtype}"
+    figures["max_batch_tokens"] = batched.max_batch_tokens
+    for name in sets:
+        if name == "448":
+            images = base
+        elif name == "mixed":
+            images = [img.resize(MIXED_SIZES[i % len(MIXED_SIZES)]) for i, img in enumerate(base)]
+        else:
+            raise SystemExit(f"eval_speed: unknown image set {name!r} (448, mixed)")
+        figures[name] = measure(images)
+    if args.device == "cpu":
+        figures["load_average_after"] = round(os.getloadavg()[0], 1)
+    else:
         figures.update(torch_device=args.device, dtype=args.dtype, model=str(checkpoint))
         if on_gpu:
             figures["max_memory_allocated_gb"] = round(torch.cuda.max_memory_allocated(args.device) / 2**30, 2)
-    print(f"| protocol | questions/s | seconds ({n_questions} questions, {len(items)} images x 7 levels) |")
-    print("| --- | ---: | ---: |")
-    print(f"| (a) paper: per question, image re-encoded, generate 5 tokens | {qps['paper']:.2f} | {timings['paper']:.1f} |")
-    print(f"| (b) hiertrain default: shared prefix + KV cache, letter logits | {qps['hiertrain']:.2f} | {timings['hiertrain']:.1f} |")
-    print(f"| (c) hiertrain generate: shared prefix, greedy 5 tokens | {qps['hiertrain_generate']:.2f} | {timings['hiertrain_generate']:.1f} |")
-    print(f"speedup (b)/(a): {figures['speedup_default_vs_paper']}x   (c)/(a): {figures['speedup_generate_vs_paper']}x")
-    print(f"visual tokens per image: {visual_tokens}; {figures['device']}")
-    print(
-        f"paper replies parseable: {figures['paper_replies_parseable']}; logits agree with parsed replies: "
-        f"{figures['logits_agree_with_parsed_generate']}; shared-prefix generate == paper generate: "
-        f"{figures['shared_prefix_generate_equals_paper_generate']}"
-    )
+    if "448" in figures:  # the keys bench/gpu_check.py and older reports read
+        first = figures["448"]
+        figures.update(
+            images=first["images"], questions=first["questions"], visual_tokens_per_image=first["visual_tokens_per_image"],
+            questions_per_s={k: v if not isinstance(v, list) else v[0] for k, v in first["questions_per_s"].items()},
+            speedup_default_vs_paper=min(first["ratio_vs_paper"]["hiertrain"]),
+            speedup_per_image_vs_paper=min(first["ratio_vs_paper"]["per_image"]),
+            speedup_generate_vs_paper=min(first["ratio_vs_paper"]["hiertrain_generate"]),
+        )
+
+    def span(values) -> str:
+        return f"{values:.2f}" if not isinstance(values, list) else f"{values[0]:.2f} - {values[1]:.2f}"
+
+    labels = {
+        "paper": "(a) paper: per question, image re-encoded, generate 5 tokens",
+        "per_image": "(b) per image: 1 vision pass + 1 prefill per image, levels batched, letter logits",
+        "hiertrain": "(c) batched (default): images x levels per step, letter logits",
+        "hiertrain_grouped": "(c') batched, equal-length groups instead of padding",
+        "hiertrain_generate": "(d) batched generate: shared prefix, greedy 5 tokens",
+    }
+    print(f"{figures['device']}; max_batch_tokens {figures['max_batch_tokens']}; {args.repeats} run(s) each (min - max)")
+    for name in sets:
+        f = figures[name]
+        print(f"\n{name}: {f['images']} images ({', '.join(f['image_sizes'])}; {f['visual_tokens_per_image']} visual tokens) x 7 levels")
+        print("| protocol | questions/s | x paper (median (min - max) over the runs) |")
+        print("| --- | ---: | ---: |")
+        for key, label in labels.items():
+            if key in f["questions_per_s"]:
+                r = f["ratio_vs_paper"].get(key)
+                rs = "1" if r is None else (f"{r[0]}" if len(r) == 1 else f"{statistics.median(r):.2f} ({min(r)} - {max(r)})")
+                print(f"| {label} | {span(f['questions_per_s'][key])} | {rs} |")
+        print(f"work {f['model_gflop_per_question']} GFLOP/question; batched path {f['achieved_tflops_batched']} TFLOP/s achieved")
+        print(
+            f"batched picks == per-image picks: {f['batched_picks_equal_per_image']} (max |logit diff| "
+            f"{f['batched_vs_per_image_max_abs_logit_diff']:.2e}); paper replies parseable: {f['paper_replies_parseable']}; "
+            f"logits agree with parsed replies: {f['logits_agree_with_parsed_generate']}; shared-prefix generate == paper "
+            f"generate: {f['shared_prefix_generate_equals_paper_generate']}"
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

@@ -7,8 +7,10 @@
           default dtype), then written with `save_pretrained`, so steps 2 and 3 load it through
           the real `from_pretrained` path (`hiertrain.vlm.loading.load_vllm`).
 2. eval   bench/eval_speed.py on that checkpoint (`--device/--dtype`): the paper's protocol vs
-          hiertrain's shared-prefix letter logits vs shared-prefix generate, 448 px images (256
-          visual tokens), 7-level questions; questions/s, ratios, device, dtype.
+          hiertrain's per-image path vs the batched path (default, `max_batch_tokens` from the
+          device's memory) vs batched generate, on 448 px images (256 visual tokens) and on mixed
+          CUB-like sizes, 7-level questions; questions/s, ratios, peak memory, the batched path's
+          matmul work and achieved TFLOP/s (utilisation estimate against the device's bf16 peak).
 3. lora   the real CLI in-process, `hiertrain.cli.main.main(["fit", "--config",
           "configs/lora/qwen2_5_vl_7b_inat21_plant.yaml", ...])` with the paper config's GPU
           switches (bf16 weights, bf16-mixed, gradient checkpointing, rank 64, batch 2 records,
@@ -21,6 +23,7 @@ next step still runs (eval and lora need the checkpoint of step 1). The JSON and
 table are rewritten after every step, so a run killed half-way still leaves what it measured.
 
     python bench/gpu_check.py --scale 7b --device cuda --out $OUT                # on the GPU machine
+    python bench/gpu_check.py --scale 7b --device cuda --only build,eval --out $OUT   # evaluation only
     OMP_NUM_THREADS=1 python bench/gpu_check.py --scale tiny --device cpu --out /tmp/gc   # here
 
 See bench/gpu_check.md for the device command (wheels, carry list).
@@ -67,6 +70,8 @@ SCALES: dict[str, dict[str, Any]] = {
     "7b": {"images": 32, "steps": 20, "per_leaf": 10, "val_fraction": 0.34, "val_every": 16, "skip": 3, "workers": None},
     "tiny": {"images": 4, "steps": 6, "per_leaf": 5, "val_fraction": 0.34, "val_every": 4, "skip": 2, "workers": 0},
 }
+# dense bf16 tensor-core peaks (vendor data sheets, SXM parts) for the utilisation estimate
+PEAK_BF16_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "A10G": 70}
 PACKAGES = (
     "torch", "transformers", "huggingface_hub", "tokenizers", "safetensors", "accelerate", "peft", "lightning",
     "torchmetrics", "jsonargparse", "docstring_parser", "typeshed_client", "torchvision", "pillow", "numpy",
@@ -562,10 +567,25 @@ def markdown(results: dict[str, Any]) -> str:
             row(step, "device", data.get("device"))
             row(step, "questions", f"{data['questions']} ({data['images']} images x 7 levels, "
                 f"{data['visual_tokens_per_image']} visual tokens/image)")  # fmt: skip
+            row(step, "max_batch_tokens (batched path's step budget)", data.get("max_batch_tokens"))
             row(step, "(a) paper: per question, generate 5 tokens (q/s)", qps["paper"])
-            row(step, "(b) hiertrain: shared prefix, letter logits (q/s)", qps["hiertrain"])
-            row(step, "(c) hiertrain: shared prefix, generate (q/s)", qps["hiertrain_generate"])
-            row(step, "(b)/(a), (c)/(a)", f"{data['speedup_default_vs_paper']}x, {data['speedup_generate_vs_paper']}x")
+            if "per_image" in qps:
+                row(step, "(b) per image: shared prefix, letter logits, one image per step (q/s)", qps["per_image"])
+            row(step, "(c) batched (default): images x levels per step, letter logits (q/s)", qps["hiertrain"])
+            row(step, "(d) batched generate (q/s)", qps["hiertrain_generate"])
+            row(step, "(b)/(a), (c)/(a), (d)/(a)", f"{data.get('speedup_per_image_vs_paper')}x, "
+                f"{data['speedup_default_vs_paper']}x, {data['speedup_generate_vs_paper']}x")  # fmt: skip
+            mixed = data.get("mixed")
+            if mixed:
+                mq = mixed["questions_per_s"]
+                row(step, f"mixed sizes ({mixed['visual_tokens_per_image']} visual tokens): (a) / (b) / (c) q/s",
+                    f"{mq['paper']} / {mq['per_image']} / {mq['hiertrain']}")  # fmt: skip
+            first = data.get("448") or {}
+            if first.get("achieved_tflops_batched") is not None:
+                peak = PEAK_BF16_TFLOPS.get(next((k for k in PEAK_BF16_TFLOPS if k in str(data.get("device"))), ""), None)
+                util = f", {100 * first['achieved_tflops_batched'] / peak:.1f}% of {peak} TFLOP/s bf16 peak" if peak else ""
+                row(step, "batched work / achieved (utilisation estimate)",
+                    f"{first['model_gflop_per_question']} GFLOP/question, {first['achieved_tflops_batched']} TFLOP/s{util}")  # fmt: skip
             if data.get("max_memory_allocated_gb") is not None:
                 row(step, "peak GPU memory allocated", f"{data['max_memory_allocated_gb']} GiB")
         if step == "lora" and data:
@@ -667,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ev = run("eval", step_eval, args, work, checkpoint)
         if ev:
-            log(f"eval: q/s {ev['questions_per_s']}; (b)/(a) {ev['speedup_default_vs_paper']}x")
+            log(f"eval: q/s {ev['questions_per_s']}; batched/paper {ev['speedup_default_vs_paper']}x")
         left = args.budget_s - (time.perf_counter() - T0)
         lo = run("lora", step_lora, args, work, checkpoint, left)
         if lo:
