@@ -5,11 +5,18 @@ Rule (the same for every run, read from the options each sample was shown):
 - HCA: mean over the samples with at least one asked level of the product over their asked
   levels of 1 / #options (the guesses are independent, so all must be right at once);
 - leaf accuracy: mean over those samples of 1 / #options at their deepest asked level.
+Open-set levels show no options: #options is then the number of taxonomy nodes at that level.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+
+def _choices(lv: Any) -> int:
+    """How many answers a level offered: its options, or in an open-set run (no options shown)
+    the number of taxonomy nodes at that level (`detail["candidates"]`)."""
+    return len(lv.options) or int((lv.detail or {}).get("candidates") or 0)
 
 
 def chance_levels(preds: list[Any], depth: int | None = None, ignore: frozenset[int] | set[int] = frozenset()) -> dict[str, Any]:
@@ -27,15 +34,15 @@ def chance_levels(preds: list[Any], depth: int | None = None, ignore: frozenset[
         scored += 1
         product = 1.0
         for lv in asked:
-            if not lv.options:
+            if not _choices(lv):
                 from hiertrain.core.errors import HierError
 
                 raise HierError(f"sample {p.id} level {lv.level}: asked with no options recorded")
-            product /= len(lv.options)
-            sums[lv.level - 1] += 1.0 / len(lv.options)
+            product /= _choices(lv)
+            sums[lv.level - 1] += 1.0 / _choices(lv)
             counts[lv.level - 1] += 1
         hca_sum += product
-        leaf_sum += 1.0 / len(asked[-1].options)
+        leaf_sum += 1.0 / _choices(asked[-1])
     return {
         "rule": "uniform guess among the shown options; HCA = product over asked levels, averaged over samples",
         "hca": hca_sum / scored if scored else None,

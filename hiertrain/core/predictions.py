@@ -52,6 +52,9 @@ class LevelPrediction:
     asked: bool = True
     name: str | None = None
     question: str | None = None  # the user text put to the model (None: not asked / no text)
+    # Condition-specific record (hiertrain.core.conditions): binary {"statements": [...]}, open
+    # {"match", "node", "found"}; written only when set, so plain runs keep their bytes.
+    detail: dict[str, Any] | None = None
 
     @property
     def parsed(self) -> bool:
@@ -70,6 +73,7 @@ class LevelPrediction:
             "correct": self.correct,
             "asked": self.asked,
             "question": self.question,
+            **({"detail": self.detail} if self.detail is not None else {}),
         }
 
 
@@ -148,6 +152,7 @@ def _level_from_json(d: Any, where: str) -> LevelPrediction:
         asked=_require(d, "asked", bool, where),
         name=d.get("name"),
         question=d.get("question"),
+        detail=d.get("detail"),
     )
     if lv.level < 1:
         raise HierError(f"{where}: level numbers start at 1, got {lv.level}")
