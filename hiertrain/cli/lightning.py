@@ -52,7 +52,7 @@ def _logger_identity(model: Any, data: Any) -> dict[str, Any]:
         answer=getattr(model, "answer_kind", type(model).__name__),
         seed=getattr(data, "seed", 0),
         prompt_variant=getattr(data, "prompt_variant", 0),
-        fields={"run_name": getattr(model, "run_name", None)},
+        fields={"run_name": getattr(model, "run_name", None), "condition": getattr(data, "condition", "plain")},
     )
     return meta.wandb_identity(getattr(data, "taxonomy_path", None))
 

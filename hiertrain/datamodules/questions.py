@@ -16,7 +16,7 @@ from typing import Any, Literal
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from hiertrain.core import prompts
+from hiertrain.core import conditions, prompts
 from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
 from hiertrain.core.errors import HierError
 from hiertrain.core.images import BAD_IMAGE_ERRORS
@@ -33,8 +33,10 @@ class LevelQuestion:
     name: str
     truth: str
     options: list[str]  # in the shuffled order the letters refer to
-    question: str  # prompt + lettered options + answer instruction
+    question: str  # prompt + lettered options + answer instruction ("" for binary: see statements)
     messages: list[dict] = field(repr=False)
+    # binary condition: one (user text, messages) per option, in option order; empty otherwise
+    statements: list[tuple[str, list[dict]]] = field(default_factory=list, repr=False)
 
 
 def default_level_names(depth: int) -> list[str]:
@@ -51,9 +53,14 @@ def level_questions(
     seed: int = 0,
     family: str = prompts.DEFAULT_FAMILY,
     shuffle: bool = True,
+    condition: str = "plain",
+    context: str | None = None,
+    cot_apostrophe: str = "typographic",
 ) -> list[LevelQuestion]:
     """The asked levels of `record` (all levels with a truth; not the leaf in text mode), worded
-    as the paper words dataset `family` (see `hiertrain.core.prompts.IMAGE_WORDINGS`)."""
+    as the paper words dataset `family` (see `hiertrain.core.prompts.IMAGE_WORDINGS`) and put
+    under `condition` (see `hiertrain.core.conditions`; `context` = the taxonomy text of the
+    taxonomy condition)."""
     truths, choices = record.truths, record.choices
     if len(level_names) < len(truths):
         raise HierError(
@@ -66,9 +73,22 @@ def level_questions(
             prompt = prompts.image_prompt(variant, name, subject, family)
         else:
             prompt = prompts.text_prompt(variant, name, record.label, family)
+        system = conditions.system_prompt(condition, mode, subject, context)
+        if condition == "open":
+            question = conditions.open_question(prompt)
+            out.append(LevelQuestion(i, name, truths[i], [], question, conditions.messages(question, mode, system)))
+            continue
         options = prompts.shuffled_options(choices[i], seed, record.sample_id, i) if shuffle else list(choices[i])
-        question = prompts.question_text(prompt, options)
-        out.append(LevelQuestion(i, name, truths[i], options, question, prompts.chat_messages(question, mode)))
+        if condition == "binary":
+            texts = [conditions.binary_question(conditions.binary_statement(subject, name, item)) for item in options]
+            statements = [(text, conditions.messages(text, mode, system)) for text in texts]
+            out.append(LevelQuestion(i, name, truths[i], options, "", [], statements))
+            continue
+        if condition == "plain":
+            question = prompts.question_text(prompt, options)
+        else:
+            question = conditions.closed_question(prompt, options, condition, cot_apostrophe)
+        out.append(LevelQuestion(i, name, truths[i], options, question, conditions.messages(question, mode, system)))
     return out
 
 
@@ -95,9 +115,13 @@ class QuestionDataset(Dataset):
         image_root_map: dict[str, str] | None = None,
         family: str = prompts.DEFAULT_FAMILY,
         shuffle: bool = True,
+        condition: str = "plain",
+        context: str | None = None,
+        cot_apostrophe: str = "typographic",
     ) -> None:
         self.records, self.mode, self.level_names, self.family = records, mode, level_names, family
         self.shuffle = shuffle
+        self.condition, self.context, self.cot_apostrophe = condition, context, cot_apostrophe
         self.subject, self.variant, self.seed = subject, variant, seed
         self.image_dir, self.on_bad_image = image_dir, on_bad_image
         self.image_root_map = dict(image_root_map or {})
@@ -119,7 +143,8 @@ class QuestionDataset(Dataset):
             "valid": valid,
             "record": record,
             "levels": level_questions(
-                record, self.mode, self.level_names, self.subject, self.variant, self.seed, self.family, self.shuffle
+                record, self.mode, self.level_names, self.subject, self.variant, self.seed, self.family, self.shuffle,
+                self.condition, self.context, self.cot_apostrophe,
             ),
             "image": None,
             "error": None,
@@ -170,6 +195,13 @@ class HierVQADataModule(LightningDataModule):
         on_bad_image: "skip" (counted, named in the run's skipped list) or "error".
         name: short dataset name for run names and reports (default: the question file's stem).
         split: serve only records of this split (e.g. "test" when a file holds train/val/test).
+        condition: how each level is asked (`hiertrain.core.conditions`): "plain" (default),
+            "taxonomy" (the taxonomy file in the system prompt), "cot", "bio_cot" (iNat; subject
+            "animal" or "plant"), "binary" (a yes/no statement per option) or "open" (no options,
+            the reply matched to the taxonomy's nodes; needs `taxonomy` and a wording that names
+            the level).
+        cot_apostrophe: the cot condition's "Let’s": "typographic" (U+2019, the paper's Qwen
+            scripts) or "ascii" (its InternVL and LLaVA scripts).
         max_skip_rate: warn at the end of a run that skipped more than this share of samples.
     """
 
@@ -194,9 +226,12 @@ class HierVQADataModule(LightningDataModule):
         prompt_family: str = prompts.DEFAULT_FAMILY,
         drop_trivial_levels: bool = False,
         shuffle_options: bool = True,
+        condition: str = "plain",
+        cot_apostrophe: str = "typographic",
         max_skip_rate: float = 0.05,
     ) -> None:
         super().__init__()
+        conditions.check_condition(condition, mode, subject, cot_apostrophe)
         if mode not in ("image", "text"):
             raise HierError(f"data mode {mode!r} is not 'image' or 'text'")
         if on_bad_image not in ("skip", "error"):
@@ -218,6 +253,9 @@ class HierVQADataModule(LightningDataModule):
         self.split = split
         self.prompt_family, self.drop_trivial_levels = prompt_family, drop_trivial_levels
         self.shuffle_options = shuffle_options
+        self.condition, self.cot_apostrophe = condition, cot_apostrophe
+        self.context: str | None = None  # the taxonomy text of the taxonomy condition
+        self.taxonomy = None  # the Taxonomy, when data.taxonomy is given
         self.split, self.max_skip_rate = split, max_skip_rate
         self.records: list[QuestionRecord] | None = None
         self.level_names: list[str] = []
@@ -239,6 +277,7 @@ class HierVQADataModule(LightningDataModule):
                 raise HierError(f"{self.questions}: no records with split {self.split!r} (splits found: {', '.join(found)})")
         depth = max(len(r.truths) for r in records)
         taxonomy = self._taxonomy()
+        self._check_condition(taxonomy)
         if taxonomy is not None:
             for record in records:
                 try:
@@ -269,6 +308,23 @@ class HierVQADataModule(LightningDataModule):
                 f"{self.questions}: {len(single)} questions have a single option and are always counted correct "
                 f"(first: line {sample_id + 1}, level {level + 1}); `hiertrain score --ignore-level N` leaves a level out"
             )
+
+    def _check_condition(self, taxonomy) -> None:
+        """What a condition needs: the taxonomy (taxonomy, open) and, for open, a wording that
+        names the level (otherwise the question does not say which level to name)."""
+        if self.condition in ("taxonomy", "open") and taxonomy is None:
+            raise HierError(f"condition {self.condition!r} needs the taxonomy (data.taxonomy)")
+        if self.condition == "taxonomy":
+            self.context = conditions.taxonomy_context(self.taxonomy_path)
+        if self.condition == "open":
+            wordings = prompts.IMAGE_WORDINGS if self.mode == "image" else prompts.TEXT_WORDINGS
+            template = wordings[self.prompt_family][self.prompt_variant]
+            if "{level}" not in template:
+                raise HierError(
+                    f"condition 'open' needs a question that names the level; prompt_family {self.prompt_family!r} "
+                    f"variant {self.prompt_variant} does not ({template!r})"
+                )
+        self.taxonomy = taxonomy
 
     def _names(self, taxonomy, records: list[QuestionRecord], depth: int) -> list[str]:
         """One name per level of the records: a name list that does not fit them is an error,
@@ -324,6 +380,7 @@ class HierVQADataModule(LightningDataModule):
         return QuestionDataset(
             todo, self.mode, self.level_names, self.subject, self.prompt_variant, self.seed,
             self.image_dir, self.on_bad_image, self.image_root_map, self.prompt_family, self.shuffle_options,
+            self.condition, self.context, self.cot_apostrophe,
         )  # fmt: skip
 
     def test_dataloader(self) -> DataLoader:

@@ -74,6 +74,7 @@ class QuestionEvaluator(LightningModule):
     `<model>-<dataset>-<mode>-<answer>-v<variant>` inside `--trainer.default_root_dir`."""
 
     answer_kind = "?"
+    supported_conditions: tuple[str, ...] = ("plain",)  # question conditions it can answer (hiertrain.core.conditions)
     backend = "transformers"  # how the model runs: in this process; "served" = behind an OpenAI-compatible API
 
     def __init__(self, pretrained: str, run_name: str | None = None) -> None:
@@ -125,6 +126,7 @@ class QuestionEvaluator(LightningModule):
                 "level_names": dm.level_names,
                 "limit": dm.limit,
                 "split": dm.split,
+                "condition": dm.condition,
                 "weights": weights_fingerprint(self.pretrained),
                 "settings": self.run_settings(),
             },
@@ -142,6 +144,8 @@ class QuestionEvaluator(LightningModule):
     def setup(self, stage: str) -> None:
         dm = self._datamodule()
         dm.setup(stage)
+        if dm.condition not in self.supported_conditions:
+            raise HierError(f"{type(self).__name__} cannot answer condition {dm.condition!r} (it answers {', '.join(self.supported_conditions)})")
         self.meta = self.run_meta(dm)
         self.run_dir = RunDirectory(Path(self.trainer.default_root_dir) / self.meta["run_name"], rank=self.global_rank)
         finished: list[int] = []

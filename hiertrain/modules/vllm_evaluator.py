@@ -15,6 +15,12 @@ slots (default per device: CPU 16384, CUDA 2048 per GiB of device memory). The d
   and reported) or "paper" (`answers.paper_letter`, the paper's first-letter-anywhere rule, for
   reproducing its numbers).
 
+Question conditions (`data.condition`, hiertrain.core.conditions): plain, taxonomy and bio_cot
+answer like plain questions; cot (generate) reads the final letter (`conditions.final_letter`
+under the strict parser); binary (generate) asks one yes/no statement per option, read and scored
+as the paper's `utils/metric_binary.py`, each statement's text and reply kept in the level's
+`detail`; open (generate) matches the reply to the taxonomy's nodes (hiertrain.core.open_set).
+
 Per-model protocol settings (the paper's, set in configs/models and configs/paper, recorded in
 run.json): `max_image_side` (Qwen: longest side > 1680 px shrunk first, LANCZOS),
 `processor_kwargs` (Qwen `min_pixels`/`max_pixels`, InternVL-hf `max_patches`), and
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from hiertrain.core import conditions
 from hiertrain.core.answers import paper_letter, parse_letter
 from hiertrain.core.errors import HierError
 from hiertrain.modules.evaluator_base import QuestionEvaluator, sample_prediction
@@ -52,7 +59,7 @@ def shrink_longest_side(image: Any, max_side: int | None) -> Any:
 
 
 class VLLMEvaluator(QuestionEvaluator):
-    """Answer each image's levels with a frozen (V)LLM.
+    """Answer each image's levels with a frozen (V)LLM (under any question condition).
 
     Args:
         pretrained: hub id or local directory (`hiertrain tiny` output works).
@@ -107,6 +114,19 @@ class VLLMEvaluator(QuestionEvaluator):
         self._placed: dict[str, Any] = {}  # a device_map model, kept out of Lightning's .to()
         self.processor: Any = None
         self.answerer: Any = None
+        self.matcher: Any = None  # open condition: hiertrain.core.open_set.OpenSetMatcher
+
+    supported_conditions = conditions.CONDITIONS
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        condition = self.meta["condition"]
+        if condition in conditions.GENERATE_ONLY and self.answer_kind != "generate":
+            raise HierError(f"condition {condition!r} needs answer: generate (its replies are text, not one letter)")
+        if condition == "open":
+            from hiertrain.core.open_set import OpenSetMatcher
+
+            self.matcher = OpenSetMatcher.from_taxonomy(self._datamodule().taxonomy)
 
     def protocol(self) -> dict[str, Any]:
         """The per-model protocol settings, as recorded in run.json."""
@@ -119,7 +139,10 @@ class VLLMEvaluator(QuestionEvaluator):
         }
 
     def run_meta(self, dm) -> dict[str, Any]:
-        return {**super().run_meta(dm), **self.protocol()}
+        meta = {**super().run_meta(dm), **self.protocol()}
+        if dm.condition == "cot":
+            meta["cot_apostrophe"] = dm.cot_apostrophe
+        return meta
 
     def run_settings(self) -> dict[str, Any]:
         """dtype and attention kernel decide the logits (the protocol keys are top-level)."""
@@ -129,6 +152,7 @@ class VLLMEvaluator(QuestionEvaluator):
         if self.answerer is not None:
             return
         from hiertrain.vlm.loading import load_vllm
+        from hiertrain.vlm.global_prefix import GlobalPrefixAnswerer
         from hiertrain.vlm.prefix_cache import SharedPrefixAnswerer
 
         model, self.processor = load_vllm(
@@ -144,18 +168,25 @@ class VLLMEvaluator(QuestionEvaluator):
             from hiertrain.vlm.padded_tile import PaddedTileProcessor
 
             processor = PaddedTileProcessor(self.processor)
-        self.answerer = SharedPrefixAnswerer(model, processor, self.max_new_tokens, self.max_batch_tokens)
+        # The taxonomy condition's system turn opens every prompt of the run: prefilled once per run.
+        kind = GlobalPrefixAnswerer if self.meta.get("condition") == "taxonomy" else SharedPrefixAnswerer
+        self.answerer = kind(model, processor, self.max_new_tokens, self.max_batch_tokens)
 
     def prompts_of(self, item: dict[str, Any]) -> list[str]:
         """Each asked level's full chat prompt, in the model's own template."""
         from hiertrain.vlm.prefix_cache import render_chat
 
+        if self.meta.get("condition") == "binary":  # one prompt per statement, levels in order
+            return [render_chat(self.processor, messages) for lq in item["levels"] for _, messages in lq.statements]
         return [render_chat(self.processor, lq.messages) for lq in item["levels"]]
 
     def letter_of(self, reply: str, options: list[str]) -> int | None:
-        """The option index a generated reply chooses, by `answer_parser` (None = unparseable)."""
+        """The option index a generated reply chooses, by `answer_parser` (None = unparseable);
+        a chain-of-thought reply's final letter under the strict parser."""
         if self.answer_parser == "paper":
             return paper_letter(reply, len(options))
+        if self.meta.get("condition") in ("cot", "bio_cot"):
+            return conditions.final_letter(reply, options)
         return parse_letter(reply, options)
 
     def answer_items(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
@@ -171,7 +202,47 @@ class VLLMEvaluator(QuestionEvaluator):
                     answers.append((LETTERS[index], index))
                 out.append(sample_prediction(item, mode, answers))
         else:
+            condition = self.meta.get("condition")
             for item, replies in zip(items, self.answerer.generate(batch)):
-                answers = [(reply, self.letter_of(reply, lq.options)) for lq, reply in zip(item["levels"], replies)]
-                out.append(sample_prediction(item, mode, answers))
+                if condition == "binary":
+                    out.append(self.binary_prediction(item, mode, replies))
+                elif condition == "open":
+                    out.append(self.open_prediction(item, mode, replies))
+                else:
+                    answers = [(reply, self.letter_of(reply, lq.options)) for lq, reply in zip(item["levels"], replies)]
+                    out.append(sample_prediction(item, mode, answers))
         return out
+
+    def binary_prediction(self, item: dict[str, Any], mode: str, replies: list[str]) -> SamplePrediction:
+        """A level's statements' replies -> the paper's binary verdict (`conditions.binary_choice`);
+        `reply` holds the statements' replies joined by " | ", `detail` each statement."""
+        answers, details, start = [], [], 0
+        for lq in item["levels"]:
+            mine = replies[start : start + len(lq.statements)]
+            start += len(lq.statements)
+            values = [conditions.binary_value(r) for r in mine]
+            answers.append((" | ".join(mine), conditions.binary_choice(values)))
+            details.append(
+                {"statements": [{"option": o, "question": q, "reply": r, "value": v}
+                                for o, (q, _), r, v in zip(lq.options, lq.statements, mine, values)]}
+            )  # fmt: skip
+        if start != len(replies):
+            raise HierError(f"sample {item['sample_id']}: {len(replies)} replies for {start} statements")
+        prediction = sample_prediction(item, mode, answers)
+        asked = [lv for lv in prediction.levels if lv.asked]
+        for lv, detail in zip(asked, details, strict=True):
+            lv.detail, lv.question = detail, None  # the statements carry their own texts
+            lv.correct = lv.predicted is not None and lv.predicted.lower() == lv.truth.lower()  # metric_binary: case-insensitive
+        return prediction
+
+    def open_prediction(self, item: dict[str, Any], mode: str, replies: list[str]) -> SamplePrediction:
+        """Each reply matched to the taxonomy's nodes at its level (`OpenSetMatcher`): the named
+        node is `predicted`; correct when it is the truth; the verdict and matches in `detail`."""
+        prediction = sample_prediction(item, mode, [(reply, None) for reply in replies])
+        asked = [lv for lv in prediction.levels if lv.asked]
+        for lv, lq, reply in zip(asked, item["levels"], replies, strict=True):
+            found = self.matcher.match(reply, lq.level)
+            lv.predicted = found.node
+            lv.correct = found.node is not None and self.matcher.same(found.node, lq.truth)
+            lv.detail = {**found.to_json(), "candidates": self.matcher.candidates(lq.level)}
+        return prediction

@@ -5,14 +5,14 @@ report` groups by (model name, dataset name) are derived once, and the W&B run n
 the run directory name. `run.json` keys (docs/ARCHITECTURE.md, "Run directories"):
 kind, model, model_name, dataset, questions, questions_sha256, mode, prompt_variant, answer,
 seed, num_samples, skipped, created, plus the kind's own fields (probe: sites, pooling, side,
-store; lora: base, adapter, hparams; eval: subject, level_names, limit, split, weights,
+store; lora: base, adapter, hparams; eval: subject, level_names, limit, split, condition, weights,
 settings, run_name, taxonomy).
 
 A run's identity (`IDENTITY_KEYS`) is everything that decides its numbers: the question
 file's bytes, the split, the mode, the prompt family, variant and subject, the seed, the
 option order, the answer mode and parser, generation length, the processor settings (image
 side cap, processor kwargs, aspect-ratio mode), the backend, the evaluator's settings (dtype,
-attention kernel, CLIP template) and a fingerprint of the weights. A resumed run must match it field by field.
+attention kernel, CLIP template), the question condition and a fingerprint of the weights. A resumed run must match it field by field.
 """
 
 from __future__ import annotations
@@ -36,8 +36,11 @@ RUN_JSON = "run.json"
 IDENTITY_KEYS = (
     "model", "weights", "backend", "questions_sha256", "split", "mode", "answer", "prompt_family", "prompt_variant",
     "subject", "seed", "level_names", "drop_trivial_levels", "shuffle_options", "answer_parser", "max_new_tokens",
-    "max_image_side", "processor_kwargs", "image_aspect_ratio", "settings",
+    "max_image_side", "processor_kwargs", "image_aspect_ratio", "settings", "condition",
 )  # fmt: skip
+# What a run.json written before an identity key existed meant by it (the question condition,
+# hiertrain.core.conditions: runs before it were asked the plain way).
+IDENTITY_DEFAULTS: dict[str, Any] = {"condition": "plain"}
 
 # The flag that starts a run afresh in its directory (named in every refusal).
 FRESH_FLAG = "--fresh true"
@@ -70,9 +73,13 @@ def dataset_name(name: str | None = None, questions: str | os.PathLike | None = 
     return "features"
 
 
-def default_run_name(model_name: str, dataset: str, mode: str, answer: str, prompt_variant: Any) -> str:
-    """`<model>-<dataset>-<mode>-<answer>-v<variant>`: reruns of one setting land in one dir."""
-    return f"{model_name}-{dataset}-{mode}-{answer}-v{prompt_variant}"
+def default_run_name(
+    model_name: str, dataset: str, mode: str, answer: str, prompt_variant: Any, condition: str | None = None
+) -> str:
+    """`<model>-<dataset>-<mode>-<answer>-v<variant>[-<condition>]`: reruns of one setting land in
+    one dir (the question condition is named unless it is "plain", so plain runs keep their names)."""
+    name = f"{model_name}-{dataset}-{mode}-{answer}-v{prompt_variant}"
+    return name if (condition or "plain") == "plain" else f"{name}-{condition}"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -141,7 +148,7 @@ class RunMeta:
     def run_name(self) -> str:
         """The given run name (`fields["run_name"]`) or the default one."""
         return self.fields.get("run_name") or default_run_name(
-            self.model_name, self.dataset, self.mode, self.answer, self.prompt_variant
+            self.model_name, self.dataset, self.mode, self.answer, self.prompt_variant, self.fields.get("condition")
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -203,7 +210,7 @@ def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The identity fields that differ, as `name (old, this run new)`; nested settings by key."""
     out = []
     for key in IDENTITY_KEYS:
-        a, b = old.get(key), new.get(key)
+        a, b = old.get(key, IDENTITY_DEFAULTS.get(key)), new.get(key, IDENTITY_DEFAULTS.get(key))
         if a == b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
