@@ -13,8 +13,12 @@ equal-length groups instead of padding. Two image sets: 448 px (256 visual token
 mixed CUB-like sizes (500x333, 375x500, 500x375, 448x448, 500x281, 333x500). All on the same
 tiny random-init Qwen2.5-VL and the same 7-level questions, in one process, one after the
 other; `--repeats N` runs every timing N times and reports min - max.
+A third set, `taxonomy` (the taxonomy-in-context condition, hiertrain.core.conditions): the
+448 px images (`--taxonomy-images`, default 2) with the paper's CUB taxonomy (~9k tokens) in the
+system prompt of every question: (a) the paper's loop re-reads it for every question, (b) per
+image once per image, (c) hiertrain (`GlobalPrefixAnswerer`) once per run, then batched images.
 
-    python bench/eval_speed.py [--images 8] [--repeats 1] [--sets 448,mixed] [--json out.json]
+    python bench/eval_speed.py [--images 8] [--repeats 1] [--sets 448,mixed,taxonomy] [--json out.json]
                                [--pretrained DIR] [--device cpu|cuda[:N]] [--dtype float32|...]
                                [--max-batch-tokens N] [--threads N]
 
@@ -75,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=1, help="time every protocol this many times (min - max)")
-    parser.add_argument("--sets", default="448,mixed", help="image sets: 448 and/or mixed (comma-separated)")
+    parser.add_argument("--sets", default="448,mixed,taxonomy", help="image sets: 448, mixed, taxonomy (comma-separated)")
+    parser.add_argument("--taxonomy-images", type=int, default=2, help="images of the taxonomy set (default 2)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--pretrained", default=None, help="a Qwen2.5-VL checkpoint dir (default: a fresh tiny one)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, ...")
@@ -94,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from PIL import Image
 
-    from hiertrain.core import prompts
+    from hiertrain.core import conditions, prompts
     from hiertrain.core.answers import parse_letter
     from hiertrain.core.synth import make_synthetic
     from hiertrain.vlm.loading import load_vllm
+    from hiertrain.vlm.global_prefix import GlobalPrefixAnswerer
     from hiertrain.vlm.prefix_cache import ImagePrompts, SharedPrefixAnswerer, render_chat
     from hiertrain.vlm.tiny import make_tiny
 
@@ -127,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         grid = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[image], return_tensors="pt")
         return int(grid["image_grid_thw"].prod()) // 4
 
-    def chat(levels, k):
+    def chat(levels, k, system=None):
         question = prompts.question_text(prompts.image_prompt(0, LEVELS[k], "plant"), levels[k][1])
-        return render_chat(processor, prompts.chat_messages(question, "image"))
+        return render_chat(processor, conditions.messages(question, "image", system))
 
     def picks(all_logits):
         return [
@@ -145,12 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     vision_params = sum(p.numel() for p in family.vision_tower(model).parameters())
     head = model.get_output_embeddings().weight.numel()
 
-    def work_flop(items, tokens) -> float:
+    def work_flop(items, tokens, shared: int = 0) -> float:
         """The batched path's matmul work (2 x params per token; attention left out): the vision
         tower over each image's patches (4 per visual token), the LLM over each prefix once and
-        every suffix, the LM head once per question."""
+        every suffix, the LM head once per question; `shared` tokens opening every prefix count once."""
         prepared = batched._prepare(items)
-        llm_tokens = sum(p.length + sum(len(x) for x in p.suffixes) for p in prepared)
+        llm_tokens = sum(p.length + sum(len(x) for x in p.suffixes) for p in prepared) - shared * (len(prepared) - 1)
         questions = sum(len(p.suffixes) for p in prepared)
         return 2.0 * (vision_params * 4 * sum(tokens) + llm_params * llm_tokens + head * questions)
 
@@ -160,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     if on_gpu:  # kernels / cuBLAS plans of the batched decode are first built here, not in the timings
         batched.generate([warm, warm])
 
-    def measure(images) -> dict:
-        items = [ImagePrompts(img, [chat(levels, k) for k in range(7)]) for img, levels in zip(images, questions)]
+    def measure(images, system=None) -> dict:
+        items = [ImagePrompts(img, [chat(levels, k, system) for k in range(7)]) for img, levels in zip(images, questions)]
         n_questions = 7 * len(items)
         protocols = {
             "paper": lambda: [[per_image.full_generate(i.image, p) for p in i.prompts] for i in items],
@@ -169,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
             "hiertrain": lambda: batched.logits(items),
             "hiertrain_generate": lambda: batched.generate(items),
         }
+        shared = 0
+        if system is not None:  # a fresh answerer per timing: its one run-wide prefill is timed too
+            global_answerer = GlobalPrefixAnswerer(model, processor, max_new_tokens=5, max_batch_tokens=args.max_batch_tokens)
+            global_answerer.logits(items[:1])
+            shared = global_answerer.global_tokens
+            protocols["hiertrain"] = lambda: GlobalPrefixAnswerer(model, processor, 5, args.max_batch_tokens).logits(items)
+            protocols["hiertrain_generate"] = lambda: GlobalPrefixAnswerer(model, processor, 5, args.max_batch_tokens).generate(items)
         if len({img.size for img in images}) > 1:
             protocols["hiertrain_grouped"] = lambda: grouped.logits(items)
         if on_gpu:  # this set's shapes (the batched step, its decode) are planned here, not in the timings
@@ -198,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             a == b for ra, rb in zip(picks(results["hiertrain"]), picks(results["per_image"])) for a, b in zip(ra, rb)
         )
         tokens = [visual_tokens(img) for img in images]
-        flop = work_flop(items, tokens)
+        flop = work_flop(items, tokens, shared)
         paper_q = qps["paper"]
 
         def ratio(name: str) -> list[float]:
@@ -219,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             "paper_replies_parseable": f"{len(readable)}/{n_questions}",
             "logits_agree_with_parsed_generate": f"{sum(p == m for p, m in readable)}/{len(readable)}",
             "shared_prefix_generate_equals_paper_generate": f"{same_replies}/{n_questions}",
+            **({"run_wide_prefix_tokens": shared} if system is not None else {}),
         }
 
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
@@ -235,8 +249,12 @@ def main(argv: list[str] | None = None) -> int:
             images = base
         elif name == "mixed":
             images = [img.resize(MIXED_SIZES[i % len(MIXED_SIZES)]) for i, img in enumerate(base)]
+        elif name == "taxonomy":  # the paper's CUB taxonomy in the system prompt (eval_CUB_tax_qwen.py)
+            context = conditions.taxonomy_context("hiertrain://taxonomies/hierarchy_CUB200.json")
+            figures[name] = measure(base[: args.taxonomy_images], conditions.system_prompt("taxonomy", "image", context=context))
+            continue
         else:
-            raise SystemExit(f"eval_speed: unknown image set {name!r} (448, mixed)")
+            raise SystemExit(f"eval_speed: unknown image set {name!r} (448, mixed, taxonomy)")
         figures[name] = measure(images)
     if args.device == "cpu":
         figures["load_average_after"] = round(os.getloadavg()[0], 1)
@@ -265,12 +283,20 @@ def main(argv: list[str] | None = None) -> int:
         "hiertrain_generate": "(d) batched generate: shared prefix, greedy 5 tokens",
     }
     print(f"{figures['device']}; max_batch_tokens {figures['max_batch_tokens']}; {args.repeats} run(s) each (min - max)")
+    taxonomy_labels = {
+        "paper": "(a) paper: per question, taxonomy + image re-read, generate 5 tokens",
+        "per_image": "(b) per image: taxonomy + image prefilled once per image, levels batched, letter logits",
+        "hiertrain": "(c) hiertrain: taxonomy prefilled once per run, then batched images, letter logits",
+        "hiertrain_generate": "(d) hiertrain generate: taxonomy once per run, batched, greedy 5 tokens",
+    }
     for name in sets:
         f = figures[name]
+        if name == "taxonomy":
+            print(f"\ntaxonomy in context: the CUB taxonomy ({f['run_wide_prefix_tokens']} tokens before the image) in every prompt")
         print(f"\n{name}: {f['images']} images ({', '.join(f['image_sizes'])}; {f['visual_tokens_per_image']} visual tokens) x 7 levels")
         print("| protocol | questions/s | x paper (median (min - max) over the runs) |")
         print("| --- | ---: | ---: |")
-        for key, label in labels.items():
+        for key, label in (taxonomy_labels if name == "taxonomy" else labels).items():
             if key in f["questions_per_s"]:
                 r = f["ratio_vs_paper"].get(key)
                 rs = "1" if r is None else (f"{r[0]}" if len(r) == 1 else f"{statistics.median(r):.2f} ({min(r)} - {max(r)})")
