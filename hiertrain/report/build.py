@@ -46,6 +46,11 @@ class Run:
     def mode(self) -> str:
         return str(self.meta.get("mode", "image"))
 
+    @property
+    def condition(self) -> str:
+        """The question condition (hiertrain.core.conditions); runs from before the field: "plain"."""
+        return str(self.meta.get("condition") or "plain")
+
 
 @dataclass
 class Report:
@@ -92,7 +97,9 @@ def protocol_differences(runs: list[Run]) -> list[str]:
     """Say which evaluation runs were scored under a different protocol than the first of their kind.
 
     Runs on one dataset must share the question file and split; VLLM runs must share the prompt variant,
-    the answer mode and the backend (CLIP runs answer by similarity, so only their question file counts).
+    the answer mode, the backend and the question condition (CLIP runs answer by similarity, so only
+    their question file counts). Open-set runs are compared among themselves: they are shown beside
+    the closed-set runs in their own table, not mixed into the closed-set tables.
     """
     evals = [r for r in runs if r.kind == "eval"]
     out: list[str] = []
@@ -109,8 +116,15 @@ def protocol_differences(runs: list[Run]) -> list[str]:
                 f"{run.path.name} and {ref.path.name} ({run.dataset}) score different splits: "
                 f"{run.meta.get('split')!r} vs {ref.meta.get('split')!r}"
             )
-    vllm = [r for r in evals if r.meta.get("answer") != "clip"]
-    for key in ("prompt_variant", "answer", "answer_parser"):
+    answering = [r for r in evals if r.meta.get("answer") != "clip"]
+    for vllm in ([r for r in answering if r.condition != "open"], [r for r in answering if r.condition == "open"]):
+        out += _setting_differences(vllm)
+    return out
+
+
+def _setting_differences(vllm: list[Run]) -> list[str]:
+    out: list[str] = []
+    for key in ("prompt_variant", "answer", "answer_parser", "condition"):
         if vllm:
             ref = vllm[0]
             for run in vllm[1:]:
@@ -133,6 +147,8 @@ def _setting(run: Run, key: str) -> Any:
     """A protocol setting of a run; generate runs written before `answer_parser` existed used "strict"."""
     if key == "answer_parser" and run.meta.get("answer") == "generate":
         return run.meta.get(key) or "strict"
+    if key == "condition":
+        return run.condition
     return run.meta.get(key)
 
 
@@ -157,7 +173,7 @@ def _chance(metrics: dict[str, Any] | None, key: str) -> Any:
 
 
 def _eval_tables(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
-    evals = [r for r in runs if r.kind == "eval" and r.metrics]
+    evals = [r for r in runs if r.kind == "eval" and r.metrics and r.condition != "open"]
     text = {(r.model, r.dataset): r for r in evals if r.mode == "text"}
     visual_rows, level_rows, overlap_rows = [], [], []
     for run in sorted(evals, key=lambda r: (r.dataset, r.model, r.mode)):
@@ -207,7 +223,36 @@ def _eval_tables(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
                 **{f"{k}_ci": _ci(m, k) for k in ("point_overlap", "strict_point_overlap", "top_overlap")},
             }
         )
-    return {"visual": visual_rows, "per_level": level_rows, "overlap": overlap_rows}
+    return {"visual": visual_rows, "per_level": level_rows, "overlap": overlap_rows, "open_set": _open_set_rows(runs, evals)}
+
+
+def _open_set_rows(runs: list[Run], closed: list[Run]) -> list[dict[str, Any]]:
+    """Each open-set run beside the closed-set run of the same model, dataset and mode (if any)."""
+    twins = {(r.model, r.dataset, r.mode): r for r in closed}
+    rows = []
+    for run in sorted((r for r in runs if r.kind == "eval" and r.metrics and r.condition == "open"), key=lambda r: (r.dataset, r.model, r.mode)):
+        m, twin = run.metrics or {}, twins.get((run.model, run.dataset, run.mode))
+        c = twin.metrics if twin else {}
+        rates = m.get("open_set") or {}
+        rows.append(
+            {
+                "model": run.model,
+                "dataset": run.dataset,
+                "mode": run.mode,
+                "closed_hca": percent(c.get("hca")),
+                "open_hca": percent(m.get("hca")),
+                "closed_leaf": percent(c.get("leaf_accuracy")),
+                "open_leaf": percent(m.get("leaf_accuracy")),
+                "open_named_other_level": percent(rates.get("other_level_rate")),
+                "open_named_none": percent(rates.get("none_rate")),
+                "open_ambiguous": percent(rates.get("ambiguous_rate")),
+                "open_hca_ci": _ci(m, "hca"),
+                "closed_hca_ci": _ci(c, "hca"),
+                "closed_run": twin.path.name if twin else None,
+                "open_run": run.path.name,
+            }
+        )
+    return rows
 
 
 def _isnan(x: Any) -> bool:
@@ -406,6 +451,18 @@ def write_report(report: Report, out: str | Path, title: str = "hiertrain report
     md += ["## Per-level accuracy (%)", "", markdown_table(flat, ["model", "dataset", "mode", *level_cols, "hca", "chance_hca"]), ""]
     if "per_level" in images:
         md += [f"![Per-level accuracy]({images['per_level']})", ""]
+    if t.get("open_set"):
+        md += [
+            "## Closed-set vs open-set (%)",
+            "",
+            markdown_table(t["open_set"], ["model", "dataset", "mode", "closed_hca", "open_hca", "closed_leaf", "open_leaf",
+                                           "open_named_other_level", "open_named_none", "open_ambiguous"]),
+            "",
+            "Open set: each level asked without options (hiertrain's wording, not the paper's), the reply "
+            "matched to the taxonomy's nodes of that level; named_other_level / named_none / ambiguous = share of "
+            "open replies naming only a node of another level / no node / several nodes of the asked level.",
+            "",
+        ]
     md += [
         "## Overlap ratios (%)",
         "",
