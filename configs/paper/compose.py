@@ -1,4 +1,5 @@
-"""Write configs/paper/<model>/<dataset>[_text].yaml: one preset per model x dataset x mode the paper reports.
+"""Write configs/paper/<model>/<dataset>[_text].yaml: one preset per model x dataset x mode the paper reports,
+and configs/paper/<model>/<dataset>_<condition>.yaml for its prompt-engineering runs (hiertrain.core.conditions).
 
 A preset is configs/models/<model>.yaml + configs/data/<dataset>.yaml + the paper's protocol for
 that pair (prompt variant from its scripts/*.sh, reply length, answer rule, option order), written
@@ -9,7 +10,9 @@ after editing a model or data config (tests/cli/test_configs.py fails until the 
 
 Sources (the paper's code, yuanqing-ai/LLM-Hierarchical-Consistency at c86f23af):
 scripts/all_image_benchmarks.sh, scripts/all_text_benchmarks.sh, scripts/all_og_llm_on_text.sh
-(variants), evaluation/vllm/*/ and evaluation/llm/*/ (max_new_tokens, shuffling, settings).
+(variants), evaluation/vllm/*/ and evaluation/llm/*/ (max_new_tokens, shuffling, settings);
+conditions: prompt_engineering/{taxonomy,cot,bio_cot}/, prompt_engineering/eval_CUB_binary.py and
+scripts/{tax_pmt,vlm_cot,bio_cot_pmt}.sh.
 """
 
 from __future__ import annotations
@@ -40,6 +43,24 @@ IMAGE_VARIANT = {
 }
 # scripts/all_text_benchmarks.sh (the same for every VLM) and all_og_llm_on_text.sh (Qwen2.5-IT).
 TEXT_VARIANT = {"cub200_similar": 1, "inat21_plant": 1, "inat21_animal": 1, "imagenet_animal": 2, "imagenet_artifact": 2}
+
+
+# The paper's prompt-engineering runs: (model, dataset, condition) -> prompt variant. Taxonomy in
+# context: scripts/tax_pmt.sh (Qwen, InternVL2.5, LLaVA on CUB, variant 0). CoT: the
+# prompt_engineering/cot/{qwen,internvl,llava} scripts on CUB, ImageNet-animal and iNat plants, with
+# scripts/vlm_cot.sh's variants. Bio CoT: scripts/bio_cot_pmt.sh (Qwen, iNat, variant 1). Binary:
+# eval_CUB_binary.py (Qwen 7B, CUB; its statements have no variant).
+CONDITION_RUNS: dict[tuple[str, str, str], int] = {
+    **{(m, "cub200_similar", "taxonomy"): 0 for m in ("qwen2_5_vl_7b", "internvl2_5_8b", "llava_ov_7b")},
+    ("qwen2_5_vl_7b", "cub200_similar", "cot"): 0, ("qwen2_5_vl_7b", "imagenet_animal", "cot"): 0,
+    ("qwen2_5_vl_7b", "inat21_plant", "cot"): 1,
+    ("internvl2_5_8b", "cub200_similar", "cot"): 0, ("internvl2_5_8b", "imagenet_animal", "cot"): 2,
+    ("internvl2_5_8b", "inat21_plant", "cot"): 0,
+    ("llava_ov_7b", "cub200_similar", "cot"): 0, ("llava_ov_7b", "imagenet_animal", "cot"): 0,
+    ("llava_ov_7b", "inat21_plant", "cot"): 0,
+    ("qwen2_5_vl_7b", "inat21_animal", "bio_cot"): 1, ("qwen2_5_vl_7b", "inat21_plant", "bio_cot"): 1,
+    ("qwen2_5_vl_7b", "cub200_similar", "binary"): 0,
+}  # fmt: skip
 
 
 def max_new_tokens(model: str, dataset: str, mode: str) -> int:
@@ -99,6 +120,46 @@ def differences(model: str, dataset: str, mode: str) -> list[str]:
     return out
 
 
+def condition_differences(model: str, dataset: str, condition: str) -> list[str]:
+    """What a condition preset does not do as the paper's prompt-engineering script did."""
+    out = differences(model, dataset, "image")
+    if condition == "taxonomy" and model != "qwen2_5_vl_7b":
+        where = "'Here is a taxonomy: ' + taxonomy + '<image>\\n' + question" if model.startswith("internvl") else (
+            "'Here is a taxonomy: ' + taxonomy + '\\n<image>\\n' + question")
+        out.append(
+            f"taxonomy in context: the paper's {model} script puts the taxonomy in the user turn ({where}); hiertrain "
+            "puts it in the system prompt as the Qwen script does, with the Qwen script's answer line (no newline before it)"
+        )
+        if model.startswith("internvl"):
+            out.append("the paper's InternVL taxonomy script calls model.chat without pixel_values (it fails as committed)")
+    if condition == "cot":
+        out.append("CoT: the paper's reply budget is kept (no room to reason); raise --model.max_new_tokens for real reasoning")
+        if model == "qwen2_5_vl_7b" and dataset != "inat21_plant":
+            out.append("the paper's Qwen CUB/animal CoT scripts do not parse as committed (an unterminated string); the strings are the same as its working plant script's")
+    if condition == "binary":
+        out.append(
+            "binary: the paper's metric keys each option's verdict by its lower-cased name in one dict per image, so an "
+            "option name shared by two levels would collide; hiertrain keeps each level's statements apart"
+        )
+    return out
+
+
+def compose_condition(model: str, dataset: str, condition: str) -> dict[str, Any]:
+    """The image preset of (model, dataset) under a prompt-engineering condition."""
+    doc = compose(model, dataset, "image")
+    args = doc["data"]["init_args"]
+    args["prompt_variant"] = CONDITION_RUNS[(model, dataset, condition)]
+    args["condition"] = condition
+    if condition == "cot":  # the Qwen scripts spell "Let’s" with U+2019, the InternVL/LLaVA ones with "'"
+        args["cot_apostrophe"] = "typographic" if model.startswith("qwen") else "ascii"
+    init = doc["model"]["init_args"]
+    if model == "internvl2_5_8b" and condition == "taxonomy":
+        init["max_new_tokens"] = 5
+    if condition == "binary":
+        init["max_new_tokens"] = 10  # eval_CUB_binary.py
+    return doc
+
+
 def _load(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
@@ -142,6 +203,18 @@ def presets() -> dict[str, tuple[dict[str, Any], list[str]]]:
             *[f"- {line}" for line in differences(model, dataset, mode)],
         ]
         out[name] = (compose(model, dataset, mode), header)
+    for (model, dataset, condition) in CONDITION_RUNS:
+        name = f"paper/{model}/{dataset}_{condition}.yaml"
+        config = compose_condition(model, dataset, condition)
+        header = [
+            f"The paper's {condition} condition for {model} on {dataset}, image questions (written by configs/paper/compose.py: do not edit).",
+            f"= configs/paper/{model}/{dataset}.yaml + data.condition {condition} (hiertrain.core.conditions).",
+            f"Run: hiertrain test --config configs/{name}",
+            _data_line(config["data"]["init_args"]["questions"]),
+            "Differs from the paper:" if condition_differences(model, dataset, condition) else "Differs from the paper: nothing known.",
+            *[f"- {line}" for line in condition_differences(model, dataset, condition)],
+        ]
+        out[name] = (config, header)
     return out
 
 

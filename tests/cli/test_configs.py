@@ -109,4 +109,20 @@ def test_paper_presets_hold_the_papers_settings():
         assert text["model"]["init_args"]["max_new_tokens"] == 5 and text["model"]["init_args"]["answer_parser"] == "paper"
     assert load("siglip_so400m/food.yaml")["model"]["init_args"]["pretrained"] == "hf-hub:timm/ViT-SO400M-14-SigLIP-384"
     assert not (CONFIGS / "paper" / "qwen2_5_vl_7b" / "food_text.yaml").exists()  # the paper has no Food text run
-    assert len(PRESETS) == 8 * 6 + 7 * 5
+    assert len(PRESETS) == 8 * 6 + 7 * 5 + 15  # + the condition presets (test below)
+
+
+def test_condition_presets_hold_the_papers_prompt_engineering_settings():
+    load = lambda name: yaml.safe_load((CONFIGS / "paper" / name).read_text())  # noqa: E731
+    tax = load("qwen2_5_vl_7b/cub200_similar_taxonomy.yaml")
+    assert tax["data"]["init_args"]["condition"] == "taxonomy" and tax["data"]["init_args"]["prompt_variant"] == 0
+    assert tax["model"]["init_args"]["max_new_tokens"] == 10 and tax["model"]["init_args"]["answer"] == "generate"
+    cot = {m: load(f"{m}/cub200_similar_cot.yaml")["data"]["init_args"] for m in ("qwen2_5_vl_7b", "internvl2_5_8b", "llava_ov_7b")}
+    assert [cot[m]["cot_apostrophe"] for m in cot] == ["typographic", "ascii", "ascii"]
+    assert load("internvl2_5_8b/imagenet_animal_cot.yaml")["data"]["init_args"]["prompt_variant"] == 2
+    assert load("qwen2_5_vl_7b/inat21_plant_cot.yaml")["model"]["init_args"]["max_new_tokens"] == 5
+    bio = load("qwen2_5_vl_7b/inat21_animal_bio_cot.yaml")
+    assert bio["data"]["init_args"]["prompt_variant"] == 1 and bio["data"]["init_args"]["subject"] == "animal"
+    binary = load("qwen2_5_vl_7b/cub200_similar_binary.yaml")
+    assert binary["data"]["init_args"]["condition"] == "binary" and binary["model"]["init_args"]["max_new_tokens"] == 10
+    assert len([p for p in PRESETS if p.stem.endswith(("_taxonomy", "_cot", "_binary"))]) == 15
