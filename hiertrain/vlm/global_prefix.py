@@ -87,11 +87,7 @@ class GlobalPrefixAnswerer(SharedPrefixAnswerer):
 
     def _run_step_from_global(self, members: list[Any], generate: bool) -> list[Any]:
         """`SharedPrefixAnswerer._run_step` with the prefill started from the run-wide cache."""
-        images = [m.image for m in members] if members[0].image is not None else None
-        inputs = self._process([m.prefix for m in members], images)
-        real = inputs["attention_mask"].sum(1)
-        if not bool(inputs["attention_mask"][:, 0].all()):
-            raise HierError(f"{type(self.processor).__name__}: prefixes came back left-padded; right padding is required")
+        inputs, real = self._step_inputs(members)
         g = self.global_tokens
         ids = inputs["input_ids"]
         if ids.shape[1] <= g or ids[:, :g].tolist() != [self._global_ids] * len(members):
@@ -105,18 +101,6 @@ class GlobalPrefixAnswerer(SharedPrefixAnswerer):
             per_token = {*self.family.per_token_keys, "input_ids"}
             rest = {k: (v[:, g:] if k in per_token else v) for k, v in inputs.items()}
             out = self.model(**rest, position_ids=positions[..., g:], cache=cache, use_cache=True, logits_to_keep=1)
-            cache = out.cache
-            rows = torch.tensor([b for b, m in enumerate(members) for _ in m.suffixes], device=device)
-            cache.reorder_cache(rows)
-            suffixes = [s for m in members for s in m.suffixes]
-            prefix_mask = inputs["attention_mask"][rows]
-            prefix_ids = [ids[b, : real[b]].tolist() for b in rows.tolist()] if generate else None
-            starts = real[rows].view(-1, 1) + deltas[rows]
-            per_row = self._suffix_logits(cache, prefix_mask, starts, suffixes, generate, prefix_ids)
+            return self._answer_on_cache(out.cache, inputs, real, deltas, members, generate)
         finally:
             self._reset_state()
-        out_items, start = [], 0
-        for m in members:
-            out_items.append(per_row[start : start + len(m.suffixes)])
-            start += len(m.suffixes)
-        return out_items

@@ -287,25 +287,34 @@ class SharedPrefixAnswerer:
     def _run_step(self, members: list[_Prepared], generate: bool) -> list[Any]:
         """One vision pass + one prefill of all members' (right-padded) prefixes, then all their
         suffixes as one batch on the cache expanded to one row per suffix."""
-        images = [m.image for m in members] if members[0].image is not None else None
-        inputs = self._process([m.prefix for m in members], images)
-        real = inputs["attention_mask"].sum(1)
-        if not bool(inputs["attention_mask"][:, 0].all()):
-            raise HierError(f"{type(self.processor).__name__}: prefixes came back left-padded; right padding is required")
-        device = self.model.device
+        inputs, real = self._step_inputs(members)
         try:
             positions, deltas = self._prefix_positions(inputs)
             out = self.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
-            cache = out.cache
-            rows = torch.tensor([b for b, m in enumerate(members) for _ in m.suffixes], device=device)
-            cache.reorder_cache(rows)  # transformers' own batch expansion: row r = copy of its prefix
-            suffixes = [s for m in members for s in m.suffixes]
-            prefix_mask = inputs["attention_mask"][rows]
-            prefix_ids = [inputs["input_ids"][b, : real[b]].tolist() for b in rows.tolist()] if generate else None
-            starts = real[rows].view(-1, 1) + deltas[rows]
-            per_row = self._suffix_logits(cache, prefix_mask, starts, suffixes, generate, prefix_ids)
+            return self._answer_on_cache(out.cache, inputs, real, deltas, members, generate)
         finally:
             self._reset_state()
+
+    def _step_inputs(self, members: list[_Prepared]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The processor's batch of the members' prefixes (right-padded) and each one's real length."""
+        images = [m.image for m in members] if members[0].image is not None else None
+        inputs = self._process([m.prefix for m in members], images)
+        if not bool(inputs["attention_mask"][:, 0].all()):
+            raise HierError(f"{type(self.processor).__name__}: prefixes came back left-padded; right padding is required")
+        return inputs, inputs["attention_mask"].sum(1)
+
+    def _answer_on_cache(
+        self, cache, inputs: dict[str, torch.Tensor], real: torch.Tensor, deltas: torch.Tensor,
+        members: list[_Prepared], generate: bool,
+    ) -> list[Any]:
+        """Expand the prefilled cache to one row per suffix and answer every suffix of every member."""
+        rows = torch.tensor([b for b, m in enumerate(members) for _ in m.suffixes], device=self.model.device)
+        cache.reorder_cache(rows)  # transformers' own batch expansion: row r = copy of its prefix
+        suffixes = [s for m in members for s in m.suffixes]
+        prefix_mask = inputs["attention_mask"][rows]
+        prefix_ids = [inputs["input_ids"][b, : real[b]].tolist() for b in rows.tolist()] if generate else None
+        starts = real[rows].view(-1, 1) + deltas[rows]
+        per_row = self._suffix_logits(cache, prefix_mask, starts, suffixes, generate, prefix_ids)
         out_items, start = [], 0
         for m in members:
             out_items.append(per_row[start : start + len(m.suffixes)])
