@@ -22,22 +22,6 @@ QUESTION = "Given the plant in the image, what is its taxonomic classification a
 TEXT_Q = "Given the Houstonia purpurea, what is its taxonomic classification at the family level?\nA. Rubiaceae\nB. Poaceae\nAnswer with the option's letter from the given choices directly."
 
 
-@pytest.fixture(scope="module")
-def processor(tiny_qwen):
-    from transformers import AutoProcessor
-
-    return AutoProcessor.from_pretrained(str(tiny_qwen))
-
-
-@pytest.fixture(scope="module")
-def family(tiny_qwen):
-    from transformers import AutoConfig
-
-    from hiertrain.vlm.family import family_of
-
-    return family_of(AutoConfig.from_pretrained(str(tiny_qwen)))
-
-
 @pytest.fixture()
 def files(tmp_path):
     """train_plant_img.json / train_plant_text.json look-alikes; images under the authors' prefix."""

@@ -11,20 +11,6 @@ from hiertrain.core.prompts import LETTERS
 from hiertrain.vlm.family import CausalLMFamily, family_of
 
 
-@pytest.fixture(scope="module")
-def processor(tiny_qwen):
-    from transformers import AutoProcessor
-
-    return AutoProcessor.from_pretrained(str(tiny_qwen))
-
-
-@pytest.fixture(scope="module")
-def family(tiny_qwen):
-    from transformers import AutoConfig
-
-    return family_of(AutoConfig.from_pretrained(str(tiny_qwen)))
-
-
 def _data(synth_dir, processor, family, mode="image", **kwargs) -> HierTuningDataModule:
     dm = HierTuningDataModule(
         str(synth_dir / "questions_random.jsonl"), mode=mode, taxonomy=str(synth_dir / "taxonomy.json"),
