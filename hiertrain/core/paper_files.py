@@ -120,11 +120,27 @@ def fetch_files(
         if dest.is_file() and file_blob_id(dest) == item.blob:
             report.skipped.append(item.local)
             continue
+        created = _missing_dirs(dest.parent)
         dest.parent.mkdir(parents=True, exist_ok=True)
         url = f"{base_url.rstrip('/')}/{item.path}"
-        _download_verified(url, dest, item, progress, timeout)
+        try:
+            _download_verified(url, dest, item, progress, timeout)
+        except BaseException:
+            for folder in created:  # deepest first; only folders this call made and left empty
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            raise
         report.downloaded.append(item.local)
     return report
+
+
+def _missing_dirs(folder: Path) -> list[Path]:
+    """`folder` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _download_verified(url: str, dest: Path, item: PaperFile, progress: bool, timeout: float) -> None:

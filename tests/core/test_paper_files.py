@@ -120,7 +120,7 @@ def test_hash_mismatch_is_one_line_and_the_file_is_not_kept(server, tmp_path, na
     with pytest.raises(HierError, match=f"{name}: blob id [0-9a-f]{{40}} does not match the manifest's {blob_id(GOOD)}") as err:
         fetch_files([item], out, server, progress=False)
     assert "\n" not in str(err.value)
-    assert list((out / "annotations").iterdir()) == []
+    assert not (out / "annotations" / name).exists() and not out.exists()  # nothing kept, no empty folders
 
 
 def test_cut_off_transfer_http_error_and_no_network(server, tmp_path):
@@ -128,12 +128,17 @@ def test_cut_off_transfer_http_error_and_no_network(server, tmp_path):
     cut = _file("data/cut_off.json", GOOD)
     with pytest.raises(HierError, match="connection lost|does not match"):
         fetch_files([cut], out, server, progress=False)
-    assert not (out / "cut_off.json").exists() and list(out.iterdir()) == []
+    assert not out.exists()  # neither the file nor the folders the failed call made are left
     with pytest.raises(HierError, match="HTTP error 404"):
         fetch_files([_file("data/missing.json", GOOD)], out, server, progress=False)
     with socket_closed_port() as port:
         with pytest.raises(HierError, match="cannot connect .*--base-url"):
-            fetch_files([_file("data/other.json", OTHER)], out, f"http://127.0.0.1:{port}", progress=False, timeout=5)
+            fetch_files([_file("data/sub/other.json", OTHER)], out, f"http://127.0.0.1:{port}", progress=False, timeout=5)
+    assert not out.exists()
+    out.mkdir()  # a folder that was there before the call stays
+    with pytest.raises(HierError, match="HTTP error 404"):
+        fetch_files([_file("data/missing.json", GOOD)], out, server, progress=False)
+    assert out.is_dir() and list(out.iterdir()) == []
 
 
 class socket_closed_port:
