@@ -5,7 +5,7 @@ causal LM loads by hub id or local path through `hiertrain.vlm.loading.load_vllm
 image share one vision encoding and one prefill of the common prefix (`SharedPrefixAnswerer`),
 and the images of a batch run together: one vision pass + one prefill of their right-padded
 prefixes, then all their levels as one batch, in steps of at most `max_batch_tokens` KV-cache
-slots (default per device: CPU 16384, CUDA 2048 per GiB of device memory). The data batch
+slots (default per device: CPU 32768, CUDA 2048 per GiB of device memory). The data batch
 (`--data.batch_size`) is how many images one step may hold; the token budget bounds memory.
 
 - `answer: logits` (default): argmax of the next-token logits over the option letters.

@@ -59,7 +59,7 @@ class GlobalPrefixAnswerer(SharedPrefixAnswerer):
                 return end
         return 0
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _prefill_global(self, prefix: str) -> None:
         """Find and prefill the run-wide prefix from the first step's first prefix (once)."""
         self._global_checked = True

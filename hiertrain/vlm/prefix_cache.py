@@ -10,7 +10,13 @@ batch (each suffix padded at the front of its block, so all rows end in the last
 slots stay masked, so every real token sees exactly what a plain forward of its own prompt
 sees; the letter logits are read at each row's last token. A step is bounded by
 `max_batch_tokens` KV slots (rows x padded length): items are sorted by prefix length and
-packed, so neighbours pad little (`pad_prefixes=False` groups equal lengths instead).
+packed, so neighbours pad little (`pad_prefixes=False` groups equal lengths instead). Within a
+step, suffixes of very different lengths (a one-line kingdom question next to a species
+question with long Latin names) run as separate forwards on copies of the prefilled cache
+(`suffix_groups`), so short rows are not padded to the longest. The suffix forward gets its
+attention mask as the 4D additive mask transformers would build from the 2D one (passed
+through as is), made once per step instead of converted from boolean in every layer.
+Everything runs under `torch.inference_mode`, as Lightning's test loop runs it.
 
 Position ids are always passed explicitly: the model's family (`hiertrain.vlm.family`) gives
 the prefix positions and a per-row delta (Qwen2-VL / Qwen2.5-VL: 3-row mRoPE from
@@ -30,6 +36,7 @@ tokens (prefix + its suffix + its reply so far), so padding never counts as a re
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from dataclasses import dataclass
@@ -66,14 +73,16 @@ class _Prepared:
         return self.image is not None
 
 
-CPU_BATCH_TOKENS = 16384
+CPU_BATCH_TOKENS = 32768
 GPU_BATCH_TOKENS_PER_GIB = 2048
+SUFFIX_FORWARD_TOKENS = 512  # the fixed cost of one more suffix forward, in padded suffix tokens
 
 
 def default_max_batch_tokens(device: Any) -> int:
-    """A step budget that fits the device: CPU 16384 KV slots (bigger steps gain nothing
-    there, measured in bench/eval_speed.py); CUDA 2048 per GiB of the device's memory (80 GB:
-    ~160k slots, ~9 GiB of bf16 KV cache at Qwen2.5-VL-7B's sizes, room for the prefill too)."""
+    """A step budget that fits the device: CPU 32768 KV slots (8 images of 448 px with 7
+    levels in one step; 16384 split them 5 + 3 and was slower, bigger budgets gained nothing,
+    measured with bench/eval_speed.py); CUDA 2048 per GiB of the device's memory (80 GB: ~160k
+    slots, ~9 GiB of bf16 KV cache at Qwen2.5-VL-7B's sizes, room for the prefill too)."""
     device = torch.device(device)
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
@@ -123,7 +132,6 @@ class SharedPrefixAnswerer:
         self._added = re.compile("|".join(map(re.escape, added))) if added else None
         self._letters: dict[str, list[int]] = {}
         self._checked: set[tuple[str, str]] = set()  # (prefix, suffix opening) pairs verified additive
-        self._prefix_tokens: dict[str, int] = {}
         eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
         eos = eos if eos is not None else self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
@@ -165,37 +173,51 @@ class SharedPrefixAnswerer:
     def split_point(self, prompts: list[str]) -> int:
         """Character index ending the shared prefix: just after the last added (special) token
         that all prompts share and that leaves every prompt a non-empty suffix. Cutting at a
-        special token keeps tokenization additive; `check_split` verifies it."""
+        special token keeps tokenization additive; `check_splits` verifies it."""
         common = os.path.commonprefix(prompts)
         shortest = min(len(p) for p in prompts)
         ends = [m.end() for m in self._added.finditer(common)] if self._added else []
         ends = [e for e in ends if e < shortest]
         return ends[-1] if ends else 0
 
-    def check_split(self, prompts: list[str], cut: int) -> list[list[int]]:
-        """Suffix token ids per prompt; HierError when prefix + suffix tokens != the whole.
+    def check_splits(self, splits: list[tuple[list[str], int]]) -> tuple[list[int], list[list[list[int]]]]:
+        """Per (prompts, cut): the prefix's token count and each prompt's suffix ids, from one
+        tokenizer call for all of them; HierError when prefix + suffix tokens != the whole.
 
         A fast tokenizer cuts the text at added tokens first and tokenizes the pieces apart, so
         whether a cut right after an added token changes the tokens depends only on the prefix
         and on how the suffix opens (leading whitespace + first character, which an `rstrip` /
         `single_word` token reacts to): each such (prefix, opening) is compared in full once,
-        later suffixes with a seen opening are only encoded (one tokenizer call per item).
+        later suffixes with a seen opening are only encoded.
         """
-        prefix_text = prompts[0][:cut]
-        tails = [p[cut:] for p in prompts]
-        fresh = {tail: prompt for tail, prompt in zip(tails, prompts) if (prefix_text, _opening(tail)) not in self._checked}
-        fresh_prompts = list(fresh.values())
-        ids = self.tokenizer([prefix_text, *tails, *fresh_prompts], add_special_tokens=False)["input_ids"]
-        prefix, suffixes, wholes = ids[0], ids[1 : len(tails) + 1], ids[len(tails) + 1 :]
-        by_tail = dict(zip(tails, suffixes))
-        for (tail, prompt), whole in zip(fresh.items(), wholes):
-            if prefix + by_tail[tail] != whole:
+        texts: list[str] = []
+        fresh: dict[tuple[str, str], str] = {}  # (prefix, opening) -> a whole prompt to compare once
+        for prompts, cut in splits:
+            prefix = prompts[0][:cut]
+            texts.append(prefix)
+            for prompt in prompts:
+                texts.append(prompt[cut:])
+                key = (prefix, _opening(prompt[cut:]))
+                if key not in self._checked:
+                    fresh.setdefault(key, prompt)
+        ids = iter(self.tokenizer(texts + list(fresh.values()), add_special_tokens=False)["input_ids"])
+        lengths, suffixes, parts = [], [], {}
+        for prompts, cut in splits:
+            prefix = next(ids)
+            tails = [next(ids) for _ in prompts]
+            lengths.append(len(prefix))
+            suffixes.append(tails)
+            for prompt, tail in zip(prompts, tails):
+                parts.setdefault((prompts[0][:cut], _opening(prompt[cut:])), prefix + tail)
+        for (key, prompt), whole in zip(fresh.items(), ids):
+            if parts[key] != whole:
+                cut = len(key[0])
                 raise HierError(
                     f"{self.tokenizer.name_or_path}: prompt does not tokenize the same when split after "
                     f"{prompt[max(0, cut - 20):cut]!r}; prefix sharing is not safe for this tokenizer"
                 )
-            self._checked.add((prefix_text, _opening(tail)))
-        return suffixes
+            self._checked.add(key)
+        return lengths, suffixes
 
     # ------------------------------------------------------------------ running
 
@@ -222,15 +244,12 @@ class SharedPrefixAnswerer:
         cuts = [self.split_point(item.prompts) for item in items]
         if 0 in cuts:
             raise HierError(f"{self.tokenizer.name_or_path}: prompts share no special-token prefix to cache")
+        lengths, suffixes = self.check_splits([(item.prompts, cut) for item, cut in zip(items, cuts)])
         visual = self._visual_tokens([item.image for item in items])
-        out = []
-        for item, cut, extra in zip(items, cuts, visual):
-            prefix = item.prompts[0][:cut]
-            if prefix not in self._prefix_tokens:
-                self._prefix_tokens[prefix] = len(self.tokenizer(prefix, add_special_tokens=False)["input_ids"])
-            suffixes = self.check_split(item.prompts, cut)
-            out.append(_Prepared(prefix, item.image, self._prefix_tokens[prefix] + extra, suffixes))
-        return out
+        return [
+            _Prepared(item.prompts[0][:cut], item.image, length + extra, tails)
+            for item, cut, length, tails, extra in zip(items, cuts, lengths, suffixes, visual)
+        ]
 
     def _visual_tokens(self, images: list[Any]) -> list[int]:
         """Per image, the tokens its placeholder expands to, minus the placeholder (0 without an
@@ -269,9 +288,13 @@ class SharedPrefixAnswerer:
                 rows, plen, slen, kind = n, item.length, longest, item.kind
         return steps
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _run(self, items: list[ImagePrompts], generate: bool) -> list[Any]:
-        """Per item: [L, V] last-token logits (generate=False) or L reply strings."""
+        """Per item: [L, V] last-token logits (generate=False) or L reply strings.
+
+        Under `inference_mode` (what Lightning's test loop already sets; also when called
+        directly); the references below keep `generate`'s own `no_grad`, as the paper's scripts
+        call it."""
         results: list[Any] = [None] * len(items)
         asked = [i for i, item in enumerate(items) if item.prompts]
         for index in set(range(len(items))) - set(asked):
@@ -307,19 +330,53 @@ class SharedPrefixAnswerer:
         self, cache, inputs: dict[str, torch.Tensor], real: torch.Tensor, deltas: torch.Tensor,
         members: list[_Prepared], generate: bool,
     ) -> list[Any]:
-        """Expand the prefilled cache to one row per suffix and answer every suffix of every member."""
-        rows = torch.tensor([b for b, m in enumerate(members) for _ in m.suffixes], device=self.model.device)
-        cache.reorder_cache(rows)  # transformers' own batch expansion: row r = copy of its prefix
+        """Answer every suffix of every member on the prefilled cache, expanded to one row per
+        suffix; suffixes of very different lengths go in separate forwards (`suffix_groups`),
+        each on its own copy of the prefilled cache, so short ones are not padded to the longest."""
+        device = self.model.device
+        owner = [b for b, m in enumerate(members) for _ in m.suffixes]
         suffixes = [s for m in members for s in m.suffixes]
-        prefix_mask = inputs["attention_mask"][rows]
-        prefix_ids = [inputs["input_ids"][b, : real[b]].tolist() for b in rows.tolist()] if generate else None
-        starts = real[rows].view(-1, 1) + deltas[rows]
-        per_row = self._suffix_logits(cache, prefix_mask, starts, suffixes, generate, prefix_ids)
+        groups = self.suffix_groups([len(s) for s in suffixes], inputs["attention_mask"].shape[1])
+        answers: list[Any] = [None] * len(suffixes)
+        for g, group in enumerate(groups):
+            group_cache = cache if g == len(groups) - 1 else copy.deepcopy(cache)
+            rows = torch.tensor([owner[r] for r in group], device=device)
+            group_cache.reorder_cache(rows)  # transformers' own batch expansion: row r = copy of its prefix
+            prefix_ids = [inputs["input_ids"][b, : real[b]].tolist() for b in rows.tolist()] if generate else None
+            starts = real[rows].view(-1, 1) + deltas[rows]
+            out = self._suffix_logits(
+                group_cache, inputs["attention_mask"][rows], starts, [suffixes[r] for r in group], generate, prefix_ids
+            )
+            for r, answer in zip(group, out):
+                answers[r] = answer
         out_items, start = [], 0
         for m in members:
-            out_items.append(per_row[start : start + len(m.suffixes)])
+            mine = answers[start : start + len(m.suffixes)]
+            out_items.append(mine if generate else torch.stack(mine))
             start += len(m.suffixes)
         return out_items
+
+    def suffix_groups(self, lengths: list[int], prefix_width: int) -> list[list[int]]:
+        """Suffix indices per forward, in order of length: the split of the sorted lengths with
+        the fewest KV slots (rows x (prefix width + the group's longest suffix)), each extra
+        forward counted as `SUFFIX_FORWARD_TOKENS` (its fixed cost)."""
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        widths = sorted(set(lengths))
+        rows_upto = [sum(1 for n in lengths if n <= w) for w in widths]
+        best = [0.0] + [float("inf")] * len(widths)  # best[j]: cost of the rows up to widths[j - 1]
+        cut = [0] * (len(widths) + 1)
+        for j in range(1, len(widths) + 1):
+            for i in range(j):
+                rows = rows_upto[j - 1] - (rows_upto[i - 1] if i else 0)
+                cost = best[i] + rows * widths[j - 1] + (SUFFIX_FORWARD_TOKENS if i else 0)
+                if cost < best[j]:
+                    best[j], cut[j] = cost, i
+        bounds, j = [], len(widths)
+        while j:
+            bounds.append(rows_upto[j - 1])
+            j = cut[j]
+        bounds = [0, *reversed(bounds)]
+        return [order[a:b] for a, b in zip(bounds, bounds[1:])]
 
     def _suffix_logits(
         self, cache, prefix_mask: torch.Tensor, starts: torch.Tensor, suffixes: list[list[int]], generate: bool,
@@ -336,20 +393,29 @@ class SharedPrefixAnswerer:
         device = self.model.device
         lengths = torch.tensor([len(s) for s in suffixes], device=device)
         width = int(lengths.max())
-        ids = torch.full((len(suffixes), width), self.pad_id, dtype=torch.long, device=device)
-        for r, s in enumerate(suffixes):
-            ids[r, width - len(s) :] = torch.tensor(s, device=device)
+        ids = torch.tensor([[self.pad_id] * (width - len(s)) + s for s in suffixes], dtype=torch.long, device=device)
         offset = torch.arange(width, device=device)[None, :] - (width - lengths)[:, None]  # <0 on pads
         mask = torch.cat([prefix_mask.long(), (offset >= 0).long()], 1)
         positions = starts + offset.clamp(min=0)
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=self._text_positions(positions),
+            input_ids=ids, attention_mask=self._additive_mask(mask, width), position_ids=self._text_positions(positions),
             cache=cache, use_cache=generate, logits_to_keep=1,
         )  # fmt: skip
         last = out.logits[:, -1]
         if not generate:
             return last
         return self._greedy(cache, mask, lengths + starts.view(-1), last, [p + s for p, s in zip(prefix_ids, suffixes)])
+
+    def _additive_mask(self, mask: torch.Tensor, width: int) -> torch.Tensor:
+        """[R, P+W] real-slot mask -> the [R, 1, W, P+W] additive mask of the last W queries:
+        causal and real keys only, the pattern transformers builds from the 2D mask (4D masks are
+        passed through as they are). Built once per step in the model's dtype; given the 2D mask,
+        SDPA would convert its boolean mask to this in every layer."""
+        keys = mask.shape[1]
+        causal = torch.arange(keys, device=mask.device)[None, :] <= torch.arange(keys - width, keys, device=mask.device)[:, None]
+        allowed = mask.bool()[:, None, None, :] & causal[None, None]
+        zero, blocked = (torch.tensor(v, dtype=self.model.dtype, device=mask.device) for v in (0.0, float("-inf")))
+        return torch.where(allowed, zero, blocked)
 
     def generation_processors(self, prompt_ids: torch.Tensor) -> Any:
         """The logits processors `model.generate(ids, do_sample=False, max_new_tokens=N)` would

@@ -242,3 +242,41 @@ def test_llava_onevision_mixed_sizes_in_one_step(tiny_llava):
     for item, rows in zip(items, answerer.logits(items)):
         for prompt, row in zip(item.prompts, rows):
             assert (answerer.full_forward_logits(item.image, prompt) - row).abs().max().item() < 1e-4
+
+
+# ---- suffix groups: short and long suffixes in separate forwards ----------------------------
+
+
+def test_suffix_groups_partition_by_length(qwen):
+    lengths = [39] * 8 + [61, 99, 72, 98, 65, 99, 70, 96] * 6
+    groups = qwen.suffix_groups(lengths, prefix_width=310)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert len(groups) > 1  # 8 rows of 39 padded to 99 would waste more than a forward costs
+    for a, b in zip(groups, groups[1:]):
+        assert max(lengths[i] for i in a) < min(lengths[i] for i in b)  # contiguous in length order
+    assert qwen.suffix_groups([50] * 20, prefix_width=310) == [list(range(20))]  # equal lengths: one forward
+
+
+def test_suffix_groups_keep_answers_exact(qwen, monkeypatch):
+    from hiertrain.vlm import prefix_cache
+
+    items = _mixed_items(qwen.processor, levels=(2, 3, 4, 3))
+    one = qwen.logits(items)
+    monkeypatch.setattr(prefix_cache, "SUFFIX_FORWARD_TOKENS", 0)  # every distinct length its own forward
+    prepared = qwen._prepare(items)
+    lengths = [len(s) for p in prepared for s in p.suffixes]
+    assert len(qwen.suffix_groups(lengths, max(p.length for p in prepared))) == len(set(lengths)) > 1
+    split = qwen.logits(items)
+    for item, a, b in zip(items, one, split):
+        assert (a - b).abs().max().item() < 1e-4
+        for prompt, row in zip(item.prompts, b):
+            assert (qwen.full_forward_logits(item.image, prompt) - row).abs().max().item() < 1e-4
+    replies = qwen.generate(items[:2])
+    assert replies == [[qwen.full_generate(item.image, p) for p in item.prompts] for item in items[:2]]
+
+
+def test_a_split_that_changes_tokens_is_refused(qwen):
+    texts = _prompts(qwen.processor, "image", levels=2)
+    cut = texts[0].index("Based on") + len("Bas")  # inside a word: "Bas" + "ed" is not how "Based" tokenizes
+    with pytest.raises(HierError, match="does not tokenize the same when split"):
+        qwen.check_splits([(texts, cut)])
