@@ -18,7 +18,7 @@ test: $(BIN)/hiertrain
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/hiertrain
-	$(BIN)/python bench/eval_speed.py
+	$(BIN)/python bench/eval_speed.py --repeats 5
 	$(BIN)/python bench/probe_speed.py
 
 clean-demo:

@@ -6,8 +6,13 @@
     on a copy of the KV cache, letter logits (hiertrain's path before batching images;
     `max_batch_tokens=1`).
 (c) batched (hiertrain's default): several images per step, one vision pass + one prefill of
-    their right-padded prefixes, all their levels as one batch on the expanded cache, bounded by
-    `max_batch_tokens` (default per device, `--max-batch-tokens` to set it).
+    their right-padded prefixes, all their levels on the expanded cache (suffixes of very
+    different lengths in separate forwards), bounded by `max_batch_tokens` (default per device,
+    `--max-batch-tokens` to set it).
+Like the `hiertrain` command, the bench keeps freed host memory in the process
+(hiertrain.cli.malloc; `HIERTRAIN_MALLOC=default` runs it with glibc as is). Per set it also
+prints the minor page faults per image of each protocol and, from one more call with the
+stages timed, where the time goes (ms per image).
 Also: (d) batched `generate` (shared prefix, greedy) and, on mixed sizes, (c') batched with
 equal-length groups instead of padding. Two image sets: 448 px (256 visual tokens each) and
 mixed CUB-like sizes (500x333, 375x500, 500x375, 448x448, 500x281, 333x500). All on the same
@@ -38,6 +43,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -92,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    from hiertrain.cli.malloc import retain_freed_memory
+
+    malloc_tuned = retain_freed_memory()  # as the `hiertrain` CLI does (HIERTRAIN_MALLOC=default: glibc as is)
     import torch
 
     if args.threads:
@@ -165,6 +174,66 @@ def main(argv: list[str] | None = None) -> int:
     if on_gpu:  # kernels / cuBLAS plans of the batched decode are first built here, not in the timings
         batched.generate([warm, warm])
 
+    def stages(items) -> dict:
+        """Where the time goes, in ms per image: one more batched call and one more paper pass,
+        with the answerers' stages wrapped and the vision tower timed by forward hooks."""
+        spent: dict[str, float] = {}
+        tower = family.vision_tower(model)
+
+        def timed(obj, name, key):
+            inner = getattr(obj, name)
+
+            def wrapper(*a, **k):
+                sync()
+                start = time.perf_counter()
+                try:
+                    return inner(*a, **k)
+                finally:
+                    sync()
+                    spent[key] = spent.get(key, 0.0) + time.perf_counter() - start
+
+            setattr(obj, name, wrapper)
+
+        def vision_start(*_):
+            sync()
+            spent["_vision_start"] = time.perf_counter()
+
+        def vision_end(*_):
+            sync()
+            spent["vision"] = spent.get("vision", 0.0) + time.perf_counter() - spent.pop("_vision_start")
+
+        hooks = [tower.register_forward_pre_hook(vision_start), tower.register_forward_hook(vision_end)]
+        out = {}
+        try:
+            for answerer, label, run in (
+                (batched, "hiertrain", lambda: batched.logits(items)),
+                (per_image, "paper", lambda: [[per_image.full_generate(i.image, p) for p in i.prompts] for i in items]),
+            ):
+                spent.clear()
+                names = ("_prepare", "_step_inputs", "_answer_on_cache") if label == "hiertrain" else ("_process",)
+                for name in names:
+                    timed(answerer, name, name)
+                sync()
+                start = time.perf_counter()
+                run()
+                sync()
+                total = time.perf_counter() - start
+                for name in names:
+                    del answerer.__dict__[name]  # back to the class's method
+                ms = {k: 1000 * v / len(items) for k, v in spent.items()}
+                if label == "hiertrain":
+                    parts = {"split + tokenize": ms["_prepare"], "processor": ms["_step_inputs"], "vision tower": ms["vision"],
+                             "suffix forwards": ms["_answer_on_cache"]}
+                    parts["prefill (LLM) + rest"] = 1000 * total / len(items) - sum(parts.values())
+                else:
+                    parts = {"processor": ms["_process"], "vision tower": ms["vision"]}
+                    parts["generate (LLM) + rest"] = 1000 * total / len(items) - sum(parts.values())
+                out[label] = {k: round(v, 1) for k, v in parts.items()} | {"total": round(1000 * total / len(items), 1)}
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return out
+
     def measure(images, system=None) -> dict:
         items = [ImagePrompts(img, [chat(levels, k, system) for k in range(7)]) for img, levels in zip(images, questions)]
         n_questions = 7 * len(items)
@@ -187,14 +256,17 @@ def main(argv: list[str] | None = None) -> int:
             batched.logits(items)
             batched.generate(items)
         times: dict[str, list[float]] = {name: [] for name in protocols}
+        faults: dict[str, int] = {name: 0 for name in protocols}
         results = {}
         for _ in range(args.repeats):
             for name, fn in protocols.items():
                 sync()
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 start = time.perf_counter()
                 results[name] = fn()
                 sync()
                 times[name].append(time.perf_counter() - start)
+                faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
         qps = {k: [n_questions / t for t in v] for k, v in times.items()}
         parsed = [
             (parse_letter(reply, opts), mine)
@@ -222,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             "image_sizes": sorted({f"{w}x{h}" for w, h in (img.size for img in images)}),
             "visual_tokens_per_image": tokens[0] if len(set(tokens)) == 1 else f"{min(tokens)}-{max(tokens)}",
             "seconds": {k: [round(t, 2) for t in v] for k, v in times.items()},
+            "page_faults_per_image": {k: round(v / args.repeats / len(items)) for k, v in faults.items()},
             "questions_per_s": {k: round(min(v), 2) if len(v) == 1 else [round(min(v), 2), round(max(v), 2)] for k, v in qps.items()},
             "ratio_vs_paper": {k: ratio(k) for k in qps if k != "paper"},
             "model_gflop_per_question": round(flop / n_questions / 1e9, 2),
@@ -232,10 +305,12 @@ def main(argv: list[str] | None = None) -> int:
             "logits_agree_with_parsed_generate": f"{sum(p == m for p, m in readable)}/{len(readable)}",
             "shared_prefix_generate_equals_paper_generate": f"{same_replies}/{n_questions}",
             **({"run_wide_prefix_tokens": shared} if system is not None else {}),
+            **({"ms_per_image": stages(items)} if system is None else {}),
         }
 
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     figures: dict = {}
+    figures["host_malloc"] = "freed memory retained (hiertrain.cli.malloc)" if malloc_tuned else "C library default"
     if args.device == "cpu":
         figures["device"] = f"CPU, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}"
     elif on_gpu:
@@ -281,7 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         "hiertrain_grouped": "(c') batched, equal-length groups instead of padding",
         "hiertrain_generate": "(d) batched generate: shared prefix, greedy 5 tokens",
     }
-    print(f"{figures['device']}; max_batch_tokens {figures['max_batch_tokens']}; {args.repeats} run(s) each (min - max)")
+    print(
+        f"{figures['device']}; host malloc: {figures['host_malloc']}; max_batch_tokens {figures['max_batch_tokens']}; "
+        f"{args.repeats} run(s) each (min - max)"
+    )
     taxonomy_labels = {
         "paper": "(a) paper: per question, taxonomy + image re-read, generate 5 tokens",
         "per_image": "(b) per image: taxonomy + image prefilled once per image, levels batched, letter logits",
@@ -307,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
             f"logits agree with parsed replies: {f['logits_agree_with_parsed_generate']}; shared-prefix generate == paper "
             f"generate: {f['shared_prefix_generate_equals_paper_generate']}"
         )
+        print("minor page faults per image: " + ", ".join(f"{k} {v}" for k, v in f["page_faults_per_image"].items()))
+        for label, parts in f.get("ms_per_image", {}).items():
+            print(f"ms per image, {label}: " + ", ".join(f"{k} {v}" for k, v in parts.items()))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

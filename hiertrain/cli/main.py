@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from hiertrain.cli.malloc import retain_freed_memory
 from hiertrain.core.errors import HierError
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    retain_freed_memory()  # steps reuse their large host buffers instead of page-faulting them again
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
         from hiertrain.cli.lightning import run_lightning_cli
 

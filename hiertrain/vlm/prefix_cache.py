@@ -80,8 +80,8 @@ SUFFIX_FORWARD_TOKENS = 512  # the fixed cost of one more suffix forward, in pad
 
 def default_max_batch_tokens(device: Any) -> int:
     """A step budget that fits the device: CPU 32768 KV slots (8 images of 448 px with 7
-    levels in one step; 16384 split them 5 + 3 and was slower, bigger budgets gained nothing,
-    measured with bench/eval_speed.py); CUDA 2048 per GiB of the device's memory (80 GB: ~160k
+    levels in one step; 16384 split them 5 + 3 and was slower, measured with
+    bench/eval_speed.py --max-batch-tokens); CUDA 2048 per GiB of the device's memory (80 GB: ~160k
     slots, ~9 GiB of bf16 KV cache at Qwen2.5-VL-7B's sizes, room for the prefill too)."""
     device = torch.device(device)
     if device.type == "cuda":
