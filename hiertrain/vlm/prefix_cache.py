@@ -336,7 +336,7 @@ class SharedPrefixAnswerer:
         device = self.model.device
         owner = [b for b, m in enumerate(members) for _ in m.suffixes]
         suffixes = [s for m in members for s in m.suffixes]
-        groups = self.suffix_groups([len(s) for s in suffixes], inputs["attention_mask"].shape[1])
+        groups = self.suffix_groups([len(s) for s in suffixes])
         answers: list[Any] = [None] * len(suffixes)
         for g, group in enumerate(groups):
             group_cache = cache if g == len(groups) - 1 else copy.deepcopy(cache)
@@ -356,10 +356,10 @@ class SharedPrefixAnswerer:
             start += len(m.suffixes)
         return out_items
 
-    def suffix_groups(self, lengths: list[int], prefix_width: int) -> list[list[int]]:
+    def suffix_groups(self, lengths: list[int]) -> list[list[int]]:
         """Suffix indices per forward, in order of length: the split of the sorted lengths with
-        the fewest KV slots (rows x (prefix width + the group's longest suffix)), each extra
-        forward counted as `SUFFIX_FORWARD_TOKENS` (its fixed cost)."""
+        the fewest padded suffix tokens (rows x the group's longest suffix), each extra forward
+        counted as `SUFFIX_FORWARD_TOKENS` (its fixed cost)."""
         order = sorted(range(len(lengths)), key=lengths.__getitem__)
         widths = sorted(set(lengths))
         rows_upto = [sum(1 for n in lengths if n <= w) for w in widths]

@@ -249,12 +249,12 @@ def test_llava_onevision_mixed_sizes_in_one_step(tiny_llava):
 
 def test_suffix_groups_partition_by_length(qwen):
     lengths = [39] * 8 + [61, 99, 72, 98, 65, 99, 70, 96] * 6
-    groups = qwen.suffix_groups(lengths, prefix_width=310)
+    groups = qwen.suffix_groups(lengths)
     assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
     assert len(groups) > 1  # 8 rows of 39 padded to 99 would waste more than a forward costs
     for a, b in zip(groups, groups[1:]):
         assert max(lengths[i] for i in a) < min(lengths[i] for i in b)  # contiguous in length order
-    assert qwen.suffix_groups([50] * 20, prefix_width=310) == [list(range(20))]  # equal lengths: one forward
+    assert qwen.suffix_groups([50] * 20) == [list(range(20))]  # equal lengths: one forward
 
 
 def test_suffix_groups_keep_answers_exact(qwen, monkeypatch):
@@ -265,7 +265,7 @@ def test_suffix_groups_keep_answers_exact(qwen, monkeypatch):
     monkeypatch.setattr(prefix_cache, "SUFFIX_FORWARD_TOKENS", 0)  # every distinct length its own forward
     prepared = qwen._prepare(items)
     lengths = [len(s) for p in prepared for s in p.suffixes]
-    assert len(qwen.suffix_groups(lengths, max(p.length for p in prepared))) == len(set(lengths)) > 1
+    assert len(qwen.suffix_groups(lengths)) == len(set(lengths)) > 1
     split = qwen.logits(items)
     for item, a, b in zip(items, one, split):
         assert (a - b).abs().max().item() < 1e-4
