@@ -180,6 +180,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="work directory (default: a temp dir, removed)")
     ap.add_argument("--writer-cap-mb", type=float, default=64.0)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both protocols")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of (b), the median is compared (default 3)")
     ap.add_argument("--llm-layers", type=int, default=28, help="LLM layers of the tiny model (Qwen2.5-VL-7B: 28)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -199,13 +200,17 @@ def main() -> None:
     print(f"extraction: {time.perf_counter() - t0:.1f}s for {sum(1 for _ in open(synth['images']))} images")
 
     hiertrain_protocol(str(store), work / "probes_warmup")  # first-call imports (matplotlib, checkpoint IO)
-    ours = hiertrain_protocol(str(store), work / "probes")
+    # (b) takes ~2 s, so one timing is at the mercy of a few hundred ms of noise: the median of
+    # `--repeats` runs (identical results; only the time differs) against (a)'s one ~45 s run.
+    runs = sorted((hiertrain_protocol(str(store), work / f"probes_{r}") for r in range(args.repeats)), key=lambda o: o["seconds"])
+    ours = runs[len(runs) // 2]
     paper = paper_protocol(str(store))
     keys = sorted(paper["acc"])
     mean = lambda d: sum(d[k] for k in keys) / len(keys)  # noqa: E731
     print(f"\n{'protocol':<44}{'wall s':>9}{'mean test acc':>15}")
     print(f"{'(a) paper: 1 probe per site x level, 500 ep':<44}{paper['seconds']:>9.2f}{mean(paper['acc']):>15.3f}  (best epoch read on test)")
-    print(f"{'(b) hiertrain: one einsum, val selection':<44}{ours['seconds']:>9.2f}{mean(ours['acc']):>15.3f}  (selected on val)")
+    spread = f"; median of {len(runs)}: {runs[0]['seconds']:.2f} - {runs[-1]['seconds']:.2f}" if len(runs) > 1 else ""
+    print(f"{'(b) hiertrain: one einsum, val selection':<44}{ours['seconds']:>9.2f}{mean(ours['acc']):>15.3f}  (selected on val{spread})")
     epochs = ours["report"]["checkpoint"]["epoch"]
     print(f"    of which fit {ours['fit_seconds']:.2f}s ({epochs} epochs, early stopped); the rest: validate + test + outputs")
     print(f"speed-up: {paper['seconds'] / ours['seconds']:.1f}x over {len(keys)} probes ({args.threads} torch thread(s))")
