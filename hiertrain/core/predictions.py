@@ -122,11 +122,19 @@ def write_predictions(preds: Iterable[SamplePrediction], path: str | Path) -> No
 
 
 def append_predictions(preds: Iterable[SamplePrediction], path: str | Path) -> None:
-    """Append finished samples, one line each, flushed so a kill loses at most a partial line."""
-    with open(path, "a", encoding="utf-8") as f:
-        for p in preds:
-            f.write(_line(p))
-            f.flush()
+    """Append finished samples, one line each, flushed so a kill loses at most a partial line.
+
+    A failed write (full disk) is a one-line HierError naming the file; the lines already
+    written stay, and a cut-off last line is left out when the file is read back (resume)."""
+    from hiertrain.core.atomic import write_error
+
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            for p in preds:
+                f.write(_line(p))
+                f.flush()
+    except OSError as err:
+        raise write_error(path, err) from None
 
 
 def _require(d: dict, key: str, types: type | tuple[type, ...], where: str) -> Any:

@@ -116,6 +116,8 @@ class ProbeInputDataModule(LightningDataModule):
         super().__init__()
         if mode not in ("image", "text"):
             raise HierError(f"probe inputs: mode must be 'image' or 'text', not {mode!r}")
+        if num_workers < 0:
+            raise HierError(f"data.num_workers must be 0 (load in this process) or more, got {num_workers}")
         self.mode = mode
         self.images = images
         self.taxonomy_path = taxonomy

@@ -240,6 +240,8 @@ class HierVQADataModule(LightningDataModule):
             raise HierError(f"limit must be at least 1, got {limit}")
         if batch_size < 1:
             raise HierError(f"data.batch_size must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            raise HierError(f"data.num_workers must be 0 (load in this process) or more, got {num_workers}")
         if not 0 <= max_skip_rate <= 1:
             raise HierError(f"data.max_skip_rate must be in [0, 1], got {max_skip_rate}")
         self.questions, self.mode, self.taxonomy_path = questions, mode, taxonomy

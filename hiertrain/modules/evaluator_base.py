@@ -175,6 +175,13 @@ class QuestionEvaluator(LightningModule):
         return batch
 
     def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        try:
+            self._answer_batch(batch)
+        except BaseException:
+            self.run_dir.unlock()  # a failed run (full disk) must not hold the directory: no hook follows
+            raise
+
+    def _answer_batch(self, batch: list[dict[str, Any]]) -> None:
         items = [item for item in batch if item["valid"]]  # padding repeats are another rank's samples
         for item in items:
             if item["error"]:

@@ -94,6 +94,8 @@ class ServedEvaluator(QuestionEvaluator):
             raise HierError(f"answer {answer!r} is not 'generate' or 'logprobs' (served models)")
         if image_format not in ("png", "jpeg"):
             raise HierError(f"image_format {image_format!r} is not 'png' or 'jpeg'")
+        if answer == "generate" and max_new_tokens < 1:
+            raise HierError(f"model.max_new_tokens must be at least 1 with answer: generate (a reply of {max_new_tokens} tokens holds no letter)")
         self.answer_kind = answer
         self.base_url, self.served_model_id, self.api_key_env = base_url.rstrip("/"), model, api_key_env
         self.max_concurrency, self.timeout, self.max_retries = max_concurrency, timeout, max_retries

@@ -101,6 +101,8 @@ class VLLMEvaluator(QuestionEvaluator):
             raise HierError(f"answer_parser {answer_parser!r} is not one of {', '.join(ANSWER_PARSERS)}")
         if image_aspect_ratio is not None and image_aspect_ratio not in ASPECT_RATIOS:
             raise HierError(f"image_aspect_ratio {image_aspect_ratio!r} is not one of {', '.join(ASPECT_RATIOS)} (or null)")
+        if answer == "generate" and max_new_tokens < 1:
+            raise HierError(f"model.max_new_tokens must be at least 1 with answer: generate (a reply of {max_new_tokens} tokens holds no letter)")
         if max_image_side is not None and max_image_side < 1:
             raise HierError(f"max_image_side must be a positive number of pixels, got {max_image_side}")
         self.answer_kind = answer

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hiertrain.core.atomic import atomic_path, write_atomic
+from hiertrain.core.atomic import atomic_path, write_atomic, write_error
 from hiertrain.core.errors import HierError
 from hiertrain.core.open_set import open_set_metrics
 from hiertrain.core.metric_labels import format_percent, short_labels
@@ -167,9 +167,12 @@ class RunDirectory:
 
     def skip(self, sample_id: int, image: str, reason: str) -> None:
         line = json.dumps({"id": sample_id, "image": image, "reason": reason}, ensure_ascii=False) + "\n"
-        with open(self.part("skipped"), "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
+        try:
+            with open(self.part("skipped"), "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+        except OSError as err:  # full disk: one line naming the file (a cut-off line is ignored on resume)
+            raise write_error(self.part("skipped"), err) from None
 
     # ---------------------------------------------------------------- final outputs
 

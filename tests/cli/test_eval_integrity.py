@@ -246,3 +246,57 @@ def test_checkpoints_follow_default_root_dir(tmp_path, monkeypatch):
     ]) == 0  # fmt: skip
     assert (root / "checkpoints" / "last.ckpt").is_file()
     assert not (tmp_path / "runs").exists() and not (tmp_path / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------- issue 22 (reliability round 3)
+
+
+class _FillingFile:
+    """A text file on a disk that fills up: after `room` characters a write puts what still fits
+    and raises ENOSPC (errno 28), as a real full file system does mid-line."""
+
+    def __init__(self, real, budget: list[int]) -> None:
+        self.real, self.budget = real, budget
+
+    def write(self, text: str) -> int:
+        if len(text) > self.budget[0]:
+            self.real.write(text[: self.budget[0]])
+            self.real.flush()
+            self.budget[0] = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.budget[0] -= len(text)
+        return self.real.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.real.close()
+
+
+def test_disk_full_while_predictions_stream_is_one_line_and_resumes(tiny_qwen, synth_dir, tmp_path, capsys, monkeypatch):
+    # issue 22 item 5: OSError [Errno 28] traceback from core/predictions.py while appending a line
+    import builtins
+
+    import hiertrain.core.predictions as predictions
+
+    assert _exit_code(_args(tiny_qwen, synth_dir, tmp_path / "b", "--data.batch_size=1")) == 0  # uninterrupted
+    line = len((tmp_path / "b" / RUN / "predictions.jsonl").read_text().splitlines()[0]) + 1
+    budget = [2 * line + line // 2]  # two whole lines, then the disk fills in the middle of the third
+    monkeypatch.setattr(predictions, "open", lambda *a, **k: _FillingFile(builtins.open(*a, **k), budget), raising=False)
+    capsys.readouterr()
+    assert _exit_code(_args(tiny_qwen, synth_dir, tmp_path / "a", "--data.batch_size=1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    part = tmp_path / "a" / RUN / "predictions.rank0.jsonl"
+    assert err[-1] == f"hiertrain: {part}: cannot write (disk full)"
+    assert not any("Traceback" in e for e in err)
+    kept = part.read_text()
+    assert kept.count("\n") == 2 and not kept.endswith("\n")  # two samples and a cut-off third
+    assert not (tmp_path / "a" / RUN / "metrics.json").exists()
+    monkeypatch.undo()
+    assert _exit_code(_args(tiny_qwen, synth_dir, tmp_path / "a", "--data.batch_size=1")) == 0  # space again
+    for name in ("predictions.jsonl", "metrics.json"):
+        assert (tmp_path / "a" / RUN / name).read_bytes() == (tmp_path / "b" / RUN / name).read_bytes(), name
