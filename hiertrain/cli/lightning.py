@@ -180,14 +180,30 @@ def run_lightning_cli(argv: list[str]) -> HierCLI:
     """The `hiertrain fit|validate|test|predict` entry: bad input exits 2 with one line."""
     # cli.main hands over sys.argv[1:] explicitly; Lightning would warn about "both".
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         return _cli(argv)
+    except SIGTERMException:
+        # Lightning's own SIGTERM handling: the loop stops after the batch in flight and raises this
+        # (a SystemExit with code 0). A preempted run is not a finished one: say so, exit non-zero.
+        print(f"hiertrain: {interrupted_message(argv)}", file=sys.stderr, flush=True)
+        raise SystemExit(SIGTERM_EXIT) from None
     except Exception as err:
         cause = _hier_cause(err)
         if cause is None:
             raise
         print(f"hiertrain: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+SIGTERM_EXIT = 128 + 15  # what a shell reports for a process ended by SIGTERM
+
+
+def interrupted_message(argv: list[str]) -> str:
+    """The line for a run stopped by SIGTERM: everything finished is kept; how to go on."""
+    how = "rerun with --ckpt_path last to resume" if argv and argv[0] == "fit" else "rerun the same command to resume"
+    return f"interrupted by SIGTERM (finished work is kept); {how}"
 
 
 def _hier_cause(err: BaseException | None) -> HierError | None:

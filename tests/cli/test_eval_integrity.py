@@ -300,3 +300,49 @@ def test_disk_full_while_predictions_stream_is_one_line_and_resumes(tiny_qwen, s
     assert _exit_code(_args(tiny_qwen, synth_dir, tmp_path / "a", "--data.batch_size=1")) == 0  # space again
     for name in ("predictions.jsonl", "metrics.json"):
         assert (tmp_path / "a" / RUN / name).read_bytes() == (tmp_path / "b" / RUN / name).read_bytes(), name
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--data.num_workers=-1", "hiertrain: data.num_workers must be 0 (load in this process) or more, got -1"),
+        ("--model.answer=generate --model.max_new_tokens=0",
+         "hiertrain: model.max_new_tokens must be at least 1 with answer: generate (a reply of 0 tokens holds no letter)"),
+    ],
+)  # fmt: skip
+def test_impossible_loader_or_reply_settings_fail_before_run_json(flag, message, tiny_qwen, synth_dir, tmp_path, capsys):
+    # issue 22 item 7: a DataLoader ValueError traceback (num_workers) / a run of empty replies, run.json left behind
+    assert _exit_code(_args(tiny_qwen, synth_dir, tmp_path, *flag.split())) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == message
+    assert not list(tmp_path.rglob("run.json"))
+
+
+@pytest.mark.slow
+def test_sigterm_during_test_exits_nonzero_and_the_rerun_completes_identically(tiny_qwen, synth_dir, tmp_path, capsys):
+    # issue 22 item 12: "Received SIGTERM", then exit 0 with part of the predictions and no metrics.json
+    args = _args(tiny_qwen, synth_dir, tmp_path / "a", "--data.batch_size=1")
+    preempt = (
+        "import os, signal, sys\n"
+        "from hiertrain.runs.eval_outputs import RunDirectory\n"
+        "real, done = RunDirectory.append, []\n"
+        "def append(self, prediction):\n"
+        "    real(self, prediction)\n"
+        "    done.append(prediction.id)\n"
+        "    if len(done) == 1: os.kill(os.getpid(), signal.SIGTERM)  # the scheduler preempts the job\n"
+        "RunDirectory.append = append\n"
+        "from hiertrain.cli.main import main\n"
+        f"sys.exit(main({args!r}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", preempt], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "hiertrain: interrupted by SIGTERM (finished work is kept); rerun the same command to resume"
+    )
+    run = tmp_path / "a" / RUN
+    assert not (run / "metrics.json").exists()
+    assert len((run / "predictions.rank0.jsonl").read_text().splitlines()) == 1  # stopped after the batch in flight
+    assert _exit_code(args) == 0  # the rerun resumes
+    assert "resuming" in capsys.readouterr().err
+    assert _exit_code(_args(tiny_qwen, synth_dir, tmp_path / "b", "--data.batch_size=1")) == 0  # uninterrupted
+    for name in ("predictions.jsonl", "metrics.json", "results.json"):
+        assert (run / name).read_bytes() == (tmp_path / "b" / RUN / name).read_bytes(), name
