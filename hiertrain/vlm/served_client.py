@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -80,7 +81,18 @@ def request_body(model: str, messages: list[dict], answer: str, max_new_tokens: 
 
 def reply_text(response: dict[str, Any]) -> str:
     """The assistant's reply text ("" when the server sent none)."""
-    return (response["choices"][0].get("message") or {}).get("content") or ""
+    return (first_choice(response).get("message") or {}).get("content") or ""
+
+
+def first_choice(response: Any) -> dict[str, Any]:
+    """`choices[0]` of a chat completion; a body without one is a one-line HierError, not an
+    IndexError (`"choices": []`) or a TypeError (no object at all)."""
+    choices = response.get("choices") if isinstance(response, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        shown = "no object" if not isinstance(response, dict) else f"choices {json.dumps(choices)[:80]}"
+        model = response.get("model") if isinstance(response, dict) else None
+        raise HierError(f"the server answered a chat completion without a choice ({shown}; model {model!r})")
+    return choices[0]
 
 
 def letter_scores(response: dict[str, Any], num_options: int) -> list[float | None]:
@@ -91,7 +103,7 @@ def letter_scores(response: dict[str, Any], num_options: int) -> list[float | No
     Shape read (OpenAI chat completions): `choices[0].logprobs.content[0].top_logprobs` =
     `[{"token": "A", "logprob": -0.1, "bytes": [...]}, ...]`.
     """
-    logprobs = response["choices"][0].get("logprobs") or {}
+    logprobs = first_choice(response).get("logprobs") or {}
     content = logprobs.get("content") or []
     if not content:
         raise HierError(
@@ -137,11 +149,16 @@ class ServedClient:
         import openai
 
         try:
-            listed = [m.id async for m in self.client.models.list()]
+            raw = await self.client.models.with_raw_response.list()
         except openai.NotFoundError:
             return  # no /models route on this server: the first request will tell
         except openai.APIError as err:
             raise self.fatal(err) from None
+        body = self._json_body(raw.http_response, "models")
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            raise HierError(f"{self.base_url}/models answered a JSON body without a model list (no 'data' list){self.v1_hint()}")
+        listed = [str(m.get("id")) for m in data if isinstance(m, dict) and m.get("id") is not None]
         if listed and model not in listed:
             shown = ", ".join(listed[:5]) + (", ..." if len(listed) > 5 else "")
             raise HierError(f"{self.host} does not serve model {model!r} (it serves: {shown})")
@@ -152,14 +169,43 @@ class ServedClient:
 
         async with self.semaphore:
             try:
-                response = await self.client.chat.completions.create(**body)
+                raw = await self.client.chat.completions.with_raw_response.create(**body)
             except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as err:
                 raise RequestFailed(self.describe(err)) from None
             except openai.APIStatusError as err:
                 if err.status_code in (408, 409) or err.status_code >= 500:
                     raise RequestFailed(self.describe(err)) from None
                 raise self.fatal(err, body) from None
-        return response.model_dump(mode="json", exclude_none=True)
+        self._json_body(raw.http_response, "chat/completions")  # HTTP 200 with HTML or plain text: one line
+        response = raw.parse()
+        if not hasattr(response, "model_dump"):
+            raise HierError(f"{self.base_url}/chat/completions answered something that is not a chat completion{self.v1_hint()}")
+        answer = response.model_dump(mode="json", exclude_none=True)
+        try:
+            first_choice(answer)  # "choices": [] is a one-line error here, never an IndexError later
+        except HierError as err:
+            raise HierError(f"{self.host}: {err}") from None
+        return answer
+
+    def _json_body(self, http: Any, route: str) -> Any:
+        """The JSON of a 200 answer; a body that is not JSON (an HTML page, plain text) is a
+        one-line HierError naming the route, what came instead, and the /v1 hint."""
+        try:
+            return json.loads(http.text)
+        except ValueError:
+            kind = http.headers.get("content-type", "no content type").split(";")[0]
+            start = " ".join(http.text.split())[:60]
+            raise HierError(
+                f"{self.base_url}/{route} answered HTTP {http.status_code} with a body that is not JSON "
+                f"({kind}: {start!r}){self.v1_hint()}"
+            ) from None
+
+    def v1_hint(self) -> str:
+        """'; ... /v1' when base_url does not end in /v1 (OpenAI-compatible servers serve under it)."""
+        path = urlsplit(self.base_url).path.rstrip("/")
+        if path.endswith("/v1"):
+            return ""
+        return f"; base_url {self.base_url} does not end in /v1, where OpenAI-compatible servers serve (try {self.base_url.rstrip('/')}/v1)"
 
     def describe(self, err: Exception) -> str:
         import openai
@@ -183,7 +229,9 @@ class ServedClient:
         if isinstance(err, openai.PermissionDeniedError):
             return HierError(f"{self.host} denied access with the API key from {self.key_source} (HTTP 403: {_server_message(err)})")
         if isinstance(err, openai.NotFoundError) and body is not None:
-            return HierError(f"{self.host} does not serve model {body.get('model')!r} (HTTP 404: {_server_message(err)})")
+            return HierError(
+                f"{self.host} does not serve model {body.get('model')!r} (HTTP 404: {_server_message(err)}){self.v1_hint()}"
+            )
         if isinstance(err, openai.APIStatusError):
             message = _server_message(err)
             if body is not None and body.get("logprobs") and "logprob" in message.lower():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import json
 
 import pytest
 from PIL import Image
@@ -15,6 +17,7 @@ from hiertrain.vlm.served_client import (
     image_data_url,
     letter_scores,
     openai_messages,
+    reply_text,
     request_body,
     url_host,
 )
@@ -59,3 +62,117 @@ def test_letter_scores_read_the_first_tokens_top_list():
     assert best_letter([-1.0, -1.0]) == 0  # ties: the first letter
     with pytest.raises(HierError, match="use answer: generate"):
         letter_scores({"model": "m", "choices": [{"message": {"content": "A"}}]}, 4)
+
+
+# ---------------------------------------------------------------- malformed answers (issue 22 items 8, 15)
+
+
+class _Stub:
+    """A loopback HTTP server answering every request with `answer(method, path) -> (status, content type, body)`."""
+
+    def __init__(self, answer) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _handle(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, kind, body = answer(self.command, self.path)
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+        self.root = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+MODELS = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]})
+COMPLETION = {"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+              "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "B"}}]}  # fmt: skip
+
+
+def _ask(base_url: str) -> dict:
+    from hiertrain.vlm.served_client import ServedClient
+
+    async def go() -> dict:
+        client = ServedClient(base_url, "sk-x", "$KEY", timeout=10.0, max_retries=0, max_concurrency=2)
+        try:
+            await client.check("m")
+            return await client.complete(request_body("m", openai_messages(chat_messages("Q?", "text"), None), "generate", 5))
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("chat not json", "/v1/chat/completions answered HTTP 200 with a body that is not JSON (application/json: 'Bad gateway, try later')"),
+        ("chat html", "/v1/chat/completions answered HTTP 200 with a body that is not JSON (text/html: '<html><body>login</body></html>')"),
+        ("no choices", ": the server answered a chat completion without a choice (choices []; model 'm')"),
+        ("models html", "/v1/models answered HTTP 200 with a body that is not JSON (text/html: '<html><body>login</body></html>')"),
+    ],
+)  # fmt: skip
+def test_malformed_server_answers_are_one_line_errors(case, expected):
+    # item 8: JSONDecodeError in reply_text, IndexError on "choices": [], AttributeError on an HTML model list
+    def answer(method: str, path: str) -> tuple[int, str, str]:
+        if path.endswith("/models"):
+            return (200, "text/html", "<html><body>login</body></html>") if case == "models html" else (200, "application/json", MODELS)
+        if case == "chat not json":
+            return 200, "application/json", "Bad gateway, try later"
+        if case == "chat html":
+            return 200, "text/html", "<html><body>login</body></html>"
+        return 200, "application/json", json.dumps({**COMPLETION, "choices": []})
+
+    stub = _Stub(answer)
+    try:
+        with pytest.raises(HierError) as err:
+            _ask(stub.root + "/v1")
+    finally:
+        stub.close()
+    message = str(err.value)
+    assert expected in message and "\n" not in message
+    assert "does not end in /v1" not in message  # the URL is right; the server is not
+
+
+def test_a_well_formed_answer_still_reads():
+    stub = _Stub(lambda method, path: (200, "application/json", MODELS if path.endswith("/models") else json.dumps(COMPLETION)))
+    try:
+        assert reply_text(_ask(stub.root + "/v1")) == "B"
+    finally:
+        stub.close()
+
+
+def test_a_404_without_v1_in_base_url_hints_at_v1():
+    # item 15: "does not serve model (HTTP 404)" for a base_url missing its /v1
+    def answer(method: str, path: str) -> tuple[int, str, str]:
+        if not path.startswith("/v1/"):
+            return 404, "application/json", json.dumps({"detail": "Not Found"})
+        return 200, "application/json", MODELS if path.endswith("/models") else json.dumps(COMPLETION)
+
+    stub = _Stub(answer)
+    try:
+        with pytest.raises(HierError) as err:
+            _ask(stub.root)
+        assert reply_text(_ask(stub.root + "/v1")) == "B"  # the hinted URL works
+    finally:
+        stub.close()
+    assert str(err.value) == (
+        f"127.0.0.1:{stub.root.rsplit(':', 1)[1]} does not serve model 'm' (HTTP 404: Not Found); base_url {stub.root} "
+        f"does not end in /v1, where OpenAI-compatible servers serve (try {stub.root}/v1)"
+    )
