@@ -35,6 +35,18 @@ class Run:
         return str(self.meta.get("kind", "eval"))
 
     @property
+    def unfinished(self) -> str | None:
+        """Why this run has no row (its result file is missing), or None for a finished run."""
+        name = RESULT_FILES.get(self.kind)
+        if name is None or getattr(self, RESULT_ATTRS[name]) is not None:
+            return None
+        streamed = 0
+        if self.kind == "eval":  # what a killed evaluation left for its resume
+            streamed = sum(len(p.read_text(encoding="utf-8").splitlines()) for p in self.path.glob("predictions*.jsonl"))
+        done = f"; {streamed} prediction lines streamed" if streamed else ""
+        return f"{self.path.name}: unfinished (no {name}{done}); rerun its command to finish it"
+
+    @property
     def model(self) -> str:
         return str(self.meta.get("model_name") or model_name(str(self.meta.get("model", "?"))))
 
@@ -62,6 +74,39 @@ class Report:
     correlation: list[dict[str, Any]] = field(default_factory=list)
 
 
+# The file a finished run of each kind has; a run without it is listed as unfinished.
+RESULT_FILES = {"eval": "metrics.json", "probe": "probes.json", "lora": "before_after.json"}
+RESULT_ATTRS = {"metrics.json": "metrics", "probes.json": "probes", "before_after.json": "before_after"}
+# metrics.json fields the tables read: each a number or null (a list of them for per-level values).
+NUMBER_FIELDS = ("hca", "leaf_accuracy", "point_overlap", "strict_point_overlap", "top_overlap", "hierarchical_f1",
+                 "unparseable_rate", "num_samples")  # fmt: skip
+
+
+def _is_number(x: Any) -> bool:
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+
+def check_metrics(path: Path, metrics: Any) -> dict[str, Any]:
+    """metrics.json as the tables read it; a field of the wrong type is a one-line HierError
+    naming the file and the field (not a TypeError deep inside a table)."""
+    if not isinstance(metrics, dict):
+        raise HierError(f"{path}: not a metrics object (a JSON {type(metrics).__name__})")
+    for key in NUMBER_FIELDS:
+        if not _is_number(metrics.get(key)):
+            raise HierError(f"{path}: field '{key}' is {json.dumps(metrics[key])}, not a number")
+    for key in ("per_level_accuracy",):
+        value = metrics.get(key)
+        if value is not None and (not isinstance(value, list) or not all(_is_number(v) for v in value)):
+            raise HierError(f"{path}: field '{key}' is {json.dumps(value)[:80]}, not a list of numbers")
+    names = metrics.get("level_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise HierError(f"{path}: field 'level_names' is {json.dumps(names)[:80]}, not a list of names")
+    chance = metrics.get("chance")
+    if chance is not None and (not isinstance(chance, dict) or not _is_number(chance.get("hca"))):
+        raise HierError(f"{path}: field 'chance' is {json.dumps(chance)[:80]}, not an object with a number 'hca'")
+    return metrics
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -84,9 +129,10 @@ def collect_runs(paths: list[str | Path]) -> list[Run]:
                 continue
             seen.add(run_dir)
             run = Run(run_dir, read_run_json(meta_path))
-            for name, attr in (("metrics.json", "metrics"), ("probes.json", "probes"), ("before_after.json", "before_after")):
+            for name, attr in RESULT_ATTRS.items():
                 if (run_dir / name).is_file():
-                    setattr(run, attr, _read_json(run_dir / name))
+                    data = _read_json(run_dir / name)
+                    setattr(run, attr, check_metrics(run_dir / name, data) if name == "metrics.json" else data)
             runs.append(run)
     if not runs:
         raise HierError(f"no run.json found under {', '.join(str(p) for p in paths)}")
@@ -428,6 +474,11 @@ INTERVALS_NOTE = (
 VOLATILE_META = ("created",)  # run.json keys that differ between two runs of the same study
 
 
+def unfinished_runs(report: Report) -> list[str]:
+    """One line per run directory without its result file (killed, failed or still running)."""
+    return sorted(u for u in (r.unfinished for r in report.runs) if u)
+
+
 def headline_table(report: Report) -> str:
     """The table `make demo` prints: visual HCA, leaf accuracy and text HCA per model x dataset."""
     return markdown_table(report.tables["visual"], ["model", "dataset", "hca", "leaf_accuracy", "text_hca", "chance_hca", "samples", "skipped"])
@@ -442,6 +493,9 @@ def write_report(report: Report, out: str | Path, title: str = "hiertrain report
     images = report_plots.draw_all(report.tables, out)
     t = report.tables
     md = [f"# {title}", "", f"{len(report.runs)} runs: " + ", ".join(sorted(r.path.name for r in report.runs)), ""]
+    unfinished = unfinished_runs(report)
+    if unfinished:
+        md += ["**Unfinished runs (listed above, no row below):**", *[f"- {u}" for u in unfinished], ""]
     if report.differences:
         md += ["**Mixed protocols (compared on request):**", *[f"- {d}" for d in report.differences], ""]
     md += ["## Visual and text HCA (%)", "", headline_table(report), "", INTERVALS_NOTE, ""]
@@ -500,6 +554,7 @@ def write_report(report: Report, out: str | Path, title: str = "hiertrain report
         # No creation times: two runs of the same study give the same report.json bytes.
         "runs": [{"path": str(r.path), **{k: v for k, v in r.meta.items() if k not in VOLATILE_META}} for r in report.runs],
         "differences": report.differences,
+        "unfinished": unfinished,
         "tables": t,
         "correlation": report.correlation,
         "images": images,

@@ -150,3 +150,35 @@ def test_mixed_answer_parsers_refused_unless_allowed(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 2
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep"), "--allow-mixed"]) == 0
+
+
+@pytest.mark.parametrize("field, value", [("hca", "high"), ("per_level_accuracy", [0.5, "x"]), ("num_samples", True)])
+def test_a_metrics_field_of_the_wrong_type_is_one_line_naming_file_and_field(runs_root: Path, capsys, field, value) -> None:
+    # issue 22 item 11: `"hca": "high"` in a metrics.json was a traceback inside a table
+    path = runs_root / "m2-img" / "metrics.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    assert main(["report", str(runs_root), "--out", str(runs_root / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"hiertrain: {path.resolve()}: field '{field}' is {json.dumps(value)}")
+
+
+def test_an_unfinished_run_is_named_with_what_is_missing(runs_root: Path, tmp_path: Path, capsys) -> None:
+    # issue 22 item 20: a run dir without metrics.json was in the header, with no row and no note
+    killed = _eval_run(runs_root, "m4-img", "m4", "cub", "image", 0.5, 0.9, [1, 1, 1, 1])
+    (killed / "metrics.json").unlink()
+    (killed / "predictions.rank0.jsonl").write_text('{"id": 0}\n{"id": 1}\n')
+    probe = runs_root / "probe-run"
+    probe.mkdir()
+    (probe / "run.json").write_text(json.dumps({"kind": "probe", "model_name": "tiny", "dataset": "synthetic"}))
+    out = tmp_path / "report"
+    assert main(["report", str(runs_root), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    lines = [
+        "m4-img: unfinished (no metrics.json; 2 prediction lines streamed); rerun its command to finish it",
+        "probe-run: unfinished (no probes.json); rerun its command to finish it",
+    ]
+    md = (out / "report.md").read_text()
+    for line in lines:
+        assert f"- {line}" in md and f"not in the tables: {line}" in printed
+    assert json.loads((out / "report.json").read_text())["unfinished"] == lines
+    assert "| m4 |" not in md  # still no row: nothing was scored

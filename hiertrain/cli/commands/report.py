@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hiertrain.report.build import build_report, collect_runs, headline_table, log_to_wandb, write_report
+    from hiertrain.report.build import build_report, collect_runs, headline_table, log_to_wandb, unfinished_runs, write_report
 
     report = build_report(collect_runs(args.runs), allow_mixed=args.allow_mixed)
     path = write_report(report, args.out, title=args.title)
@@ -41,5 +41,7 @@ def run(args: argparse.Namespace) -> int:
                 f"text vs visual HCA [{c['dataset']}]: n={c['n']} pearson={c['pearson']} {c.get('pearson_interval')} "
                 f"permutation p={c.get('p_value')} spearman={c['spearman']}"
             )
+    for line in unfinished_runs(report):
+        print(f"not in the tables: {line}")
     print(f"report: {path}")
     return 0
