@@ -156,7 +156,12 @@ class HierCLI(LightningCLI):
         if note:
             print(note, file=sys.stderr, flush=True)
         if mode == "csv":
-            return CSVLogger(save_dir=root, name="csv", version=identity.get("name"))
+            if self._get(self.config_init, "fresh", default=False):
+                return CSVLogger(save_dir=root, name="csv", version=identity.get("name"))
+            from hiertrain.cli.csv_logger import KeepingCSVLogger
+
+            # a rerun or resume of a named run continues its metrics.csv instead of deleting it
+            return KeepingCSVLogger(save_dir=root, name="csv", version=identity.get("name"))
         project = self._get(self.config_init, "wandb_project", default="hiertrain")
         Path(root).mkdir(parents=True, exist_ok=True)
         return WandbLogger(

@@ -346,3 +346,15 @@ def test_sigterm_during_test_exits_nonzero_and_the_rerun_completes_identically(t
     assert _exit_code(_args(tiny_qwen, synth_dir, tmp_path / "b", "--data.batch_size=1")) == 0  # uninterrupted
     for name in ("predictions.jsonl", "metrics.json", "results.json"):
         assert (run / name).read_bytes() == (tmp_path / "b" / RUN / name).read_bytes(), name
+
+
+def test_rerunning_a_finished_run_keeps_its_csv_metrics(tiny_qwen, synth_dir, tmp_path, capsys):
+    # issue 22 item 21: the rerun of a finished run deleted csv/<run>/metrics.csv (Lightning's CSVLogger)
+    assert _exit_code(_args(tiny_qwen, synth_dir, tmp_path)) == 0
+    logged = tmp_path / "csv" / RUN / "metrics.csv"
+    first = logged.read_text()
+    assert "test/hca" in first.splitlines()[0] and len(first.splitlines()) >= 2
+    assert _exit_code(_args(tiny_qwen, synth_dir, tmp_path)) == 0  # finished: prints its metrics, logs nothing
+    assert logged.read_text() == first
+    assert _exit_code(_args(tiny_qwen, synth_dir, tmp_path, "--fresh=true")) == 0  # afresh: a new log
+    assert logged.read_text() == first  # the same numbers again, once
