@@ -74,7 +74,9 @@ class FeatureWriter(BasePredictionWriter):
         self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         assert self.writer is not None
-        for reason in batch.get("skipped", []) if isinstance(batch, dict) else []:
+        reasons = list(batch.get("skipped", []) if isinstance(batch, dict) else [])
+        reasons += prediction.get("skipped", [])  # images the model's processor refused
+        for reason in reasons:
             self.skipped_images += 1
             print(f"skipped: {reason}", file=sys.stderr, flush=True)
         valid = prediction["valid"].cpu().bool()

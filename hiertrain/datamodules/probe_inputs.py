@@ -48,7 +48,7 @@ class ImageProbeDataset(Dataset):
         rec = self.records[real]
         path = self.root / rec["image"]
         try:
-            return {"image": open_rgb(path), "record": rec, "valid": valid, "error": None}
+            return {"image": open_rgb(path), "record": rec, "valid": valid, "error": None, "path": str(path)}
         except BAD_IMAGE_ERRORS as err:
             message = f"{path}: cannot read image of sample {rec['id']} ({type(err).__name__}: {err})"
             return {"image": None, "record": rec, "valid": valid, "error": message}
@@ -85,6 +85,7 @@ def collate_probe_inputs(items: list[dict]) -> dict[str, Any]:
     }
     if "image" in items[0]:
         out["images"] = [it["image"] for it in items]
+        out["paths"] = [it.get("path") for it in items]  # to name an image the model refuses
     else:
         out["texts"] = [it["texts"] for it in items]
     return out

@@ -151,6 +151,7 @@ class QuestionDataset(Dataset):
         }
         if self.mode == "image":
             path = self.image_path(record)
+            item["path"] = str(path)
             try:
                 item["image"] = open_image(path)
             except BAD_IMAGE_ERRORS as err:  # missing, truncated, not an image, decompression bomb

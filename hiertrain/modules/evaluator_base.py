@@ -90,6 +90,10 @@ class QuestionEvaluator(LightningModule):
     def answer_items(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
         raise NotImplementedError
 
+    def image_refusal(self, item: dict[str, Any]) -> str | None:
+        """Why this model cannot take the item's (readable) image, or None (default: it can)."""
+        return None
+
     # ---------------------------------------------------------------- setup
 
     def _datamodule(self):
@@ -184,6 +188,12 @@ class QuestionEvaluator(LightningModule):
     def _answer_batch(self, batch: list[dict[str, Any]]) -> None:
         items = [item for item in batch if item["valid"]]  # padding repeats are another rank's samples
         for item in items:
+            refusal = None if item["error"] or item["image"] is None else self.image_refusal(item)
+            if refusal:  # e.g. Qwen's aspect-ratio limit: named and counted like an unreadable file
+                message = f"{item.get('path', item['record'].image)}: cannot read image of sample {item['sample_id']} for this model ({refusal})"
+                if self._datamodule().on_bad_image == "error":
+                    raise HierError(message)
+                item["error"] = message
             if item["error"]:
                 self.run_dir.skip(item["sample_id"], item["record"].image, item["error"])
         good = [item for item in items if not item["error"]]

@@ -199,13 +199,36 @@ class FeatureExtractor(LightningModule):
     @torch.no_grad()
     def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
         records, valid = batch["records"], batch["valid"]
+        refused: list[str] = []
+        if self.mode == "image" and records:
+            batch, refused = self._drop_refused(batch)
+            records, valid = batch["records"], batch["valid"]
         if not records:  # every image of the batch was unreadable (counted by the writer)
-            return {"records": [], "valid": valid, "features": {}}
+            return {"records": [], "valid": valid, "features": {}, "skipped": refused}
         if self.mode == "image":
             feats = self._image_features(batch["images"])
         else:
             feats = self._text_features(batch["texts"])
-        return {"records": records, "valid": valid, "features": feats}
+        return {"records": records, "valid": valid, "features": feats, "skipped": refused}
+
+    def _drop_refused(self, batch: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """The batch without images the processor refuses (Qwen: aspect ratio over 200), and one
+        reason per refused real sample, worded like an unreadable image's (the writer counts them)."""
+        from hiertrain.vlm.image_check import processor_refusal
+
+        refusals = [processor_refusal(self.processor, image.size) for image in batch["images"]]
+        if not any(refusals):
+            return batch, []
+        paths = batch.get("paths") or [None] * len(refusals)
+        reasons = [
+            f"{path or rec.get('image')}: cannot read image of sample {rec['id']} for this model ({why})"
+            for rec, path, why, ok in zip(batch["records"], paths, refusals, batch["valid"].tolist())
+            if why and ok
+        ]
+        keep = [i for i, why in enumerate(refusals) if not why]
+        kept = {**batch, "records": [batch["records"][i] for i in keep], "valid": batch["valid"][keep],
+                "images": [batch["images"][i] for i in keep], "paths": [paths[i] for i in keep]}  # fmt: skip
+        return kept, reasons
 
     def _image_features(self, images: list) -> dict[str, Tensor]:
         if not images:

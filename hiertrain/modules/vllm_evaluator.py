@@ -46,6 +46,14 @@ ANSWER_PARSERS = ("strict", "paper")
 ASPECT_RATIOS = ("pad",)
 
 
+def shrunk_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """(width, height) after `shrink_longest_side`: scaled by `max_side / longest` when larger."""
+    if max_side is None or max(size) <= max_side:
+        return size
+    scale = max_side / max(size)
+    return int(size[0] * scale), int(size[1] * scale)
+
+
 def shrink_longest_side(image: Any, max_side: int | None) -> Any:
     """The paper's Qwen pre-step: an image whose longest side exceeds `max_side` is scaled by
     `max_side / longest` to (int(w * s), int(h * s)) with LANCZOS; smaller images are unchanged."""
@@ -53,9 +61,7 @@ def shrink_longest_side(image: Any, max_side: int | None) -> Any:
         return image
     from PIL import Image
 
-    scale = max_side / max(image.size)
-    width, height = image.size
-    return image.resize((int(width * scale), int(height * scale)), Image.LANCZOS)
+    return image.resize(shrunk_size(image.size, max_side), Image.LANCZOS)
 
 
 class VLLMEvaluator(QuestionEvaluator):
@@ -173,6 +179,12 @@ class VLLMEvaluator(QuestionEvaluator):
         # The taxonomy condition's system turn opens every prompt of the run: prefilled once per run.
         kind = GlobalPrefixAnswerer if self.meta.get("condition") == "taxonomy" else SharedPrefixAnswerer
         self.answerer = kind(model, processor, self.max_new_tokens, self.max_batch_tokens)
+
+    def image_refusal(self, item: dict[str, Any]) -> str | None:
+        """The processor's refusal of the image as it will be shown (after `max_image_side`)."""
+        from hiertrain.vlm.image_check import processor_refusal
+
+        return processor_refusal(self.answerer.processor, shrunk_size(item["image"].size, self.max_image_side))
 
     def prompts_of(self, item: dict[str, Any]) -> list[str]:
         """Each asked level's full chat prompt, in the model's own template."""

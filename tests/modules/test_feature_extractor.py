@@ -272,3 +272,23 @@ def test_internvl_sites_match_transformers_hidden_states(tiny_internvl, synth_di
         torch.testing.assert_close(last[b, 0, 0], shuffled[b][-1], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(avg[:, 0, 1], avg[:, 0, 2])
     torch.testing.assert_close(last[:, 0, 1], last[:, 0, 2])
+
+
+def test_an_image_the_processor_refuses_is_skipped_and_named(tmp_path, tiny_qwen, synth_dir, capsys):
+    # issue 22 item 6: a 6000x20 strip killed `hiertrain predict` (ValueError from the Qwen processor)
+    import shutil
+
+    from PIL import Image
+
+    shutil.copytree(synth_dir / "images", tmp_path / "images")
+    Image.new("RGB", (6000, 20), (200, 30, 30)).save(tmp_path / "images/strip.png")
+    lines = [json.loads(line) for line in (synth_dir / "images.jsonl").read_text().splitlines()[:4]]
+    lines[2]["image"] = "images/strip.png"
+    images = tmp_path / "images.jsonl"
+    images.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    out = extract_features(str(tiny_qwen), tmp_path / "store", images=str(images), taxonomy=str(synth_dir / "taxonomy.json"),
+                           batch_size=2, progress=False, accelerator="cpu")  # fmt: skip
+    printed = capsys.readouterr()
+    assert f"skipped: {tmp_path / 'images/strip.png'}: cannot read image of sample 2 for this model (ValueError: absolute aspect ratio" in printed.err
+    assert "wrote 3 samples" in printed.out and "unreadable images skipped: 1" in printed.out
+    assert sorted(int(r["id"]) for _, _, r in FeatureStore(out).index) == [0, 1, 3]

@@ -9,6 +9,7 @@ import pytest
 from lightning.pytorch import Trainer
 
 from hiertrain.core.answers import parse_letter
+from hiertrain.core.errors import HierError
 from hiertrain.datamodules.questions import HierVQADataModule
 from hiertrain.modules.vllm_evaluator import VLLMEvaluator
 from hiertrain.core.predictions import load_predictions
@@ -94,6 +95,33 @@ def test_unreadable_image_is_a_counted_skip(tiny_qwen, synth_dir, tmp_path):
     assert [p.id for p in load_predictions(run / "predictions.jsonl")] == [0, 2]
     skipped = json.loads((run / "skipped.jsonl").read_text())
     assert skipped["id"] == 1 and "broken.png: cannot read image of sample 1" in skipped["reason"]
+
+
+def _with_strip_image(synth_dir, tmp_path, index: int = 1):
+    """The first 3 question records, record `index` showing a 6000x20 strip (aspect ratio 300)."""
+    from PIL import Image
+
+    records = [json.loads(line) for line in (synth_dir / "questions_random.jsonl").read_text().splitlines()[:3]]
+    shutil.copytree(synth_dir / "images", tmp_path / "images")
+    Image.new("RGB", (6000, 20), (200, 30, 30)).save(tmp_path / "images/strip.png")
+    records[index]["image"] = "images/strip.png"
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return questions
+
+
+def test_an_image_the_processor_refuses_is_a_named_counted_skip(tiny_qwen, synth_dir, tmp_path):
+    # issue 22 item 6: "ValueError: absolute aspect ratio must be smaller than 200" killed the run on every rerun
+    questions = _with_strip_image(synth_dir, tmp_path)
+    model, run = evaluate(tiny_qwen, questions, tmp_path / "out", batch_size=2)
+    assert model.final_metrics["num_samples"] == 2 and model.final_metrics["num_skipped"] == 1
+    assert [p.id for p in load_predictions(run / "predictions.jsonl")] == [0, 2]
+    skipped = json.loads((run / "skipped.jsonl").read_text())
+    assert skipped["id"] == 1 and skipped["reason"].startswith(
+        f"{tmp_path / 'images/strip.png'}: cannot read image of sample 1 for this model (ValueError: absolute aspect ratio must be smaller than 200"
+    )
+    with pytest.raises(HierError, match="strip.png: cannot read image of sample 1 for this model"):
+        evaluate(tiny_qwen, questions, tmp_path / "strict", batch_size=2, on_bad_image="error")
 
 
 def test_paper_protocol_settings_parser_and_asked_text_are_recorded(tiny_qwen, synth_dir, tmp_path):
