@@ -177,8 +177,28 @@ class VLLMEvaluator(QuestionEvaluator):
 
             processor = PaddedTileProcessor(self.processor)
         # The taxonomy condition's system turn opens every prompt of the run: prefilled once per run.
+        if self.meta.get("condition") == "taxonomy":
+            self._check_context_fits(model)
         kind = GlobalPrefixAnswerer if self.meta.get("condition") == "taxonomy" else SharedPrefixAnswerer
         self.answerer = kind(model, processor, self.max_new_tokens, self.max_batch_tokens)
+
+    def _check_context_fits(self, model: Any) -> None:
+        """Refuse, before any step, a taxonomy longer than the model's context: every prompt would
+        exceed it (minutes of prefill per step, then out-of-range positions or memory)."""
+        from hiertrain.vlm.family import family_of
+
+        dm = self._datamodule()
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        limit = getattr(config, "max_position_embeddings", None)
+        if not isinstance(limit, int) or dm.context is None:
+            return
+        tokenizer = family_of(model).tokenizer(self.processor)
+        count = len(tokenizer(dm.context, add_special_tokens=False)["input_ids"])
+        if count >= limit:
+            raise HierError(
+                f"{dm.taxonomy_path}: condition 'taxonomy' puts {count:,} tokens of taxonomy in every prompt, more than "
+                f"the context of {self.pretrained} ({limit:,} tokens, max_position_embeddings); use a smaller taxonomy"
+            )
 
     def image_refusal(self, item: dict[str, Any]) -> str | None:
         """The processor's refusal of the image as it will be shown (after `max_image_side`)."""

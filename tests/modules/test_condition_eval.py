@@ -143,3 +143,29 @@ def test_conditions_that_need_text_replies_refuse_logits(tiny_qwen, synth_dir, t
             str(synth_dir / "questions_random.jsonl"), taxonomy=str(synth_dir / "taxonomy.json"),
             condition="open", prompt_family="food",
         ).setup()  # fmt: skip
+
+
+def test_a_taxonomy_longer_than_the_context_is_refused_at_start(tiny_qwen, synth_dir, tmp_path):
+    # issue 22 item 14: a 453,607-token taxonomy in a 32,768-token context ran > 10 min at 2.8 GB
+    import shutil
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    paths = json.loads((synth_dir / "taxonomy.json").read_text())
+    for i in range(3000):  # made-up leaves beside the real ones: the records still resolve
+        paths[f"extra leaf {i}"] = ["extra root", f"extra shape {i % 7}", f"extra colour {i % 50}", f"extra leaf {i}"]
+    synth = tmp_path / "synth"
+    synth.mkdir()
+    (synth / "taxonomy.json").write_text(json.dumps(paths, indent=4))
+    shutil.copy(synth_dir / "taxonomy.levels.json", synth / "taxonomy.levels.json")
+    shutil.copy(synth_dir / "questions_random.jsonl", synth / "questions_random.jsonl")
+    tokens = len(AutoTokenizer.from_pretrained(tiny_qwen)(str(paths), add_special_tokens=False)["input_ids"])
+    limit = AutoConfig.from_pretrained(tiny_qwen).get_text_config().max_position_embeddings
+    assert tokens > limit == 32768
+    with pytest.raises(HierError) as err:
+        run_condition(tiny_qwen, synth, tmp_path / "run", "taxonomy", answer="logits", batch_size=1)
+    assert str(err.value) == (
+        f"{synth / 'taxonomy.json'}: condition 'taxonomy' puts {tokens:,} tokens of taxonomy in every prompt, more than "
+        f"the context of {tiny_qwen} ({limit:,} tokens, max_position_embeddings); use a smaller taxonomy"
+    )
+    assert not list((tmp_path / "run").rglob("predictions*.jsonl"))
