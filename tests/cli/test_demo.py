@@ -61,3 +61,48 @@ def test_lora_step_runs_on_a_pinned_thread_count() -> None:
         assert seen == [LORA_THREADS] and torch.get_num_threads() == LORA_THREADS + 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_configs_only_writes_configs_usable_from_any_working_directory(tmp_path: Path, monkeypatch, capsys) -> None:
+    # issue 22 item 22: outside the checkout every runs/demo path (the LoRA callback's datasets block too)
+    # had to be overridden by hand
+    from hiertrain.cli.main import main
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["demo", "--out", "my demo", "--configs-only"]) == 0
+    out = (elsewhere / "my demo").resolve()
+    written = sorted((out / "configs").glob("*.yaml"))
+    sources = sorted(p for p in _configs_dir().rglob("*.yaml") if "runs/demo/" in p.read_text())
+    assert [p.name for p in written] == sorted(p.name for p in sources)  # every config that names runs/demo
+    for path in written:
+        strings = _strings(yaml.safe_load(path.read_text()))
+        assert not [s for s in strings if "runs/demo" in s], path.name
+        assert all(s.startswith(f"{out}/") for s in strings if s.startswith("/")), path.name
+    lora = yaml.safe_load((out / "configs" / "synth_demo_text.yaml").read_text())
+    block = next(c for c in lora["trainer"]["callbacks"] if c["class_path"].endswith("BeforeAfterEvaluation"))
+    assert block["init_args"]["datasets"]["synthetic"]["questions"] == f"{out}/synth_tune/questions_random.jsonl"
+    assert sorted(p.name for p in out.iterdir()) == ["configs"]  # nothing was run
+    assert f"--config {out / 'configs'}/<name>.yaml" in capsys.readouterr().out
+
+
+def test_a_resolved_config_runs_from_another_working_directory(tmp_path: Path, monkeypatch, tiny_qwen, synth_dir) -> None:
+    from hiertrain.cli.main import main
+
+    out = tmp_path / "demo"
+    (out / "tiny").mkdir(parents=True)
+    (out / "synth").symlink_to(synth_dir)
+    (out / "tiny" / "qwen2_5_vl").symlink_to(tiny_qwen)
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--out", str(out), "--configs-only"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    argv = ["test", "--config", str(out / "configs" / "qwen_image.yaml"), "--data.limit=1", "--trainer.enable_progress_bar=false"]
+    try:
+        code = main(argv)
+    except SystemExit as err:
+        code = int(err.code)
+    assert code == 0
+    assert len(list((out / "eval").glob("*/metrics.json"))) == 1 and not list(elsewhere.iterdir())

@@ -7,7 +7,9 @@ probes -> LoRA tuning -> evaluation of the tuned model -> report.
 
 Every step runs the same configs a user would (`configs/demo`, `configs/probing/synth_*`,
 `configs/lora/synth_demo_text.yaml`), with `runs/demo/` rewritten to `--out`; the resolved
-copies are kept in `<out>/configs/` so each step can be rerun by hand.
+copies are kept in `<out>/configs/` so each step can be rerun by hand, from any working
+directory (their paths are absolute). `--configs-only` writes just those copies: the checkout's
+configs name `runs/demo/...` relative to the working directory.
 """
 
 from __future__ import annotations
@@ -27,6 +29,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images-per-leaf", type=int, default=6, help="synthetic images per leaf (default 6)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--wandb", action="store_true", help="log every run to W&B (set WANDB_MODE=offline without network)")
+    parser.add_argument(
+        "--configs-only", action="store_true",
+        help="only write every demo config into OUT/configs/ with its runs/demo paths made absolute under OUT "
+        "(usable from any working directory), then stop",
+    )  # fmt: skip
+
+
+# Every config that names runs/demo (the checkout's copies are relative to the working directory).
+DEMO_CONFIGS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("demo", ("qwen_image", "qwen_text", "qwen_generate", "llava_image", "clip_image")),
+    ("probing", ("synth_extract_image", "synth_probes", "synth_extract_image_llava", "synth_probes_llava")),
+    ("lora", ("synth_demo_text", "synth_demo_image")),
+)
+
+
+def resolve_configs(out: Path) -> dict[str, Path]:
+    """Write every demo config into `<out>/configs/` with `runs/demo` replaced by `out` (absolute),
+    the LoRA callback's `datasets` block included; name -> written file."""
+    configs = _configs_dir()
+    resolved = out / "configs"
+    resolved.mkdir(parents=True, exist_ok=True)
+    return {name: _resolve(configs / sub / f"{name}.yaml", out, resolved) for sub, names in DEMO_CONFIGS for name in names}
 
 
 def _configs_dir() -> Path:
@@ -63,18 +87,12 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault("WANDB_MODE", "disabled")
 
     out = Path(args.out).resolve()
-    configs = _configs_dir()
-    resolved = out / "configs"
-    resolved.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        name: _resolve(configs / sub / f"{name}.yaml", out, resolved)
-        for sub, names in (
-            ("demo", ("qwen_image", "qwen_text", "llava_image", "clip_image")),
-            ("probing", ("synth_extract_image", "synth_probes")),
-            ("lora", ("synth_demo_text",)),
-        )
-        for name in names
-    }
+    cfg = resolve_configs(out)
+    if args.configs_only:
+        for path in cfg.values():
+            print(path)
+        print(f"configs with every path under {out}: `hiertrain test|predict|fit --config {out / 'configs'}/<name>.yaml`")
+        return 0
     synth, tiny, evals = out / "synth", out / "tiny", out / "eval"
     wandb = [f"--wandb={str(args.wandb).lower()}"]
 
