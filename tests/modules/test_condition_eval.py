@@ -159,6 +159,7 @@ def test_a_taxonomy_longer_than_the_context_is_refused_at_start(tiny_qwen, synth
     (synth / "taxonomy.json").write_text(json.dumps(paths, indent=4))
     shutil.copy(synth_dir / "taxonomy.levels.json", synth / "taxonomy.levels.json")
     shutil.copy(synth_dir / "questions_random.jsonl", synth / "questions_random.jsonl")
+    (synth / "images").symlink_to(synth_dir / "images")
     tokens = len(AutoTokenizer.from_pretrained(tiny_qwen)(str(paths), add_special_tokens=False)["input_ids"])
     limit = AutoConfig.from_pretrained(tiny_qwen).get_text_config().max_position_embeddings
     assert tokens > limit == 32768
