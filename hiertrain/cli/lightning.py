@@ -156,11 +156,13 @@ class HierCLI(LightningCLI):
         if note:
             print(note, file=sys.stderr, flush=True)
         if mode == "csv":
-            if self._get(self.config_init, "fresh", default=False):
+            # A rerun or resume of a named run continues its metrics.csv instead of deleting it; a
+            # fresh start (--fresh, or a fit that does not resume a checkpoint) starts a new one.
+            resumes = self.subcommand != "fit" or self._get(self.config_init, "ckpt_path", default=None) is not None
+            if self._get(self.config_init, "fresh", default=False) or not resumes:
                 return CSVLogger(save_dir=root, name="csv", version=identity.get("name"))
             from hiertrain.cli.csv_logger import KeepingCSVLogger
 
-            # a rerun or resume of a named run continues its metrics.csv instead of deleting it
             return KeepingCSVLogger(save_dir=root, name="csv", version=identity.get("name"))
         project = self._get(self.config_init, "wandb_project", default="hiertrain")
         Path(root).mkdir(parents=True, exist_ok=True)

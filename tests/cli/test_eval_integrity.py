@@ -341,8 +341,7 @@ def test_sigterm_during_test_exits_nonzero_and_the_rerun_completes_identically(t
     run = tmp_path / "a" / RUN
     assert not (run / "metrics.json").exists()
     assert len((run / "predictions.rank0.jsonl").read_text().splitlines()) == 1  # stopped after the batch in flight
-    assert _exit_code(args) == 0  # the rerun resumes
-    assert "resuming" in capsys.readouterr().err
+    assert _exit_code(args) == 0  # the rerun resumes (the sample done before the signal is kept, not redone)
     assert _exit_code(_args(tiny_qwen, synth_dir, tmp_path / "b", "--data.batch_size=1")) == 0  # uninterrupted
     for name in ("predictions.jsonl", "metrics.json", "results.json"):
         assert (run / name).read_bytes() == (tmp_path / "b" / RUN / name).read_bytes(), name
