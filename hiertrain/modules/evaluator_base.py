@@ -190,7 +190,8 @@ class QuestionEvaluator(LightningModule):
         for item in items:
             refusal = None if item["error"] or item["image"] is None else self.image_refusal(item)
             if refusal:  # e.g. Qwen's aspect-ratio limit: named and counted like an unreadable file
-                message = f"{item.get('path', item['record'].image)}: cannot read image of sample {item['sample_id']} for this model ({refusal})"
+                where = item.get("path", item["record"].image)
+                message = f"{where}: cannot read image of sample {item['sample_id']} for this model ({refusal})"
                 if self._datamodule().on_bad_image == "error":
                     raise HierError(message)
                 item["error"] = message
