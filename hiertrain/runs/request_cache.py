@@ -62,9 +62,14 @@ class RequestCache:
         """Record an answer as one flushed line."""
         self.answers[key] = response
         line = json.dumps({"key": key, "response": response}, ensure_ascii=False) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+        except OSError as err:  # full disk: one line naming the file; a cut-off line is resent next run
+            from hiertrain.core.atomic import write_error
+
+            raise write_error(self.path, err) from None
 
     def usage(self) -> dict[str, int]:
         """Token usage summed over every answered request of the run (as the server reported it)."""

@@ -23,3 +23,26 @@ def test_answers_persist_and_a_cut_off_line_is_sent_again(tmp_path):
     assert sorted(third.answers) == ["k1", "k2", "k3"]
     assert third.usage() == {"requests": 3, "prompt_tokens": 15, "completion_tokens": 3, "total_tokens": 18}
     assert third.served_models() == ["m-1"]
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    # issue 22 item 5, served runs: the answer log is streamed like the predictions
+    import errno
+
+    import pytest
+
+    import hiertrain.runs.request_cache as request_cache
+    from hiertrain.core.errors import HierError
+
+    cache = RequestCache(tmp_path)
+    cache.put("a", {"choices": [{"message": {"content": "A"}}]})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(request_cache, "open", full, raising=False)
+    with pytest.raises(HierError) as err:
+        cache.put("b", {"choices": []})
+    assert str(err.value) == f"{tmp_path / 'requests.rank0.jsonl'}: cannot write (disk full)"
+    monkeypatch.undo()
+    assert set(RequestCache(tmp_path).answers) == {"a"}
