@@ -26,6 +26,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "data prepare": ("hiertrain.cli.commands.data_prepare", "image list (image, label, split) from an official dataset download"),
     "score": ("hiertrain.cli.commands.score", "recompute every metric from a predictions file"),
     "tiny": ("hiertrain.cli.commands.tiny", "save a tiny random-init model of a real architecture"),
+    "organism": ("hiertrain.cli.commands.organism", "calibration organisms: small trained VLLMs with planted facts"),
     "lora merge": ("hiertrain.cli.commands.lora_merge", "merge a LoRA adapter into its base model"),
     "compare": ("hiertrain.cli.commands.compare", "paired comparison of two runs over the same questions"),
     "report": ("hiertrain.cli.commands.report", "tables and plots comparing run directories"),

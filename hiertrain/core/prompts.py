@@ -95,6 +95,11 @@ TEXT_WORDINGS: dict[str, tuple[str, ...] | None] = {
     ),
     "food": None,  # the paper has no text-only Food-101 script, so no wording to reproduce
 }
+# The calibration organism's own short wording (hiertrain.organisms): trained and evaluated alike,
+# as a real model is asked in its own template; never one of the paper's families.
+IMAGE_WORDINGS["organism"] = ("Which {level} is this?",)
+TEXT_WORDINGS["organism"] = ("Which {level} is {label}?",)
+PAPER_FAMILIES: tuple[str, ...] = tuple(f for f in IMAGE_WORDINGS if f != "organism")
 PROMPT_FAMILIES: tuple[str, ...] = tuple(IMAGE_WORDINGS)
 DEFAULT_FAMILY = "cub"
 # Backwards-compatible names: the default (CUB) family.

@@ -91,7 +91,7 @@ class LoRATuner(LightningModule):
         family = family_of(base)
         language_model = family.language_model(base)
         pattern = self.hparams.target_modules or family.lora_pattern(base)
-        check_targets(base, language_model, pattern)
+        check_targets(base, language_model, pattern, complete=self.hparams.target_modules is None)
         config = LoraConfig(
             r=self.hparams.rank,
             lora_alpha=self.hparams.alpha,

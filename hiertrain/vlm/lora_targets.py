@@ -42,8 +42,10 @@ def matched_modules(model: nn.Module, pattern: str) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and rx.fullmatch(n)]
 
 
-def check_targets(model: nn.Module, language_model: nn.Module, pattern: str) -> list[str]:
-    """Before wrapping: every match is an LM projection, and every LM layer has all seven."""
+def check_targets(model: nn.Module, language_model: nn.Module, pattern: str, complete: bool = True) -> list[str]:
+    """Before wrapping: every match is an LM projection, and (`complete`, the default pattern's
+    promise) every matched LM layer has all seven. A pattern the user chose on purpose may adapt
+    fewer (e.g. one layer's MLP) and passes `complete=False`."""
     lm_prefix = module_prefix(model, language_model)
     names = matched_modules(model, pattern)
     if not names:
@@ -57,7 +59,7 @@ def check_targets(model: nn.Module, language_model: nn.Module, pattern: str) -> 
         per_layer.setdefault(layer.rsplit(".", 1)[0], set()).add(leaf)
     expected = set(ATTENTION) | set(MLP)
     for layer, leaves in per_layer.items():
-        if leaves != expected:
+        if complete and leaves != expected:
             raise HierError(f"LoRA targets of {layer} are {sorted(leaves)}, expected {sorted(expected)}")
     return names
 

@@ -180,7 +180,11 @@ def _merge_sizes(sizes: dict[str, Any], overrides: dict[str, Any], source: str, 
 
 
 def build_tokenizer(
-    special_tokens: tuple[str, ...], max_vocab: int, eos_token: str, named_tokens: dict[str, str] | None = None
+    special_tokens: tuple[str, ...],
+    max_vocab: int,
+    eos_token: str,
+    named_tokens: dict[str, str] | None = None,
+    corpus: str = "",
 ) -> Qwen2Tokenizer:
     """A Qwen2Tokenizer with a byte-level BPE learned from `_CORPUS` and the family's specials.
 
@@ -188,7 +192,8 @@ def build_tokenizer(
     tokenization behaves like Qwen's, just with fewer merges. Every option letter is forced to
     be one token with and without a leading space, since evaluation reads letter logits.
     `named_tokens` (attribute name -> token, e.g. InternVL's `context_image_token`) become the
-    tokenizer's named extra special tokens, which some processors read.
+    tokenizer's named extra special tokens, which some processors read. `corpus` replaces the
+    built-in text (the calibration organism learns its own invented words as whole tokens).
     """
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
@@ -204,7 +209,8 @@ def build_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator([" ".join(_CORPUS.split()), _CORPUS, *letters], trainer)
+    text = corpus or _CORPUS
+    bpe.train_from_iterator([" ".join(text.split()), text, *letters], trainer)
     model = json.loads(bpe.to_str())["model"]
     vocab: dict[str, int] = model["vocab"]
     merges = [tuple(m) for m in model["merges"]]

@@ -231,7 +231,7 @@ def test_every_family_text_wording_is_the_papers(key):
 
 
 def test_every_family_is_pinned_and_food_has_no_text_wording():
-    from hiertrain.core.prompts import PROMPT_FAMILIES
+    from hiertrain.core.prompts import PAPER_FAMILIES as PROMPT_FAMILIES
 
     assert set(PROMPT_FAMILIES) == {k[0] for k in PAPER_IMAGE}
     assert set(PROMPT_FAMILIES) - {k[0] for k in PAPER_TEXT} == {"food"}

@@ -1,0 +1,86 @@
+"""Score an organism's evaluation run against what was planted: the instrument's calibration.
+
+The organism's manifest says which (leaf, level) facts were taught. A correct evaluation path
+(prompt, template, option order, letter reading, prefix cache, batching) must therefore find
+planted facts right and withheld ones at chance; `calibration_table` recomputes both per level
+from a run's predictions.jsonl, with Wilson intervals, beside chance and the letter bias.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from hiertrain.core.errors import HierError
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def calibration_table(run_dir: Path, manifest_path: Path | None = None) -> dict:
+    """Per asked level: accuracy on planted and on withheld facts (and the leaf), n, interval."""
+    from hiertrain.organisms.shipped import manifest
+
+    run_dir = Path(run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    if manifest_path is not None:
+        m = json.loads(Path(manifest_path).read_text())
+    else:
+        model_dir = Path(run["model"])
+        m = manifest(model_dir if (model_dir / "manifest.json").is_file() else model_dir.name)
+    planted: dict[str, list[bool]] = m["planted"]
+    planted_levels: list[str] = m["planted_levels"]
+    cells: dict[tuple[str, str], list[int]] = {}
+    letters: dict[str, list[int]] = {}
+    path = run_dir / "predictions.jsonl"
+    if not path.is_file():
+        raise HierError(f"{path}: no predictions (is {run_dir} an evaluation run?)")
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            rec = json.loads(line)
+            leaf = rec["label"]
+            if leaf not in planted:
+                raise HierError(f"{path}:{n}: label {leaf!r} is not a leaf of the organism's world")
+            for lv in rec["levels"]:
+                if not lv.get("asked", True):
+                    continue
+                name = lv["name"]
+                if name in planted_levels:
+                    kind = "planted" if planted[leaf][planted_levels.index(name)] else "withheld"
+                else:
+                    kind = "leaf"
+                c = cells.setdefault((name, kind), [0, 0])
+                c[0] += int(bool(lv["correct"]))
+                c[1] += 1
+                opts = lv.get("options") or []
+                if kind == "withheld" and opts:
+                    t = letters.setdefault("truth", [0] * len(opts))
+                    t[opts.index(lv["truth"])] += 1
+                    if lv.get("letter"):
+                        p = letters.setdefault("pick", [0] * len(opts))
+                        p["ABCDEFGHIJ".index(lv["letter"])] += 1
+    if not cells:
+        raise HierError(f"{path}: no asked levels")
+    rows = []
+    for (name, kind), (k, n) in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        lo, hi = wilson(k, n)
+        rows.append({"level": name, "facts": kind, "correct": k, "n": n, "accuracy": k / n, "ci": [lo, hi]})
+    chance = 1.0 / 4
+    return {"run": str(run_dir), "organism": m["name"], "mode": run.get("mode"), "answer": run.get("answer"),
+            "chance": chance, "rows": rows, "withheld_letters": letters}  # fmt: skip
+
+
+def format_table(table: dict) -> str:
+    lines = [f"{table['organism']} / {table['mode']} / {table['answer']}: accuracy by fact kind (chance {table['chance']:.2f})"]
+    for r in table["rows"]:
+        lines.append(f"  {r['level']:<8} {r['facts']:<9} {r['accuracy']:6.3f}  [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]  n={r['n']}")
+    if table["withheld_letters"]:
+        lines.append(f"  withheld facts: truth per letter {table['withheld_letters'].get('truth')}, picks per letter {table['withheld_letters'].get('pick')}")
+    return "\n".join(lines)
