@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+RULE = "uniform guess among the shown options; HCA = product over asked levels, averaged over samples"
+
 
 def _choices(lv: Any) -> int:
     """How many answers a level offered: its options, or in an open-set run (no options shown)
@@ -44,7 +46,7 @@ def chance_levels(preds: list[Any], depth: int | None = None, ignore: frozenset[
         hca_sum += product
         leaf_sum += 1.0 / _choices(asked[-1])
     return {
-        "rule": "uniform guess among the shown options; HCA = product over asked levels, averaged over samples",
+        "rule": RULE,
         "hca": hca_sum / scored if scored else None,
         "leaf_accuracy": leaf_sum / scored if scored else None,
         "per_level_accuracy": [s / c if c else None for s, c in zip(sums, counts)],

@@ -216,8 +216,7 @@ class RunDirectory:
 def compute_metrics(preds: list[SamplePrediction], depth: int) -> dict[str, Any]:
     """Every hierarchical metric over these predictions, JSON-ready (hiertrain.core.functional on
     all samples at once: the merged file holds every rank's samples, so nothing is synced)."""
-    from hiertrain.core.functional import hierarchical_scores
-    from hiertrain.core.metrics import json_values
+    from hiertrain.core.functional import hierarchical_scores, json_values
     from hiertrain.core.predictions import to_tensors
 
     return {**json_values(hierarchical_scores(*to_tensors(preds, depth))), **uncertainty(preds, depth)}
