@@ -127,11 +127,69 @@ def _decoder():
         import msgspec
     except ImportError:
         return None
-    needed = [("level", Any), ("truth", Any), ("correct", Any), ("asked", Any)]
-    optional = [(name, Any, None) for name in ("options", "letter", "predicted", "name", "detail")]
+    from typing import Annotated, Literal, Optional
+
+    # the reference's own type rules (`_require`: int that is not a bool, str, bool), checked by msgspec
+    needed = [("level", Annotated[int, msgspec.Meta(ge=1)]), ("truth", str), ("correct", bool), ("asked", bool)]
+    optional = [("options", Optional[list], None)] + [(name, Any, None) for name in ("letter", "predicted", "name", "detail")]
     level = msgspec.defstruct("Level", needed + optional)
-    sample = msgspec.defstruct("Sample", [("id", Any), ("levels", list[level]), ("mode", Any, "image")])
+    sample = msgspec.defstruct("Sample", [("id", int), ("levels", list[level]), ("mode", Literal["image", "text"], "image")])
     return msgspec.json.Decoder(sample).decode, (msgspec.DecodeError, msgspec.ValidationError)
+
+
+def _add_struct(builder: "_Builder", obj: Any) -> None:
+    """A msgspec-decoded sample (types already checked) into the builder; _Slow for what the
+    reference reader would reject."""
+    sid, packed, names = obj.id, builder.packed, builder.names
+    start = len(packed)
+    try:
+        _add_levels(obj.levels, sid, packed, names)
+    except _Slow:
+        del packed[start:]  # the reference reader takes this line from the start
+        raise
+    builder.ids.append(sid)
+    builder.counts.append(len(obj.levels))
+    builder.modes.add(obj.mode)
+
+
+def _add_levels(levels: list, sid: int, packed: array, names: dict) -> None:
+    seen = 0
+    for lv in levels:
+        level, asked = lv.level, lv.asked
+        parsed = lv.letter is not None or lv.predicted is not None
+        if asked:
+            if lv.correct:
+                if not parsed:
+                    raise _Slow
+                code = 7
+            else:
+                code = 5 if parsed else 1
+        else:
+            code = 4
+        options = lv.options
+        choices = len(options) if options else 0
+        if not choices and lv.detail:
+            choices = _candidates(lv.detail)
+        bit = 1 << level if level < 63 else 0
+        if seen & bit or not bit:
+            raise _Slow  # a level twice, or one deeper than any file holds: the reference decides
+        seen |= bit
+        packed.append((level - 1) | code << 8 | choices << 11)
+        name = lv.name
+        if name and (level not in names or sid < names[level][0]):
+            names[level] = (sid, name)
+
+
+def _candidates(detail: Any) -> int:
+    if not isinstance(detail, dict):
+        raise _Slow
+    try:
+        value = int(detail.get("candidates") or 0)
+    except (TypeError, ValueError):
+        raise _Slow from None
+    if not 0 <= value < 1 << 20:
+        raise _Slow
+    return value
 
 
 _MODES = ("image", "text")
@@ -214,39 +272,44 @@ def from_samples(samples: list, fmt: str, truncated: int | None = None) -> Predi
 
 
 class _Builder:
+    """Per sample its id and level count; per level one packed int: level - 1 (8 bits), the code
+    (3 bits), the choices (20 bits)."""
+
     def __init__(self) -> None:
-        self.ids = array("q")
-        self.rows, self.cols, self.codes, self.choices = array("i"), array("i"), array("B"), array("i")
+        self.ids, self.counts, self.packed = array("q"), array("i"), array("q")
         self.names: dict[int, tuple[int, str]] = {}
         self.modes: set[str] = set()
 
     def add(self, sid: int, mode: str, values: list[tuple[int, int, int, str | None]]) -> None:
-        row = len(self.ids)
         self.ids.append(sid)
+        self.counts.append(len(values))
         self.modes.add(mode)
         names = self.names
         for level, code, choices, name in values:
-            self.rows.append(row)
-            self.cols.append(level - 1)
-            self.codes.append(code)
-            self.choices.append(choices)
+            if not 1 <= level <= 255 or not 0 <= choices < 1 << 20:
+                self.too_deep = max(getattr(self, "too_deep", (0, 0)), (level, sid))
+                level = min(level, 255)
+                choices = min(max(choices, 0), (1 << 20) - 1)
+            self.packed.append((level - 1) | code << 8 | choices << 11)
             if name and (level not in names or sid < names[level][0]):
                 names[level] = (sid, name)
 
     def finish(self, fmt: str, truncated: int | None) -> PredictionColumns:
-        ids = np.frombuffer(self.ids, dtype=np.int64) if len(self.ids) else np.zeros(0, np.int64)
-        rows = np.frombuffer(self.rows, dtype=np.int32) if len(self.rows) else np.zeros(0, np.int32)
-        cols = np.frombuffer(self.cols, dtype=np.int32) if len(self.cols) else np.zeros(0, np.int32)
         from hiertrain.core.functional import MAX_DEPTH
 
+        ids = np.array(self.ids, dtype=np.int64)
+        counts = np.array(self.counts, dtype=np.int64)
+        packed = np.array(self.packed, dtype=np.int64)
+        rows = np.repeat(np.arange(ids.shape[0]), counts)
+        cols = packed & 0xFF
+        codes = ((packed >> 8) & 7).astype(np.uint8)
+        choice_counts = (packed >> 11).astype(np.int32)
         top = int(cols.max()) + 1 if cols.size else 0
         deepest = (top, int(ids[rows[cols == top - 1]].max())) if top else (1, None)
+        deepest = max(deepest, getattr(self, "too_deep", deepest))
         if top > MAX_DEPTH:  # kept for the error `tensors` raises; the arrays stop at MAX_DEPTH
             keep = cols < MAX_DEPTH
-            rows, cols = rows[keep], cols[keep]
-            codes, choice_counts = np.frombuffer(self.codes, dtype=np.uint8)[keep], np.frombuffer(self.choices, dtype=np.int32)[keep]
-        else:
-            codes, choice_counts = np.frombuffer(self.codes, dtype=np.uint8), np.frombuffer(self.choices, dtype=np.int32)
+            rows, cols, codes, choice_counts = rows[keep], cols[keep], codes[keep], choice_counts[keep]
         width = min(top, MAX_DEPTH)
         n = ids.shape[0]
         code = np.zeros((n, width), dtype=np.uint8)
@@ -285,7 +348,10 @@ def read_columns(path: str | Path, mode: str | None = None) -> PredictionColumns
             lineno += 1
             try:
                 obj = decode(raw.decode("utf-8"))  # decoded first: msgspec skips unknown fields unchecked
-                builder.add(*_fast_sample(obj))
+                if fast:
+                    _add_struct(builder, obj)
+                else:
+                    builder.add(*_fast_sample(obj))
                 continue
             except _Slow:
                 pass
@@ -339,3 +405,36 @@ def _slow_line(path: Path, raw: bytes, lineno: int, last_unterminated: bool):
 
 def _loaded(loaded) -> tuple[list, str, int | None]:
     return loaded.samples, loaded.format, loaded.truncated_line
+
+
+def grouped_scores(correct, asked, parsed=None) -> dict:
+    """`functional.hierarchical_scores`, bit for bit, in time O(distinct rows): every state is a
+    sum over samples, so it is the functional core's update on one sample of each distinct
+    (hit, asked, parsed) row, times how many samples have that row; then the core's own division."""
+    import torch
+
+    from hiertrain.core import functional as F
+
+    hit, asked, parsed = F.prepare(correct, asked, parsed)
+    width = asked.shape[1]
+    weights = torch.tensor([1 << i for i in range(width)], dtype=torch.long)
+    key = (hit.long() * weights).sum(1) | (asked.long() * weights).sum(1) << width | (parsed.long() * weights).sum(1) << 2 * width
+    _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+    first = torch.full((counts.numel(),), key.numel(), dtype=torch.long).scatter_reduce(
+        0, inverse, torch.arange(key.numel()), reduce="amin"
+    )
+    h, a, p = hit[first][None], asked[first][None], parsed[first][None]  # [1, U, L]: U independent "metrics"
+
+    def total(*states):
+        return tuple((s.long() * (counts if s.ndim == 1 else counts[:, None])).sum(0) for s in states)
+
+    return {
+        "hca": F.ratio(*total(*F.hca_update(h, a))),
+        "leaf_accuracy": F.ratio(*total(*F.leaf_accuracy_update(h, a))),
+        "per_level_accuracy": F.ratio(*total(*F.per_level_update(h, a))),
+        "point_overlap": F.sample_ratio_compute(*total(*F.point_overlap_update(h, a))),
+        "strict_point_overlap": F.sample_ratio_compute(*total(*F.strict_point_overlap_update(h, a))),
+        "top_overlap": F.sample_ratio_compute(*total(*F.top_overlap_update(h, a))),
+        "hierarchical_f1": F.hierarchical_f1_compute(*total(*F.hierarchical_f1_update(h, a, p))),
+        "unparseable_rate": F.ratio(*total(*F.unparseable_update(a, p))),
+    }

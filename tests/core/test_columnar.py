@@ -87,9 +87,10 @@ def test_100k_records_old_and_new_paths_agree(big_file: Path, reference, fast: b
         for lv in s.levels:
             names[lv.level - 1] = names[lv.level - 1] or lv.name
     assert columns.names == names
-    want, got = hierarchical_scores(*old), hierarchical_scores(*new)
+    want, got, grouped = hierarchical_scores(*old), hierarchical_scores(*new), columnar.grouped_scores(*new)
     for key in want:
         assert torch.equal(want[key].nan_to_num(-1), got[key].nan_to_num(-1)), key
+        assert want[key].shape == grouped[key].shape and torch.equal(want[key].nan_to_num(-1), grouped[key].nan_to_num(-1)), key
 
 
 def test_bootstrap_patterns_match_dense_resampling(big_file: Path) -> None:

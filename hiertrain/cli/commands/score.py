@@ -67,7 +67,8 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
         raise HierError(f"{args.predictions}: no predictions in the file")
     if getattr(args, "cub", False):
         raise HierError("--cub only applies with --protocol paper (hiertrain's protocol scores every asked level)")
-    from hiertrain.core.functional import hierarchical_scores, json_values  # torch: once the file is good
+    from hiertrain.core.columnar import grouped_scores
+    from hiertrain.core.functional import json_values  # torch: once the file is good
 
     try:
         correct, asked, parsed = columns.tensors()
@@ -92,7 +93,7 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
         "level_names": [name or f"level{i + 1}" for i, name in enumerate(names)],
         "level_asked": asked.sum(0).tolist(),
         "leaf_label": _leaf_label(columns.modes),
-        **json_values(hierarchical_scores(correct, asked, parsed)),
+        **json_values(grouped_scores(correct, asked, parsed)),  # = functional.hierarchical_scores
         "intervals": intervals,
         "chance": columns.chance(asked.shape[1], set(args.ignore_level)),
     }
