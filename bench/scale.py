@@ -13,9 +13,11 @@ one after the other:
   `--paper-repo` (a bare git dir) has it, else its rule re-implemented here (`_PAPER_RULE`:
   the same extraction and loops, for timing only);
 - `data check --questions` and `data questions` (random distractors) on a bank / image list of N;
-- the resume skip: the finished ids of a run with N done samples (`EvalOutputs.finished_ids`)
-  and the question bank's index (`hiertrain.core.bank_index`), i.e. what a rerun reads before it
-  asks its first question.
+- the resume skip: the finished ids of a run with N done samples (`RunDirectory.finished_ids`,
+  what a rerun reads of its predictions before it asks its first question).
+
+Not measured here: `hiertrain test --data.limit 10` on a bank of N (it needs a model; the
+datamodule still reads the whole bank, see docs/benchmarks.md).
 
 Ratios are printed against the paper's script measured in the same run. Figures depend on the
 machine's load: the bench prints `uptime` before and after.
@@ -162,12 +164,9 @@ def _measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float,
 
 
 _RESUME = r'''
-import sys, time
-from hiertrain.core.bank_index import BankIndex
-from hiertrain.runs.eval_outputs import EvalOutputs
-ids = EvalOutputs(sys.argv[1]).finished_ids()
-index = BankIndex.build(sys.argv[2])
-print(len(ids), len(index), file=sys.stderr)
+import sys
+from hiertrain.runs.eval_outputs import RunDirectory
+print(len(RunDirectory(sys.argv[1]).finished_ids()), "finished", file=sys.stderr)
 '''
 
 
@@ -213,10 +212,8 @@ def _paper_script(work: Path, repo: Path | None) -> Path:
 
 
 def _uptime() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
-    except OSError:
-        return "?"
+    """The 1, 5 and 15 minute load averages (what `uptime` prints)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{files['predictions.jsonl'].stat().st_size / 1e9:.2f} GB, results.json {files['results.json'].stat().st_size / 1e9:.2f} GB)")
         commands = _commands(files, work / f"n{n}", paper_script)
         figures[str(n)] = {}
+        print(f"  load average: {_uptime()}")
         for op in ops:
             runs = []
             for _ in range(args.repeats):
@@ -260,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
             rss_s = f"{min(rsss):.0f}" + (f"-{max(rsss):.0f}" if len(rsss) > 1 else "")
             print(f"  {op:<10} {wall_s:>15} {rss_s:>17} {base / min(walls):>12.2f}x")
     print(f"\nload average after: {_uptime()}")
+    try:
+        import msgspec
+
+        print(f"msgspec {msgspec.__version__} (hiertrain.core.columnar's fast decoder)")
+    except ImportError:
+        print("msgspec not installed: hiertrain.core.columnar decodes with the standard library")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
     return 0

