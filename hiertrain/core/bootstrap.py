@@ -27,7 +27,7 @@ Computed from the merged predictions (every rank's), they are exact under DDP.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -85,23 +85,22 @@ def sample_terms(correct: Tensor, asked: Tensor, parsed: Tensor | None = None) -
     return SampleTerms(num, den)
 
 
-def _pattern_states(correct: Tensor, asked: Tensor, parsed: Tensor | None) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
-    """(pattern of each image [N] int64, {metric: (numerators, denominators)} [U, K] int64 per pattern).
-
-    The states are the functional core's integer updates on one representative image per
-    distinct (hit, asked) row; ratio numerators stay RATIO_SCALE-scaled integers.
-    """
+def _row_keys(correct: Tensor, asked: Tensor, parsed: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """(hit, asked, key): `key` [N] int64 tells images apart exactly by their (hit, asked) rows."""
     from hiertrain.core import functional as F
 
     hit, asked, _ = F.prepare(correct, asked, parsed)
     width = asked.shape[1]
     weights = torch.tensor([1 << i for i in range(width)], dtype=torch.long)
-    key = (hit.to(torch.long) * weights).sum(1) | ((asked.to(torch.long) * weights).sum(1) << width)
-    unique, inverse = torch.unique(key, return_inverse=True)
-    first = torch.full((unique.numel(),), key.numel(), dtype=torch.long).scatter_reduce(
-        0, inverse, torch.arange(key.numel()), reduce="amin"
-    )
-    h, a = hit[first][None], asked[first][None]
+    return hit, asked, (hit.to(torch.long) * weights).sum(1) | ((asked.to(torch.long) * weights).sum(1) << width)
+
+
+def _states(hit: Tensor, asked: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    """{metric: (numerators, denominators)} [U, K] int64 of U images: the functional core's integer
+    updates with the images as independent metrics ([1, U, L]); ratio numerators RATIO_SCALE-scaled."""
+    from hiertrain.core import functional as F
+
+    h, a = hit[None], asked[None]
     raw = {
         "hca": F.hca_update(h, a),
         "leaf_accuracy": F.leaf_accuracy_update(h, a),
@@ -114,7 +113,60 @@ def _pattern_states(correct: Tensor, asked: Tensor, parsed: Tensor | None) -> tu
     for name, (num, den) in raw.items():
         num, den = num.to(torch.long), den.to(torch.long)
         states[name] = (num if num.ndim == 2 else num.unsqueeze(-1), den if den.ndim == 2 else den.unsqueeze(-1))
-    return inverse, states
+    return states
+
+
+def joint_patterns(runs: list[tuple[Tensor, Tensor, Tensor | None]]) -> tuple[Tensor, list[dict[str, tuple[Tensor, Tensor]]]]:
+    """(pattern of each image [N] int64, per run its `_states` per pattern [U, K]).
+
+    An image's terms depend only on its (hit, asked) rows, in every run: images with the same rows
+    in all runs form one pattern (a handful for a few levels), so a replicate needs only how many
+    times each pattern was drawn.
+    """
+    prepared = [_row_keys(*run) for run in runs]
+    joint: Tensor | None = None
+    for _, _, key in prepared:
+        unique, inverse = torch.unique(key, return_inverse=True)
+        joint = inverse if joint is None else joint * unique.numel() + inverse
+    assert joint is not None
+    _, inverse = torch.unique(joint, return_inverse=True)
+    n = inverse.numel()
+    first = torch.full((int(inverse.max()) + 1 if n else 0,), n, dtype=torch.long).scatter_reduce(
+        0, inverse, torch.arange(n), reduce="amin"
+    )
+    return inverse, [_states(hit[first], asked[first]) for hit, asked, _ in prepared]
+
+
+def pattern_values(states: dict[str, tuple[Tensor, Tensor]], counts: Tensor) -> dict[str, Tensor]:
+    """Each metric on each row of pattern multiplicities `counts` [R, U] (int64): [R, K], NaN where
+    nothing was counted. Sums are exact integers, then one correctly rounded division."""
+    from hiertrain.core.functional import RATIO_SCALE
+
+    out = {}
+    for name, (num, den) in states.items():
+        num_sum, den_sum = counts @ num, counts @ den  # exact int64 sums
+        scale = RATIO_SCALE if name in RATIO_METRICS else 1
+        # both sides are exact in float64 (below 2**53)
+        den_f = (den_sum * scale).to(torch.float64)
+        out[name] = torch.where(den_sum > 0, num_sum.to(torch.float64) / den_f.clamp(min=1), torch.full_like(den_f, float("nan")))
+    return out
+
+
+def pattern_replicates(inverse: Tensor, n_boot: int, seed: int) -> "Iterator[Tensor]":
+    """Blocks [rows, U] of pattern multiplicities, replicate by replicate: the same seeded indices
+    as `resample_counts(N, n_boot, seed)` (one `torch.randint` stream read in blocks), in memory
+    bounded by `_DRAWS`."""
+    n, patterns = inverse.numel(), int(inverse.max()) + 1
+    inverse32 = inverse.to(torch.int32)
+    gen = torch.Generator().manual_seed(seed)
+    block = max(1, min(n_boot, _DRAWS // n))
+    for start in range(0, n_boot, block):
+        rows = min(block, n_boot - start)
+        indices = torch.randint(n, (rows * n,), generator=gen, dtype=torch.int32)  # the dense form's draws, in order
+        drawn = torch.index_select(inverse32, 0, indices).view(rows, n)  # index_select: ~8x faster than [] here
+        del indices
+        drawn += (torch.arange(rows, dtype=torch.int32) * patterns).unsqueeze(1)
+        yield torch.bincount(drawn.view(-1), minlength=rows * patterns).view(rows, patterns)
 
 
 def pattern_replicate_values(
@@ -122,29 +174,9 @@ def pattern_replicate_values(
 ) -> dict[str, Tensor]:
     """Each metric on each replicate [n_boot, K] (NaN where nothing was counted), drawing the same
     indices as `resample_counts(N, n_boot, seed)`, in memory bounded by `_DRAWS`."""
-    from hiertrain.core.functional import RATIO_SCALE
-
-    inverse, states = _pattern_states(correct, asked, parsed)
-    n, patterns = inverse.numel(), int(inverse.max()) + 1
-    inverse32 = inverse.to(torch.int32)
-    gen = torch.Generator().manual_seed(seed)
-    block = max(1, min(n_boot, _DRAWS // n))
-    out: dict[str, list[Tensor]] = {name: [] for name in states}
-    for start in range(0, n_boot, block):
-        rows = min(block, n_boot - start)
-        indices = torch.randint(n, (rows * n,), generator=gen, dtype=torch.int32)  # the dense form's draws, in order
-        drawn = torch.index_select(inverse32, 0, indices).view(rows, n)  # index_select: ~8x faster than [] here
-        del indices
-        drawn += (torch.arange(rows, dtype=torch.int32) * patterns).unsqueeze(1)
-        counts = torch.bincount(drawn.view(-1), minlength=rows * patterns).view(rows, patterns)
-        del drawn
-        for name, (num, den) in states.items():
-            num_sum, den_sum = counts @ num, counts @ den  # exact int64 sums
-            scale = RATIO_SCALE if name in RATIO_METRICS else 1
-            # one correctly rounded division (both sides are exact in float64: below 2**53)
-            den_f = (den_sum * scale).to(torch.float64)
-            out[name].append(torch.where(den_sum > 0, num_sum.to(torch.float64) / den_f.clamp(min=1), torch.full_like(den_f, float("nan"))))
-    return {name: torch.cat(parts) for name, parts in out.items()}
+    inverse, (states,) = joint_patterns([(correct, asked, parsed)])
+    parts = [pattern_values(states, counts) for counts in pattern_replicates(inverse, n_boot, seed)]
+    return {name: torch.cat([p[name] for p in parts]) for name in states}
 
 
 def resample_counts(n: int, n_boot: int, seed: int) -> Tensor:

@@ -189,3 +189,28 @@ def test_depth_limit_is_the_functional_cores() -> None:
     from hiertrain.core.functional import MAX_DEPTH
 
     assert columnar.MAX_DEPTH == MAX_DEPTH
+
+
+def test_paired_comparison_matches_the_dense_reference(big_file: Path) -> None:
+    """B = A with some answers flipped; the paired replicates against the dense form's."""
+    from hiertrain.core.paired import paired_comparison
+
+    a = columnar.read_columns(big_file).tensors()
+    gen = torch.Generator().manual_seed(5)
+    flip = torch.rand(a[0].shape, generator=gen) < 0.1
+    b = (a[0] ^ flip, a[1], a[2])
+    result = paired_comparison(a, b, n_boot=8, seed=4)
+    terms_a, terms_b = sample_terms(*a), sample_terms(*b)
+    counts = resample_counts(a[0].shape[0], 8, 4)
+    reps_a, reps_b = replicate_values(terms_a, counts), replicate_values(terms_b, counts)
+    ones = torch.ones(1, a[0].shape[0], dtype=torch.float64)
+    point_a = replicate_values(terms_a, ones)
+    for name in ("hca", "leaf_accuracy", "top_overlap"):
+        low, high = percentile_interval(reps_b[name] - reps_a[name], 0.95)
+        got = result["metrics"][name]
+        assert got["interval"] == pytest.approx([low[0].item(), high[0].item()], abs=1e-12)
+        assert got["a"] == pytest.approx(point_a[name][0, 0].item(), abs=1e-12)
+        if name != "top_overlap":
+            assert got["interval"] == [low[0].item(), high[0].item()]  # counts: bit for bit
+            right_a, right_b = terms_a.num[name][:, 0] > 0, terms_b.num[name][:, 0] > 0
+            assert got["mcnemar"]["a_only"] == int((right_a & ~right_b & (terms_a.den[name][:, 0] > 0)).sum())
