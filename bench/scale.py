@@ -19,7 +19,9 @@ one after the other:
 Not measured here: `hiertrain test --data.limit 10` on a bank of N (it needs a model; the
 datamodule still reads the whole bank, see docs/benchmarks.md).
 
-Ratios are printed against the paper's script measured in the same run. Figures depend on the
+Ratios (`vs metric.py`: its time / this operation's, so > 1 = faster) are printed against the
+paper's script measured in the same run, on wall time and on CPU time (user + system of the child,
+much less sensitive to other processes on a shared machine). Figures depend on the
 machine's load: the bench prints `uptime` before and after.
 
     python bench/scale.py [--sizes 10000,100000,1000000] [--work DIR] [--ops score,score0,paper,...]
@@ -151,8 +153,8 @@ def write_files(n: int, folder: Path, seed: int = 0) -> dict[str, Path]:
     return files
 
 
-def _measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, int, str]:
-    """(wall seconds, peak RSS bytes, exit code, last stderr line) of one child process."""
+def _measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, int, str, float]:
+    """(wall seconds, peak RSS bytes, exit code, last stderr line, CPU seconds) of one child process."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -160,7 +162,7 @@ def _measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float,
     err = proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else []
     proc.stderr and proc.stderr.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss * 1024, proc.returncode, (err[-1] if err else "")
+    return wall, usage.ru_maxrss * 1024, proc.returncode, (err[-1] if err else ""), usage.ru_utime + usage.ru_stime
 
 
 _RESUME = r'''
@@ -245,18 +247,19 @@ def main(argv: list[str] | None = None) -> int:
         for op in ops:
             runs = []
             for _ in range(args.repeats):
-                wall, rss, rc, last = _measure(commands[op], env)
-                runs.append((wall, rss, rc))
+                wall, rss, rc, last, cpu = _measure(commands[op], env)
+                runs.append((wall, rss, rc, cpu))
                 if rc != 0:
                     print(f"  {op}: exit {rc}: {last}")
             figures[str(n)][op] = runs
-        base = min(w for w, _, _ in figures[str(n)].get("metric_py", [(float("nan"), 0, 0)]))
-        print(f"  {'operation':<10} {'wall s':>15} {'peak RSS MB':>17} {'vs metric.py':>13}")
+        paper_runs = figures[str(n)].get("metric_py", [(float("nan"), 0, 0, float("nan"))])
+        base, base_cpu = min(r[0] for r in paper_runs), min(r[3] for r in paper_runs)
+        print(f"  {'operation':<10} {'wall s':>15} {'peak RSS MB':>17} {'vs metric.py':>13} {'CPU s':>8} {'CPU vs':>7}")
         for op, runs in figures[str(n)].items():
-            walls, rsss = [w for w, _, _ in runs], [r / 1e6 for _, r, _ in runs]
+            walls, rsss, cpus = [r[0] for r in runs], [r[1] / 1e6 for r in runs], [r[3] for r in runs]
             wall_s = f"{min(walls):.2f}" + (f"-{max(walls):.2f}" if len(walls) > 1 else "")
             rss_s = f"{min(rsss):.0f}" + (f"-{max(rsss):.0f}" if len(rsss) > 1 else "")
-            print(f"  {op:<10} {wall_s:>15} {rss_s:>17} {base / min(walls):>12.2f}x")
+            print(f"  {op:<10} {wall_s:>15} {rss_s:>17} {base / min(walls):>12.2f}x {min(cpus):>8.2f} {base_cpu / min(cpus):>6.2f}x")
     print(f"\nload average after: {_uptime()}")
     try:
         import msgspec
