@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 
+
 def _choices(lv: Any) -> int:
     """How many answers a level offered: its options, or in an open-set run (no options shown)
     the number of taxonomy nodes at that level (`detail["candidates"]`)."""

@@ -39,6 +39,7 @@ __all__ = [
     "hierarchical_f1_compute",
     "hierarchical_f1_update",
     "hierarchical_scores",
+    "json_values",
     "leaf_accuracy",
     "leaf_accuracy_update",
     "per_level_accuracy",
@@ -260,3 +261,15 @@ def hierarchical_scores(
         "hierarchical_f1": hierarchical_f1_compute(*hierarchical_f1_update(hit, asked, parsed)),
         "unparseable_rate": ratio(*unparseable_update(asked, parsed)),
     }
+
+
+def json_values(values: dict[str, Tensor]) -> dict[str, float | list[float | None] | None]:
+    """Metric tensors (a collection's `compute()` or `hierarchical_scores`) as plain JSON-ready
+    values; NaN (nothing counted) becomes None. Here, not in `hiertrain.core.metrics`, so that
+    `hiertrain score` never imports torchmetrics."""
+    out: dict[str, float | list[float | None] | None] = {}
+    for name, value in values.items():
+        flat = value.detach().cpu().to(torch.float64)
+        as_list = [None if math.isnan(v) else v for v in flat.flatten().tolist()]
+        out[name] = as_list if flat.ndim else as_list[0]
+    return out

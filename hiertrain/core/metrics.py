@@ -32,7 +32,7 @@ from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
 from hiertrain.core import functional as hier
-from hiertrain.core.functional import MAX_DEPTH, RATIO_SCALE
+from hiertrain.core.functional import MAX_DEPTH, RATIO_SCALE, json_values
 
 __all__ = [
     "MAX_DEPTH",
@@ -279,17 +279,6 @@ def hierarchical_metrics(max_levels: int, **metric_kwargs) -> MetricCollection:
         # coincidence would merge metrics that are not the same.
         compute_groups=False,
     )
-
-
-def json_values(values: dict[str, Tensor]) -> dict[str, float | list[float | None] | None]:
-    """Metric tensors (a collection's `compute()` or `functional.hierarchical_scores`) as plain
-    JSON-ready values; NaN (nothing counted) becomes None."""
-    out: dict[str, float | list[float | None] | None] = {}
-    for name, value in values.items():
-        flat = value.detach().cpu().to(torch.float64)
-        as_list = [None if math.isnan(v) else v for v in flat.flatten().tolist()]
-        out[name] = as_list if flat.ndim else as_list[0]
-    return out
 
 
 def metrics_dict(collection: MetricCollection) -> dict[str, float | list[float | None] | None]:

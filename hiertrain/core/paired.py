@@ -22,10 +22,10 @@ from hiertrain.core.bootstrap import (
     DEFAULT_CI,
     DEFAULT_SEED,
     check_settings,
+    joint_patterns,
+    pattern_replicates,
+    pattern_values,
     percentile_interval,
-    replicate_values,
-    resample_counts,
-    sample_terms,
 )
 
 # metrics with a per-image right/wrong outcome: McNemar applies
@@ -43,9 +43,10 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
-def _outcomes(terms: Any, name: str) -> tuple[Tensor, Tensor]:
-    """(right, counted) per image for a 0/1 metric, from its per-image terms."""
-    return terms.num[name][:, 0] > 0, terms.den[name][:, 0] > 0
+def _outcomes(states: dict[str, tuple[Tensor, Tensor]], inverse: Tensor, name: str) -> tuple[Tensor, Tensor]:
+    """(right, counted) per image for a 0/1 metric, from its pattern's states."""
+    num, den = states[name]
+    return num[:, 0][inverse] > 0, den[:, 0][inverse] > 0
 
 
 def paired_comparison(
@@ -62,14 +63,17 @@ def paired_comparison(
     check_settings(n_boot, ci)
     if a[0].shape[0] != b[0].shape[0]:
         raise ValueError(f"paired runs need the same images; got {a[0].shape[0]} and {b[0].shape[0]}")
-    terms_a, terms_b = sample_terms(*a), sample_terms(*b)
-    n = terms_a.num_samples
-    ones = torch.ones(1, n, dtype=torch.float64)
-    point_a, point_b = replicate_values(terms_a, ones), replicate_values(terms_b, ones)
+    n = a[0].shape[0]
+    # Images grouped by their rows in both runs; each replicate resamples images once for both
+    # (the same seeded draws as `resample_counts`), sums exact (hiertrain.core.bootstrap).
+    inverse, (states_a, states_b) = joint_patterns([a, b])
+    everyone = torch.bincount(inverse).unsqueeze(0)
+    point_a, point_b = pattern_values(states_a, everyone), pattern_values(states_b, everyone)
     reps_a = reps_b = None
     if n_boot and n:
-        counts = resample_counts(n, n_boot, seed)  # one resample, both runs
-        reps_a, reps_b = replicate_values(terms_a, counts), replicate_values(terms_b, counts)
+        blocks = [(pattern_values(states_a, c), pattern_values(states_b, c)) for c in pattern_replicates(inverse, n_boot, seed)]
+        reps_a = {name: torch.cat([x[name] for x, _ in blocks]) for name in states_a}
+        reps_b = {name: torch.cat([y[name] for _, y in blocks]) for name in states_b}
     metrics: dict[str, Any] = {}
     for name in point_a:
         rows = []
@@ -86,8 +90,8 @@ def paired_comparison(
             rows.append(entry)
         metrics[name] = rows if name == "per_level_accuracy" else rows[0]
     for name in MCNEMAR_METRICS:
-        right_a, counted = _outcomes(terms_a, name)
-        right_b, _ = _outcomes(terms_b, name)
+        right_a, counted = _outcomes(states_a, inverse, name)
+        right_b, _ = _outcomes(states_b, inverse, name)
         only_a = int((right_a & ~right_b & counted).sum())
         only_b = int((right_b & ~right_a & counted).sum())
         metrics[name]["mcnemar"] = {"a_only": only_a, "b_only": only_b, "p": mcnemar_exact(only_a, only_b)}

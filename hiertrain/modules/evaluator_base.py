@@ -157,7 +157,7 @@ class QuestionEvaluator(LightningModule):
             self.run_dir.lock()
             try:
                 self.run_dir.claim(self.meta, fresh=self.fresh)
-                finished = [p.id for p in self.run_dir.consolidate()]
+                finished = self.run_dir.finished_ids()  # ids only: a resume does not parse every prediction
             except BaseException:
                 self.run_dir.unlock()  # Lightning calls no teardown when setup fails
                 raise

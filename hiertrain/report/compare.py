@@ -17,11 +17,11 @@ from hiertrain.core.errors import HierError
 
 @dataclass
 class ComparedRun:
-    """A run directory's run.json and its merged predictions."""
+    """A run directory's run.json and its merged predictions (as arrays: hiertrain.core.columnar)."""
 
     path: Path
     meta: dict[str, Any]
-    samples: list[Any]
+    columns: Any  # PredictionColumns
 
     @property
     def name(self) -> str:
@@ -30,7 +30,7 @@ class ComparedRun:
 
 def load_run(path: str | Path) -> ComparedRun:
     """run.json + predictions.jsonl of an evaluation run; HierError naming what is missing."""
-    from hiertrain.core.predictions import read_predictions
+    from hiertrain.core.columnar import read_columns
 
     from hiertrain.runs.meta import RUN_JSON, read_run_json
 
@@ -40,11 +40,12 @@ def load_run(path: str | Path) -> ComparedRun:
         raise HierError(f"{path}: no run.json (not a run directory)")
     if not preds_path.is_file():
         raise HierError(f"{path}: no predictions.jsonl (compare needs evaluation runs)")
-    return ComparedRun(path, read_run_json(path), read_predictions(preds_path).samples)
+    return ComparedRun(path, read_run_json(path), read_columns(preds_path))
 
 
-def _asked(sample: Any) -> list[int]:
-    return sorted(lv.level for lv in sample.levels if lv.asked)
+def _asked(row: Any) -> list[int]:
+    """The asked levels (1-based) of one row of `PredictionColumns.asked_levels()`."""
+    return [int(i) + 1 for i in row.nonzero()[0]]
 
 
 def same_questions_problem(a: ComparedRun, b: ComparedRun) -> str | None:
@@ -59,16 +60,21 @@ def same_questions_problem(a: ComparedRun, b: ComparedRun) -> str | None:
         )
     if a.meta.get("mode") != b.meta.get("mode"):
         return f"{a.name} and {b.name} asked in different modes ({a.meta.get('mode')!r} vs {b.meta.get('mode')!r})"
-    ids_a, ids_b = [s.id for s in a.samples], [s.id for s in b.samples]
-    if ids_a != ids_b:
-        only = sorted(set(ids_a) ^ set(ids_b))
+    import numpy as np
+
+    ids_a, ids_b = a.columns.ids, b.columns.ids
+    if not np.array_equal(ids_a, ids_b):
+        only = sorted(set(ids_a.tolist()) ^ set(ids_b.tolist()))
         return (
             f"{a.name} has {len(ids_a)} samples and {b.name} {len(ids_b)}; "
             f"{len(only)} ids are in only one of them (first: {only[0] if only else '?'})"
         )
-    for sa, sb in zip(a.samples, b.samples):
-        if _asked(sa) != _asked(sb):
-            return f"sample {sa.id}: {a.name} asked levels {_asked(sa)}, {b.name} asked {_asked(sb)}"
+    width = max(a.columns.width, b.columns.width)
+    asked_a, asked_b = (np.pad(r.columns.asked_levels(), ((0, 0), (0, width - r.columns.width))) for r in (a, b))
+    differ = np.nonzero((asked_a != asked_b).any(1))[0]
+    if differ.size:
+        row = int(differ[0])
+        return f"sample {int(ids_a[row])}: {a.name} asked levels {_asked(asked_a[row])}, {b.name} asked {_asked(asked_b[row])}"
     return None
 
 
@@ -77,15 +83,14 @@ def compare_runs(
 ) -> dict[str, Any]:
     """The paired comparison of B against A (JSON-ready); HierError when not the same questions."""
     from hiertrain.core.paired import paired_comparison
-    from hiertrain.core.predictions import to_tensors
 
     a, b = load_run(path_a), load_run(path_b)
     problem = same_questions_problem(a, b)
     if problem:
         raise HierError(f"cannot compare: {problem}")
-    if not a.samples:
+    if not len(a.columns):
         raise HierError(f"cannot compare: {a.path} has no predictions")
-    ta, tb = to_tensors(a.samples), to_tensors(b.samples)
+    ta, tb = a.columns.tensors(), b.columns.tensors()
     width = max(ta[0].shape[1], tb[0].shape[1])
     ta, tb = _pad(ta, width), _pad(tb, width)
     result = paired_comparison(ta, tb, n_boot=n_boot, ci=ci, seed=seed)

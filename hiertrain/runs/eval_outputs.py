@@ -148,6 +148,25 @@ class RunDirectory:
             part.unlink()
         return merged
 
+    def finished_ids(self) -> list[int]:
+        """Ids of the finished samples, sorted: what a resumed run skips.
+
+        With no rank parts to merge, only predictions.jsonl's ids are read, in one streaming
+        pass (`hiertrain.core.columnar`: the same validation and errors as `read_predictions`, no
+        object per level); otherwise the parts are merged first (`consolidate`).
+        """
+        final = self.predictions_path
+        parts = [p for p in self.path.glob("predictions.rank*.jsonl") if p.stat().st_size > 0]
+        if parts or not final.is_file():
+            return [p.id for p in self.consolidate()]
+        for part in self.path.glob("predictions.rank*.jsonl"):
+            part.unlink()  # empty parts: consolidate would drop them too
+        if final.stat().st_size == 0:
+            return []
+        from hiertrain.core.columnar import read_columns
+
+        return read_columns(final).ids.tolist()
+
     def skipped(self) -> dict[int, dict[str, Any]]:
         """Skipped samples recorded by any rank (latest reason per id)."""
         out: dict[int, dict[str, Any]] = {}
@@ -219,8 +238,7 @@ class RunDirectory:
 def compute_metrics(preds: list[SamplePrediction], depth: int) -> dict[str, Any]:
     """Every hierarchical metric over these predictions, JSON-ready (hiertrain.core.functional on
     all samples at once: the merged file holds every rank's samples, so nothing is synced)."""
-    from hiertrain.core.functional import hierarchical_scores
-    from hiertrain.core.metrics import json_values
+    from hiertrain.core.functional import hierarchical_scores, json_values
     from hiertrain.core.predictions import to_tensors
 
     return {**json_values(hierarchical_scores(*to_tensors(preds, depth))), **uncertainty(preds, depth)}

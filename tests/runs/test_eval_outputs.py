@@ -90,3 +90,24 @@ def test_a_sample_neither_done_nor_skipped_is_an_error(tmp_path):
 def test_summary_table_lists_levels():
     text = summary_table({"level_names": ["order", "family"], "per_level_accuracy": [0.5, None], "hca": 0.25}, META)
     assert "order" in text and " 50.0" in text and "HCA" in text and " 25.0" in text
+
+
+def test_finished_ids_read_only_ids_and_merge_parts_first(tmp_path, monkeypatch):
+    run = RunDirectory(tmp_path / "run", rank=0)
+    run.claim(META)
+    for i in (5, 2, 9):
+        run.append(_pred(i, [True, False, True]))
+    assert run.finished_ids() == [2, 5, 9]  # parts present: merged (consolidate) first
+    assert not list(run.path.glob("predictions.rank*"))
+    run.predictions_path.write_text(run.predictions_path.read_text() + '{"id": 11, "lev', encoding="utf-8")
+
+    import hiertrain.runs.eval_outputs as outputs
+
+    def no_objects(*args, **kwargs):
+        raise AssertionError("finished_ids built SamplePrediction objects")
+
+    monkeypatch.setattr(outputs, "read_predictions", no_objects)
+    assert run.finished_ids() == [2, 5, 9]  # the cut-off line is redone, as consolidate does
+    run.predictions_path.write_text('{"id": 1, "levels": []}\n\n', encoding="utf-8")
+    with pytest.raises(HierError, match="predictions.jsonl:2: blank line"):
+        run.finished_ids()

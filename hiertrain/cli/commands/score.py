@@ -48,24 +48,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def score(args: argparse.Namespace) -> dict[str, Any]:
-    """Read the file, compute every metric on all samples at once, return the JSON-ready result."""
+    """Read the file in one pass into arrays (hiertrain.core.columnar), compute every metric on all
+    samples at once, return the JSON-ready result."""
     from hiertrain.core.errors import HierError
-    from hiertrain.core.predictions import read_predictions, to_tensors
 
-    loaded = read_predictions(args.predictions, None if args.mode == "auto" else args.mode)
-    samples = loaded.samples
-    if not samples:
-        raise HierError(f"{args.predictions}: no predictions in the file")
     protocol = getattr(args, "protocol", "hiertrain")
-    if getattr(args, "cub", False) and protocol != "paper":
-        raise HierError("--cub only applies with --protocol paper (hiertrain's protocol scores every asked level)")
     if protocol == "paper":
+        from hiertrain.core.predictions import read_predictions
+
+        loaded = read_predictions(args.predictions, None if args.mode == "auto" else args.mode)
+        if not loaded.samples:
+            raise HierError(f"{args.predictions}: no predictions in the file")
         return _score_paper(args, loaded)
-    from hiertrain.core.functional import hierarchical_scores  # torch: once the file is good
-    from hiertrain.core.metrics import json_values
+    from hiertrain.core.columnar import read_columns
+
+    columns = read_columns(args.predictions, None if args.mode == "auto" else args.mode)
+    if not len(columns):
+        raise HierError(f"{args.predictions}: no predictions in the file")
+    if getattr(args, "cub", False):
+        raise HierError("--cub only applies with --protocol paper (hiertrain's protocol scores every asked level)")
+    from hiertrain.core.columnar import grouped_scores
+    from hiertrain.core.functional import json_values  # torch: once the file is good
 
     try:
-        correct, asked, parsed = to_tensors(samples)
+        correct, asked, parsed = columns.tensors()
     except HierError as err:
         raise HierError(f"{args.predictions}: {err}") from None
     for n in args.ignore_level:
@@ -73,34 +79,29 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
             raise HierError(f"--ignore-level {n}: the file has levels 1..{asked.shape[1]}")
         asked[:, n - 1] = False
     from hiertrain.core.bootstrap import bootstrap_intervals
-    from hiertrain.core.chance import chance_levels
 
     n_boot, ci, seed = getattr(args, "bootstrap", 1000), getattr(args, "ci", 0.95), getattr(args, "bootstrap_seed", 0)
     intervals = bootstrap_intervals(correct, asked, parsed, n_boot=n_boot, ci=ci, seed=seed)
-    names: list[str | None] = [None] * asked.shape[1]
-    for sample in samples:
-        for lv in sample.levels:
-            names[lv.level - 1] = names[lv.level - 1] or lv.name
+    names = columns.names + [None] * (asked.shape[1] - len(columns.names))
     return {
         "file": str(args.predictions),
-        "format": loaded.format,
+        "format": columns.format,
         "protocol": "hiertrain",
-        "truncated_line": loaded.truncated_line,
-        "num_samples": len(samples),
+        "truncated_line": columns.truncated_line,
+        "num_samples": len(columns),
         "num_scored": int(asked.any(1).sum()),
         "level_names": [name or f"level{i + 1}" for i, name in enumerate(names)],
         "level_asked": asked.sum(0).tolist(),
-        "leaf_label": _leaf_label(samples),
-        **json_values(hierarchical_scores(correct, asked, parsed)),
+        "leaf_label": _leaf_label(columns.modes),
+        **json_values(grouped_scores(correct, asked, parsed)),  # = functional.hierarchical_scores
         "intervals": intervals,
-        "chance": chance_levels(samples, asked.shape[1], set(args.ignore_level)),
+        "chance": columns.chance(asked.shape[1], set(args.ignore_level)),
     }
 
 
-def _leaf_label(samples) -> str:
+def _leaf_label(modes: set[str]) -> str:
     from hiertrain.core.prompts import leaf_label
 
-    modes = {s.mode for s in samples}
     return leaf_label("text") if modes == {"text"} else "leaf" if modes == {"image"} else "leaf (image) / deepest asked level (text)"
 
 

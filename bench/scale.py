@@ -1,0 +1,276 @@
+"""Scale: wall time and peak RSS of hiertrain's file operations at 10k / 100k / 1M records, side by
+side with the paper's `utils/metric.py` on the same records.
+
+Synthetic 7-level iNat-plant records (real paths from the shared taxonomy when it is there): a
+question bank, our predictions JSONL (every level with its question text and reply, as a run
+writes it) and the same predictions in the paper's result JSON (indent 4, as its scripts write
+it). Each operation runs in its own child process (`os.wait4` gives its peak RSS), in one run,
+one after the other:
+
+- `score predictions.jsonl` (default bootstrap 1000) and `--bootstrap 0`;
+- `score results.json --protocol paper`;
+- the paper's `utils/metric.py --file_path results.json`: the mirror's file when
+  `--paper-repo` (a bare git dir) has it, else its rule re-implemented here (`_PAPER_RULE`:
+  the same extraction and loops, for timing only);
+- `data check --questions` and `data questions` (random distractors) on a bank / image list of N;
+- the resume skip: the finished ids of a run with N done samples (`RunDirectory.finished_ids`,
+  what a rerun reads of its predictions before it asks its first question).
+
+Not measured here: `hiertrain test --data.limit 10` on a bank of N (it needs a model; the
+datamodule still reads the whole bank, see docs/benchmarks.md).
+
+Ratios (`vs metric.py`: its time / this operation's, so > 1 = faster) are printed against the
+paper's script measured in the same run, on wall time and on CPU time (user + system of the child,
+much less sensitive to other processes on a shared machine). Figures depend on the
+machine's load: the bench prints `uptime` before and after.
+
+    python bench/scale.py [--sizes 10000,100000,1000000] [--work DIR] [--ops score,score0,paper,...]
+                          [--repeats 1] [--json out.json] [--paper-repo BARE_GIT_DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+INAT_PLANTS = REPO.parent / "shared/data/taxonomies/hierarchy_Inat_plantae.json"
+PAPER_REPO = Path("/work/.mirror/yuanqing-ai+LLM-Hierarchical-Consistency/repo")
+LEVELS = ["kingdom", "phylum", "class", "order", "family", "genus", "species"]
+OPS = ("score", "score0", "paper", "metric_py", "check", "questions", "resume")
+
+# The paper's utils/metric.py rule (extraction from level 2, HCA / POR / strict POR / TOR / LNA /
+# per-layer loops over Python lists after json.load), used only when the mirror is not there.
+_PAPER_RULE = r'''
+import json, sys
+def low(h): return [x.lower() if x is not None else None for x in h]
+data = json.load(open(sys.argv[1]))
+T, P = [], []
+for item in data:
+    t, p, k = [], [], 2
+    while f"ground_truth_level{k}" in item:
+        if item[f"ground_truth_level{k}"] is not None: t.append(item[f"ground_truth_level{k}"])
+        k += 1
+    k = 2
+    while f"predicted_level{k}" in item:
+        if item[f"predicted_level{k}"] is not None: p.append(item[f"predicted_level{k}"])
+        k += 1
+    if t and p: T.append(t); P.append(p)
+n = len(T); depth = max(max(map(len, T)), max(map(len, P)))
+tot = [0] * depth; cor = [0] * depth
+tor = por = spor = hca = lna = 0.0
+for p, t in zip(P, T):
+    lp, lt = low(p), low(t)
+    for j in range(depth):
+        if j < len(lt):
+            tot[j] += 1; cor[j] += j < len(lp) and lp[j] == lt[j]
+    tor += sum(1 for j in range(len(lt) - 1) if j + 1 < len(lp) and lp[j] == lt[j] and lp[j + 1] == lt[j + 1]) / (len(lt) - 1) if len(lt) > 1 else 0
+    por += sum(1 for a, b in zip(lp, lt) if a == b) / len(lt)
+    lcp = 0
+    for a, b in zip(lp, lt):
+        if a != b: break
+        lcp += 1
+    spor += lcp / len(lt); hca += lp == lt; lna += (p[-1] or "").lower() == (t[-1] or "").lower()
+print(f"HCA {100 * hca / n:.4f} POR {100 * por / n:.4f} TOR {100 * tor / n:.4f} LNA {100 * lna / n:.4f}")
+'''
+
+
+def _paths(seed: int) -> list[list[str]]:
+    if INAT_PLANTS.is_file():
+        return [p for p in json.loads(INAT_PLANTS.read_text()).values() if len(p) == 7]
+    return [[f"{name} {i % (k + 2)}" for k, name in enumerate(LEVELS)] for i in range(4000)]
+
+
+def write_files(n: int, folder: Path, seed: int = 0) -> dict[str, Path]:
+    """bank.jsonl, images.jsonl, predictions.jsonl and results.json of `n` records (kept when present)."""
+    from hiertrain.core import prompts
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {name: folder / name for name in ("bank.jsonl", "images.jsonl", "predictions.jsonl", "results.json")}
+    done = folder / ".complete"
+    if done.is_file():
+        return files
+    rng = random.Random(seed)
+    paths = _paths(seed)
+    by_level = [sorted({p[k] for p in paths}) for k in range(7)]
+    taxonomy = folder / "taxonomy.json"
+    taxonomy.write_text(json.dumps({p[-1]: p for p in paths}), encoding="utf-8")
+    files["taxonomy.json"] = taxonomy
+    with (
+        open(files["bank.jsonl"], "w", encoding="utf-8") as bank,
+        open(files["images.jsonl"], "w", encoding="utf-8") as images,
+        open(files["predictions.jsonl"], "w", encoding="utf-8") as preds,
+        open(files["results.json"], "w", encoding="utf-8") as paper,
+    ):
+        paper.write("[\n")
+        for i in range(n):
+            path = paths[rng.randrange(len(paths))]
+            image = f"images/{i // 1000:04d}/{i:07d}.jpg"
+            record = {"image": image, "label": path[-1], "split": "test"}
+            images.write(json.dumps(record, ensure_ascii=False) + "\n")
+            levels, item = [], {"image": image, "label": path[-1], "mode": "image"}
+            for k, truth in enumerate(path):
+                pool = by_level[k]
+                options = [truth]
+                while len(options) < min(4, len(pool)):
+                    c = pool[rng.randrange(len(pool))]
+                    if c not in options:
+                        options.append(c)
+                rng.shuffle(options)
+                record[f"level{k + 1}"] = truth
+                record[f"choices_level{k + 1}"] = options
+                r = rng.random()
+                pick = options.index(truth) if r < 0.6 else rng.randrange(len(options))
+                parsed = r < 0.97
+                letter = prompts.LETTERS[pick] if parsed else None
+                predicted = options[pick] if parsed else None
+                reply = letter or "I cannot tell."
+                question = prompts.question_text(prompts.image_prompt(0, LEVELS[k], "plant", "inat"), options)
+                levels.append({
+                    "level": k + 1, "name": LEVELS[k], "truth": truth, "options": options, "reply": reply,
+                    "letter": letter, "predicted": predicted, "correct": parsed and predicted == truth,
+                    "asked": True, "question": question,
+                })  # fmt: skip
+                item[f"ground_truth_level{k + 1}"] = truth
+                item[f"prediction_level{k + 1}"] = reply
+                item[f"predicted_level{k + 1}_letter"] = letter or "Unknown"
+                item[f"predicted_level{k + 1}"] = predicted or "Unknown"
+                item[f"choices_level{k + 1}"] = dict(zip(prompts.LETTERS, options))
+            bank.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sample = {"id": i, "image": image, "label": path[-1], "split": "test", "mode": "image", "levels": levels}
+            preds.write(json.dumps(sample, ensure_ascii=False) + "\n")
+            text = json.dumps(item, indent=4, ensure_ascii=False)
+            paper.write(("    " + text.replace("\n", "\n    ")) + (",\n" if i < n - 1 else "\n"))
+        paper.write("]")
+    done.write_text("ok")
+    return files
+
+
+def _measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, int, str, float]:
+    """(wall seconds, peak RSS bytes, exit code, last stderr line, CPU seconds) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else []
+    proc.stderr and proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss * 1024, proc.returncode, (err[-1] if err else ""), usage.ru_utime + usage.ru_stime
+
+
+_RESUME = r'''
+import sys
+from hiertrain.runs.eval_outputs import RunDirectory
+print(len(RunDirectory(sys.argv[1]).finished_ids()), "finished", file=sys.stderr)
+'''
+
+
+def _commands(files: dict[str, Path], work: Path, paper_script: Path) -> dict[str, list[str]]:
+    py = sys.executable
+    cli = [py, "-m", "hiertrain.cli"]
+    run_dir = files["predictions.jsonl"].parent / "run"
+    return {
+        "score": [*cli, "score", str(files["predictions.jsonl"]), "--json"],
+        "score0": [*cli, "score", str(files["predictions.jsonl"]), "--json", "--bootstrap", "0"],
+        "paper": [*cli, "score", str(files["results.json"]), "--protocol", "paper", "--json"],
+        "metric_py": [py, str(paper_script), "--file_path", str(files["results.json"])]
+        if paper_script.name == "metric.py"
+        else [py, str(paper_script), str(files["results.json"])],
+        "check": [*cli, "data", "check", "--taxonomy", str(files["taxonomy.json"]), "--questions", str(files["bank.jsonl"])],
+        "questions": [
+            *cli, "data", "questions", "--taxonomy", str(files["taxonomy.json"]), "--images", str(files["images.jsonl"]),
+            "--distractors", "random", "--out", str(work / "questions_out.jsonl"),
+        ],  # fmt: skip
+        "resume": [py, "-c", _RESUME, str(run_dir), str(files["bank.jsonl"])],
+    }
+
+
+def _run_dir(files: dict[str, Path]) -> None:
+    """A run directory whose predictions.jsonl holds every sample (what a rerun finds)."""
+    run = files["predictions.jsonl"].parent / "run"
+    run.mkdir(exist_ok=True)
+    target = run / "predictions.jsonl"
+    if not target.exists():
+        os.link(files["predictions.jsonl"], target)
+
+
+def _paper_script(work: Path, repo: Path | None) -> Path:
+    if repo is not None and repo.exists():
+        out = work / "metric.py"
+        text = subprocess.run(["git", "-C", str(repo), "show", "HEAD:utils/metric.py"], capture_output=True, text=True)
+        if text.returncode == 0:
+            out.write_text(text.stdout, encoding="utf-8")
+            return out
+    out = work / "paper_rule.py"
+    out.write_text(_PAPER_RULE, encoding="utf-8")
+    return out
+
+
+def _uptime() -> str:
+    """The 1, 5 and 15 minute load averages (what `uptime` prints)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--work", type=Path, default=None, help="folder for the synthetic files (kept; default a temp dir)")
+    parser.add_argument("--ops", default=",".join(OPS), help=f"operations, comma-separated: {', '.join(OPS)}")
+    parser.add_argument("--repeats", type=int, default=1, help="run each operation this many times (min - max)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--paper-repo", type=Path, default=PAPER_REPO, help="bare git dir of the paper's repository")
+    args = parser.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="scale_"))
+    work.mkdir(parents=True, exist_ok=True)
+    paper_script = _paper_script(work, args.paper_repo)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    ops = [op for op in args.ops.split(",") if op]
+    print(f"load average before: {_uptime()}; paper's script: {paper_script.name}; work: {work}")
+    figures: dict[str, dict[str, list[tuple[float, int, int]]]] = {}
+    for n in (int(s) for s in args.sizes.split(",")):
+        t0 = time.perf_counter()
+        files = write_files(n, work / f"n{n}")
+        files["taxonomy.json"] = work / f"n{n}" / "taxonomy.json"
+        _run_dir(files)
+        print(f"\n{n} records (files ready in {time.perf_counter() - t0:.1f} s; predictions "
+              f"{files['predictions.jsonl'].stat().st_size / 1e9:.2f} GB, results.json {files['results.json'].stat().st_size / 1e9:.2f} GB)")
+        commands = _commands(files, work / f"n{n}", paper_script)
+        figures[str(n)] = {}
+        print(f"  load average: {_uptime()}")
+        for op in ops:
+            runs = []
+            for _ in range(args.repeats):
+                wall, rss, rc, last, cpu = _measure(commands[op], env)
+                runs.append((wall, rss, rc, cpu))
+                if rc != 0:
+                    print(f"  {op}: exit {rc}: {last}")
+            figures[str(n)][op] = runs
+        paper_runs = figures[str(n)].get("metric_py", [(float("nan"), 0, 0, float("nan"))])
+        base, base_cpu = min(r[0] for r in paper_runs), min(r[3] for r in paper_runs)
+        print(f"  {'operation':<10} {'wall s':>15} {'peak RSS MB':>17} {'vs metric.py':>13} {'CPU s':>8} {'CPU vs':>7}")
+        for op, runs in figures[str(n)].items():
+            walls, rsss, cpus = [r[0] for r in runs], [r[1] / 1e6 for r in runs], [r[3] for r in runs]
+            wall_s = f"{min(walls):.2f}" + (f"-{max(walls):.2f}" if len(walls) > 1 else "")
+            rss_s = f"{min(rsss):.0f}" + (f"-{max(rsss):.0f}" if len(rsss) > 1 else "")
+            print(f"  {op:<10} {wall_s:>15} {rss_s:>17} {base / min(walls):>12.2f}x {min(cpus):>8.2f} {base_cpu / min(cpus):>6.2f}x")
+    print(f"\nload average after: {_uptime()}")
+    try:
+        import msgspec
+
+        print(f"msgspec {msgspec.__version__} (hiertrain.core.columnar's fast decoder)")
+    except ImportError:
+        print("msgspec not installed: hiertrain.core.columnar decodes with the standard library")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
