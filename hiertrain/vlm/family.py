@@ -79,6 +79,9 @@ class ModelFamily:
     image_max_new_tokens: int = 5
     per_token_keys: tuple[str, ...] = ()  # processor outputs aligned with input_ids (besides it)
     text_only = False
+    # `system_prompt: model_default`: the model's own default system message; None = send no
+    # system turn (the chat template's own default, if it has one, applies).
+    default_system_message: str | None = None
 
     def __init__(self, model_type: str) -> None:
         self.model_type = model_type
@@ -326,6 +329,11 @@ class InternVLFamily(ModelFamily):
     """
 
     max_tiles = 4  # paper: load_image(image_path, max_num=4), use_thumbnail=True (-hf default: 12)
+    # What the paper's `model.chat` sends (remote code, OpenGVLab/InternVL @ 2410d1d:
+    # internvl_chat/internvl/model/internvl_chat/modeling_internvl_chat.py:97-101, 357-358 set the
+    # conversation template's system_message; internvl_chat/internvl/conversation.py:393-402, template
+    # "internvl2_5", which InternVL2.5 and InternVL3 configs name). The -hf chat template has no default.
+    default_system_message = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 
     def image_site_dims(self, model: Any) -> tuple[int, int]:
         projector = self.projector(model)
