@@ -45,17 +45,9 @@ from hiertrain.core.prompts import LETTERS
 ANSWER_PARSERS = ("strict", "paper")
 ASPECT_RATIOS = ("pad",)
 
+from hiertrain.core.images import shrink_longest_side  # noqa: E402  (one copy, shared with LoRA tuning)
 
-def shrink_longest_side(image: Any, max_side: int | None) -> Any:
-    """The paper's Qwen pre-step: an image whose longest side exceeds `max_side` is scaled by
-    `max_side / longest` to (int(w * s), int(h * s)) with LANCZOS; smaller images are unchanged."""
-    if image is None or max_side is None or max(image.size) <= max_side:
-        return image
-    from PIL import Image
 
-    scale = max_side / max(image.size)
-    width, height = image.size
-    return image.resize((int(width * scale), int(height * scale)), Image.LANCZOS)
 
 
 class VLLMEvaluator(QuestionEvaluator):

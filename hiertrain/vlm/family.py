@@ -89,6 +89,11 @@ class ModelFamily:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model_type!r})"
 
+    def pixel_bounds_kwargs(self, min_pixels: int | None, max_pixels: int | None) -> dict[str, Any]:
+        """Processor-call kwargs that bound an image's pixels (Qwen-VL's min/max_pixels); other
+        families size images their own way (tiles), so bounds are refused there."""
+        raise HierError(f"{self.model_type}: min_pixels / max_pixels are Qwen-VL image settings; this family tiles images itself")
+
     # ---- parts ---------------------------------------------------------------------------------
 
     def language_model(self, model: Any) -> Any:
@@ -194,6 +199,11 @@ class QwenVLFamily(ModelFamily):
     3-row mRoPE whose text positions after an image are shifted by a per-image `rope_delta`."""
 
     image_max_pixels = 12845056  # paper: the hub processor as saved (preprocessor_config max_pixels)
+
+    def pixel_bounds_kwargs(self, min_pixels: int | None, max_pixels: int | None) -> dict[str, Any]:
+        """The image processor's own size bounds (shortest_edge = min_pixels, longest_edge = max_pixels)."""
+        size = {"shortest_edge": min_pixels or 56 * 56, "longest_edge": max_pixels or self.image_max_pixels}
+        return {"size": size}
     image_max_new_tokens = 10  # paper, evaluation/vllm/qwen: max_new_tokens=10
     per_token_keys = ("mm_token_type_ids",)
 
