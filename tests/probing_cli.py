@@ -81,6 +81,9 @@ def train_probes(
     accelerator: str = "cpu",
     devices: Any = 1,
     progress: bool = False,
+    model_args: dict[str, Any] | None = None,
+    data_args: dict[str, Any] | None = None,
+    early_stopping: bool = True,
 ) -> dict[str, Any]:
     """`hiertrain fit` with the synth_probes.yaml shape (fit, then validate + test once on
     last.ckpt); returns the probes.json report."""
@@ -89,11 +92,11 @@ def train_probes(
         "seed_everything": seed,
         "model": {"class_path": "hiertrain.modules.linear_probes.LinearProbes",
                   "init_args": {"lr": lr, "weight_decay": weight_decay, "mlp_hidden": mlp_hidden, "seed": seed,
-                                "output_dir": str(out_dir)}},
+                                "output_dir": str(out_dir), **(model_args or {})}},
         "data": {"class_path": "hiertrain.datamodules.features.FeatureDataModule",
                  "init_args": {"store": str(store), "pool": pool, "sites": sites, "val_split": val_split,
                                "val_fraction": val_fraction, "seed": seed, "shuffle_labels": shuffle_labels,
-                               "batch_size": batch_size}},
+                               "batch_size": batch_size, **(data_args or {})}},
         "trainer": {"accelerator": accelerator, "devices": devices, "max_epochs": max_epochs, "logger": False,
                     "default_root_dir": str(out_dir), "enable_progress_bar": progress,
                     "enable_model_summary": False, "num_sanity_val_steps": 0, "deterministic": True,
@@ -101,8 +104,9 @@ def train_probes(
                         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                          "init_args": {"dirpath": str(out_dir / "checkpoints"), "save_top_k": 0, "save_last": True,
                                        "enable_version_counter": False}},
-                        {"class_path": "lightning.pytorch.callbacks.EarlyStopping",
-                         "init_args": {"monitor": "val/selected_acc", "mode": "max", "patience": patience}}]},
+                        *([{"class_path": "lightning.pytorch.callbacks.EarlyStopping",
+                            "init_args": {"monitor": "val/selected_acc", "mode": "max", "patience": patience}}]
+                          if early_stopping else [])]},
     }
     cli = _run("fit", config, out_dir / "config")
     return cli.model.report

@@ -284,6 +284,9 @@ def write_run_json(run_dir: Path, tuner: Any, data: Any, adapter: Path) -> None:
             "base": str(tuner.pretrained),
             "adapter": str(adapter),
             "hparams": {k: v for k, v in dict(tuner.hparams).items() if k != "pretrained"},
+            # what training images were resized to (the paper's LoRA: 256*28*28 .. 1280*28*28)
+            "tuning_images": data.image_settings() if hasattr(data, "image_settings") else None,
+            "adapter_choice": getattr(tuner, "adapter_choice", None),
         },
     )
     run_meta.write_run_json(run_dir, meta)

@@ -67,3 +67,15 @@ def open_rgb(path: str | os.PathLike) -> Any:
         if img.mode.startswith("I") or img.mode == "F":
             img = _to_8bit(img)
         return img.convert("RGB")
+
+
+def shrink_longest_side(image: Any, max_side: int | None) -> Any:
+    """The paper's Qwen pre-step: an image whose longest side exceeds `max_side` is scaled by
+    `max_side / longest` to (int(w * s), int(h * s)) with LANCZOS; smaller images are unchanged."""
+    if image is None or max_side is None or max(image.size) <= max_side:
+        return image
+    from PIL import Image
+
+    scale = max_side / max(image.size)
+    width, height = image.size
+    return image.resize((int(width * scale), int(height * scale)), Image.LANCZOS)

@@ -187,6 +187,44 @@ def chat_messages(question: str, mode: Mode) -> list[dict]:
     ]
 
 
+# ---- system prompt and chat mode (protocol data: in run.json and the run identity)
+# "paper": the system prompt hiertrain always sends (SYSTEM_IMAGE / SYSTEM_TEXT or the condition's),
+# the paper's Qwen scripts' own; "model_default": the model's own default system message (InternVL:
+# its conversation template's, which the paper's model.chat sent; None in a family = no system turn,
+# so the chat template's own default applies, e.g. Qwen2.5's "You are a helpful assistant.");
+# "none": no system turn; any other string: that text.
+SYSTEM_PROMPTS = ("paper", "model_default", "none")
+# The paper's base-LLM scripts without a chat template (evaluation/og_llm/qwen/eval_text_og_natural.py:168-169).
+RAW_ANSWER_SUFFIX = " Answer:"
+
+
+def check_system_prompt(policy: str) -> None:
+    """A misspelt keyword must not become a one-word system prompt: custom text needs a space."""
+    if policy in SYSTEM_PROMPTS:
+        return
+    if not isinstance(policy, str) or not policy.strip() or (" " not in policy.strip()):
+        raise HierError(
+            f"system_prompt {policy!r} is not one of {', '.join(SYSTEM_PROMPTS)} nor a system text (a sentence)"
+        )
+
+
+def with_system_prompt(messages: list[dict], policy: str, model_default: str | None = None) -> list[dict]:
+    """`messages` (system turn first, as built by chat_messages) under the `policy`."""
+    check_system_prompt(policy)
+    if policy == "paper":
+        return messages
+    rest = messages[1:] if messages and messages[0]["role"] == "system" else list(messages)
+    text = model_default if policy == "model_default" else None if policy == "none" else policy
+    if text is None:
+        return rest
+    return [{"role": "system", "content": [{"type": "text", "text": text}]}, *rest]
+
+
+def raw_prompt(question: str) -> str:
+    """The non-chat prompt of the paper's base-LLM runs: the question, then " Answer:"."""
+    return question + RAW_ANSWER_SUFFIX
+
+
 # CLIP scores an option by its similarity to this text (also used to mine similar distractors).
 CLIP_TEXT_TEMPLATE = "a photo of a {label}."
 

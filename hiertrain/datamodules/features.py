@@ -7,6 +7,11 @@ per shard, via the dataset's ``__getitems__``), so a cache larger than RAM still
 Splits: ``train`` minus a seeded validation carve-out (or a named ``val_split``) for model
 selection; ``test`` is only served to `trainer.test`. A level's classes are the union over every split, so a test class that train
 never shows is still a class; such classes are counted (``unseen_test_classes``) and reported.
+
+The paper's protocol (probing/vlm_probing.py at c86f23a) is available as options, never the
+default: ``selection: test`` (its best epoch per probe is picked on test, lines 163-173: an
+optimistic figure), ``shuffle: false`` (its batches are the file's order, lines 121-126) and
+``paper_inat_level_bug: true`` (its iNat level indices, lines 254-263; docs/probing.md).
 """
 
 from __future__ import annotations
@@ -21,6 +26,28 @@ from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
 from hiertrain.core.errors import HierError
 from hiertrain.core.feature_store import FeatureStore
 from hiertrain.core.probe_spec import ProbeSpec
+
+SELECTIONS = ("val", "test")
+TEST_SELECTION_NOTE = (
+    "test: the paper's optimistic protocol (best epoch per probe chosen on the test split, "
+    "probing/vlm_probing.py:163-173); the test figures are not held out"
+)
+# The paper's iNat probes (vlm_probing.py:254-263, llm_probing.py:68-77): level name -> the index
+# its code reads from the 7-rank path; "order"/"family"/"genus" read phylum/class/order.
+PAPER_INAT_LEVEL_INDEX = {"kingdom": 0, "phylum": 1, "class": 2, "order": 1, "family": 2, "genus": 3, "species": 6}
+INAT_LEVELS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+
+
+def label_levels(level_names: list[str], paper_inat_level_bug: bool, source: str = "store") -> list[int]:
+    """Per probed level, the level index its targets are read from: itself, or with the paper's
+    iNat defect the paper's index (refused unless the levels are iNat's seven ranks)."""
+    if not paper_inat_level_bug:
+        return list(range(len(level_names)))
+    if [n.lower() for n in level_names] != list(INAT_LEVELS):
+        raise HierError(
+            f"{source}: paper_inat_level_bug applies to iNat's levels {list(INAT_LEVELS)} only, not {level_names}"
+        )
+    return [PAPER_INAT_LEVEL_INDEX[n.lower()] for n in level_names]
 
 
 class FeatureRows(Dataset):
@@ -85,9 +112,19 @@ class FeatureDataModule(LightningDataModule):
         batch_size: int = 512,
         num_workers: int = 0,
         preload_mb: float = 4096.0,
+        selection: str = "val",
+        shuffle: bool = True,
+        paper_inat_level_bug: bool = False,
     ) -> None:
         super().__init__()
-        if val_split is None and not 0.0 < val_fraction < 1.0:
+        if selection not in SELECTIONS:
+            raise HierError(f"FeatureDataModule: selection {selection!r} is not one of {', '.join(SELECTIONS)}")
+        if selection == "val" and val_split is not None and val_split == test_split:
+            raise HierError(
+                f"FeatureDataModule: val_split {val_split!r} is the test split; say selection: test "
+                "(the paper's optimistic protocol) to choose probes on test"
+            )
+        if selection == "val" and val_split is None and not 0.0 < val_fraction < 1.0:
             raise HierError(f"FeatureDataModule: val_fraction must be in (0, 1), got {val_fraction}")
         self.store_dir = store
         self.pool = pool
@@ -97,6 +134,7 @@ class FeatureDataModule(LightningDataModule):
         self.shuffle_labels = shuffle_labels
         self.batch_size, self.num_workers = batch_size, num_workers
         self.preload_mb = preload_mb
+        self.selection, self.shuffle, self.paper_inat_level_bug = selection, shuffle, paper_inat_level_bug
         self.spec: ProbeSpec | None = None
         self.datasets: dict[str, FeatureRows] = {}
 
@@ -112,7 +150,8 @@ class FeatureDataModule(LightningDataModule):
             raise HierError(f"{store.root}: the feature store is empty")
         n_levels = len(layout.level_names)
         probed = [i for i in range(n_levels) if layout.prompt_for_level[i] >= 0]
-        labels = [[rec["levels"][i] if i < len(rec["levels"]) else None for i in range(n_levels)] for _, _, rec in index]
+        source = label_levels(list(layout.level_names), self.paper_inat_level_bug, str(store.root))
+        labels = [[rec["levels"][k] if k < len(rec["levels"]) else None for k in source] for _, _, rec in index]
         classes, targets = _class_targets(labels, probed, n_levels)
 
         gen = torch.Generator().manual_seed(self.seed)
@@ -120,7 +159,7 @@ class FeatureDataModule(LightningDataModule):
         if self.shuffle_labels:
             # control: targets of train/val rows permuted among themselves (whole paths, so each
             # stays a consistent hierarchy); test keeps the truth, so accuracy should fall to chance
-            fit_rows = torch.tensor(train + val)
+            fit_rows = torch.tensor(train + (val if self.selection == "val" else []))
             targets[fit_rows] = targets[fit_rows[torch.randperm(len(fit_rows), generator=gen)]]
 
         rows = [(shard, row) for shard, row, _ in index]
@@ -146,10 +185,19 @@ class FeatureDataModule(LightningDataModule):
                 "pool": self.pool,
                 "mode": layout.mode,
                 "shuffle_labels": self.shuffle_labels,
-                "val": self.val_split or f"{self.val_fraction:g} of {self.train_split} (seed {self.seed})",
+                "val": self._val_description(),
+                "selection": TEST_SELECTION_NOTE if self.selection == "test" else f"val: {self._val_description()}",
+                "train_order": "shuffled each epoch (seed %d)" % self.seed if self.shuffle else "file order (the paper's)",
+                "paper_inat_level_bug": self.paper_inat_level_bug,
+                "trained_on": {name: layout.level_names[k] for name, k in zip(layout.level_names, source)},
                 **layout.info,
             },
         )
+
+    def _val_description(self) -> str:
+        if self.selection == "test":
+            return f"the {self.test_split} split (selection: test)"
+        return self.val_split or f"{self.val_fraction:g} of {self.train_split} (seed {self.seed})"
 
     def _sites(self, store: FeatureStore) -> tuple[list[str], list[int]]:
         """The probed site names and their positions in the store (pool and sites checked)."""
@@ -171,6 +219,8 @@ class FeatureDataModule(LightningDataModule):
                 f"{store.root}: need '{self.train_split}' and '{self.test_split}' samples "
                 f"(found {len(train)} and {len(test)})"
             )
+        if self.selection == "test":  # the paper's: all of train fits, the test rows select
+            return train, list(test), test
         if self.val_split is None:
             perm = torch.randperm(len(train), generator=gen).tolist()
             n_val = max(1, round(len(train) * self.val_fraction))
@@ -197,9 +247,11 @@ class FeatureDataModule(LightningDataModule):
             "collate_fn": keep_batch,
             "persistent_workers": workers > 0,
         }
-        if train:
+        if train and self.shuffle:
             gen = torch.Generator().manual_seed(self.seed)
             return DataLoader(ds, shuffle=True, generator=gen, **common)
+        if train:  # the paper's order: rows as the store holds them (sample-id = file order)
+            return DataLoader(ds, shuffle=False, **common)
         return DataLoader(ds, sampler=PaddedEvalSampler(ds), **common)
 
     def train_dataloader(self) -> DataLoader:

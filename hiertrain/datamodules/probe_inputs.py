@@ -6,6 +6,13 @@ taxonomy file (leaf-disjoint), one prompt per non-leaf level, "Given the {leaf},
 taxonomic classification at the {level} level?" — by default without the answer; the paper's
 variant appends "It belongs to {label}." (``label_in_text: true``), which leaks the target.
 Items carry a stable sample id so a resumed or distributed run writes every sample once.
+
+Image resizing (``max_image_side`` + ``max_pixels``, default off: the processor's own) is the
+paper's pre-step (probing/vlm_probe_data_gen.py:120-137 for the vision/projector sites: longest
+side > 1680 px -> scaled to 1680, then `smart_resize` to <= 1280*28*28 px, LANCZOS;
+vlm_probe_data_gen_llm.py:153-171 for the LLM sites: 1024 px and 640*28*28). Text mode:
+``probe_leaf`` adds a prompt slot for the leaf level (the paper's llm_probing.py:76 probes
+"species" from a species.pt its generator never writes; hiertrain's slot uses the same wording).
 """
 
 from __future__ import annotations
@@ -29,12 +36,31 @@ def _padded_path(path: tuple[str, ...], depth: int) -> list[str | None]:
     return list(path) + [None] * (depth - len(path))
 
 
+def paper_resize(image: Any, max_side: int | None, max_pixels: int | None, factor: int = 28, min_pixels: int = 56 * 56) -> Any:
+    """The paper's probing pre-step: an image whose longest side exceeds `max_side` is scaled by
+    `max_side / longest` (int truncation), then to transformers' Qwen2-VL `smart_resize` of that
+    size (multiples of `factor`, at most `max_pixels`), LANCZOS; smaller images are unchanged."""
+    if max_side is None or max(image.size) <= max_side:
+        return image
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    width, height = image.size
+    scale = max_side / max(width, height)
+    width, height = int(width * scale), int(height * scale)
+    if max_pixels is None:
+        return image.resize((width, height), Image.LANCZOS)
+    new_h, new_w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return image.resize((new_w, new_h), Image.LANCZOS)
+
+
 class ImageProbeDataset(Dataset):
     """Labelled images; indices from `PaddedEvalSampler` past the end are padding copies."""
 
-    def __init__(self, records: list[dict], root: Path) -> None:
+    def __init__(self, records: list[dict], root: Path, max_side: int | None = None, max_pixels: int | None = None) -> None:
         self.records = records
         self.root = root
+        self.max_side, self.max_pixels = max_side, max_pixels
 
     def __len__(self) -> int:
         return len(self.records)
@@ -48,7 +74,8 @@ class ImageProbeDataset(Dataset):
         rec = self.records[real]
         path = self.root / rec["image"]
         try:
-            return {"image": open_rgb(path), "record": rec, "valid": valid, "error": None, "path": str(path)}
+            image = paper_resize(open_rgb(path), self.max_side, self.max_pixels)
+            return {"image": image, "record": rec, "valid": valid, "error": None, "path": str(path)}
         except BAD_IMAGE_ERRORS as err:
             message = f"{path}: cannot read image of sample {rec['id']} ({type(err).__name__}: {err})"
             return {"image": None, "record": rec, "valid": valid, "error": message}
@@ -113,12 +140,20 @@ class ProbeInputDataModule(LightningDataModule):
         limit: int | None = None,
         batch_size: int = 8,
         num_workers: int = 0,
+        max_image_side: int | None = None,
+        max_pixels: int | None = None,
+        probe_leaf: bool = False,
     ) -> None:
         super().__init__()
         if mode not in ("image", "text"):
             raise HierError(f"probe inputs: mode must be 'image' or 'text', not {mode!r}")
         if num_workers < 0:
             raise HierError(f"data.num_workers must be 0 (load in this process) or more, got {num_workers}")
+        if max_pixels is not None and max_image_side is None:
+            raise HierError("probe inputs: max_pixels applies with max_image_side (the paper resizes only images larger than it)")
+        if max_image_side is not None and max_image_side < 1:
+            raise HierError(f"probe inputs: max_image_side must be a positive number of pixels, got {max_image_side}")
+        self.max_image_side, self.max_pixels, self.probe_leaf = max_image_side, max_pixels, probe_leaf
         self.mode = mode
         self.images = images
         self.taxonomy_path = taxonomy
@@ -192,10 +227,11 @@ class ProbeInputDataModule(LightningDataModule):
         depth, names = self.taxonomy.depth, self.taxonomy.level_names
         for split, tax in parts.items():
             for leaf, path in tax.paths.items():
-                # the leaf level is not probed: its name is in the text and test leaves are unseen
-                levels = _padded_path(path[:-1], depth)
+                # the leaf level is not probed by default: its name is in the text and test leaves are unseen
+                asked = path if self.probe_leaf else path[:-1]
+                levels = _padded_path(asked, depth)
                 prompts = []
-                for i, label in enumerate(path[:-1]):
+                for i, label in enumerate(asked):
                     prompt = text_prompt(self.text_variant, names[i], leaf)
                     if self.label_in_text:
                         prompt += ANSWER_SENTENCE.format(label=label)
@@ -216,19 +252,24 @@ class ProbeInputDataModule(LightningDataModule):
                 "prompts": [IMAGE_PROMPT],
                 "level_names": names,
                 "prompt_for_level": [0] * depth,
-                "info": {"source": str(self.images), "taxonomy": str(self.taxonomy_path)},
+                "info": {
+                    "source": str(self.images), "taxonomy": str(self.taxonomy_path),
+                    "max_image_side": self.max_image_side, "max_pixels": self.max_pixels,
+                },  # fmt: skip
             }
-        slots = [text_prompt(self.text_variant, names[i], "{leaf}") for i in range(depth - 1)]
+        n_slots = depth if self.probe_leaf else depth - 1
+        slots = [text_prompt(self.text_variant, names[i], "{leaf}") for i in range(n_slots)]
         if self.label_in_text:
             slots = [s + ANSWER_SENTENCE for s in slots]
         return {
             "prompts": slots,
             "level_names": names,
-            "prompt_for_level": list(range(depth - 1)) + [-1],
+            "prompt_for_level": list(range(depth)) if self.probe_leaf else list(range(depth - 1)) + [-1],
             "info": {
                 "train_taxonomy": str(self.train_taxonomy),
                 "test_taxonomy": str(self.test_taxonomy),
                 "label_in_text": self.label_in_text,
+                "probe_leaf": self.probe_leaf,
             },
         }
 
@@ -236,7 +277,7 @@ class ProbeInputDataModule(LightningDataModule):
         keep = [i for i, r in enumerate(self.records) if r["id"] not in self.exclude_ids]
         records = [self.records[i] for i in keep]
         if self.mode == "image":
-            ds: Dataset = ImageProbeDataset(records, self._image_root)
+            ds: Dataset = ImageProbeDataset(records, self._image_root, self.max_image_side, self.max_pixels)
         else:
             ds = TextProbeDataset(records, [self._prompts[i] for i in keep])
         return DataLoader(

@@ -56,6 +56,7 @@ def level_questions(
     condition: str = "plain",
     context: str | None = None,
     cot_apostrophe: str = "typographic",
+    label_case: str = "file",
 ) -> list[LevelQuestion]:
     """The asked levels of `record` (all levels with a truth; not the leaf in text mode), worded
     as the paper words dataset `family` (see `hiertrain.core.prompts.IMAGE_WORDINGS`) and put
@@ -72,7 +73,8 @@ def level_questions(
         if mode == "image":
             prompt = prompts.image_prompt(variant, name, subject, family)
         else:
-            prompt = prompts.text_prompt(variant, name, record.label, family)
+            label = record.label.lower() if label_case == "lower" else record.label  # the paper's LLaVA text scripts lower-case it
+            prompt = prompts.text_prompt(variant, name, label, family)
         system = conditions.system_prompt(condition, mode, subject, context)
         if condition == "open":
             question = conditions.open_question(prompt)
@@ -118,8 +120,10 @@ class QuestionDataset(Dataset):
         condition: str = "plain",
         context: str | None = None,
         cot_apostrophe: str = "typographic",
+        label_case: str = "file",
     ) -> None:
         self.records, self.mode, self.level_names, self.family = records, mode, level_names, family
+        self.label_case = label_case
         self.shuffle = shuffle
         self.condition, self.context, self.cot_apostrophe = condition, context, cot_apostrophe
         self.subject, self.variant, self.seed = subject, variant, seed
@@ -144,7 +148,7 @@ class QuestionDataset(Dataset):
             "record": record,
             "levels": level_questions(
                 record, self.mode, self.level_names, self.subject, self.variant, self.seed, self.family, self.shuffle,
-                self.condition, self.context, self.cot_apostrophe,
+                self.condition, self.context, self.cot_apostrophe, self.label_case,
             ),
             "image": None,
             "error": None,
@@ -204,6 +208,9 @@ class HierVQADataModule(LightningDataModule):
         cot_apostrophe: the cot condition's "Let’s": "typographic" (U+2019, the paper's Qwen
             scripts) or "ascii" (its InternVL and LLaVA scripts).
         max_skip_rate: warn at the end of a run that skipped more than this share of samples.
+        label_case: text mode: "file" (default: the label as the question file spells it, as the
+            paper's Qwen and InternVL scripts) or "lower" (lower-cased in the question, as the
+            paper's LLaVA text scripts: evaluation/llm/llava/eval_text_cub.py:27).
     """
 
     def __init__(
@@ -230,8 +237,11 @@ class HierVQADataModule(LightningDataModule):
         condition: str = "plain",
         cot_apostrophe: str = "typographic",
         max_skip_rate: float = 0.05,
+        label_case: str = "file",
     ) -> None:
         super().__init__()
+        if label_case not in ("file", "lower"):
+            raise HierError(f"label_case {label_case!r} is not 'file' or 'lower'")
         conditions.check_condition(condition, mode, subject, cot_apostrophe)
         if mode not in ("image", "text"):
             raise HierError(f"data mode {mode!r} is not 'image' or 'text'")
@@ -257,6 +267,7 @@ class HierVQADataModule(LightningDataModule):
         self.prompt_family, self.drop_trivial_levels = prompt_family, drop_trivial_levels
         self.shuffle_options = shuffle_options
         self.condition, self.cot_apostrophe = condition, cot_apostrophe
+        self.label_case = label_case
         self.context: str | None = None  # the taxonomy text of the taxonomy condition
         self.taxonomy = None  # the Taxonomy, when data.taxonomy is given
         self.split, self.max_skip_rate = split, max_skip_rate
@@ -383,7 +394,7 @@ class HierVQADataModule(LightningDataModule):
         return QuestionDataset(
             todo, self.mode, self.level_names, self.subject, self.prompt_variant, self.seed,
             self.image_dir, self.on_bad_image, self.image_root_map, self.prompt_family, self.shuffle_options,
-            self.condition, self.context, self.cot_apostrophe,
+            self.condition, self.context, self.cot_apostrophe, self.label_case,
         )  # fmt: skip
 
     def test_dataloader(self) -> DataLoader:

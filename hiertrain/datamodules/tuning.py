@@ -32,8 +32,14 @@ class TuningCollator:
     processor outputs to extend over the target, and how image tensors are batched.
     """
 
-    def __init__(self, processor: Any, family: Any) -> None:
+    def __init__(
+        self, processor: Any, family: Any, min_pixels: int | None = None, max_pixels: int | None = None,
+        max_image_side: int | None = None,
+    ) -> None:
         self.processor, self.family = processor, family
+        self.min_pixels, self.max_pixels, self.max_image_side = min_pixels, max_pixels, max_image_side
+        bounded = min_pixels is not None or max_pixels is not None
+        self.image_kwargs = family.pixel_bounds_kwargs(min_pixels, max_pixels) if bounded else {}
         self.tokenizer = family.tokenizer(processor)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
@@ -67,11 +73,27 @@ class TuningCollator:
             )
         return full[len(prompt) :]
 
+    def fit_image(self, image: Any) -> Any:
+        """The tuning image as the model sees it: the longest-side cap first (LANCZOS, as the
+        paper's evaluation), then the paper's LoRA resize (finetuning/src/training/data.py:46-70:
+        qwen_vl_utils' `smart_resize` to min/max_pixels, multiples of 28, PIL's bicubic)."""
+        from hiertrain.core.images import shrink_longest_side
+
+        image = shrink_longest_side(image, self.max_image_side)
+        if image is None or not self.image_kwargs:
+            return image
+        from PIL import Image
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        size = self.image_kwargs["size"]
+        height, width = smart_resize(image.height, image.width, factor=28, min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
+        return image if (width, height) == image.size else image.resize((width, height), Image.BICUBIC)
+
     def _encode_prompt(self, prompt: str, image: Any) -> dict[str, torch.Tensor]:
         if image is None:
             enc = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-        else:
-            enc = self.processor(text=[prompt], images=[image], return_tensors="pt")
+        else:  # the same bounds to the processor: the fitted image passes unresized
+            enc = self.processor(text=[prompt], images=[self.fit_image(image)], return_tensors="pt", **self.image_kwargs)
         return dict(enc)
 
     def example(self, messages: list[dict], letter: str, image: Any) -> dict[str, torch.Tensor]:
@@ -153,6 +175,11 @@ class HierTuningDataModule(HierVQADataModule):
             model's processor, handed over by `connect` (LoRATuner calls it at setup).
         train_split / val_split / test_split: values of the records' `split` field.
         train_batch_size: records per training step (each gives one sequence per asked level).
+        min_pixels / max_pixels: Qwen-VL pixel bounds of training images (the paper's LoRA:
+            256*28*28 / 1280*28*28, finetune_lora_vqa.sh:48-49); None = the processor's own.
+        max_image_side: shrink training images whose longest side is larger first (the paper's
+            evaluation cap, 1680; its LoRA data.py has none). Validation images are served as
+            evaluation serves them (the tuner's evaluator settings).
     """
 
     def __init__(
@@ -164,9 +191,18 @@ class HierTuningDataModule(HierVQADataModule):
         val_split: str = "val",
         test_split: str = "test",
         train_batch_size: int = 4,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        max_image_side: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(questions, mode=mode, **kwargs)
+        for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels), ("max_image_side", max_image_side)):
+            if value is not None and value < 1:
+                raise HierError(f"data.{name} must be a positive number of pixels, got {value}")
+        if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
+            raise HierError(f"data.min_pixels {min_pixels} is larger than data.max_pixels {max_pixels}")
+        self.min_pixels, self.max_pixels, self.max_image_side = min_pixels, max_pixels, max_image_side
         self.processor_path = processor
         self.processor: Any = None
         self.family: Any = None  # hiertrain.vlm.family.ModelFamily, from `connect`
@@ -197,7 +233,11 @@ class HierTuningDataModule(HierVQADataModule):
             from hiertrain.vlm.family import family_of
 
             self.family = family_of(AutoConfig.from_pretrained(self.processor_path))
-        return kind(self.processor, self.family)
+        return kind(self.processor, self.family, self.min_pixels, self.max_pixels, self.max_image_side)
+
+    def image_settings(self) -> dict[str, int | None]:
+        """What training images are resized to (recorded in the LoRA run.json)."""
+        return {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "max_image_side": self.max_image_side}
 
     def split_records(self, split: str) -> list:
         """Records of one split, in file order; HierError when the split is empty."""

@@ -131,6 +131,7 @@ class QuestionEvaluator(LightningModule):
                 "limit": dm.limit,
                 "split": dm.split,
                 "condition": dm.condition,
+                "label_case": getattr(dm, "label_case", "file"),
                 "weights": weights_fingerprint(self.pretrained),
                 "settings": self.run_settings(),
             },

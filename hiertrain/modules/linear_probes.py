@@ -18,6 +18,11 @@ selected probes. Scores of every site come from one `hiertrain.core.metrics.Prob
 metric (integer counts, summed across processes, so exact under DDP) computed by the
 evaluation metrics' functions for per-level accuracy and HCA; one update per batch keeps
 validation cheap with 100+ probes.
+
+The paper's probe (probing/vlm_probing.py:106-111, llm_probing.py:147-152 at c86f23a) is one
+`nn.Linear` per level with its default init, Adam lr 1e-4 and no weight decay, on raw features:
+``optimizer: adam``, ``init: torch_default``, ``normalize: false`` reproduce it (configs/paper/probing/;
+docs/probing.md has the table). Defaults stay hiertrain's: AdamW, small random init, standardised.
 """
 
 from __future__ import annotations
@@ -35,12 +40,19 @@ from hiertrain.core.errors import HierError
 from hiertrain.core.metrics import ProbeAccuracy
 from hiertrain.core.probe_spec import ProbeSpec
 
+OPTIMIZERS = ("adamw", "adam")
+INITS = ("scaled_randn", "torch_default")
+
 
 class LinearProbes(LightningModule):
     """Probes sized from the data module's `ProbeSpec` at setup; ``mlp_hidden`` makes them MLPs.
 
     ``test_after_fit`` asks `hiertrain fit` (HierCLI) to test the fitted checkpoint once right
     away, so one command writes probes.json.
+    ``optimizer``: "adamw" (default; decoupled ``weight_decay``) or "adam" (the paper's
+    `torch.optim.Adam`, L2 ``weight_decay``; the paper uses 0). ``init``: "scaled_randn"
+    (default: weights randn x 0.01, zero bias) or "torch_default" (what `nn.Linear` draws:
+    weight and bias uniform in +-1/sqrt(fan_in), fan_in = the site's own width; the paper's).
     """
 
     def __init__(
@@ -52,8 +64,14 @@ class LinearProbes(LightningModule):
         seed: int = 0,
         output_dir: str | None = None,
         test_after_fit: bool = True,
+        optimizer: str = "adamw",
+        init: str = "scaled_randn",
     ) -> None:
         super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise HierError(f"LinearProbes: optimizer {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        if init not in INITS:
+            raise HierError(f"LinearProbes: init {init!r} is not one of {', '.join(INITS)}")
         self.save_hyperparameters()
         self.spec: ProbeSpec | None = None
         self.results: dict[str, dict] = {}
@@ -89,15 +107,41 @@ class LinearProbes(LightningModule):
         # per-feature train mean / std (`fit_normalizer`); identity until then
         self.register_buffer("feature_mean", torch.zeros(slots, s, d))
         self.register_buffer("feature_std", torch.ones(slots, s, d))
-        if h is not None:
-            self.w1 = nn.Parameter(torch.randn(s, len(self.levels), d, h, generator=gen) / math.sqrt(d))
-            self.b1 = nn.Parameter(torch.zeros(s, len(self.levels), h))
-        self.weight = nn.Parameter(torch.randn(s, width, total, generator=gen) * 0.01)
-        self.bias = nn.Parameter(torch.zeros(s, total))
+        if self.hparams.init == "torch_default":
+            self._torch_default_init(spec, total, gen)
+        else:
+            if h is not None:
+                self.w1 = nn.Parameter(torch.randn(s, len(self.levels), d, h, generator=gen) / math.sqrt(d))
+                self.b1 = nn.Parameter(torch.zeros(s, len(self.levels), h))
+            self.weight = nn.Parameter(torch.randn(s, width, total, generator=gen) * 0.01)
+            self.bias = nn.Parameter(torch.zeros(s, total))
         for name in self._probe_params():
             self.register_buffer(f"selected_{name}", getattr(self, name).detach().clone())
         self.register_buffer("best_val", torch.full((s, len(self.levels)), -1.0, dtype=torch.float64))
         self.metrics = nn.ModuleDict({split: ProbeAccuracy(s, len(spec.level_names)) for split in ("val", "test")})
+
+    def _torch_default_init(self, spec: ProbeSpec, total: int, gen: torch.Generator) -> None:
+        """`nn.Linear`'s own init (kaiming_uniform a=sqrt(5) = uniform +-1/sqrt(fan_in), bias the
+        same bound), per site with fan_in = that site's width; padded input rows stay zero."""
+        s, d, h = len(spec.sites), spec.max_dim, self.hparams.mlp_hidden
+        fan = torch.tensor(spec.dims, dtype=torch.float32)
+        live = (torch.arange(d)[None, :] < fan[:, None]).float()  # [s, d]: real (not padded) dims
+
+        def uniform(shape: tuple[int, ...], bound: torch.Tensor) -> torch.Tensor:
+            return (torch.rand(shape, generator=gen) * 2 - 1) * bound
+
+        if h is None:
+            bound = (1 / fan.sqrt())[:, None, None]
+            self.weight = nn.Parameter(uniform((s, d, total), bound) * live[:, :, None])
+            self.bias = nn.Parameter(uniform((s, total), bound[:, :, 0]))
+            return
+        n = len(self.levels)
+        bound1 = (1 / fan.sqrt())[:, None, None, None]
+        self.w1 = nn.Parameter(uniform((s, n, d, h), bound1) * live[:, None, :, None])
+        self.b1 = nn.Parameter(uniform((s, n, h), bound1[..., 0]))
+        bound2 = 1 / math.sqrt(h)
+        self.weight = nn.Parameter(uniform((s, h, total), torch.tensor(bound2)))
+        self.bias = nn.Parameter(uniform((s, total), torch.tensor(bound2)))
 
     def on_fit_start(self) -> None:
         if self.hparams.normalize:
@@ -234,7 +278,8 @@ class LinearProbes(LightningModule):
             write_probe_outputs(report, Path(out), loggers=self.trainer.loggers, seed=self.hparams.seed)
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        kind = torch.optim.Adam if self.hparams.optimizer == "adam" else torch.optim.AdamW
+        return kind(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["probe_spec"] = self.spec.__dict__ if self.spec is not None else None

@@ -44,6 +44,10 @@ class LoRATuner(LightningModule):
         dtype: weights' dtype at load ("bfloat16" on GPUs with `--trainer.precision bf16-mixed`).
         gradient_checkpointing: recompute activations in backward (long visual sequences on GPU).
         adapter_dir: where the final PEFT adapter goes (default `<checkpoint dir>/adapter`).
+        export: which weights become the adapter: "best" (default: the ModelCheckpoint's best
+            by the monitored validation metric, else the last) or "last" (the final weights, as
+            the paper's train.py:211-223 saves them after its one epoch; a best-validation
+            checkpoint, if one is tracked, stays on disk).
     """
 
     def __init__(
@@ -60,8 +64,11 @@ class LoRATuner(LightningModule):
         attn_implementation: str | None = "sdpa",
         gradient_checkpointing: bool = False,
         adapter_dir: str | None = None,
+        export: str = "best",
     ) -> None:
         super().__init__()
+        if export not in ("best", "last"):
+            raise HierError(f"LoRA export {export!r} is not 'best' or 'last'")
         if rank < 1 or alpha <= 0 or not 0 <= dropout < 1:
             raise HierError(f"LoRA needs rank >= 1, alpha > 0, 0 <= dropout < 1; got {rank}, {alpha}, {dropout}")
         if not 0 <= warmup_ratio < 1:
@@ -75,6 +82,7 @@ class LoRATuner(LightningModule):
         self.val_metrics: Any = None
         self.val_depth, self.val_mode = 0, "image"
         self.exported_adapter: Path | None = None
+        self.adapter_choice: str | None = None  # what the exported adapter is (run.json)
 
     # ------------------------------------------------------------------ model
 
@@ -227,6 +235,9 @@ class LoRATuner(LightningModule):
             return self.exported_adapter
         callback = self.trainer.checkpoint_callback
         best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        if self.hparams.export == "last":
+            best = ""  # the final weights in memory (the paper's); the best checkpoint stays on disk
+        self.adapter_choice = f"best: {best}" if best else "last weights"
         if best:
             state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
             missing = self._trainable_keys() - set(state)

@@ -45,6 +45,7 @@ from hiertrain.core.prompts import LETTERS
 ANSWER_PARSERS = ("strict", "paper")
 ASPECT_RATIOS = ("pad",)
 
+from hiertrain.core.images import shrink_longest_side  # noqa: E402  (one copy, shared with LoRA tuning)
 
 def shrunk_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
     """(width, height) after `shrink_longest_side`: scaled by `max_side / longest` when larger."""
@@ -52,16 +53,6 @@ def shrunk_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
         return size
     scale = max_side / max(size)
     return int(size[0] * scale), int(size[1] * scale)
-
-
-def shrink_longest_side(image: Any, max_side: int | None) -> Any:
-    """The paper's Qwen pre-step: an image whose longest side exceeds `max_side` is scaled by
-    `max_side / longest` to (int(w * s), int(h * s)) with LANCZOS; smaller images are unchanged."""
-    if image is None or max_side is None or max(image.size) <= max_side:
-        return image
-    from PIL import Image
-
-    return image.resize(shrunk_size(image.size, max_side), Image.LANCZOS)
 
 
 class VLLMEvaluator(QuestionEvaluator):
@@ -83,6 +74,14 @@ class VLLMEvaluator(QuestionEvaluator):
         processor_kwargs: passed to `AutoProcessor.from_pretrained` (e.g. `min_pixels`, `max_pixels`).
         image_aspect_ratio: "pad" = LLaVA-OneVision's one padded tile per image (the paper's
             `overwrite_config: {image_aspect_ratio: pad}`); None = the processor's default.
+        system_prompt: "paper" (default: hiertrain's system prompt, the paper's Qwen scripts'),
+            "model_default" (the model's own default system message: InternVL's conversation
+            template's, as the paper's `model.chat`; for Qwen/LLaVA no system turn, so their chat
+            template's default applies), "none" (no system turn) or a system text. In run.json
+            and the identity (`hiertrain.core.prompts.with_system_prompt`).
+        chat: false = no chat template: the raw prompt `question + " Answer:"` of the paper's
+            base-LLM runs (evaluation/og_llm/qwen/eval_text_og_natural.py:168-169); text mode
+            only, answered without prefix sharing (the prompts share no special token).
     """
 
     def __init__(
@@ -99,8 +98,15 @@ class VLLMEvaluator(QuestionEvaluator):
         processor_kwargs: dict[str, Any] | None = None,
         image_aspect_ratio: str | None = None,
         max_batch_tokens: int | None = None,
+        system_prompt: str = "paper",
+        chat: bool = True,
     ) -> None:
         super().__init__(pretrained, run_name)
+        from hiertrain.core.prompts import check_system_prompt
+
+        check_system_prompt(system_prompt)
+        if not chat and system_prompt != "paper":
+            raise HierError("chat: false sends no chat template, so no system prompt: leave system_prompt at 'paper'")
         if answer not in ("logits", "generate"):
             raise HierError(f"answer {answer!r} is not 'logits' or 'generate'")
         if answer_parser not in ANSWER_PARSERS:
@@ -118,6 +124,8 @@ class VLLMEvaluator(QuestionEvaluator):
         self.processor_kwargs = dict(processor_kwargs or {})
         self.image_aspect_ratio = image_aspect_ratio
         self.max_batch_tokens = max_batch_tokens
+        self.system_prompt, self.chat = system_prompt, chat
+        self._default_system: list[str | None] = []  # the family's, resolved once from the config
         self.model: Any = None
         self._placed: dict[str, Any] = {}  # a device_map model, kept out of Lightning's .to()
         self.processor: Any = None
@@ -129,6 +137,8 @@ class VLLMEvaluator(QuestionEvaluator):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         condition = self.meta["condition"]
+        if not self.chat and (self.meta["mode"] != "text" or condition != "plain"):
+            raise HierError("chat: false (the paper's base-LLM raw prompt) is for plain text-mode questions only")
         if condition in conditions.GENERATE_ONLY and self.answer_kind != "generate":
             raise HierError(f"condition {condition!r} needs answer: generate (its replies are text, not one letter)")
         if condition == "open":
@@ -144,7 +154,41 @@ class VLLMEvaluator(QuestionEvaluator):
             "max_image_side": self.max_image_side,
             "processor_kwargs": self.processor_kwargs,
             "image_aspect_ratio": self.image_aspect_ratio,
+            "system_prompt": self.system_prompt,
+            "system_text": self.system_text() if self.chat else None,
+            "chat": self.chat,
         }
+
+    def model_default_system(self) -> str | None:
+        """The model family's own default system message (`ModelFamily.default_system_message`)."""
+        if not self._default_system:
+            from transformers import AutoConfig
+
+            from hiertrain.vlm.family import family_of
+
+            try:
+                config = AutoConfig.from_pretrained(self.pretrained)
+            except (OSError, ValueError) as err:
+                raise HierError(f"{self.pretrained}: cannot read the model config ({err})") from None
+            self._default_system.append(family_of(config).default_system_message)
+        return self._default_system[0]
+
+    def system_text(self) -> str | None:
+        """What the system turn says under `system_prompt` (None: no system turn; "paper": as built)."""
+        if self.system_prompt == "paper":
+            return "as built: hiertrain.core.prompts.SYSTEM_IMAGE / SYSTEM_TEXT, or the condition's"
+        if self.system_prompt == "model_default":
+            return self.model_default_system()
+        return None if self.system_prompt == "none" else self.system_prompt
+
+    def messages_of(self, messages: list[dict]) -> list[dict]:
+        """One question's chat messages under this model's `system_prompt`."""
+        from hiertrain.core.prompts import with_system_prompt
+
+        if self.system_prompt == "paper":
+            return messages
+        default = self.model_default_system() if self.system_prompt == "model_default" else None
+        return with_system_prompt(messages, self.system_prompt, default)
 
     def run_meta(self, dm) -> dict[str, Any]:
         meta = {**super().run_meta(dm), **self.protocol()}
@@ -210,9 +254,15 @@ class VLLMEvaluator(QuestionEvaluator):
         """Each asked level's full chat prompt, in the model's own template."""
         from hiertrain.vlm.prefix_cache import render_chat
 
+        if not self.chat:
+            from hiertrain.core.prompts import raw_prompt
+
+            return [raw_prompt(lq.question) for lq in item["levels"]]
         if self.meta.get("condition") == "binary":  # one prompt per statement, levels in order
-            return [render_chat(self.processor, messages) for lq in item["levels"] for _, messages in lq.statements]
-        return [render_chat(self.processor, lq.messages) for lq in item["levels"]]
+            return [
+                render_chat(self.processor, self.messages_of(messages)) for lq in item["levels"] for _, messages in lq.statements
+            ]
+        return [render_chat(self.processor, self.messages_of(lq.messages)) for lq in item["levels"]]
 
     def letter_of(self, reply: str, options: list[str]) -> int | None:
         """The option index a generated reply chooses, by `answer_parser` (None = unparseable);
@@ -227,6 +277,8 @@ class VLLMEvaluator(QuestionEvaluator):
         from hiertrain.vlm.prefix_cache import ImagePrompts
 
         batch = [ImagePrompts(shrink_longest_side(item["image"], self.max_image_side), self.prompts_of(item)) for item in items]
+        if not self.chat:  # raw prompts share no special-token prefix: each answered whole (the reference path)
+            return self._answer_raw(items, batch, mode)
         out = []
         if self.answer_kind == "logits":
             for item, logits in zip(items, self.answerer.logits(batch)):
@@ -245,6 +297,21 @@ class VLLMEvaluator(QuestionEvaluator):
                 else:
                     answers = [(reply, self.letter_of(reply, lq.options)) for lq, reply in zip(item["levels"], replies)]
                     out.append(sample_prediction(item, mode, answers))
+        return out
+
+    def _answer_raw(self, items: list[dict[str, Any]], batch: list[Any], mode: str) -> list[SamplePrediction]:
+        out = []
+        for item, prompts in zip(items, batch):
+            answers = []
+            for lq, prompt in zip(item["levels"], prompts.prompts):
+                if self.answer_kind == "logits":
+                    row = self.answerer.full_forward_logits(None, prompt)
+                    index = int(self.answerer.letter_scores(row[None], len(lq.options))[0].argmax())
+                    answers.append((LETTERS[index], index))
+                else:
+                    reply = self.answerer.full_generate(None, prompt)
+                    answers.append((reply, self.letter_of(reply, lq.options)))
+            out.append(sample_prediction(item, mode, answers))
         return out
 
     def binary_prediction(self, item: dict[str, Any], mode: str, replies: list[str]) -> SamplePrediction:

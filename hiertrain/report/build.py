@@ -320,6 +320,8 @@ def _probe_tables(runs: list[Run]) -> list[dict[str, Any]]:
                     "dataset": run.dataset,
                     "side": p.get("side", run.meta.get("side", "visual")),
                     "site": site,
+                    # "test" = the paper's optimistic protocol (probes chosen on test): never mix it up with held-out figures
+                    "selection": "test (optimistic)" if str(p.get("selection", "val")).startswith("test") else "val",
                     "levels": {n: percent(a) for n, a in zip(p.get("level_names", []), test.get("accuracy", {}).get(site, []))},
                     "hca": percent(test.get("hca", {}).get(site)),
                 }
@@ -534,7 +536,7 @@ def write_report(report: Report, out: str | Path, title: str = "hiertrain report
         md += [f"![Text vs visual HCA]({images['scatter']})", ""]
     if t["probes"]:
         flat, level_cols = _flatten_levels(t["probes"])
-        md += ["## Linear probes on cached features (test split, %)", "", markdown_table(flat, ["run", "side", "site", *level_cols, "hca"]), ""]
+        md += ["## Linear probes on cached features (test split, %)", "", markdown_table(flat, ["run", "side", "site", "selection", *level_cols, "hca"]), ""]
         for key, path in images.items():
             if key.startswith("probe_"):
                 md += [f"![{key}]({path})", ""]

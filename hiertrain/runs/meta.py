@@ -12,7 +12,8 @@ A run's identity (`IDENTITY_KEYS`) is everything that decides its numbers: the q
 file's bytes, the split, the mode, the prompt family, variant and subject, the seed, the
 option order, the answer mode and parser, generation length, the processor settings (image
 side cap, processor kwargs, aspect-ratio mode), the backend, the evaluator's settings (dtype,
-attention kernel, CLIP template), the question condition and a fingerprint of the weights. A resumed run must match it field by field.
+attention kernel, CLIP template), the question condition, the system prompt policy and chat
+mode, the label case of text questions and a fingerprint of the weights. A resumed run must match it field by field.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ IDENTITY_KEYS = (
     "model", "weights", "backend", "questions_sha256", "split", "mode", "answer", "prompt_family", "prompt_variant",
     "subject", "seed", "level_names", "drop_trivial_levels", "shuffle_options", "answer_parser", "max_new_tokens",
     "max_image_side", "processor_kwargs", "image_aspect_ratio", "settings", "condition",
+    "system_prompt", "chat", "label_case",
 )  # fmt: skip
 # What a run.json written before an identity key existed meant by it (the question condition,
 # hiertrain.core.conditions: runs before it were asked the plain way).
-IDENTITY_DEFAULTS: dict[str, Any] = {"condition": "plain"}
+IDENTITY_DEFAULTS: dict[str, Any] = {"condition": "plain", "system_prompt": "paper", "chat": True, "label_case": "file"}
 
 # The flag that starts a run afresh in its directory (named in every refusal).
 FRESH_FLAG = "--fresh true"

@@ -51,6 +51,8 @@ def probe_report(spec: ProbeSpec, results: dict[str, dict], hparams: dict[str, A
         "num_val": spec.split_sizes.get("val"),
         "num_test": spec.split_sizes.get("test"),
         "levels": levels,
+        "selection": spec.info.get("selection", "val"),
+        "trained_on": spec.info.get("trained_on"),
         "probe": {k: v for k, v in hparams.items() if k != "output_dir"},
         "info": dict(spec.info),
     }
@@ -68,7 +70,12 @@ def run_meta(report: dict[str, Any], seed: int) -> dict[str, Any]:
         answer="probe",
         seed=seed,
         num_samples=report["num_test"],
-        fields={"sites": report["sites"], "pooling": report["pooling"], "side": report["side"], "store": info.get("store")},
+        fields={
+            "sites": report["sites"], "pooling": report["pooling"], "side": report["side"], "store": info.get("store"),
+            "selection": report.get("selection", "val"), "paper_inat_level_bug": bool(info.get("paper_inat_level_bug")),
+            "trained_on": report.get("trained_on"), "train_order": info.get("train_order"),
+            "probe": report.get("probe"),
+        },  # fmt: skip
     )
     return meta.to_json()
 
@@ -81,7 +88,11 @@ def summary_lines(report: dict[str, Any], split: str = "test") -> list[str]:
     probed = [lv for lv in report["levels"] if lv["probed"]]
     head = f"{'site':<12}" + "".join(f"{lv['name'][:10]:>11}" for lv in probed) + f"{'HCA':>8}"
     chance = f"{'(chance)':<12}" + "".join(f"{lv['chance']:>11.3f}" for lv in probed) + f"{report['chance']['hca']:>8.4f}"
-    lines = [f"probe {split} accuracy (n={report.get('num_' + split, '?')})", head, chance]
+    lines = [f"probe {split} accuracy (n={report.get('num_' + split, '?')}); model selection: {report.get('selection', 'val')}"]
+    if info_bug := (report.get("info") or {}).get("paper_inat_level_bug"):
+        moved = {k: v for k, v in (report.get("trained_on") or {}).items() if k != v}
+        lines.append(f"paper_inat_level_bug={info_bug}: levels trained on other ranks' labels: {moved}")
+    lines += [head, chance]
     for site in report["sites"]:
         accs = [res["accuracy"][site][lv["level"] - 1] for lv in probed]
         cells = "".join(f"{a:>11.3f}" if a is not None else f"{'-':>11}" for a in accs)

@@ -79,12 +79,20 @@ class ModelFamily:
     image_max_new_tokens: int = 5
     per_token_keys: tuple[str, ...] = ()  # processor outputs aligned with input_ids (besides it)
     text_only = False
+    # `system_prompt: model_default`: the model's own default system message; None = send no
+    # system turn (the chat template's own default, if it has one, applies).
+    default_system_message: str | None = None
 
     def __init__(self, model_type: str) -> None:
         self.model_type = model_type
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model_type!r})"
+
+    def pixel_bounds_kwargs(self, min_pixels: int | None, max_pixels: int | None) -> dict[str, Any]:
+        """Processor-call kwargs that bound an image's pixels (Qwen-VL's min/max_pixels); other
+        families size images their own way (tiles), so bounds are refused there."""
+        raise HierError(f"{self.model_type}: min_pixels / max_pixels are Qwen-VL image settings; this family tiles images itself")
 
     # ---- parts ---------------------------------------------------------------------------------
 
@@ -191,6 +199,11 @@ class QwenVLFamily(ModelFamily):
     3-row mRoPE whose text positions after an image are shifted by a per-image `rope_delta`."""
 
     image_max_pixels = 12845056  # paper: the hub processor as saved (preprocessor_config max_pixels)
+
+    def pixel_bounds_kwargs(self, min_pixels: int | None, max_pixels: int | None) -> dict[str, Any]:
+        """The image processor's own size bounds (shortest_edge = min_pixels, longest_edge = max_pixels)."""
+        size = {"shortest_edge": min_pixels or 56 * 56, "longest_edge": max_pixels or self.image_max_pixels}
+        return {"size": size}
     image_max_new_tokens = 10  # paper, evaluation/vllm/qwen: max_new_tokens=10
     per_token_keys = ("mm_token_type_ids",)
 
@@ -326,6 +339,11 @@ class InternVLFamily(ModelFamily):
     """
 
     max_tiles = 4  # paper: load_image(image_path, max_num=4), use_thumbnail=True (-hf default: 12)
+    # What the paper's `model.chat` sends (remote code, OpenGVLab/InternVL @ 2410d1d:
+    # internvl_chat/internvl/model/internvl_chat/modeling_internvl_chat.py:97-101, 357-358 set the
+    # conversation template's system_message; internvl_chat/internvl/conversation.py:393-402, template
+    # "internvl2_5", which InternVL2.5 and InternVL3 configs name). The -hf chat template has no default.
+    default_system_message = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 
     def image_site_dims(self, model: Any) -> tuple[int, int]:
         projector = self.projector(model)

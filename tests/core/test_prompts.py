@@ -239,3 +239,20 @@ def test_every_family_is_pinned_and_food_has_no_text_wording():
         text_prompt(0, "depth 2", "pizza", "food")
     with pytest.raises(HierError, match="unknown prompt_family 'birds'"):
         image_prompt(0, "order", "bird", "birds")
+
+
+def test_system_prompt_policies():
+    from hiertrain.core.errors import HierError
+    from hiertrain.core.prompts import SYSTEM_IMAGE, chat_messages, raw_prompt, with_system_prompt
+
+    msgs = chat_messages("Q?", "image")
+    assert with_system_prompt(msgs, "paper") is msgs and msgs[0]["content"][0]["text"] == SYSTEM_IMAGE
+    assert with_system_prompt(msgs, "none") == msgs[1:]
+    assert with_system_prompt(msgs, "model_default", None) == msgs[1:]  # the chat template's own default applies
+    assert with_system_prompt(msgs, "model_default", "Sys.")[0]["content"][0]["text"] == "Sys."
+    custom = with_system_prompt(msgs, "You are a botanist.")
+    assert custom[0]["content"][0]["text"] == "You are a botanist." and custom[1:] == msgs[1:]
+    for bad in ("Paper", "model-default", "", "  "):
+        with pytest.raises(HierError, match="system_prompt"):
+            with_system_prompt(msgs, bad)
+    assert raw_prompt("Q?\nA. x") == "Q?\nA. x Answer:"

@@ -141,3 +141,67 @@ def test_preloaded_splits_serve_the_same_batches_as_memory_mapped_ones(tmp_path)
     assert mapped.train_dataloader().num_workers == 2
     epoch = [int(v) for batch in loaded.train_dataloader() for v in batch["x"][:, 0, 1, 0]]
     assert sorted(epoch) == sorted(_ids(mapped.datasets["train"]))  # each train row once per epoch
+
+
+# ---- the paper's protocol options (probing/vlm_probing.py at c86f23a) ----------------------------
+
+
+def test_test_selection_serves_the_test_rows_for_selection_and_refuses_a_silent_one(tmp_path):
+    root = _store(tmp_path, {"train": ["alpha", "beta", "gamma"] * 10, "test": ["alpha", "zeta"]})
+    dm = FeatureDataModule(str(root), selection="test")
+    dm.setup("fit")
+    assert _ids(dm.datasets["train"]) == list(range(30))  # no carve-out: all of train fits (vlm_probing.py:82-83)
+    assert _ids(dm.datasets["val"]) == _ids(dm.datasets["test"]) == [30, 31]
+    assert dm.spec.info["selection"].startswith("test: the paper's optimistic protocol")
+    default = FeatureDataModule(str(root))
+    default.setup("fit")
+    assert default.spec.info["selection"].startswith("val: 0.1 of train")
+    with pytest.raises(HierError, match="say selection: test"):
+        FeatureDataModule(str(root), val_split="test")
+    with pytest.raises(HierError, match="selection 'train'"):
+        FeatureDataModule(str(root), selection="train")
+
+
+def test_shuffle_false_keeps_the_file_order_every_epoch(tmp_path):
+    root = _store(tmp_path, {"train": ["alpha", "beta", "gamma"] * 10, "test": ["alpha"]})
+
+    def epoch_order(**kw) -> list[int]:
+        dm = FeatureDataModule(str(root), batch_size=4, selection="test", **kw)
+        dm.setup("fit")
+        return [int(v) for b in dm.train_dataloader() for v in b["x"][:, 0, 1, 0]]
+
+    assert epoch_order(shuffle=False) == list(range(30))  # vlm_probing.py:121-126: slices in file order
+    assert sorted(epoch_order()) == list(range(30)) and epoch_order() != list(range(30))
+
+
+INAT = {
+    f"sp{k}": ["Plantae", f"P{k % 2}", f"C{k % 3}", f"O{k % 4}", f"F{k % 5}", f"G{k}", f"sp{k}"] for k in range(6)
+}
+
+
+def _inat_store(root, level_names=("kingdom", "phylum", "class", "order", "family", "genus", "species")):
+    layout = StoreLayout("image", ["vision"], [2], ["avg"], ["p"], list(level_names), [0] * 7)
+    w = ShardWriter(root, layout, shard_rows=50)
+    for sid, (leaf, path) in enumerate(list(INAT.items()) * 2):
+        w.add([{"id": sid, "label": leaf, "split": "train" if sid < 6 else "test", "levels": path}],
+              {"avg": torch.zeros(1, *layout.row_shape)})
+    w.flush()
+    return root
+
+
+def test_paper_inat_level_bug_trains_order_family_genus_on_phylum_class_order(tmp_path):
+    root = _inat_store(tmp_path / "inat")
+    names = ["kingdom", "phylum", "class", "order", "family", "genus", "species"]
+    right = FeatureDataModule(str(root), selection="test")
+    right.setup("fit")
+    assert right.spec.info["trained_on"] == {n: n for n in names}
+    assert right.spec.classes[3] == ["O0", "O1", "O2", "O3"]
+    bug = FeatureDataModule(str(root), selection="test", paper_inat_level_bug=True)
+    bug.setup("fit")
+    assert bug.spec.info["trained_on"] == {**{n: n for n in names}, "order": "phylum", "family": "class", "genus": "order"}
+    assert bug.spec.classes[3] == bug.spec.classes[1] == ["P0", "P1"]  # "order" probe = phylum labels
+    assert bug.spec.classes[4] == ["C0", "C1", "C2"] and bug.spec.classes[5] == ["O0", "O1", "O2", "O3"]
+    assert bug.spec.classes[6] == right.spec.classes[6]  # species: index 6 is right
+    cub = _store(tmp_path / "cub", {"train": ["alpha"], "test": ["beta"]})
+    with pytest.raises(HierError, match="paper_inat_level_bug applies to iNat's levels"):
+        FeatureDataModule(str(cub), paper_inat_level_bug=True).setup("fit")

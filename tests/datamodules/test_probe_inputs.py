@@ -71,3 +71,53 @@ def test_unreadable_images_are_skipped_and_named(tmp_path, synth_dir, bomb_png):
     assert "bomb.png: cannot read image of sample 2 (DecompressionBombError" in batch["skipped"][1]
     empty = collate_probe_inputs([data[1]])  # a batch of only bad images still collates
     assert empty["records"] == [] and empty["images"] == [] and len(empty["skipped"]) == 1
+
+
+def test_paper_resizing_per_site_family():
+    """vlm_probe_data_gen.py:122-137 (vision/projector: 1680 px, 1280*28*28) and _llm.py:156-171
+    (LLM sites: 1024 px, 640*28*28); smaller images and the default (None) are untouched."""
+    from PIL import Image
+
+    from hiertrain.datamodules.probe_inputs import paper_resize
+
+    big = Image.new("RGB", (3000, 2000))
+    # 3000x2000 -> 1680x1120 -> smart_resize(1120, 1680, max 1003520): beta=1.369 -> 29*28 x 43*28
+    assert paper_resize(big, 1680, 1280 * 28 * 28).size == (43 * 28, 29 * 28)
+    # 3000x2000 -> 1024x682 -> smart_resize(682, 1024, max 501760): beta=1.180 -> 20*28 x 30*28
+    assert paper_resize(big, 1024, 640 * 28 * 28).size == (30 * 28, 20 * 28)
+    small = Image.new("RGB", (1000, 800))
+    assert paper_resize(small, 1024, 640 * 28 * 28) is small and paper_resize(big, None, None) is big
+
+
+def test_resize_settings_reach_the_items_and_the_store_info(synth_dir):
+    dm = ProbeInputDataModule(images=str(synth_dir / "images.jsonl"), taxonomy=str(synth_dir / "taxonomy.json"),
+                              max_image_side=60, max_pixels=56 * 56, batch_size=2)  # fmt: skip
+    dm.setup()
+    batch = next(iter(dm.predict_dataloader()))
+    from PIL import Image
+
+    original = Image.open(synth_dir / dm.records[0]["image"]).size
+    assert max(original) > 60 and batch["images"][0].size == (56, 56)  # scaled to 60 px, then 56*56 px
+    assert dm.describe()["info"]["max_image_side"] == 60 and dm.describe()["info"]["max_pixels"] == 56 * 56
+    with pytest.raises(HierError, match="max_pixels applies with max_image_side"):
+        ProbeInputDataModule(images="x", taxonomy="y", max_pixels=100)
+
+
+def test_text_probe_leaf_adds_the_leaf_slot_with_the_answer_sentence(tmp_path, synth_dir):
+    tax = json.loads((synth_dir / "taxonomy.json").read_text())
+    leaves = list(tax)
+    (tmp_path / "train.json").write_text(json.dumps({k: tax[k] for k in leaves[:3]}))
+    (tmp_path / "test.json").write_text(json.dumps({k: tax[k] for k in leaves[3:5]}))
+    kw = dict(mode="text", train_taxonomy=str(tmp_path / "train.json"), test_taxonomy=str(tmp_path / "test.json"))
+    plain = ProbeInputDataModule(**kw, label_in_text=True)
+    plain.setup()
+    depth = plain.taxonomy.depth
+    assert plain.describe()["prompt_for_level"][-1] == -1 and len(plain._prompts[0]) == depth - 1
+    leaf = ProbeInputDataModule(**kw, label_in_text=True, probe_leaf=True)
+    leaf.setup()
+    assert leaf.describe()["prompt_for_level"] == list(range(depth))
+    slot, text = leaf._prompts[0][-1]
+    name = leaf.taxonomy.level_names[depth - 1]
+    assert slot == depth - 1 and leaf.records[0]["levels"][-1] == leaves[0]
+    # text_probing_data_gen.py:86's wording, at the leaf level
+    assert text == f"Given the {leaves[0]}, what is its taxonomic classification at the {name} level? It belongs to {leaves[0]}."

@@ -287,3 +287,17 @@ def test_single_option_question_warns(tmp_path):
     dm = HierVQADataModule(str(_write(tmp_path / "q.jsonl", [RECORD, record])))
     with pytest.warns(UserWarning, match=r"1 questions have a single option .*first: line 2, level 1"):
         dm.setup()
+
+
+def test_label_case_lower_is_the_papers_llava_text_wording(tmp_path):
+    """evaluation/llm/llava/eval_text_cub.py:27 lower-cases the label before wording the question."""
+    path = _write(tmp_path / "q.jsonl", [RECORD])
+    dm = HierVQADataModule(str(path), mode="text", level_names=["family", "shape", "species"], prompt_variant=1, label_case="lower")
+    dm.setup()
+    levels = dm.dataset()[0]["levels"]
+    assert all(q.question.startswith("Given the red solid circle, what is its") for q in levels)
+    default = HierVQADataModule(str(path), mode="text", level_names=["family", "shape", "species"], prompt_variant=1)
+    default.setup()
+    assert default.dataset()[0]["levels"][0].question.startswith("Given the Red Solid Circle, what is its")
+    with pytest.raises(HierError, match="label_case 'upper'"):
+        HierVQADataModule(str(path), label_case="upper")

@@ -142,3 +142,42 @@ def test_llava_examples_with_different_tilings_collate_into_one_trainable_batch(
             single = model(**{k: v for k, v in alone.items() if k in model_inputs}).logits[0]
             n = len(example["input_ids"])
             torch.testing.assert_close(logits[row, :n], single[:n], rtol=1e-4, atol=1e-4)
+
+
+def _visual_tokens(processor, batch) -> int:
+    pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    return int((batch["input_ids"] == pad).sum())
+
+
+def test_paper_lora_preset_gives_a_1800x1200_training_image_1247_visual_tokens(synth_dir, processor, family) -> None:
+    """finetune_lora_vqa.sh:48-49 (256*28*28 .. 1280*28*28 through qwen_vl_utils, data.py:46-70): 1247 tokens;
+    without the bounds the hub processor's 12845056 gives 2752 (here the tiny processor's own bound)."""
+    from pathlib import Path
+
+    import yaml
+    from PIL import Image
+
+    preset = Path(__file__).resolve().parents[2] / "configs" / "paper" / "lora" / "qwen2_5_vl_7b_paper_plant_img.yaml"
+    args = yaml.safe_load(preset.read_text())["data"]["init_args"]
+    dm = _data(synth_dir, processor, family, min_pixels=args["min_pixels"], max_pixels=args["max_pixels"])
+    image = Image.new("RGB", (1800, 1200), (30, 120, 60))
+    item = {**dm.split_dataset("train")[0], "image": image}
+    paper = dm._collator()([item])
+    per_level = _visual_tokens(processor, paper) // len(item["levels"])
+    assert per_level == 1247 and paper["image_grid_thw"][0].tolist() == [1, 58, 86]
+    hub = _data(synth_dir, processor, family, max_pixels=12845056)  # the hub processor's bound (no min/max in the script)
+    assert _visual_tokens(processor, hub._collator()([item])) // len(item["levels"]) == 2752
+    default = _data(synth_dir, processor, family)._collator()([item])
+    assert _visual_tokens(processor, default) // len(item["levels"]) != 1247  # the processor's own bound otherwise
+    assert dm.image_settings() == {"min_pixels": 200704, "max_pixels": 1003520, "max_image_side": None}
+
+
+def test_pixel_bounds_are_refused_for_tiling_families(tiny_llava, synth_dir) -> None:
+    from transformers import AutoConfig, AutoProcessor
+
+    llava = family_of(AutoConfig.from_pretrained(str(tiny_llava)))
+    dm = _data(synth_dir, AutoProcessor.from_pretrained(str(tiny_llava)), llava, max_pixels=1003520)
+    with pytest.raises(HierError, match="min_pixels / max_pixels are Qwen-VL image settings"):
+        dm._collator()
+    with pytest.raises(HierError, match="min_pixels 9 is larger"):
+        HierTuningDataModule("q.jsonl", min_pixels=9, max_pixels=4)

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from hiertrain.core.errors import HierError
 from hiertrain.core.probe_spec import ProbeSpec
 from hiertrain.core.feature_store import ShardWriter, StoreLayout
 from hiertrain.modules.linear_probes import LinearProbes
@@ -205,3 +206,51 @@ def test_fit_writes_one_checkpoint_and_tests_what_it_selected(tmp_path, monkeypa
     for s, site in enumerate(report["sites"]):
         for j, level in enumerate(probes.levels):
             assert report["val"]["accuracy"][site][level] == pytest.approx(float(probes.best_val[s, j]))
+
+
+# ---- the paper's probe (probing/vlm_probing.py:106-111, 212; llm_probing.py:147-152) ----------------
+
+
+def test_optimizer_and_init_defaults_are_hiertrains_and_the_papers_are_selectable():
+    ours = LinearProbes(seed=0)
+    ours.build(_spec())
+    assert isinstance(ours.configure_optimizers(), torch.optim.AdamW)
+    assert float(ours.bias.detach().abs().max()) == 0.0  # scaled_randn: zero bias
+    paper = LinearProbes(lr=1e-4, weight_decay=0.0, optimizer="adam", init="torch_default", normalize=False, seed=0)
+    paper.build(_spec())
+    opt = paper.configure_optimizers()
+    assert type(opt) is torch.optim.Adam  # not AdamW (a subclass in some versions: exact type)
+    assert opt.defaults["lr"] == 1e-4 and opt.defaults["weight_decay"] == 0.0
+    # nn.Linear's own init: weight and bias uniform in +-1/sqrt(fan_in), fan_in = the site's width
+    for s, dim in enumerate(paper.spec.dims):
+        bound = 1 / dim**0.5
+        w = paper.weight[s, :dim]
+        assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.5 * bound
+        assert float(paper.bias[s].abs().max()) <= bound and float(paper.bias[s].abs().max()) > 0
+        assert float(paper.weight[s, dim:].abs().sum()) == 0.0  # padded rows: no input ever reaches them
+    lin = torch.nn.Linear(6, 9)  # the same distribution as torch's: compare spread, not draws
+    assert abs(float(lin.weight.std()) - float(paper.weight[1].std())) < 0.1
+    with pytest.raises(HierError, match="optimizer 'sgd'"):
+        LinearProbes(optimizer="sgd")
+    with pytest.raises(HierError, match="init 'zeros'"):
+        LinearProbes(init="zeros")
+
+
+def test_paper_settings_and_defaults_both_train_and_label_their_selection(tmp_path):
+    """One run per protocol on the same store: both complete; probes.json / run.json say which
+    split chose the probes, and the paper's (test) selection reports the test-best epoch."""
+    _planted_store(tmp_path / "store")
+    ours = train_probes(tmp_path / "store", tmp_path / "ours", lr=0.05, max_epochs=20, patience=5, batch_size=32)
+    paper = train_probes(
+        tmp_path / "store", tmp_path / "paper", lr=0.05, weight_decay=0.0, max_epochs=30, batch_size=32,
+        model_args={"optimizer": "adam", "init": "torch_default", "normalize": False},
+        data_args={"selection": "test", "shuffle": False}, early_stopping=False,
+    )  # fmt: skip
+    assert ours["selection"].startswith("val") and paper["selection"].startswith("test: the paper's optimistic")
+    assert paper["num_val"] == paper["num_test"] == 32 and paper["num_train"] == 128  # nothing carved from train
+    assert paper["val"]["hca"] == paper["test"]["hca"]  # selected on test = reported on test
+    assert paper["test"]["hca"]["signal"] >= 0.8 and ours["test"]["hca"]["signal"] >= 0.8
+    run = json.loads((tmp_path / "paper" / "run.json").read_text())
+    assert run["selection"].startswith("test: the paper's optimistic") and run["train_order"] == "file order (the paper's)"
+    assert run["probe"]["optimizer"] == "adam" and run["probe"]["init"] == "torch_default"
+    assert json.loads((tmp_path / "ours" / "run.json").read_text())["selection"].startswith("val")

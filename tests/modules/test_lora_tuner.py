@@ -351,3 +351,26 @@ def test_two_fits_of_one_config_give_identical_adapters_and_tables(tiny_qwen, sy
     assert doc_first == doc_second
     other, _ = _seeded_fit(tiny_qwen, synth_dir, tmp_path / "c", seed=1)
     assert other != first  # the seed is what fixes it (not a fit that ignores its RNG)
+
+
+@pytest.mark.parametrize("export", ["best", "last"])
+def test_export_last_keeps_the_final_weights_and_best_the_monitored_checkpoint(export, tiny_qwen, synth_dir, tmp_path) -> None:
+    """The paper keeps the final weights after its epoch (train.py:211-223): export last; the best
+    checkpoint (monitored val/hca) is the default and stays on disk either way."""
+    data = HierTuningDataModule(mode="text", train_batch_size=1, **_data_args(synth_dir, limit=6))
+    tuner = _tuner(tiny_qwen, export=export, adapter_dir=str(tmp_path / "adapter"))
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/hca", mode="max", save_last=True)
+    trainer = _trainer(tmp_path, 2, [checkpoint], num_sanity_val_steps=0)
+    trainer.fit(tuner, datamodule=data)
+    final = {k: v.clone() for k, v in tuner.state_dict().items() if "lora_" in k}
+    tuner.finalize_adapter()
+    assert Path(checkpoint.best_model_path).is_file()
+    if export == "last":
+        assert tuner.adapter_choice == "last weights"
+        assert all(torch.equal(tuner.state_dict()[k], v) for k, v in final.items())
+    else:
+        assert tuner.adapter_choice == f"best: {checkpoint.best_model_path}"
+        best = torch.load(checkpoint.best_model_path, weights_only=False)["state_dict"]
+        assert all(torch.equal(tuner.state_dict()[k], best[k]) for k in final)
+    with pytest.raises(HierError, match="export 'first'"):
+        LoRATuner(str(tiny_qwen), export="first")

@@ -184,3 +184,64 @@ def test_max_batch_tokens_reaches_the_answerer(tiny_qwen):
     default = VLLMEvaluator(str(tiny_qwen))
     default.configure_model()
     assert default.answerer.max_batch_tokens == default_max_batch_tokens("cpu") > 1
+
+
+# ---- system prompt and chat mode (protocol data) ---------------------------------------------------
+
+# The paper's InternVL path: model.chat -> conversation template "internvl2_5" (OpenGVLab/InternVL
+# internvl_chat/internvl/conversation.py:393-402), SeparatorStyle.MPT: system_template.format(...) + sep,
+# then role + message + sep per turn, the open assistant role last; '<image>\n' + question
+# (modeling_internvl_chat.py:347-348).
+INTERNVL_SYSTEM = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+
+
+def _model_chat_query(question: str) -> str:
+    sep = "<|im_end|>\n"
+    return f"<|im_start|>system\n{INTERNVL_SYSTEM}{sep}<|im_start|>user\n<image>\n{question}{sep}<|im_start|>assistant\n"
+
+
+def test_internvl_model_default_renders_the_papers_system_message(tiny_internvl, synth_dir, tmp_path):
+    model, run = evaluate(
+        tiny_internvl, synth_dir / "questions_random.jsonl", tmp_path, limit=1, answer="generate",
+        model_kwargs={"system_prompt": "model_default"},
+    )  # fmt: skip
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["system_prompt"] == "model_default" and meta["system_text"] == INTERNVL_SYSTEM and meta["chat"] is True
+    dm = HierVQADataModule(str(synth_dir / "questions_random.jsonl"), limit=1)
+    dm.setup()
+    item = dm.dataset()[0]
+    rendered = model.prompts_of(item)
+    # the -hf template's image placeholder is <IMG_CONTEXT>, model.chat's <image>: both expand to <img>...</img>
+    assert [p.replace("<IMG_CONTEXT>", "<image>") for p in rendered] == [_model_chat_query(lq.question) for lq in item["levels"]]
+    paper = VLLMEvaluator(str(tiny_internvl))  # the default: hiertrain's (the paper's Qwen scripts') system prompt
+    paper.processor, paper.meta = model.processor, {"condition": "plain"}
+    assert all("You are an expert in hierarchical image classification" in p for p in paper.prompts_of(item))
+
+
+def test_system_prompt_is_part_of_the_run_identity(tiny_qwen, synth_dir, tmp_path):
+    from hiertrain.core.errors import HierError
+
+    evaluate(tiny_qwen, synth_dir / "questions_random.jsonl", tmp_path, limit=1)
+    with pytest.raises(HierError, match=r"another system_prompt \('paper', this run 'none'\)"):
+        evaluate(tiny_qwen, synth_dir / "questions_random.jsonl", tmp_path, limit=1, model_kwargs={"system_prompt": "none"})
+    with pytest.raises(HierError, match="system_prompt 'model-default' is not one of"):
+        VLLMEvaluator(str(tiny_qwen), system_prompt="model-default")
+
+
+def test_chat_false_sends_the_papers_raw_base_llm_prompt(tiny_qwen, synth_dir, tmp_path):
+    from hiertrain.core.errors import HierError
+
+    model, run = evaluate(
+        tiny_qwen, synth_dir / "questions_random.jsonl", tmp_path, limit=2, mode="text", answer="generate",
+        model_kwargs={"chat": False},
+    )  # fmt: skip
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["chat"] is False and meta["system_text"] is None
+    dm = HierVQADataModule(str(synth_dir / "questions_random.jsonl"), limit=1, mode="text")
+    dm.setup()
+    item = dm.dataset()[0]
+    assert model.prompts_of(item) == [lq.question + " Answer:" for lq in item["levels"]]  # eval_text_og_natural.py:168-169
+    preds = load_predictions(run / "predictions.jsonl")
+    assert sum(lv.asked for p in preds for lv in p.levels) > 0
+    with pytest.raises(HierError, match="plain text-mode questions only"):
+        evaluate(tiny_qwen, synth_dir / "questions_random.jsonl", tmp_path / "img", limit=1, model_kwargs={"chat": False})

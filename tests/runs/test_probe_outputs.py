@@ -52,7 +52,7 @@ def test_report_states_chance_and_unseen_classes():
 def test_summary_and_files(tmp_path, capsys):
     rep = _report()
     lines = summary_lines(rep)
-    assert lines[0] == "probe test accuracy (n=4)"
+    assert lines[0] == "probe test accuracy (n=4); model selection: val"  # which split chose the probes
     assert lines[1].split() == ["site", "order", "family", "HCA"]
     assert lines[2].split() == ["(chance)", "0.500", "0.200", "0.1000"]
     assert lines[3].split() == ["llm.0", "0.750", "0.500", "0.500"]
