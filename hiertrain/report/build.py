@@ -42,7 +42,7 @@ class Run:
         folder (a LoRA run.json sits beside its adapter there) the run root's folder."""
         if self.meta.get("run_name"):
             return str(self.meta["run_name"])
-        return self.path.parent.name if self.name == CHECKPOINT_DIRNAME else self.name
+        return self.path.parent.name if self.path.name == CHECKPOINT_DIRNAME else self.path.name
 
     @property
     def model(self) -> str:

@@ -129,12 +129,11 @@ def contact_sheet(
             except BAD_IMAGE_ERRORS:
                 missing += 1
                 ax.text(0.5, 0.5, f"image not readable:\n{_short(str(sample.image), 30)}", ha="center", va="center", fontsize=6, transform=ax.transAxes)
-            ax.set_xlabel("")
-            line_axes = _LINE_PT * 1.35 / 72 / _TILE_IN
-            ax.text(0.0, -0.03, f"id {sample.id}", transform=ax.transAxes, va="top", fontsize=_LINE_PT, color="#444")
-            for k, (text, ok) in enumerate(caption_lines(sample)):
-                ax.text(0.0, -0.03 - (k + 1) * line_axes, text, transform=ax.transAxes, va="top", fontsize=_LINE_PT,
-                        color="#1a7f37" if ok else "#cf222e")
+            lines = [(f"id {sample.id}", None), *caption_lines(sample)]
+            for k, (text, ok) in enumerate(lines):  # offsets in points: the same spacing under any tile shape
+                ax.annotate(text, xy=(0, 0), xycoords="axes fraction", xytext=(0, -2 - k * _LINE_PT * 1.35),
+                            textcoords="offset points", va="top", fontsize=_LINE_PT,
+                            color="#444" if ok is None else "#1a7f37" if ok else "#cf222e")
     fig.suptitle(title, fontsize=10, x=0.01, ha="left")
     fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.45 / (len(CATEGORIES) * row_in + 0.5), bottom=caption_in / (len(CATEGORIES) * row_in + 0.5),
                         hspace=(caption_in + 0.35) / _TILE_IN, wspace=0.25)

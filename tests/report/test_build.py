@@ -150,3 +150,16 @@ def test_mixed_answer_parsers_refused_unless_allowed(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 2
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep"), "--allow-mixed"]) == 0
+
+
+def test_lora_run_named_after_its_root_not_checkpoints(tmp_path: Path) -> None:
+    """A LoRA run.json sits beside its adapter in `<root>/checkpoints`: the report names the run root."""
+    ckpt = tmp_path / "lora" / "synth_text" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "run.json").write_text(json.dumps({"kind": "lora", "model_name": "tiny", "dataset": "synthetic"}))
+    (ckpt / "before_after.json").write_text(json.dumps({"rows": [
+        {"dataset": "synthetic", "mode": "text", "before": {"hca": 0.1}, "after": {"hca": 0.3}}]}))
+    report = build_report(collect_runs([tmp_path]))
+    assert [r["run"] for r in report.tables["lora"]] == ["synth_text"]
+    md = write_report(report, tmp_path / "out").read_text()
+    assert "checkpoints" not in md and "1 runs: synth_text" in md
