@@ -65,7 +65,8 @@ def pick_samples(samples: list[SamplePrediction], per_category: int) -> dict[str
 
 
 def caption_lines(sample: SamplePrediction) -> list[tuple[str, bool]]:
-    """One (text, correct) per asked level: `name: truth ✓` or `name: truth → pick ✗`."""
+    """(text, correct) lines per asked level: `name: truth ✓`, or for a wrong one `name: truth ✗`
+    and below it `  → pick` (two lines, so long class names fit a tile)."""
     lines = []
     for lv in sample.levels:
         if not lv.asked:
@@ -74,7 +75,7 @@ def caption_lines(sample: SamplePrediction) -> list[tuple[str, bool]]:
         if lv.correct:
             lines.append((f"{name}: {_short(lv.truth)} ✓", True))
         else:
-            lines.append((f"{name}: {_short(lv.truth)} → {_short(_pick(lv))} ✗", False))
+            lines += [(f"{name}: {_short(lv.truth)} ✗", False), (f"   → {_short(_pick(lv))}", False)]
     return lines
 
 
@@ -82,7 +83,7 @@ def _pick(lv: LevelPrediction) -> str:
     return lv.predicted if lv.predicted is not None else NO_ANSWER
 
 
-def _short(text: str, width: int = 22) -> str:
+def _short(text: str, width: int = 24) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -107,7 +108,7 @@ def contact_sheet(
 ) -> tuple[str, int]:
     """Draw the sheet (one row per category) into `out/name`; return (name, images not readable)."""
     cols = max(1, max((len(v) for v in samples.values()), default=1))
-    depth = max((len(caption_lines(s)) for v in samples.values() for s in v), default=1)
+    depth = max((len(caption_lines(s)) + 1 for v in samples.values() for s in v), default=1)  # + the id line
     caption_in = (depth + 0.6) * _LINE_PT * 1.35 / 72
     row_in = _TILE_IN + caption_in + 0.35
     fig, axes = plt.subplots(len(CATEGORIES), cols, figsize=(cols * (_TILE_IN + 0.5), len(CATEGORIES) * row_in + 0.5), squeeze=False)
@@ -134,9 +135,10 @@ def contact_sheet(
                 ax.annotate(text, xy=(0, 0), xycoords="axes fraction", xytext=(0, -2 - k * _LINE_PT * 1.35),
                             textcoords="offset points", va="top", fontsize=_LINE_PT,
                             color="#444" if ok is None else "#1a7f37" if ok else "#cf222e")
-    fig.suptitle(title, fontsize=10, x=0.01, ha="left")
-    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.45 / (len(CATEGORIES) * row_in + 0.5), bottom=caption_in / (len(CATEGORIES) * row_in + 0.5),
-                        hspace=(caption_in + 0.35) / _TILE_IN, wspace=0.25)
+    height = len(CATEGORIES) * row_in + 0.5
+    fig.suptitle(title, fontsize=10, x=0.01, y=1 - 0.08 / height, ha="left", va="top")
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.6 / height, bottom=caption_in / height,
+                        hspace=(caption_in + 0.35) / _TILE_IN, wspace=0.3)
     return _save(fig, out, name), missing
 
 
@@ -199,14 +201,16 @@ def confusion_heatmap(samples: list[SamplePrediction], level: str, out: Path, na
             for j, v in enumerate(line):
                 if v:
                     ax.text(j, i, str(v), ha="center", va="center", fontsize=6, color="white" if v > top / 2 else "#222")
-    fig.colorbar(image, ax=ax, fraction=0.04)
-    ax.set_title(title, fontsize=9)
+    from matplotlib.ticker import MaxNLocator
+
+    fig.colorbar(image, ax=ax, fraction=0.04, ticks=MaxNLocator(integer=True))
+    ax.set_title(title, fontsize=9, loc="left")
     return _save(fig, out, name)
 
 
 def _save(fig, out: Path, name: str) -> str:
     with atomic_path(out / name) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight", pad_inches=0.15)  # rotated ticks, captions kept
     plt.close(fig)
     return name
 
@@ -242,7 +246,7 @@ def draw_run(run_dir: Path, meta: dict[str, Any], run_name: str, out: Path, per_
     if worst is not None:
         level, errors = worst
         entry["confusion_level"], entry["confusion_errors"] = level, errors
-        entry["confusion"] = confusion_heatmap(samples, level, out, f"confusion_{slug}.png", f"{run_name}: {level} ({errors} errors; rows truth, columns pick)")
+        entry["confusion"] = confusion_heatmap(samples, level, out, f"confusion_{slug}.png", f"{run_name}\n{level}: {errors} errors (rows truth, columns pick)")
     return entry
 
 

@@ -27,7 +27,7 @@ def test_categories_and_captions() -> None:
     all_right = _sample(1, ["Quercus", "Quercus robur"], ["Quercus", "Quercus robur"])
     leaf_wrong = _sample(2, ["Quercus", "Acer rubrum"], ["Quercus", "Quercus robur"])
     assert [category(s) for s in (right_leaf, all_right, leaf_wrong)] == ["leaf_right_ancestor_wrong", "all_right", "leaf_wrong"]
-    assert caption_lines(right_leaf) == [("genus: Quercus → Acer ✗", False), ("species: Quercus robur ✓", True)]
+    assert caption_lines(right_leaf) == [("genus: Quercus ✗", False), ("   → Acer", False), ("species: Quercus robur ✓", True)]
     picked = pick_samples([leaf_wrong, all_right, right_leaf, _sample(3, ["Quercus", "Acer"], ["Quercus", "Q"])], 1)
     assert [s.id for s in picked["leaf_wrong"]] == [2]  # first by id, capped
 
