@@ -11,7 +11,6 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from hiertrain.cli.main import main
