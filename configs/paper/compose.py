@@ -73,7 +73,7 @@ def max_new_tokens(model: str, dataset: str, mode: str) -> int:
 
 
 def differences(model: str, dataset: str, mode: str) -> list[str]:
-    """What this preset does not do as the paper did, and why (README: "Paper presets")."""
+    """What this preset does not do as the paper did, and why (docs/evaluation.md: "Paper presets")."""
     out = []
     if model in CLIPS:
         out.append("CLIP runs in float32 without the paper's autocast (numerics only)")

@@ -281,6 +281,8 @@ def write_run_json(run_dir: Path, tuner: Any, data: Any, adapter: Path) -> None:
         questions_sha256=run_meta.file_sha256(data.questions),
         num_samples=len(data.split_records(data.train_split)),
         fields={
+            # The run's name in reports: the run root's folder, not Lightning's "checkpoints" beside the adapter.
+            "run_name": run_dir.parent.name if run_dir.name == "checkpoints" else run_dir.name,
             "base": str(tuner.pretrained),
             "adapter": str(adapter),
             "hparams": {k: v for k, v in dict(tuner.hparams).items() if k != "pretrained"},

@@ -9,6 +9,7 @@ Logging: unless `--trainer.logger` is given, runs log to W&B (`WandbLogger`; pro
 taxonomy), so runs of one taxonomy sit side by side. W&B never blocks or prompts: without
 credentials (WANDB_API_KEY or `wandb login`) it logs offline and says so in one line;
 `WANDB_MODE` is respected; `--wandb false` (or `WANDB_MODE=disabled`) logs to CSV instead.
+Evaluations log a sample table (`--wandb_log_samples N` rows, hiertrain.modules.sample_table).
 
 Outputs: `--trainer.default_root_dir` defaults to `runs/` (git-ignored), and a
 `ModelCheckpoint` without `dirpath` writes to `<default_root_dir>/checkpoints`, so
@@ -121,6 +122,10 @@ class HierCLI(LightningCLI):
         parser.add_argument("--wandb", type=bool, default=True, help="log to W&B; false = CSV logger")
         parser.add_argument("--wandb_project", type=str, default="hiertrain", help="W&B project")
         parser.add_argument(
+            "--wandb_log_samples", type=int, default=50,
+            help="evaluation: rows (images, first by id) of the W&B sample table; 0 = no table",
+        )  # fmt: skip
+        parser.add_argument(
             "--fresh", type=bool, default=False, help="evaluation: clear the run directory and start afresh"
         )
         parser.set_defaults({"trainer.default_root_dir": DEFAULT_ROOT_DIR})
@@ -138,6 +143,8 @@ class HierCLI(LightningCLI):
                 callback.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
         if hasattr(self.model, "fresh"):
             self.model.fresh = bool(self._get(self.config_init, "fresh", default=False))
+        if hasattr(self.model, "log_samples"):
+            self.model.log_samples = int(self._get(self.config_init, "wandb_log_samples", default=50))
         return trainer
 
     def after_fit(self) -> None:

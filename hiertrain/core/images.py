@@ -1,6 +1,6 @@
 """Reading images: the one image-path rule and the one way a file becomes an RGB image.
 
-Image-path rule (README, "Image paths"), used by every command that reads a question file:
+Image-path rule (docs/data.md, "Image paths"), used by every command that reads a question file:
 1. a leading prefix listed in `image_root_map` is replaced by its target; a relative target
    is taken from the working directory (as any path on the command line or in a config);
 2. otherwise a relative path is taken from the question file's folder (or `image_dir`);

@@ -193,7 +193,7 @@ class HierVQADataModule(LightningDataModule):
         limit: serve only the first `limit` records.
         image_dir: base folder of relative image paths (default: the question file's folder).
         image_root_map: leading path replacements, e.g. the authors' CUB folder -> yours; a
-            relative target is taken from the working directory (README, "Image paths").
+            relative target is taken from the working directory (docs/data.md, "Image paths").
         image_root: your download of the dataset of a paper file (e.g. your CUB_200_2011):
             the authors' absolute image paths are mapped there (hiertrain.core.paper_image_paths);
             takes precedence over `image_root_map`. Image mode only.

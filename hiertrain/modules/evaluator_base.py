@@ -16,6 +16,7 @@ Everything else follows the same steps whatever the model:
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -27,10 +28,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from hiertrain.core.errors import HierError
 from hiertrain.core.predictions import LevelPrediction, SamplePrediction
 from hiertrain.core.prompts import LETTERS
+from hiertrain.modules.sample_table import DEFAULT_LOG_SAMPLES
 from hiertrain.runs.eval_outputs import RunDirectory
 from hiertrain.runs.meta import RunMeta, dataset_name, file_sha256, weights_fingerprint
 
-SAMPLE_TABLE_ROWS = 50
 # Overriding transfer_batch_to_device on the module (items hold PIL images) is deliberate.
 warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device`")
 
@@ -81,6 +82,7 @@ class QuestionEvaluator(LightningModule):
         super().__init__()
         self.pretrained, self.run_name = pretrained, run_name
         self.fresh = False  # `hiertrain test ... --fresh true`: clear the run directory first
+        self.log_samples = DEFAULT_LOG_SAMPLES  # rows of the W&B sample table (`--wandb_log_samples`)
         self.run_dir: RunDirectory | None = None
         self.meta: dict[str, Any] = {}
         self.final_metrics: dict[str, Any] | None = None
@@ -134,6 +136,9 @@ class QuestionEvaluator(LightningModule):
                 "label_case": getattr(dm, "label_case", "file"),
                 "weights": weights_fingerprint(self.pretrained),
                 "settings": self.run_settings(),
+                # Not identity: where the images are (the report's failure gallery finds them by these).
+                "image_dir": os.path.abspath(dm.image_dir),
+                "image_root_map": {k: v if os.path.isabs(v) else os.path.join(os.getcwd(), v) for k, v in dm.image_root_map.items()},
             },
         )
         meta.fields["run_name"] = self.run_name or meta.run_name
@@ -252,17 +257,31 @@ class QuestionEvaluator(LightningModule):
             )
 
     def _log_artifacts(self, preds: list[SamplePrediction]) -> None:
-        """The plot and a sample table where the logger can show them (W&B)."""
+        """The plot and the sample table where the logger can show them (W&B); `wandb.json` in
+        the run directory says which W&B run holds them (linked by `hiertrain report`)."""
         from lightning.pytorch.loggers import WandbLogger
+
+        from hiertrain.core.atomic import write_atomic
+        from hiertrain.core.images import resolve_image
+        from hiertrain.modules.sample_table import sample_table
+        from hiertrain.runs.meta import WANDB_JSON, to_json_text
 
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key="per_level_accuracy", images=[str(self.run_dir.path / "per_level_accuracy.png")])
-                rows = [
-                    [p.id, p.image, p.label, lv.name, lv.truth, " | ".join(lv.options), lv.reply, lv.letter, lv.correct]
-                    for p in preds[:SAMPLE_TABLE_ROWS]
-                    for lv in p.levels
-                    if lv.asked
-                ]
-                columns = ["id", "image", "label", "level", "truth", "options", "reply", "letter", "correct"]
-                logger.log_table(key="samples", columns=columns, data=rows)
+                tables: dict[str, int] = {}
+                if self.log_samples > 0:
+                    dm = self._datamodule()
+                    locate = None
+                    if self.meta["mode"] == "image":
+                        locate = lambda image: resolve_image(image, dm.image_dir, dm.image_root_map)  # noqa: E731
+                    columns, rows = sample_table(preds, self.log_samples, self.meta.get("answer") == "generate", locate)
+                    logger.log_table(key="samples", columns=columns, data=rows)
+                    tables["samples"] = len(rows)
+                run = logger.experiment
+                offline = bool(getattr(run.settings, "_offline", False)) or getattr(run.settings, "mode", "") in ("offline", "dryrun")
+                info = {
+                    "project": run.project, "run_id": run.id, "name": run.name, "mode": "offline" if offline else "online",
+                    "url": None if offline else run.url, "dir": str(Path(run.dir).parent), "tables": tables,
+                }  # fmt: skip
+                write_atomic(self.run_dir.path / WANDB_JSON, to_json_text(info))

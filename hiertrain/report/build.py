@@ -19,6 +19,8 @@ from hiertrain.core.prompts import leaf_label
 from hiertrain.core.metric_labels import percent
 from hiertrain.runs.meta import RUN_JSON, model_name, read_run_json
 
+CHECKPOINT_DIRNAME = "checkpoints"  # where hiertrain points ModelCheckpoint (hiertrain.cli.lightning)
+
 
 @dataclass
 class Run:
@@ -44,7 +46,15 @@ class Run:
         if self.kind == "eval":  # what a killed evaluation left for its resume
             streamed = sum(len(p.read_text(encoding="utf-8").splitlines()) for p in self.path.glob("predictions*.jsonl"))
         done = f"; {streamed} prediction lines streamed" if streamed else ""
-        return f"{self.path.name}: unfinished (no {name}{done}); rerun its command to finish it"
+        return f"{self.name}: unfinished (no {name}{done}); rerun its command to finish it"
+
+    @property
+    def name(self) -> str:
+        """The run's name: run.json's `run_name`; else its folder, but for Lightning's checkpoint
+        folder (a LoRA run.json sits beside its adapter there) the run root's folder."""
+        if self.meta.get("run_name"):
+            return str(self.meta["run_name"])
+        return self.path.parent.name if self.path.name == CHECKPOINT_DIRNAME else self.path.name
 
     @property
     def model(self) -> str:
@@ -154,12 +164,12 @@ def protocol_differences(runs: list[Run]) -> list[str]:
         ref = by_dataset.setdefault(run.dataset, run)
         if run.meta.get("questions_sha256") != ref.meta.get("questions_sha256"):
             out.append(
-                f"{run.path.name} and {ref.path.name} ({run.dataset}) use different question files: "
+                f"{run.name} and {ref.name} ({run.dataset}) use different question files: "
                 f"{run.meta.get('questions')} vs {ref.meta.get('questions')}"
             )
         elif run.meta.get("split") != ref.meta.get("split"):
             out.append(
-                f"{run.path.name} and {ref.path.name} ({run.dataset}) score different splits: "
+                f"{run.name} and {ref.name} ({run.dataset}) score different splits: "
                 f"{run.meta.get('split')!r} vs {ref.meta.get('split')!r}"
             )
     answering = [r for r in evals if r.meta.get("answer") != "clip"]
@@ -176,7 +186,7 @@ def _setting_differences(vllm: list[Run]) -> list[str]:
             for run in vllm[1:]:
                 if _setting(run, key) != _setting(ref, key):
                     out.append(
-                        f"{run.path.name} and {ref.path.name} differ in {key}: "
+                        f"{run.name} and {ref.name} differ in {key}: "
                         f"{_setting(run, key)!r} vs {_setting(ref, key)!r}"
                     )
     if vllm:  # served (vLLM, SGLang, an API) and in-process transformers runs of one model can drift apart
@@ -184,7 +194,7 @@ def _setting_differences(vllm: list[Run]) -> list[str]:
         for run in vllm[1:]:
             if run_backend(run) != run_backend(ref):
                 out.append(
-                    f"{run.path.name} and {ref.path.name} differ in backend: {run_backend(run)!r} vs {run_backend(ref)!r}"
+                    f"{run.name} and {ref.name} differ in backend: {run_backend(run)!r} vs {run_backend(ref)!r}"
                 )
     return out
 
@@ -294,8 +304,8 @@ def _open_set_rows(runs: list[Run], closed: list[Run]) -> list[dict[str, Any]]:
                 "open_ambiguous": percent(rates.get("ambiguous_rate")),
                 "open_hca_ci": _ci(m, "hca"),
                 "closed_hca_ci": _ci(c, "hca"),
-                "closed_run": twin.path.name if twin else None,
-                "open_run": run.path.name,
+                "closed_run": twin.name if twin else None,
+                "open_run": run.name,
             }
         )
     return rows
@@ -315,7 +325,7 @@ def _probe_tables(runs: list[Run]) -> list[dict[str, Any]]:
         for site in p.get("sites", []):
             rows.append(
                 {
-                    "run": run.path.name,
+                    "run": run.name,
                     "model": run.model,
                     "dataset": run.dataset,
                     "side": p.get("side", run.meta.get("side", "visual")),
@@ -336,7 +346,7 @@ def _lora_tables(runs: list[Run]) -> list[dict[str, Any]]:
             before, after = row.get("before", {}), row.get("after", {})
             rows.append(
                 {
-                    "run": run.path.name,
+                    "run": run.name,
                     "dataset": row.get("dataset"),
                     "mode": row.get("mode"),
                     "hca_before": percent(before.get("hca")),
@@ -486,15 +496,22 @@ def headline_table(report: Report) -> str:
     return markdown_table(report.tables["visual"], ["model", "dataset", "hca", "leaf_accuracy", "text_hca", "chance_hca", "samples", "skipped"])
 
 
-def write_report(report: Report, out: str | Path, title: str = "hiertrain report") -> Path:
-    """Write report.md, report.json and the PNG plots into `out`; return report.md's path."""
+def write_report(report: Report, out: str | Path, title: str = "hiertrain report", gallery: int = 6) -> Path:
+    """Write report.md, report.json and the PNG plots into `out`; return report.md's path.
+    `gallery`: images per category in each image run's failure gallery (0 = no gallery)."""
+    from hiertrain.report import gallery as report_gallery
     from hiertrain.report import plots as report_plots
+    from hiertrain.report import wandb_runs
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images = report_plots.draw_all(report.tables, out)
+    galleries = [] if gallery <= 0 else [
+        e for r in sorted(report.runs, key=lambda r: r.name)
+        if (e := report_gallery.draw_run(r.path, r.meta, r.name, out, per_category=gallery)) is not None
+    ]
     t = report.tables
-    md = [f"# {title}", "", f"{len(report.runs)} runs: " + ", ".join(sorted(r.path.name for r in report.runs)), ""]
+    md = [f"# {title}", "", f"{len(report.runs)} runs: " + ", ".join(sorted(r.name for r in report.runs)), ""]
     unfinished = unfinished_runs(report)
     if unfinished:
         md += ["**Unfinished runs (listed above, no row below):**", *[f"- {u}" for u in unfinished], ""]
@@ -507,6 +524,7 @@ def write_report(report: Report, out: str | Path, title: str = "hiertrain report
     md += ["## Per-level accuracy (%)", "", markdown_table(flat, ["model", "dataset", "mode", *level_cols, "hca", "chance_hca"]), ""]
     if "per_level" in images:
         md += [f"![Per-level accuracy]({images['per_level']})", ""]
+    md += report_gallery.markdown(galleries)
     if t.get("open_set"):
         md += [
             "## Closed-set vs open-set (%)",
@@ -551,6 +569,8 @@ def write_report(report: Report, out: str | Path, title: str = "hiertrain report
             "McNemar p: exact two-sided test on the images only one of the two models got right.",
             "",
         ]
+    wandb_links = wandb_runs.links(report.runs)
+    md += wandb_runs.markdown(wandb_links)
     write_atomic(out / "report.md", "\n".join(md))
     payload = {
         # No creation times: two runs of the same study give the same report.json bytes.
@@ -560,6 +580,8 @@ def write_report(report: Report, out: str | Path, title: str = "hiertrain report
         "tables": t,
         "correlation": report.correlation,
         "images": images,
+        "gallery": galleries,
+        "wandb": wandb_links,
     }
     write_atomic(out / "report.json", json.dumps(payload, indent=2, default=str))
     return out / "report.md"

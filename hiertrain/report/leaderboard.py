@@ -34,11 +34,11 @@ def _pct(x: Any) -> float | None:
 def leaderboard_rows(runs: list[Any]) -> list[dict[str, Any]]:
     """One dict per evaluation run with metrics (runs as `hiertrain.report.build.Run`), sorted."""
     rows = []
-    for run in sorted((r for r in runs if r.kind == "eval" and r.metrics), key=lambda r: (r.dataset, r.model, r.mode, r.path.name)):
+    for run in sorted((r for r in runs if r.kind == "eval" and r.metrics), key=lambda r: (r.dataset, r.model, r.mode, r.name)):
         m = run.metrics or {}
         intervals = m.get("intervals") or {}
         row: dict[str, Any] = {
-            "run": run.path.name,
+            "run": run.name,
             "model": run.model,
             "dataset": run.dataset,
             "mode": run.mode,

@@ -30,6 +30,8 @@ from hiertrain.core.atomic import write_atomic
 from hiertrain.core.errors import HierError
 
 RUN_JSON = "run.json"
+# Where an evaluation says which W&B run holds its logged sample table (read by `hiertrain report`).
+WANDB_JSON = "wandb.json"
 
 # run.json keys that must match for a rerun to continue (resume) an earlier run in its directory.
 # `limit` is left out on purpose: it only selects which samples are served, and the metrics

@@ -41,8 +41,11 @@ def reference(tiny_qwen, synth_dir, tmp_path_factory) -> Path:
     """One uninterrupted 1-process run, logged to W&B offline."""
     root = tmp_path_factory.mktemp("reference")
     assert os.environ["WANDB_MODE"] == "offline"
-    assert main(_args(tiny_qwen, synth_dir, root, "--wandb=true")) == 0
+    assert main(_args(tiny_qwen, synth_dir, root, "--wandb=true", f"--wandb_log_samples={LOGGED}")) == 0
     return root
+
+
+LOGGED = 7  # rows of the W&B sample table (fewer than N_IMAGES: the cap is what is tested)
 
 
 def test_outputs_and_wandb_offline(reference):
@@ -55,6 +58,29 @@ def test_outputs_and_wandb_offline(reference):
     assert list(offline[0].glob("run-*.wandb"))
     assert list((offline[0] / "files/media/images").glob("per_level_accuracy*.png"))
     assert list((offline[0] / "files/media/table").glob("samples*.table.json"))
+
+
+def test_wandb_sample_table_offline(reference):
+    """The offline run's `samples` table: one row per image (first LOGGED by id), a thumbnail,
+    each level's truth / pick / correct; wandb.json names the W&B run for the report."""
+    import json
+
+    (offline,) = (reference / "wandb").glob("offline-run-*")
+    (table_file,) = (offline / "files/media/table").glob("samples*.table.json")
+    table = json.loads(table_file.read_text())
+    names = json.loads((reference / RUN / "metrics.json").read_text())["level_names"]
+    assert table["columns"] == ["image", "id", "label", *[f"{n} {c}" for n in names for c in ("truth", "pick", "correct")]]
+    assert len(table["data"]) == LOGGED
+    preds = [json.loads(line) for line in (reference / RUN / "predictions.jsonl").read_text().splitlines()]
+    first = sorted(preds, key=lambda p: p["id"])[:LOGGED]
+    assert [row[1] for row in table["data"]] == [p["id"] for p in first]
+    for row, pred in zip(table["data"], first):
+        assert row[0] == "Image"  # the run file's copy names the media type (the pixels go to the table artifact)
+        truths = [lv["truth"] for lv in pred["levels"]]
+        assert row[3::3] == truths and row[5::3] == [lv["correct"] for lv in pred["levels"]]
+    info = json.loads((reference / RUN / "wandb.json").read_text())
+    assert info["mode"] == "offline" and info["url"] is None and info["tables"] == {"samples": LOGGED}
+    assert Path(info["dir"]) == offline.resolve() and offline.name.endswith(info["run_id"])
 
 
 def test_killed_run_resumes_to_identical_outputs(reference, tiny_qwen, synth_dir, tmp_path, caplog):

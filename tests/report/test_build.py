@@ -182,3 +182,15 @@ def test_an_unfinished_run_is_named_with_what_is_missing(runs_root: Path, tmp_pa
         assert f"- {line}" in md and f"not in the tables: {line}" in printed
     assert json.loads((out / "report.json").read_text())["unfinished"] == lines
     assert "| m4 |" not in md  # still no row: nothing was scored
+
+def test_lora_run_named_after_its_root_not_checkpoints(tmp_path: Path) -> None:
+    """A LoRA run.json sits beside its adapter in `<root>/checkpoints`: the report names the run root."""
+    ckpt = tmp_path / "lora" / "synth_text" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "run.json").write_text(json.dumps({"kind": "lora", "model_name": "tiny", "dataset": "synthetic"}))
+    (ckpt / "before_after.json").write_text(json.dumps({"rows": [
+        {"dataset": "synthetic", "mode": "text", "before": {"hca": 0.1}, "after": {"hca": 0.3}}]}))
+    report = build_report(collect_runs([tmp_path]))
+    assert [r["run"] for r in report.tables["lora"]] == ["synth_text"]
+    md = write_report(report, tmp_path / "out").read_text()
+    assert "checkpoints" not in md and "1 runs: synth_text" in md

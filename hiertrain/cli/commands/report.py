@@ -10,6 +10,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="where report.md, report.json and the PNGs go")
     parser.add_argument("--allow-mixed", action="store_true", help="compare runs scored under different protocols")
     parser.add_argument("--title", default="hiertrain report")
+    parser.add_argument(
+        "--gallery", type=int, default=6, metavar="N",
+        help="failure gallery: up to N images per category for each image run (0 = none)",
+    )
     parser.add_argument("--wandb", action="store_true", help="also log tables and plots to W&B (group 'report')")
     parser.add_argument("--wandb-project", default="hiertrain")
     parser.add_argument(
@@ -24,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from hiertrain.report.build import build_report, collect_runs, headline_table, log_to_wandb, unfinished_runs, write_report
 
     report = build_report(collect_runs(args.runs), allow_mixed=args.allow_mixed)
-    path = write_report(report, args.out, title=args.title)
+    path = write_report(report, args.out, title=args.title, gallery=args.gallery)
     if args.csv is not None:
         from hiertrain.report.leaderboard import write_leaderboard
 
