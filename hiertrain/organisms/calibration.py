@@ -61,26 +61,34 @@ def calibration_table(run_dir: Path, manifest_path: Path | None = None) -> dict:
                 c[1] += 1
                 opts = lv.get("options") or []
                 if kind == "withheld" and opts:
-                    t = letters.setdefault("truth", [0] * len(opts))
-                    t[opts.index(lv["truth"])] += 1
+                    cell = letters.setdefault(name, {"truth": [0] * len(opts), "pick": [0] * len(opts)})
+                    cell["truth"][opts.index(lv["truth"])] += 1
                     if lv.get("letter"):
-                        p = letters.setdefault("pick", [0] * len(opts))
-                        p["ABCDEFGHIJ".index(lv["letter"])] += 1
+                        cell["pick"]["ABCDEFGHIJ".index(lv["letter"])] += 1
     if not cells:
         raise HierError(f"{path}: no asked levels")
     rows = []
     for (name, kind), (k, n) in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         lo, hi = wilson(k, n)
-        rows.append({"level": name, "facts": kind, "correct": k, "n": n, "accuracy": k / n, "ci": [lo, hi]})
+        row = {"level": name, "facts": kind, "correct": k, "n": n, "accuracy": k / n, "ci": [lo, hi]}
+        if kind == "withheld" and name in letters:
+            # knowing nothing, a pick is independent of the truth: the expected accuracy is then
+            # sum over letters of P(pick letter) x P(truth at letter) (= 1/#options without bias)
+            t, p = letters[name]["truth"], letters[name]["pick"]
+            row["independent"] = sum(a * b for a, b in zip(t, p)) / (sum(t) * max(sum(p), 1))
+            row["letters"] = letters[name]
+        rows.append(row)
     chance = 1.0 / 4
     return {"run": str(run_dir), "organism": m["name"], "mode": run.get("mode"), "answer": run.get("answer"),
-            "chance": chance, "rows": rows, "withheld_letters": letters}  # fmt: skip
+            "chance": chance, "rows": rows}  # fmt: skip
 
 
 def format_table(table: dict) -> str:
     lines = [f"{table['organism']} / {table['mode']} / {table['answer']}: accuracy by fact kind (chance {table['chance']:.2f})"]
     for r in table["rows"]:
-        lines.append(f"  {r['level']:<8} {r['facts']:<9} {r['accuracy']:6.3f}  [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]  n={r['n']}")
-    if table["withheld_letters"]:
-        lines.append(f"  withheld facts: truth per letter {table['withheld_letters'].get('truth')}, picks per letter {table['withheld_letters'].get('pick')}")
+        line = f"  {r['level']:<8} {r['facts']:<9} {r['accuracy']:6.3f}  [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]  n={r['n']}"
+        if "independent" in r:
+            line += (f"  expected knowing nothing {r['independent']:.3f} (letter bias: picks A-D {r['letters']['pick']},"
+                     f" truths {r['letters']['truth']})")  # fmt: skip
+        lines.append(line)
     return "\n".join(lines)
