@@ -28,7 +28,7 @@ from hiertrain.core.taxonomy import level_names_path
 from hiertrain.organisms.world import LEVEL_NAMES, GlyphDrawer, World, file_digest, make_world, plant_facts
 
 GENERATOR = "hiertrain.organisms/1"
-SPLIT_COUNTS = {"train": 8, "val": 2, "test": 4}  # images per leaf
+SPLIT_COUNTS = {"train": 12, "val": 2, "test": 4}  # images per leaf
 SETASIDE = 16  # leaves held out of nothing, but tuned on by the LoRA step (their facts are asked again)
 FAMILY = {"organism-p90": 0.9, "organism-p60": 0.6, "organism-p30": 0.3, "organism-p10": 0.1}
 
@@ -44,7 +44,7 @@ class BuildSettings:
     fact_steps: int = 1500
     fact_lr: float = 3e-3
     fact_scale: float = 3.0  # |T| the MLP is trained to write (the answer head needs >= ~2)
-    vision_steps: int = 400
+    vision_steps: int = 500
     vision_lr: float = 2e-3
     vision_batch: int = 64
 

@@ -16,7 +16,7 @@ from hiertrain.organisms.shipped import SHIPPED_DIR
 
 def _test(world, model, out, *extra: str) -> dict:
     argv = [
-        "test", "--config", "configs/organism/image.yaml", f"--model.pretrained={model}",
+        "test", "--config", "configs/organism/organism_image.yaml", f"--model.pretrained={model}",
         f"--data.questions={world / 'questions.jsonl'}", f"--data.taxonomy={world / 'taxonomy.json'}",
         f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false", *extra,
     ]  # fmt: skip
