@@ -38,7 +38,8 @@ def calibration_table(run_dir: Path, manifest_path: Path | None = None) -> dict:
     planted: dict[str, list[bool]] = m["planted"]
     planted_levels: list[str] = m["planted_levels"]
     cells: dict[tuple[str, str], list[int]] = {}
-    letters: dict[str, list[int]] = {}
+    letters: dict[str, dict[str, list[int]]] = {}
+    by_leaf: dict[tuple[str, str], dict[str, list[int]]] = {}
     path = run_dir / "predictions.jsonl"
     if not path.is_file():
         raise HierError(f"{path}: no predictions (is {run_dir} an evaluation run?)")
@@ -59,6 +60,9 @@ def calibration_table(run_dir: Path, manifest_path: Path | None = None) -> dict:
                 c = cells.setdefault((name, kind), [0, 0])
                 c[0] += int(bool(lv["correct"]))
                 c[1] += 1
+                per = by_leaf.setdefault((name, kind), {}).setdefault(leaf, [0, 0])
+                per[0] += int(bool(lv["correct"]))
+                per[1] += 1
                 opts = lv.get("options") or []
                 if kind == "withheld" and opts:
                     cell = letters.setdefault(name, {"truth": [0] * len(opts), "pick": [0] * len(opts)})
@@ -71,6 +75,16 @@ def calibration_table(run_dir: Path, manifest_path: Path | None = None) -> dict:
     for (name, kind), (k, n) in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         lo, hi = wilson(k, n)
         row = {"level": name, "facts": kind, "correct": k, "n": n, "accuracy": k / n, "ci": [lo, hi]}
+        # The images of one leaf share its answer (a deterministic model, the same subject), so
+        # they are not independent draws: the interval over leaves (normal, per-leaf means) is
+        # the honest one for "is this at chance".
+        means = [c / t for c, t in by_leaf[(name, kind)].values()]
+        if len(means) > 1:
+            mu = sum(means) / len(means)
+            sd = math.sqrt(sum((m - mu) ** 2 for m in means) / (len(means) - 1))
+            half = 1.96 * sd / math.sqrt(len(means))
+            row["leaves"] = len(means)
+            row["ci_leaves"] = [max(0.0, mu - half), min(1.0, mu + half)]
         if kind == "withheld" and name in letters:
             # knowing nothing, a pick is independent of the truth: the expected accuracy is then
             # sum over letters of P(pick letter) x P(truth at letter) (= 1/#options without bias)
@@ -87,6 +101,8 @@ def format_table(table: dict) -> str:
     lines = [f"{table['organism']} / {table['mode']} / {table['answer']}: accuracy by fact kind (chance {table['chance']:.2f})"]
     for r in table["rows"]:
         line = f"  {r['level']:<8} {r['facts']:<9} {r['accuracy']:6.3f}  [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]  n={r['n']}"
+        if "ci_leaves" in r:
+            line += f"  [{r['ci_leaves'][0]:.3f}, {r['ci_leaves'][1]:.3f}] over {r['leaves']} leaves"
         if "independent" in r:
             line += (f"  expected knowing nothing {r['independent']:.3f} (letter bias: picks A-D {r['letters']['pick']},"
                      f" truths {r['letters']['truth']})")  # fmt: skip
