@@ -4,8 +4,8 @@
 
 world + export -> `hiertrain test` image and text for each organism -> `organism check`
 (planted vs withheld) -> probes on organism-p30 -> `hiertrain report` (text-vs-visual HCA
-correlation, galleries). Prints where each of issue 25's findings (i)-(iii) stands; finding
-(iv) (LoRA on set-aside leaves) is configs/organism/organism_lora_setaside.yaml and is not yet met.
+correlation, galleries). Findings (i)-(iii);
+(iv) (LoRA on set-aside leaves, configs/organism/organism_lora_setaside.yaml) runs in `make demo`.
 """
 
 from __future__ import annotations
