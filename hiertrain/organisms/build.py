@@ -277,8 +277,8 @@ class Organism:
             loss.backward()
             opt.step()
             if step % 50 == 0 or step == 1:
-                curve.append([step, round(float(mse), 6), round(float(ce), 6)])
-                self.log({"stage": "vision", "step": step, "mse": float(mse), "ce": float(ce)})
+                curve.append([step, round(mse.item(), 6), round(ce.item(), 6)])
+                self.log({"stage": "vision", "step": step, "mse": mse.item(), "ce": ce.item()})
         for p in visual.parameters():
             p.requires_grad_(False)
         return {"train_images": len(train), "curve": curve}
