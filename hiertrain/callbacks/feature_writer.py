@@ -55,11 +55,11 @@ class FeatureWriter(BasePredictionWriter):
             sites=fields["sites"],
             dims=fields["dims"],
             pools=fields["pools"],
-            prompts=desc["prompts"],
+            prompts=fields.get("prompts", desc["prompts"]),
             level_names=desc["level_names"],
             prompt_for_level=desc["prompt_for_level"],
             dtype=self.dtype,
-            info={"model": fields["model"], **desc["info"]},
+            info={k: fields[k] for k in ("model", "weights", "settings", "system") if k in fields} | desc["info"],
         )
         if getattr(dm, "mode", fields["mode"]) != fields["mode"]:
             raise HierError(f"FeatureWriter: data module mode '{dm.mode}' differs from model mode '{fields['mode']}'")

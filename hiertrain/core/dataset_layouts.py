@@ -21,6 +21,7 @@ Layouts:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections import Counter
@@ -43,21 +44,46 @@ class Prepared:
     classes: int  # classes in the download
     unmatched: dict[str, int] = field(default_factory=dict)  # class name -> images left out
     splits: dict[str, int] = field(default_factory=dict)  # images per split (matched only)
+    missing: list[str] = field(default_factory=list)  # listed images of matched classes with no file (left out)
 
 
-def _lines(path: Path) -> list[str]:
+# How many missing image files `data prepare` names (all are counted).
+MISSING_SHOWN = 3
+
+
+def read_text(path: Path) -> str:
+    """The file as text by one rule: UTF-8, a leading byte-order mark dropped (editors on
+    Windows write one). Anything else (Latin-1, UTF-16) is a one-line error naming the file and
+    line, never a guess: a wrong guess would spell class names wrongly and match no leaf."""
     if not path.is_file():
         raise HierError(f"{path}: missing (not the official layout?)")
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise HierError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, line) of the non-blank lines, numbered as an editor shows them."""
+    return [(n, line) for n, line in enumerate(read_text(path).splitlines(), 1) if line.strip()]
 
 
 def _pairs(path: Path) -> dict[str, str]:
-    """Lines "key value" -> {key: value}; HierError "FILE:LINE" otherwise."""
-    out = {}
-    for n, line in enumerate(_lines(path), 1):
+    """Lines "key value" -> {key: value}; HierError "FILE:LINE" otherwise, also for a key
+    listed twice (a dict would keep the last one silently: one image lost, one mislabelled)."""
+    out: dict[str, str] = {}
+    first: dict[str, int] = {}
+    for n, line in _lines(path):
         parts = line.split(maxsplit=1)
         if len(parts) != 2:
             raise HierError(f"{path}:{n}: expected '<id> <value>', got {line!r}")
+        if parts[0] in first:
+            raise HierError(f"{path}:{n}: id {parts[0]} listed twice (first on line {first[parts[0]]})")
+        first[parts[0]] = n
         out[parts[0]] = parts[1].strip()
     return out
 
@@ -93,19 +119,31 @@ def read_inat21(root: Path) -> tuple[dict[str, list[str]], Iterator[tuple[Path, 
     loaded, names = [], {}
     for split, path in files:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path))
         except json.JSONDecodeError as err:
             raise HierError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
-        for cat in data.get("categories", []):
+        if not isinstance(data, dict):
+            raise HierError(f"{path}: expected the COCO-style object with images, annotations, categories; got a JSON {type(data).__name__}")
+        for cat in _entries(path, data, "categories", ("id",)):
             if "genus" not in cat or "specific_epithet" not in cat:
                 raise HierError(f"{path}: category {cat.get('id')} has no genus / specific_epithet")
             names[str(cat["id"])] = [f"{cat['genus']} {cat['specific_epithet']}"]
-        loaded.append((split, path, data))
+        files_by_id: dict = {}
+        for k, im in enumerate(_entries(path, data, "images", ("id", "file_name"))):
+            if im["id"] in files_by_id:
+                raise HierError(f"{path}: images[{k}]: image id {im['id']} listed twice (first as {files_by_id[im['id']]!r})")
+            files_by_id[im["id"]] = im["file_name"]
+        anns = _entries(path, data, "annotations", ("image_id", "category_id"))
+        labelled: dict = {}
+        for k, ann in enumerate(anns):
+            if ann["image_id"] in labelled:
+                raise HierError(f"{path}: annotations[{k}]: image {ann['image_id']} annotated twice (first in annotations[{labelled[ann['image_id']]}])")
+            labelled[ann["image_id"]] = k
+        loaded.append((split, path, files_by_id, anns))
 
     def items():
-        for split, path, data in loaded:
-            files_by_id = {im["id"]: im["file_name"] for im in data.get("images", [])}
-            for ann in data.get("annotations", []):
+        for split, path, files_by_id, anns in loaded:
+            for ann in anns:
                 if ann["image_id"] not in files_by_id:
                     raise HierError(f"{path}: annotation of unknown image {ann['image_id']}")
                 if str(ann["category_id"]) not in names:
@@ -115,16 +153,46 @@ def read_inat21(root: Path) -> tuple[dict[str, list[str]], Iterator[tuple[Path, 
     return names, items()
 
 
+def _entries(path: Path, data: dict, key: str, required: tuple[str, ...]) -> list[dict]:
+    """`data[key]` as a list of objects that each have the `required` keys; one-line errors
+    naming the file, the list and the entry otherwise (not a KeyError / AttributeError)."""
+    items = data.get(key, [])
+    if not isinstance(items, list):
+        raise HierError(f"{path}: '{key}' must be a list, got a JSON {type(items).__name__}")
+    for k, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise HierError(f"{path}: {key}[{k}] must be an object, got {item!r:.40}")
+        lacking = [r for r in required if r not in item]
+        if lacking:
+            raise HierError(f"{path}: {key}[{k}] has no {' / '.join(lacking)}")
+    return items
+
+
 def read_food101(root: Path) -> tuple[dict[str, list[str]], Iterator[tuple[Path, str, str]]]:
     if not (root / "meta").is_dir() and (root / "food-101/meta").is_dir():
         root = root / "food-101"
     classes = _lines(root / "meta/classes.txt")
-    names = {c.strip(): [c.strip()] for c in classes}
+    names: dict[str, list[str]] = {}
+    for n, c in classes:
+        if c.strip() in names:
+            raise HierError(f"{root / 'meta/classes.txt'}:{n}: class {c.strip()!r} listed twice")
+        names[c.strip()] = [c.strip()]
     lists = [(split, _lines(root / f"meta/{split}.txt"), root / f"meta/{split}.txt") for split in ("train", "test")]
+    # an image listed twice would be one sample counted twice; one in both splits leaks test
+    # images into training: both are errors naming the two lines
+    seen: dict[str, str] = {}
+    for split, lines, path in lists:
+        for n, line in lines:
+            where = f"{path.name}:{n}"
+            if line.strip() in seen:
+                first = seen[line.strip()]
+                what = "listed twice" if first.split(":")[0] == path.name else "in both splits"
+                raise HierError(f"{path}:{n}: image {line.strip()!r} {what} (also {first})")
+            seen[line.strip()] = where
 
     def items():
         for split, lines, path in lists:
-            for n, line in enumerate(lines, 1):
+            for n, line in lines:
                 cls = line.split("/", 1)[0]
                 if cls not in names:
                     raise HierError(f"{path}:{n}: class {cls!r} not in meta/classes.txt")
@@ -151,7 +219,7 @@ def read_imagenet(root: Path) -> tuple[dict[str, list[str]], Iterator[tuple[Path
                     if Path(name).suffix.lower() in IMAGE_SUFFIXES:
                         yield train / wnid / name, wnid, "train"
         if solution.is_file():
-            with solution.open(newline="", encoding="utf-8") as f:
+            with io.StringIO(read_text(solution), newline="") as f:
                 for n, row in enumerate(csv.DictReader(f), 2):
                     try:
                         wnid = row["PredictionString"].split()[0]
@@ -191,16 +259,18 @@ def match_classes(names: dict[str, list[str]], taxonomy: Taxonomy) -> tuple[dict
         if len(keys) > 1:
             for key in keys:
                 del found[key]
-                why[key] = f"ambiguous: {len(keys)} classes match leaf {leaf!r}"
+                why[key] = f"ambiguous: {len(keys)} classes ({', '.join(keys)}) match leaf {leaf!r}"
     return found, why
 
 
-def class_title(key: str, names: dict[str, list[str]]) -> str:
-    """How a class is named in reports: "n01440764 (tench, Tinca tinca)", or just its name."""
+def class_title(key: str, names: dict[str, list[str]], with_id: bool = False) -> str:
+    """How a class is named in reports: "n01440764 (tench, Tinca tinca)", or just its name;
+    `with_id` names a numbered class ("class 2 (Laysan_Albatross)"), for classes whose
+    names alone would read as one."""
     options = names[key]
-    if key in options or key.isdigit():  # Food-101 names its classes; CUB / iNat ids say nothing
+    if key in options or (key.isdigit() and not with_id):  # Food-101 names its classes; CUB / iNat ids say nothing
         return ", ".join(options)
-    return f"{key} ({', '.join(options)})"
+    return f"{'class ' if key.isdigit() else ''}{key} ({', '.join(options)})"
 
 
 def prepare(dataset: str, root: str | os.PathLike, taxonomy: Taxonomy) -> Prepared:
@@ -212,15 +282,21 @@ def prepare(dataset: str, root: str | os.PathLike, taxonomy: Taxonomy) -> Prepar
         raise HierError(f"--root {root}: no such folder")
     names, items = READERS[dataset](root)
     found, why = match_classes(names, taxonomy)
-    images, left_out, splits = [], Counter(), Counter()
+    images, left_out, splits, missing = [], Counter(), Counter(), []
     for path, key, split in items:
-        if key in found:
+        if key not in found:
+            left_out[key] += 1
+        elif not path.is_file():
+            missing.append(str(path))
+        else:
             images.append({"image": str(path), "label": found[key], "split": split})
             splits[split] += 1
-        else:
-            left_out[key] += 1
-    unmatched = {f"{class_title(k, names)}: {why[k]}": left_out.get(k, 0) for k in sorted(why)}
-    return Prepared(images=images, classes=len(names), unmatched=unmatched, splits=dict(sorted(splits.items())))
+    # two classes titled alike (two CUB classes of one name) must stay two report lines
+    titles = Counter(class_title(k, names) for k in why)
+    unmatched = {f"{class_title(k, names, with_id=titles[class_title(k, names)] > 1)}: {why[k]}": left_out.get(k, 0) for k in sorted(why)}
+    return Prepared(
+        images=images, classes=len(names), unmatched=unmatched, splits=dict(sorted(splits.items())), missing=missing
+    )
 
 
 def write_image_list(images: list[dict], path: str | os.PathLike) -> None:

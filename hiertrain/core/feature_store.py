@@ -28,6 +28,10 @@ STORE_META = "store.json"
 _SHARD_PREFIX = "shard-r"
 _SHARD_SUFFIX = ".safetensors"
 
+# `StoreLayout.info` keys that name a file rather than its content: the content is in the
+# identity through the matching `*_sha256` key, so a store read from a moved file still resumes.
+_PATH_INFO_KEYS = frozenset({"source", "taxonomy", "train_taxonomy", "test_taxonomy"})
+
 # safetensors dtype codes, and how the raw bytes are viewed by numpy (bf16 has no numpy type).
 _DTYPES: dict[str, tuple[torch.dtype, str, np.dtype]] = {
     "float32": (torch.float32, "F32", np.dtype("<f4")),
@@ -84,19 +88,65 @@ class StoreLayout:
     def from_json(cls, d: dict) -> StoreLayout:
         return cls(**d)
 
+    def identity(self) -> dict:
+        """Everything that decides a row's numbers: the layout and the info fields except the
+        file names whose content hash (`*_sha256`) is recorded (weights fingerprint, prompts,
+        sites, pools, dtype, images list ...). A rerun must match it to add rows to a store."""
+        d = json.loads(json.dumps(self.to_json()))
+        d["info"] = {k: v for k, v in d["info"].items() if k not in _PATH_INFO_KEYS}
+        return d
+
+
+def _short(value: object, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def layout_differences(old: dict, new: dict) -> list[str]:
+    """The identity fields that differ, as `name (store old, this run new)`; info by key."""
+    out = []
+    for key in sorted(set(old) | set(new), key=lambda k: (k == "info", k)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if key == "info" and isinstance(a, dict) and isinstance(b, dict):
+            for sub in sorted(set(a) | set(b)):
+                if a.get(sub) != b.get(sub):
+                    out.append(f"{sub} (store {_short(a.get(sub))}, this run {_short(b.get(sub))})")
+        else:
+            out.append(f"{key} (store {_short(a)}, this run {_short(b)})")
+    return out
+
 
 def _shard_name(rank: int, k: int) -> str:
     return f"{_SHARD_PREFIX}{rank:03d}-{k:06d}{_SHARD_SUFFIX}"
 
 
+_REDO = "delete it and rerun the same extraction (`hiertrain predict`) to extract its samples again"
+
+
 def _read_header(path: Path) -> tuple[dict, int]:
-    """The safetensors JSON header and the byte offset where the data buffer starts."""
+    """The safetensors JSON header and the byte offset where the data buffer starts.
+
+    Shards are committed by rename, so a damaged one comes from outside (a cut-off copy, a
+    full disk during a copy): name it and say how to redo it instead of a JSON traceback.
+    """
+    size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
-            raise HierError(f"{path}: truncated feature shard")
+            raise HierError(f"{path}: cut-off feature shard ({size} bytes); {_REDO}")
         (n,) = struct.unpack("<Q", raw)
-        header = json.loads(f.read(n))
+        if 8 + n > size:
+            raise HierError(f"{path}: cut-off feature shard (header of {n} bytes, file of {size}); {_REDO}")
+        try:
+            header = json.loads(f.read(n))
+            json.loads(header["__metadata__"]["records"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+            raise HierError(f"{path}: damaged feature shard header ({type(err).__name__}); {_REDO}") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise HierError(f"{path}: cut-off feature shard ({size} of {8 + n + end} bytes); {_REDO}")
     return header, 8 + n
 
 
@@ -151,19 +201,30 @@ class FeatureStore:
         meta = self.root / STORE_META
         if not meta.is_file():
             raise HierError(f"{self.root}: not a feature store (no {STORE_META}); run feature extraction first")
-        self.layout = StoreLayout.from_json(json.loads(meta.read_text()))
+        try:
+            self.layout = StoreLayout.from_json(json.loads(meta.read_text()))
+        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
+            raise HierError(f"{meta}: not a store description ({type(err).__name__}); extract again into a new directory") from None
         self._maps: dict[tuple[int, str], np.memmap] = {}
 
     @classmethod
     def create(cls, root: str | Path, layout: StoreLayout, rank: int = 0) -> FeatureStore:
-        """Open or create a store; refuse to mix rows of a different layout into an existing one."""
+        """Open or create a store; refuse to mix rows of another identity into an existing one,
+        naming every field that differs (a rebuilt model at the same path: its weights)."""
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         meta = root / STORE_META
         if meta.is_file():
-            old = json.loads(meta.read_text())
-            if old != json.loads(json.dumps(layout.to_json())):
-                raise HierError(f"{meta}: existing store has a different layout (sites/pools/dtype/prompts); use a new directory")
+            try:
+                old = StoreLayout.from_json(json.loads(meta.read_text()))
+            except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
+                raise HierError(f"{meta}: not a store description ({type(err).__name__}); use a new directory") from None
+            diff = layout_differences(old.identity(), layout.identity())
+            if diff:
+                raise HierError(
+                    f"{meta}: the store was extracted with another setup: {'; '.join(diff)}; "
+                    "use a new directory (or delete this one) to extract again"
+                )
         else:
             write_atomic(meta, json.dumps(layout.to_json(), indent=1))
         return cls(root)

@@ -22,8 +22,8 @@ import os
 import socket
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 from hiertrain.core.errors import HierError
 from hiertrain.core.resources import reference_dir
@@ -76,8 +76,16 @@ def load_manifest(path: str | os.PathLike | None = None) -> Manifest:
             raise HierError(f"{path}: files[{n}]: {err}") from None
         if len(item.blob) != 40 or item.group is not None and (item.group not in GROUPS or not item.local):
             raise HierError(f"{path}: files[{n}] ({item.path}): bad blob id, group or local path")
+        if item.local is not None and not _inside(item.local):
+            raise HierError(f"{path}: files[{n}] ({item.path}): local path {item.local!r} leaves --out (absolute or '..'); refused")
         files.append(item)
     return Manifest(raw["repository"], raw["commit"], raw["base_url"], files)
+
+
+def _inside(local: str) -> bool:
+    """Whether a manifest `local` path stays below `--out`: relative, no `..`, no drive."""
+    parts = PurePosixPath(local.replace("\\", "/")).parts
+    return bool(parts) and parts[0] != "/" and ".." not in parts and ":" not in parts[0]
 
 
 def blob_id(data: bytes) -> str:
@@ -99,6 +107,7 @@ def file_blob_id(path: str | os.PathLike) -> str:
 class FetchReport:
     downloaded: list[str]
     skipped: list[str]  # present and verified
+    cleaned: list[str] = field(default_factory=list)  # temp files a killed earlier run left
 
 
 def fetch_files(
@@ -111,12 +120,18 @@ def fetch_files(
     """Download `files` into `out` (each at its `local` path) from `base_url/<path>`.
 
     A present file whose blob id matches is skipped. The first failure (no connection, HTTP
-    error, lost connection, blob id mismatch) raises a one-line HierError; files finished
-    before it stay, the failing one is not kept."""
+    error, lost connection, cut-off transfer, blob id mismatch) raises a one-line HierError;
+    files finished before it stay, the failing one is not kept. Temp files of an earlier run
+    that was killed (`kill -9` skips every cleanup) are removed first. A `local` path that
+    would land outside `out` is refused before anything is written."""
     out = Path(out)
     report = FetchReport([], [])
     for item in files:
+        if not item.local or not _inside(item.local):
+            raise HierError(f"{item.path}: local path {item.local!r} leaves --out {out} (absolute or '..'); refused")
+    for item in files:
         dest = out / item.local
+        report.cleaned.extend(_clean_stale_tmp(dest))
         if dest.is_file() and file_blob_id(dest) == item.blob:
             report.skipped.append(item.local)
             continue
@@ -134,6 +149,35 @@ def fetch_files(
     return report
 
 
+def _clean_stale_tmp(dest: Path) -> list[str]:
+    """Remove `dest`'s temp files (`<name>.<pid>.tmp`, hiertrain.core.atomic) whose process is
+    gone: a killed fetch leaves one; a live one (another fetch running now) is left alone."""
+    from hiertrain.core.atomic import TMP_SUFFIX
+
+    removed = []
+    if not dest.parent.is_dir():
+        return removed
+    for tmp in dest.parent.glob(f"{dest.name}.*{TMP_SUFFIX}"):
+        pid = tmp.name[len(dest.name) + 1 : -len(TMP_SUFFIX)]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(str(tmp))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process has no download under way before it starts one
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _missing_dirs(folder: Path) -> list[Path]:
     """`folder` and its ancestors that do not exist yet, deepest first."""
     missing = []
@@ -148,7 +192,10 @@ def _download_verified(url: str, dest: Path, item: PaperFile, progress: bool, ti
 
     with atomic_path(dest) as tmp:  # a failed or mismatching download leaves nothing behind
         with open(tmp, "wb") as f:
-            _stream(url, f, dest.name, progress, timeout)
+            expected = _stream(url, f, dest.name, progress, timeout)
+        received = tmp.stat().st_size
+        if expected is not None and received < expected:
+            raise HierError(f"{url}: transfer truncated ({received} of {expected} bytes received; not kept); rerun to fetch it again")
         got = file_blob_id(tmp)
         if got != item.blob:
             raise HierError(
@@ -157,7 +204,9 @@ def _download_verified(url: str, dest: Path, item: PaperFile, progress: bool, ti
             )
 
 
-def _stream(url: str, f, name: str, progress: bool, timeout: float) -> None:
+def _stream(url: str, f, name: str, progress: bool, timeout: float) -> int | None:
+    """Write the response body into `f`; the size the server announced (Content-Length), if
+    any. http.client ends a body cut short without an error, so the caller compares sizes."""
     from tqdm import tqdm
 
     try:
@@ -170,9 +219,10 @@ def _stream(url: str, f, name: str, progress: bool, timeout: float) -> None:
                 for block in iter(lambda: response.read(CHUNK), b""):
                     f.write(block)
                     bar.update(len(block))
+        return int(total) if total and total.isdigit() else None
     except urllib.error.HTTPError as err:
         raise HierError(f"{url}: HTTP error {err.code} {err.reason}") from None
     except urllib.error.URLError as err:
         raise HierError(f"{url}: cannot connect ({err.reason}); no network? a mirror can be given with --base-url") from None
     except (http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError) as err:
-        raise HierError(f"{url}: connection lost during download ({type(err).__name__}); rerun to retry") from None
+        raise HierError(f"{url}: transfer truncated (connection lost: {type(err).__name__}; not kept); rerun to fetch it again") from None

@@ -31,6 +31,7 @@ from hiertrain.core.prompts import PROBE_TEXT_VARIANT as TEXT_VARIANT
 from hiertrain.core.prompts import text_prompt
 from hiertrain.core.question_bank import read_image_list
 from hiertrain.core.taxonomy import Taxonomy
+from hiertrain.runs.meta import file_sha256
 
 def _padded_path(path: tuple[str, ...], depth: int) -> list[str | None]:
     return list(path) + [None] * (depth - len(path))
@@ -253,9 +254,13 @@ class ProbeInputDataModule(LightningDataModule):
                 "level_names": names,
                 "prompt_for_level": [0] * depth,
                 "info": {
-                    "source": str(self.images), "taxonomy": str(self.taxonomy_path),
-                    "max_image_side": self.max_image_side, "max_pixels": self.max_pixels,
-                },  # fmt: skip
+                    "source": str(self.images),
+                    "taxonomy": str(self.taxonomy_path),
+                    "images_sha256": file_sha256(self.images),
+                    "taxonomy_sha256": file_sha256(self.taxonomy_path),
+                    "max_image_side": self.max_image_side,
+                    "max_pixels": self.max_pixels,
+                },
             }
         n_slots = depth if self.probe_leaf else depth - 1
         slots = [text_prompt(self.text_variant, names[i], "{leaf}") for i in range(n_slots)]
@@ -268,6 +273,8 @@ class ProbeInputDataModule(LightningDataModule):
             "info": {
                 "train_taxonomy": str(self.train_taxonomy),
                 "test_taxonomy": str(self.test_taxonomy),
+                "train_taxonomy_sha256": file_sha256(self.train_taxonomy),
+                "test_taxonomy_sha256": file_sha256(self.test_taxonomy),
                 "label_in_text": self.label_in_text,
                 "probe_leaf": self.probe_leaf,
             },

@@ -128,14 +128,24 @@ class FeatureExtractor(LightningModule):
     # ---- store description ---------------------------------------------------------------------
 
     def store_fields(self) -> dict[str, Any]:
-        """The model half of the store layout (the data module supplies prompts and levels)."""
-        return {
+        """The model half of the store layout and identity (the data module supplies levels and
+        the text prompts): the weights fingerprint makes a rebuilt model at the same path
+        another store; image mode names the prompt and system text the images were shown with."""
+        from hiertrain.runs.meta import weights_fingerprint
+
+        fields = {
             "mode": self.mode,
             "sites": list(self.sites),
             "dims": list(self.dims),
             "pools": list(self.pools),
             "model": str(self.hparams.pretrained),
+            "weights": weights_fingerprint(self.hparams.pretrained),
+            "settings": {"dtype": self.hparams.dtype, "attn_implementation": self.hparams.attn_implementation},
         }
+        if self.mode == "image":
+            fields["prompts"] = [self.image_prompt]
+            fields["system"] = self.image_system
+        return fields
 
     # ---- hooks ---------------------------------------------------------------------------------
 

@@ -136,8 +136,8 @@ def test_imagenet_layout_any_synonym_and_ambiguity(tmp_path):
     assert sorted({r["label"] for r in result.images}) == ["goldfish", "tench"]
     assert result.unmatched == {
         "n09999990 (jackalope, horned rabbit): no leaf": 3,
-        "n09999991 (trilobite): ambiguous: 2 classes match leaf 'trilobite'": 2,
-        "n09999992 (trilobite, fossil arthropod): ambiguous: 2 classes match leaf 'trilobite'": 2,
+        "n09999991 (trilobite): ambiguous: 2 classes (n09999991, n09999992) match leaf 'trilobite'": 2,
+        "n09999992 (trilobite, fossil arthropod): ambiguous: 2 classes (n09999991, n09999992) match leaf 'trilobite'": 2,
     }
     val = [r for r in result.images if r["split"] == "val"]
     assert [Path(r["image"]).name for r in val] == ["ILSVRC2012_val_00000000.JPEG", "ILSVRC2012_val_00000001.JPEG"]
@@ -150,3 +150,145 @@ def test_bad_layouts_are_one_line_errors(tmp_path, capsys):
         prepare("inat21", tmp_path, tax("Inat_plantae"))
     assert main(["data", "prepare", "imagenet", "--root", str(tmp_path), "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "give --taxonomy" in capsys.readouterr().err
+
+
+# ---- issue 22: faults injected into the official layouts --------------------------------------
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hiertrain: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_cub_duplicate_image_id_is_an_error_naming_it(cub_root, tmp_path, capsys):
+    # item 2: an id listed twice in images.txt dropped one image and mislabelled the other
+    lines = (cub_root / "images.txt").read_text().splitlines()
+    lines.insert(3, "2 001.Black_footed_Albatross/extra.jpg")
+    _write(cub_root / "images.txt", "\n".join(lines) + "\n")
+    out = tmp_path / "cub.jsonl"
+    err = _one_line_error(capsys, ["data", "prepare", "cub", "--root", str(cub_root), "--out", str(out)])
+    assert f"{cub_root / 'images.txt'}:4: id 2 listed twice (first on line 2)" in err
+    assert not out.exists()
+
+
+def test_cub_two_classes_on_one_leaf_are_both_listed_with_their_counts(cub_root, tmp_path, capsys):
+    # item 4: class 3 renamed onto class 2's leaf: 2 classes (2 + 2 images) are ambiguous, and
+    # the report said "1 classes unmatched (1 images)"
+    _write(cub_root / "classes.txt", "1 001.Black_footed_Albatross\n2 002.Laysan_Albatross\n3 003.Laysan_Albatross\n")
+    labels = (cub_root / "image_class_labels.txt").read_text().replace("6 3", "6 2")  # class 2: 3 images, class 3: 1
+    _write(cub_root / "image_class_labels.txt", labels)
+    result = prepare("cub", cub_root, tax("CUB200"))
+    assert result.unmatched == {
+        "class 2 (Laysan_Albatross): ambiguous: 2 classes (2, 3) match leaf 'Laysan Albatross'": 3,
+        "class 3 (Laysan_Albatross): ambiguous: 2 classes (2, 3) match leaf 'Laysan Albatross'": 1,
+    }
+    assert main(["data", "prepare", "cub", "--root", str(cub_root), "--out", str(tmp_path / "c.jsonl")]) == 0
+    printed = capsys.readouterr().out
+    assert "2 classes unmatched (4 images left out)" in printed
+    assert "unmatched: class 2 (Laysan_Albatross)" in printed and "unmatched: class 3 (Laysan_Albatross)" in printed
+
+
+def test_cub_classes_file_encodings(cub_root, tmp_path, capsys):
+    # items 9 and 17: one decoding rule (UTF-8, a BOM dropped); Latin-1 is a one-line error
+    # naming the file and line instead of a UnicodeDecodeError traceback
+    text = (cub_root / "classes.txt").read_text()
+    (cub_root / "classes.txt").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    with_bom = prepare("cub", cub_root, tax("CUB200"))
+    assert len(with_bom.images) == 4 and with_bom.unmatched == {"Dodo_Bird: no leaf": 2}
+    (cub_root / "classes.txt").write_bytes(text.replace("003.Dodo_Bird", "003.Dodo_Bird_Caf\u00e9").encode("latin-1"))
+    err = _one_line_error(capsys, ["data", "prepare", "cub", "--root", str(cub_root), "--out", str(tmp_path / "x.jsonl")])
+    assert f"{cub_root / 'classes.txt'}:3: not UTF-8 text (byte 0xe9); save it as UTF-8" in err
+
+
+def test_missing_image_files_are_counted_and_the_first_named(cub_root, tmp_path, capsys):
+    # item 17: listed images without a file were written into the list without a word
+    gone = sorted((cub_root / "images").rglob("*.jpg"))[:2]
+    for p in gone:
+        p.unlink()
+    result = prepare("cub", cub_root, tax("CUB200"))
+    assert result.missing == [str(p) for p in gone]
+    assert len(result.images) == 2 and all(Path(r["image"]).is_file() for r in result.images)
+    out = tmp_path / "cub.jsonl"
+    assert main(["data", "prepare", "cub", "--root", str(cub_root), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"missing: 2 listed image files do not exist (left out): {gone[0]}, {gone[1]}" in printed
+    assert "2 images (test 1, train 1) of 2 classes" in printed and "2 missing image files left out" in printed
+    err = _one_line_error(capsys, ["data", "prepare", "cub", "--root", str(cub_root), "--out", str(tmp_path / "s.jsonl"), "--strict", "--taxonomy", "hiertrain://taxonomies/hierarchy_CUB200.json"])
+    assert "have no leaf" in err  # the unmatched Dodo comes first; without it, the missing files:
+    _write(cub_root / "classes.txt", "1 001.Black_footed_Albatross\n2 002.Laysan_Albatross\n")
+    _write(cub_root / "images.txt", "".join((cub_root / "images.txt").read_text().splitlines(keepends=True)[:4]))
+    err = _one_line_error(capsys, ["data", "prepare", "cub", "--root", str(cub_root), "--out", str(tmp_path / "s.jsonl"), "--strict"])
+    assert f"2 listed image files do not exist (--strict); the first is {gone[0]}" in err
+
+
+def _inat_root(tmp_path) -> Path:
+    root = tmp_path / "inat21"
+    cats = [{"id": 0, "genus": "Houstonia", "specific_epithet": "purpurea"}]
+    imgs = [{"id": i, "file_name": f"train/{i}.jpg"} for i in range(3)]
+    for im in imgs:
+        _jpg(root / im["file_name"])
+    anns = [{"id": i, "image_id": i, "category_id": 0} for i in range(3)]
+    _write(root / "train.json", json.dumps({"images": imgs, "annotations": anns, "categories": cats}))
+    return root
+
+
+def test_inat21_duplicate_image_id_is_an_error(tmp_path, capsys):
+    # item 3: the last image of a duplicated id won silently
+    root = _inat_root(tmp_path)
+    data = json.loads((root / "train.json").read_text())
+    data["images"].append({"id": 1, "file_name": "train/other.jpg"})
+    _write(root / "train.json", json.dumps(data))
+    err = _one_line_error(capsys, ["data", "prepare", "inat21", "--root", str(root), "--out", str(tmp_path / "x.jsonl"), "--taxonomy", "hiertrain://taxonomies/hierarchy_Inat_plantae.json"])
+    assert f"{root / 'train.json'}: images[3]: image id 1 listed twice (first as 'train/1.jpg')" in err
+    data["images"].pop()
+    data["annotations"].append({"id": 9, "image_id": 2, "category_id": 0})  # one image, two labels
+    _write(root / "train.json", json.dumps(data))
+    with pytest.raises(HierError, match=r"annotations\[3\]: image 2 annotated twice \(first in annotations\[2\]\)"):
+        prepare("inat21", root, tax("Inat_plantae"))
+
+
+@pytest.mark.parametrize(
+    "mangle, message",
+    [
+        (lambda d: d["images"], r"expected the COCO-style object .*got a JSON list"),
+        (lambda d: {**d, "annotations": [{"id": 0, "category_id": 0}]}, r"annotations\[0\] has no image_id"),
+        (lambda d: {**d, "images": [{"file_name": "train/0.jpg"}]}, r"images\[0\] has no id"),
+        (lambda d: {**d, "images": [{"id": 0}]}, r"images\[0\] has no file_name"),
+        (lambda d: {**d, "images": {"0": "train/0.jpg"}}, r"'images' must be a list, got a JSON dict"),
+        (lambda d: {**d, "categories": ["Houstonia purpurea"]}, r"categories\[0\] must be an object"),
+    ],
+)
+def test_inat21_malformed_train_json_is_one_line(tmp_path, capsys, mangle, message):
+    # item 9: a list or entries without image_id / id / file_name were AttributeError / KeyError
+    root = _inat_root(tmp_path)
+    _write(root / "train.json", json.dumps(mangle(json.loads((root / "train.json").read_text()))))
+    err = _one_line_error(capsys, ["data", "prepare", "inat21", "--root", str(root), "--out", str(tmp_path / "x.jsonl"), "--taxonomy", "hiertrain://taxonomies/hierarchy_Inat_plantae.json"])
+    assert str(root / "train.json") in err
+    import re
+
+    assert re.search(message, err), err
+
+
+def _food_root(tmp_path) -> Path:
+    root = tmp_path / "food-101"
+    _write(root / "meta/classes.txt", "pancakes\n")
+    _write(root / "meta/train.txt", "pancakes/1\npancakes/2\n")
+    _write(root / "meta/test.txt", "pancakes/3\n")
+    for i in (1, 2, 3):
+        _jpg(root / f"images/pancakes/{i}.jpg")
+    return root
+
+
+def test_food101_duplicate_lines_and_an_image_in_both_splits(tmp_path, capsys):
+    # item 17: both passed without a word (a sample counted twice; a test image trained on)
+    root = _food_root(tmp_path)
+    assert len(prepare("food101", root, tax("Food")).images) == 3
+    _write(root / "meta/train.txt", "pancakes/1\npancakes/2\n\npancakes/1\n")
+    err = _one_line_error(capsys, ["data", "prepare", "food101", "--root", str(root), "--out", str(tmp_path / "x.jsonl")])
+    assert f"{root / 'meta/train.txt'}:4: image 'pancakes/1' listed twice (also train.txt:1)" in err
+    _write(root / "meta/train.txt", "pancakes/1\npancakes/2\n")
+    _write(root / "meta/test.txt", "pancakes/3\npancakes/2\n")
+    err = _one_line_error(capsys, ["data", "prepare", "food101", "--root", str(root), "--out", str(tmp_path / "x.jsonl")])
+    assert f"{root / 'meta/test.txt'}:2: image 'pancakes/2' in both splits (also train.txt:2)" in err

@@ -109,7 +109,7 @@ def test_duplicate_sample_is_refused(tmp_path):
 
 def test_layout_mismatch_and_missing_store(tmp_path):
     ShardWriter(tmp_path, _layout("float32"))
-    with pytest.raises(HierError, match="different layout"):
+    with pytest.raises(HierError, match=r"another setup: dtype \(store 'float32', this run 'bfloat16'\); use a new directory"):
         ShardWriter(tmp_path, _layout("bfloat16"))
     with pytest.raises(HierError, match="not a feature store"):
         FeatureStore(tmp_path / "nowhere")
@@ -127,3 +127,54 @@ def test_fewer_prompt_slots_are_zero_padded(tmp_path):
     assert x[1, :2].eq(2).all() and x[1, 2].eq(0).all() and x[0].eq(1).all()
     with pytest.raises(HierError, match="do not fit"):
         w.add(_records([2]), {"avg": torch.ones(1, 4, 1, 4)})
+
+
+def _with_info(**info) -> StoreLayout:
+    base = _layout()
+    return StoreLayout(**{**base.to_json(), "info": info})
+
+
+def test_rerun_with_another_identity_names_only_the_differing_fields(tmp_path):
+    # issue 22 item 19: the layout (sites/pools/dtype/prompts) is equal; the message must say
+    # which identity field differs instead of "different layout (sites/pools/dtype/prompts)"
+    info = {"model": "m", "weights": "aaaa", "images_sha256": "1111", "source": "a/images.jsonl"}
+    ShardWriter(tmp_path, _with_info(**info))
+    with pytest.raises(HierError) as err:
+        ShardWriter(tmp_path, _with_info(**{**info, "model": "other", "images_sha256": "2222"}))
+    msg = str(err.value)
+    assert "model (store 'm', this run 'other')" in msg and "images_sha256 (store '1111', this run '2222')" in msg
+    for same in ("weights", "sites", "pools", "dtype", "prompts"):
+        assert same not in msg
+    assert "\n" not in msg
+    # a file name is not identity when its content hash is recorded: a moved images list resumes
+    ShardWriter(tmp_path, _with_info(**{**info, "source": "/elsewhere/images.jsonl"}))
+
+
+def _one_shard(tmp_path):
+    layout = _layout()
+    w = ShardWriter(tmp_path, layout, shard_rows=8)
+    w.add(_records([0, 1, 2]), _feats(3, layout))
+    return w.flush()
+
+
+@pytest.mark.parametrize("keep", [4, 40, -100])
+def test_cut_off_shard_is_named_with_how_to_redo_it(tmp_path, keep):
+    # issue 22 item 10: a shard cut off by a copy (in the 8-byte length, the JSON header, or
+    # the tensor data) is one line naming it and the re-extraction, never a JSONDecodeError
+    shard = _one_shard(tmp_path)
+    data = shard.read_bytes()
+    shard.write_bytes(data[:keep] if keep > 0 else data[:keep])
+    with pytest.raises(HierError, match=r"shard-r000-000000\.safetensors: cut-off feature shard .*rerun the same extraction") as err:
+        FeatureStore(tmp_path).index
+    assert "\n" not in str(err.value)
+    shard.unlink()  # what the message offers: the samples are extracted again on the rerun
+    assert FeatureStore(tmp_path).done_ids() == set()
+
+
+def test_damaged_shard_header_is_named(tmp_path):
+    shard = _one_shard(tmp_path)
+    data = bytearray(shard.read_bytes())
+    data[8:12] = b"@@@@"  # the JSON header no longer parses
+    shard.write_bytes(bytes(data))
+    with pytest.raises(HierError, match=r"shard-r000-000000\.safetensors: damaged feature shard header \(JSONDecodeError\)"):
+        FeatureStore(tmp_path).shards

@@ -89,6 +89,39 @@ def test_extraction_is_deterministic_and_resumes_without_duplicates(tmp_path, im
         assert torch.equal(store.gather(rows_a, pool), image_store.gather(rows_b, pool))
 
 
+def test_rerun_after_the_weights_were_rebuilt_is_refused(tmp_path, tiny_qwen, synth_dir, capsys):
+    """issue 22 item 1: `hiertrain tiny --seed 1` over the model folder, then the same
+    extraction into the same store: the old shards must not be kept and probed as the new
+    model's; the refusal names what differs (the weights fingerprint, nothing else)."""
+    import shutil
+
+    from hiertrain.runs.meta import weights_fingerprint
+    from hiertrain.vlm.tiny import make_tiny
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_qwen, model)
+    common = dict(
+        images=str(synth_dir / "images.jsonl"), taxonomy=str(synth_dir / "taxonomy.json"),
+        batch_size=3, shard_rows=2, progress=False, accelerator="cpu",
+    )  # fmt: skip
+    out = tmp_path / "store"
+    extract_features(str(model), out, limit=2, **common)
+    before = weights_fingerprint(model)
+    assert FeatureStore(out).layout.info["weights"] == before
+    extract_features(str(model), out, limit=3, **common)  # same weights: resumes
+    assert FeatureStore(out).done_ids() == {0, 1, 2}
+    shutil.rmtree(model)
+    make_tiny("qwen2_5_vl", model, seed=1)
+    with pytest.raises(SystemExit) as exit_:
+        extract_features(str(model), out, limit=5, **common)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"hiertrain: {out / 'store.json'}: the store was extracted with another setup: ")
+    assert f"weights (store {before!r}, this run {weights_fingerprint(model)!r})" in err
+    assert "sites" not in err and "prompts" not in err
+    assert FeatureStore(out).done_ids() == {0, 1, 2}  # nothing of the new model was mixed in
+
+
 def test_writer_drops_padding_repeats(tmp_path, tiny_qwen, synth_dir):
     """Under DDP, PaddedEvalSampler's repeats arrive with valid=False: none may be written."""
     from hiertrain.callbacks.feature_writer import FeatureWriter

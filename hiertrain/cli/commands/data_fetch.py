@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     files = manifest.fetchable(args.what)
     base = args.base_url or manifest.base_url
     report = fetch_files(files, args.out, base, progress=not args.quiet and sys.stderr.isatty(), timeout=args.timeout)
+    for name in report.cleaned:
+        print(f"removed  {name} (temp file of an interrupted earlier fetch)")
     for name in report.downloaded:
         print(f"fetched  {args.out / name}")
     for name in report.skipped:

@@ -1,6 +1,7 @@
 """`hiertrain data prepare cub|inat21|food101|imagenet`: an official dataset download -> an image
 list (image, label, split) whose labels are leaves of a taxonomy (hiertrain.core.dataset_layouts).
-Classes without a leaf are listed and counted; `--strict` makes them an error."""
+Classes without a leaf are listed and counted, so are listed images whose file is missing (the
+first few named); `--strict` makes either an error."""
 
 from __future__ import annotations
 
@@ -28,11 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "inat21 and imagenet need one: " + "; ".join(CHOICES.values()) + ")",
     )
     parser.add_argument("--on-multi-parent", choices=("error", "first"), default="first")
-    parser.add_argument("--strict", action="store_true", help="fail when any class has no taxonomy leaf")
+    parser.add_argument("--strict", action="store_true", help="fail when any class has no taxonomy leaf or any listed image file is missing")
 
 
 def run(args: argparse.Namespace) -> int:
-    from hiertrain.core.dataset_layouts import prepare, write_image_list
+    from hiertrain.core.dataset_layouts import MISSING_SHOWN, prepare, write_image_list
     from hiertrain.core.errors import HierError
     from hiertrain.core.taxonomy import Taxonomy
 
@@ -44,11 +45,17 @@ def run(args: argparse.Namespace) -> int:
     lost = sum(result.unmatched.values())
     for name, count in result.unmatched.items():
         print(f"unmatched: {name} ({count} images)")
+    missing = result.missing
+    if missing:
+        shown = ", ".join(missing[:MISSING_SHOWN]) + (f" and {len(missing) - MISSING_SHOWN} more" if len(missing) > MISSING_SHOWN else "")
+        print(f"missing: {len(missing)} listed image files do not exist (left out): {shown}")
     if result.unmatched and args.strict:
         raise HierError(
             f"{len(result.unmatched)} of {result.classes} classes ({lost} images) have no leaf in {taxonomy.source} "
             "(--strict); they are listed above"
         )
+    if missing and args.strict:
+        raise HierError(f"{args.root}: {len(missing)} listed image files do not exist (--strict); the first is {missing[0]}")
     if not result.images:
         raise HierError(f"{args.root}: no image of any class matched {taxonomy.source}")
     write_image_list(result.images, args.out)
@@ -56,5 +63,6 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{args.out}: {len(result.images)} images ({splits}) of {result.classes - len(result.unmatched)} classes; "
         f"{len(result.unmatched)} classes unmatched ({lost} images left out) against {taxonomy.source}"
+        + (f"; {len(missing)} missing image files left out" if missing else "")
     )
     return 0
