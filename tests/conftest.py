@@ -24,6 +24,32 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HIERTRAIN_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+_OWN_CACHES = (".venv/", ".pytest_cache/", ".ruff_cache/", ".import_linter_cache/")
+
+
+def _checkout_files() -> set[str] | None:
+    """Untracked and ignored paths of the checkout (git's view), minus caches; None outside git."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=normal"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    paths = {line[3:] for line in out.splitlines() if line[:2] in ("??", "!!")}
+    return {p for p in paths if not p.startswith(_OWN_CACHES) and "__pycache__" not in p and ".egg-info" not in p}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_test_writes_into_the_checkout():
+    """Tests write under tmp_path only: a file a test session leaves in the checkout fails it."""
+    before = _checkout_files()
+    yield
+    after = _checkout_files()
+    if before is not None and after is not None and after - before:
+        pytest.fail(f"the tests left files in the checkout: {', '.join(sorted(after - before))}", pytrace=False)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """One intra-op thread in this process too (OMP_NUM_THREADS may have been read already)."""

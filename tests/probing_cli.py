@@ -16,6 +16,7 @@ from hiertrain.cli.lightning import run_lightning_cli
 def _run(subcommand: str, config: dict[str, Any], where: Path) -> Any:
     where.mkdir(parents=True, exist_ok=True)
     path = where / f"{subcommand}-config.yaml"
+    config["trainer"].setdefault("default_root_dir", str(where))  # Lightning's outputs (config.yaml) beside it, not in ./runs
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML
     return run_lightning_cli([subcommand, "--config", str(path), "--wandb=false"])
 

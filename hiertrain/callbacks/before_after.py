@@ -174,6 +174,7 @@ def evaluate_split(
     from hiertrain.datamodules.sampling import PaddedEvalSampler
     from hiertrain.runs.eval_outputs import compute_metrics
 
+    condition = tuner.scorable_condition(getattr(data, "condition", "plain"))
     dataset = data.split_dataset(split)
     loader = DataLoader(dataset, batch_size=data.batch_size, sampler=PaddedEvalSampler(dataset), collate_fn=collate_items)
     preds, skipped = [], 0
@@ -185,7 +186,7 @@ def evaluate_split(
             good = [item for item in items if not item["error"]]
             skipped += len(items) - len(good)
             if good:
-                preds.extend(tuner.answer(good, data.mode))
+                preds.extend(tuner.answer(good, data.mode, condition))
     preds = sorted(_gather(preds), key=lambda p: p.id)
     skipped = sum(_gather([skipped]))
     if keep is not None:

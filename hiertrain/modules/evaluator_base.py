@@ -25,6 +25,8 @@ from typing import Any
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
+from hiertrain.core import conditions
+from hiertrain.core.answers import paper_letter, parse_letter
 from hiertrain.core.errors import HierError
 from hiertrain.core.predictions import LevelPrediction, SamplePrediction
 from hiertrain.core.prompts import LETTERS
@@ -75,6 +77,8 @@ class QuestionEvaluator(LightningModule):
     `<model>-<dataset>-<mode>-<answer>-v<variant>` inside `--trainer.default_root_dir`."""
 
     answer_kind = "?"
+    answer_parser = "strict"  # how a generated reply becomes a letter (VLLMEvaluator: a setting)
+    generates = ("generate",)  # the answer kinds whose replies are generated text
     supported_conditions: tuple[str, ...] = ("plain",)  # question conditions it can answer (hiertrain.core.conditions)
     backend = "transformers"  # how the model runs: in this process; "served" = behind an OpenAI-compatible API
 
@@ -86,6 +90,7 @@ class QuestionEvaluator(LightningModule):
         self.run_dir: RunDirectory | None = None
         self.meta: dict[str, Any] = {}
         self.final_metrics: dict[str, Any] | None = None
+        self.matcher: Any = None  # open condition: hiertrain.core.open_set.OpenSetMatcher
 
     # ---------------------------------------------------------------- subclass API
 
@@ -95,6 +100,62 @@ class QuestionEvaluator(LightningModule):
     def image_refusal(self, item: dict[str, Any]) -> str | None:
         """Why this model cannot take the item's (readable) image, or None (default: it can)."""
         return None
+
+    # ---------------------------------------------------------------- reading replies (every backend)
+
+    def letter_of(self, reply: str, options: list[str]) -> int | None:
+        """The option index a generated reply chooses, by `answer_parser` (None = unparseable);
+        a chain-of-thought reply's final letter under the strict parser."""
+        if self.answer_parser == "paper":
+            return paper_letter(reply, len(options))
+        if self.meta.get("condition") in ("cot", "bio_cot"):
+            return conditions.final_letter(reply, options)
+        return parse_letter(reply, options)
+
+    def replies_prediction(self, item: dict[str, Any], mode: str, replies: list[str]) -> SamplePrediction:
+        """One sample from its generated replies (a reply per asked level; per statement for binary),
+        read as the run's condition reads them."""
+        condition = self.meta.get("condition")
+        if condition == "binary":
+            return self.binary_prediction(item, mode, replies)
+        if condition == "open":
+            return self.open_prediction(item, mode, replies)
+        answers = [(reply, self.letter_of(reply, lq.options)) for lq, reply in zip(item["levels"], replies, strict=True)]
+        return sample_prediction(item, mode, answers)
+
+    def binary_prediction(self, item: dict[str, Any], mode: str, replies: list[str]) -> SamplePrediction:
+        """A level's statements' replies -> the paper's binary verdict (`conditions.binary_choice`);
+        `reply` holds the statements' replies joined by " | ", `detail` each statement."""
+        answers, details, start = [], [], 0
+        for lq in item["levels"]:
+            mine = replies[start : start + len(lq.statements)]
+            start += len(lq.statements)
+            values = [conditions.binary_value(r) for r in mine]
+            answers.append((" | ".join(mine), conditions.binary_choice(values)))
+            details.append(
+                {"statements": [{"option": o, "question": q, "reply": r, "value": v}
+                                for o, (q, _), r, v in zip(lq.options, lq.statements, mine, values)]}
+            )  # fmt: skip
+        if start != len(replies):
+            raise HierError(f"sample {item['sample_id']}: {len(replies)} replies for {start} statements")
+        prediction = sample_prediction(item, mode, answers)
+        asked = [lv for lv in prediction.levels if lv.asked]
+        for lv, detail in zip(asked, details, strict=True):
+            lv.detail, lv.question = detail, None  # the statements carry their own texts
+            lv.correct = lv.predicted is not None and lv.predicted.lower() == lv.truth.lower()  # metric_binary: case-insensitive
+        return prediction
+
+    def open_prediction(self, item: dict[str, Any], mode: str, replies: list[str]) -> SamplePrediction:
+        """Each reply matched to the taxonomy's nodes at its level (`OpenSetMatcher`): the named
+        node is `predicted`; correct when it is the truth; the verdict and matches in `detail`."""
+        prediction = sample_prediction(item, mode, [(reply, None) for reply in replies])
+        asked = [lv for lv in prediction.levels if lv.asked]
+        for lv, lq, reply in zip(asked, item["levels"], replies, strict=True):
+            found = self.matcher.match(reply, lq.level)
+            lv.predicted = found.node
+            lv.correct = found.node is not None and self.matcher.same(found.node, lq.truth)
+            lv.detail = {**found.to_json(), "candidates": self.matcher.candidates(lq.level)}
+        return prediction
 
     # ---------------------------------------------------------------- setup
 
@@ -110,8 +171,9 @@ class QuestionEvaluator(LightningModule):
         """Evaluator settings that decide the numbers (part of the run's identity)."""
         return {}
 
-    def describe(self, dm) -> RunMeta:
-        """This run's `RunMeta` (the data module's fields + this evaluator's settings)."""
+    def named_meta(self, dm) -> RunMeta:
+        """The fields a run is named by (no file is hashed): the one source of both the run
+        directory name and the W&B run name (`hiertrain.cli.lightning`), so they are equal."""
         meta = RunMeta(
             kind="eval",
             model=str(self.pretrained),
@@ -121,27 +183,41 @@ class QuestionEvaluator(LightningModule):
             seed=dm.seed,
             prompt_variant=dm.prompt_variant,
             questions=str(dm.questions),
-            questions_sha256=file_sha256(dm.questions),
-            fields={
-                "backend": self.backend,
-                "prompt_family": dm.prompt_family,
-                "drop_trivial_levels": dm.drop_trivial_levels,
-                "shuffle_options": dm.shuffle_options,
-                "taxonomy": dm.taxonomy_path,
-                "subject": dm.subject,
-                "level_names": dm.level_names,
-                "limit": dm.limit,
-                "split": dm.split,
-                "condition": dm.condition,
-                "label_case": getattr(dm, "label_case", "file"),
-                "weights": weights_fingerprint(self.pretrained),
-                "settings": self.run_settings(),
-                # Not identity: where the images are (the report's failure gallery finds them by these).
-                "image_dir": os.path.abspath(dm.image_dir),
-                "image_root_map": {k: v if os.path.isabs(v) else os.path.join(os.getcwd(), v) for k, v in dm.image_root_map.items()},
-            },
+            fields={"condition": dm.condition},
         )
-        meta.fields["run_name"] = self.run_name or meta.run_name
+        meta.fields["run_name"] = self.run_name or self.default_run_name(meta)
+        return meta
+
+    def default_run_name(self, meta: RunMeta) -> str:
+        """The run directory (and W&B run) name when `run_name` is not given."""
+        return meta.run_name
+
+    def describe(self, dm) -> RunMeta:
+        """This run's `RunMeta` (the data module's fields + this evaluator's settings)."""
+        meta = self.named_meta(dm)
+        meta.questions_sha256 = file_sha256(dm.questions)
+        run_name = meta.fields.pop("run_name")
+        meta.fields = {
+            "backend": self.backend,
+            "prompt_family": dm.prompt_family,
+            "drop_trivial_levels": dm.drop_trivial_levels,
+            "shuffle_options": dm.shuffle_options,
+            "taxonomy": dm.taxonomy_path,
+            "subject": dm.subject,
+            "level_names": dm.level_names,
+            "limit": dm.limit,
+            "split": dm.split,
+            "condition": dm.condition,
+            "label_case": getattr(dm, "label_case", "file"),
+            "weights": weights_fingerprint(self.pretrained),
+            "settings": self.run_settings(),
+            # Not identity: where the images are (the report's failure gallery finds them by these).
+            "image_dir": os.path.abspath(dm.image_dir),
+            "image_root_map": {k: v if os.path.isabs(v) else os.path.join(os.getcwd(), v) for k, v in dm.image_root_map.items()},
+        }
+        if dm.condition == "cot":  # the one condition whose text depends on it
+            meta.fields["cot_apostrophe"] = dm.cot_apostrophe
+        meta.fields["run_name"] = run_name
         return meta
 
     def run_meta(self, dm) -> dict[str, Any]:
@@ -157,6 +233,12 @@ class QuestionEvaluator(LightningModule):
         if dm.condition not in self.supported_conditions:
             raise HierError(f"{type(self).__name__} cannot answer condition {dm.condition!r} (it answers {', '.join(self.supported_conditions)})")
         self.meta = self.run_meta(dm)
+        if dm.condition in conditions.GENERATE_ONLY and self.answer_kind not in self.generates:
+            raise HierError(f"condition {dm.condition!r} needs answer: generate (its replies are text, not one letter)")
+        if dm.condition == "open":
+            from hiertrain.core.open_set import OpenSetMatcher
+
+            self.matcher = OpenSetMatcher.from_taxonomy(dm.taxonomy)
         self.run_dir = RunDirectory(Path(self.trainer.default_root_dir) / self.meta["run_name"], rank=self.global_rank)
         finished: list[int] = []
         if self.global_rank == 0:

@@ -78,9 +78,9 @@ class LoRATuner(LightningModule):
         self.model: Any = None
         self.processor: Any = None
         self.strict_loading = False  # checkpoints carry the LoRA weights only (checked on load)
-        self._scorer: list[Any] = []  # VLLMEvaluator view, kept out of the module tree
+        self._scorers: dict[str, Any] = {}  # condition -> VLLMEvaluator view, kept out of the module tree
         self.val_metrics: Any = None
-        self.val_depth, self.val_mode = 0, "image"
+        self.val_depth, self.val_mode, self.val_condition = 0, "image", "plain"
         self.exported_adapter: Path | None = None
         self.adapter_choice: str | None = None  # what the exported adapter is (run.json)
 
@@ -136,26 +136,43 @@ class LoRATuner(LightningModule):
             from hiertrain.core.metrics import hierarchical_metrics
 
             self.val_depth, self.val_mode = dm.depth, dm.mode
+            self.val_condition = self.scorable_condition(getattr(dm, "condition", "plain"))
             self.val_metrics = hierarchical_metrics(self.val_depth)
 
-    def scorer(self) -> Any:
-        """`VLLMEvaluator.answer_items` (letter logits, shared-prefix cache) on the tuned model."""
-        if not self._scorer:
+    @staticmethod
+    def scorable_condition(condition: str) -> str:
+        """`condition` if its questions can be tuned on and scored by letter logits, else HierError."""
+        from hiertrain.core.conditions import GENERATE_ONLY
+
+        if condition in GENERATE_ONLY:
+            raise HierError(
+                f"LoRATuner: condition {condition!r} is answered by generated text; LoRA tuning and its "
+                "validation score option letters (use a letter condition: plain, taxonomy, bio_cot)"
+            )
+        return condition
+
+    def scorer(self, condition: str = "plain") -> Any:
+        """`VLLMEvaluator.answer_items` (letter logits, shared-prefix cache) on the tuned model,
+        reading questions as `condition` puts them (the taxonomy one on its run-wide cached prefix)."""
+        if condition not in self._scorers:
             from hiertrain.modules.vllm_evaluator import VLLMEvaluator
+            from hiertrain.vlm.global_prefix import GlobalPrefixAnswerer
             from hiertrain.vlm.prefix_cache import SharedPrefixAnswerer
 
             view = VLLMEvaluator(self.pretrained, answer="logits")
             view.processor = self.processor
-            view.answerer = SharedPrefixAnswerer(self.hf_model, self.processor)
-            self._scorer.append(view)
-        return self._scorer[0]
+            view.meta = {"condition": self.scorable_condition(condition)}
+            kind = GlobalPrefixAnswerer if condition == "taxonomy" else SharedPrefixAnswerer
+            view.answerer = kind(self.hf_model, self.processor)
+            self._scorers[condition] = view
+        return self._scorers[condition]
 
-    def answer(self, items: list[dict[str, Any]], mode: str) -> list[Any]:
-        """SamplePredictions for dataset items, in eval mode, without gradients."""
+    def answer(self, items: list[dict[str, Any]], mode: str, condition: str = "plain") -> list[Any]:
+        """SamplePredictions for dataset items (asked under `condition`), in eval mode, without gradients."""
         was_training = self.model.training
         self.model.eval()
         try:
-            return self.scorer().answer_items(items, mode)
+            return self.scorer(condition).answer_items(items, mode)
         finally:
             self.model.train(was_training)
 
@@ -199,7 +216,7 @@ class LoRATuner(LightningModule):
             self.log("val/skipped", float(len(items) - len(good)), reduce_fx="sum", batch_size=1, sync_dist=True)
         if not good:
             return
-        correct, asked, parsed = to_tensors(self.answer(good, self.val_mode), self.val_depth)
+        correct, asked, parsed = to_tensors(self.answer(good, self.val_mode, self.val_condition), self.val_depth)
         self.val_metrics.update(correct.to(self.device), asked.to(self.device), parsed.to(self.device))
 
     def on_validation_epoch_end(self) -> None:

@@ -5,7 +5,9 @@ families, option shuffling, parsers, metrics, predictions, run directory, resume
 in-process evaluator's (`QuestionEvaluator`); only the answering differs. Each asked level is one
 chat request: the level's chat messages (`datamodules.questions.level_questions`, texts from
 `core.prompts`) with the image as a base64 data URL (PNG: the pixels the datamodule loaded;
-text mode sends no image). The server applies its own chat template.
+text mode sends no image). The server applies its own chat template. Every question condition
+is served (they only change the text; binary sends one request per statement) and its replies are
+read by the same rules as in-process (`QuestionEvaluator.replies_prediction`).
 
 - `answer: generate` (every server): temperature 0, `max_tokens` = `max_new_tokens` (the
   paper's 5); the letter is read with `answers.parse_letter`, as in-process.
@@ -32,12 +34,12 @@ from typing import Any, Literal
 
 from lightning.pytorch.utilities import rank_zero_warn
 
-from hiertrain.core.answers import parse_letter
+from hiertrain.core import conditions
 from hiertrain.core.errors import HierError
 from hiertrain.core.predictions import SamplePrediction
 from hiertrain.core.prompts import LETTERS, asked_levels
 from hiertrain.modules.evaluator_base import QuestionEvaluator, sample_prediction
-from hiertrain.runs.meta import default_run_name, read_run_json
+from hiertrain.runs.meta import RunMeta, default_run_name, read_run_json
 from hiertrain.runs.request_cache import RequestCache, request_key
 from hiertrain.vlm.served_client import (
     RequestFailed,
@@ -74,6 +76,8 @@ class ServedEvaluator(QuestionEvaluator):
     """
 
     backend = BACKEND
+    # Every condition only changes the text (and binary the number of requests): all are served.
+    supported_conditions = conditions.CONDITIONS
 
     def __init__(
         self,
@@ -109,12 +113,15 @@ class ServedEvaluator(QuestionEvaluator):
 
     # ---------------------------------------------------------------- run identity
 
+    def default_run_name(self, meta: RunMeta) -> str:
+        """`<model>-served-<dataset>-...`: a served run never lands in an in-process run's directory."""
+        return default_run_name(
+            f"{meta.model_name}-served", meta.dataset, meta.mode, meta.answer, meta.prompt_variant, meta.fields.get("condition")
+        )
+
     def run_meta(self, dm) -> dict[str, Any]:
         meta = super().run_meta(dm)
         meta["base_url_host"] = url_host(self.base_url)
-        meta["run_name"] = self.run_name or default_run_name(
-            f"{meta['model_name']}-served", meta["dataset"], meta["mode"], meta["answer"], meta["prompt_variant"]
-        )
         old = Path(self.trainer.default_root_dir) / meta["run_name"] / "run.json"
         if old.is_file():
             backend = read_run_json(old).get("backend", "transformers")
@@ -140,7 +147,8 @@ class ServedEvaluator(QuestionEvaluator):
             raise
         dm = self._datamodule()
         todo = [r for r in dm.served_records() if r.sample_id not in dm.exclude_ids]
-        total = sum(len(asked_levels(r.truths, self.meta["mode"])) for r in todo)
+        binary = self.meta["condition"] == "binary"  # a request per statement (option) of a level
+        total = sum(len(r.choices[i]) if binary else 1 for r in todo for i in asked_levels(r.truths, self.meta["mode"]))
         if self.progress_bar and self.global_rank == 0:
             from tqdm.auto import tqdm
 
@@ -160,12 +168,14 @@ class ServedEvaluator(QuestionEvaluator):
     # ---------------------------------------------------------------- answering
 
     def bodies(self, item: dict[str, Any]) -> list[dict[str, Any]]:
-        """The chat-completions request of each asked level of one item."""
+        """The chat-completions request of each asked level of one item (of each statement of a
+        level under the binary condition), its messages as the condition words them."""
         url = image_data_url(item["image"], self.image_format) if item["image"] is not None else None
-        return [
-            request_body(self.served_model_id, openai_messages(lq.messages, url), self.answer_kind, self.max_new_tokens)
-            for lq in item["levels"]
-        ]
+        if self.meta.get("condition") == "binary":
+            chats = [messages for lq in item["levels"] for _, messages in lq.statements]
+        else:
+            chats = [lq.messages for lq in item["levels"]]
+        return [request_body(self.served_model_id, openai_messages(m, url), self.answer_kind, self.max_new_tokens) for m in chats]
 
     async def _ask(self, body: dict[str, Any], inflight: dict[str, asyncio.Task]) -> dict[str, Any] | RequestFailed:
         """The cached answer, the answer of the same request already in flight, or a new request."""
@@ -235,14 +245,14 @@ class ServedEvaluator(QuestionEvaluator):
                 self.run_dir.skip(item["sample_id"], item["record"].image, reason)
                 rank_zero_warn(f"sample {item['sample_id']} ({item['record'].image}) not scored: {reason}")
                 continue
-            out.append(sample_prediction(item, mode, [self.answer_of(lq, r) for lq, r in zip(item["levels"], responses)]))
+            if self.answer_kind == "generate":
+                out.append(self.replies_prediction(item, mode, [reply_text(r) for r in responses]))
+            else:
+                out.append(sample_prediction(item, mode, [self.answer_of(lq, r) for lq, r in zip(item["levels"], responses)]))
         return out
 
     def answer_of(self, lq: Any, response: dict[str, Any]) -> tuple[str, int | None]:
-        """(reply, chosen option index or None) of one level from the server's answer."""
-        if self.answer_kind == "generate":
-            reply = reply_text(response)
-            return reply, parse_letter(reply, lq.options)
+        """(letter, chosen option index or None) of one level from the server's logprobs answer."""
         index = best_letter(letter_scores(response, len(lq.options)))
         return (reply_text(response), None) if index is None else (LETTERS[index], index)
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from hiertrain.core import conditions
-from hiertrain.core.answers import paper_letter, parse_letter
 from hiertrain.core.errors import HierError
 from hiertrain.modules.evaluator_base import QuestionEvaluator, sample_prediction
 from hiertrain.core.predictions import SamplePrediction
@@ -130,7 +129,6 @@ class VLLMEvaluator(QuestionEvaluator):
         self._placed: dict[str, Any] = {}  # a device_map model, kept out of Lightning's .to()
         self.processor: Any = None
         self.answerer: Any = None
-        self.matcher: Any = None  # open condition: hiertrain.core.open_set.OpenSetMatcher
 
     supported_conditions = conditions.CONDITIONS
 
@@ -139,12 +137,6 @@ class VLLMEvaluator(QuestionEvaluator):
         condition = self.meta["condition"]
         if not self.chat and (self.meta["mode"] != "text" or condition != "plain"):
             raise HierError("chat: false (the paper's base-LLM raw prompt) is for plain text-mode questions only")
-        if condition in conditions.GENERATE_ONLY and self.answer_kind != "generate":
-            raise HierError(f"condition {condition!r} needs answer: generate (its replies are text, not one letter)")
-        if condition == "open":
-            from hiertrain.core.open_set import OpenSetMatcher
-
-            self.matcher = OpenSetMatcher.from_taxonomy(self._datamodule().taxonomy)
 
     def protocol(self) -> dict[str, Any]:
         """The per-model protocol settings, as recorded in run.json."""
@@ -191,10 +183,7 @@ class VLLMEvaluator(QuestionEvaluator):
         return with_system_prompt(messages, self.system_prompt, default)
 
     def run_meta(self, dm) -> dict[str, Any]:
-        meta = {**super().run_meta(dm), **self.protocol()}
-        if dm.condition == "cot":
-            meta["cot_apostrophe"] = dm.cot_apostrophe
-        return meta
+        return {**super().run_meta(dm), **self.protocol()}
 
     def run_settings(self) -> dict[str, Any]:
         """dtype and attention kernel decide the logits (the protocol keys are top-level)."""
@@ -264,15 +253,6 @@ class VLLMEvaluator(QuestionEvaluator):
             ]
         return [render_chat(self.processor, self.messages_of(lq.messages)) for lq in item["levels"]]
 
-    def letter_of(self, reply: str, options: list[str]) -> int | None:
-        """The option index a generated reply chooses, by `answer_parser` (None = unparseable);
-        a chain-of-thought reply's final letter under the strict parser."""
-        if self.answer_parser == "paper":
-            return paper_letter(reply, len(options))
-        if self.meta.get("condition") in ("cot", "bio_cot"):
-            return conditions.final_letter(reply, options)
-        return parse_letter(reply, options)
-
     def answer_items(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
         from hiertrain.vlm.prefix_cache import ImagePrompts
 
@@ -288,15 +268,8 @@ class VLLMEvaluator(QuestionEvaluator):
                     answers.append((LETTERS[index], index))
                 out.append(sample_prediction(item, mode, answers))
         else:
-            condition = self.meta.get("condition")
             for item, replies in zip(items, self.answerer.generate(batch)):
-                if condition == "binary":
-                    out.append(self.binary_prediction(item, mode, replies))
-                elif condition == "open":
-                    out.append(self.open_prediction(item, mode, replies))
-                else:
-                    answers = [(reply, self.letter_of(reply, lq.options)) for lq, reply in zip(item["levels"], replies)]
-                    out.append(sample_prediction(item, mode, answers))
+                out.append(self.replies_prediction(item, mode, replies))
         return out
 
     def _answer_raw(self, items: list[dict[str, Any]], batch: list[Any], mode: str) -> list[SamplePrediction]:
@@ -313,37 +286,3 @@ class VLLMEvaluator(QuestionEvaluator):
                     answers.append((reply, self.letter_of(reply, lq.options)))
             out.append(sample_prediction(item, mode, answers))
         return out
-
-    def binary_prediction(self, item: dict[str, Any], mode: str, replies: list[str]) -> SamplePrediction:
-        """A level's statements' replies -> the paper's binary verdict (`conditions.binary_choice`);
-        `reply` holds the statements' replies joined by " | ", `detail` each statement."""
-        answers, details, start = [], [], 0
-        for lq in item["levels"]:
-            mine = replies[start : start + len(lq.statements)]
-            start += len(lq.statements)
-            values = [conditions.binary_value(r) for r in mine]
-            answers.append((" | ".join(mine), conditions.binary_choice(values)))
-            details.append(
-                {"statements": [{"option": o, "question": q, "reply": r, "value": v}
-                                for o, (q, _), r, v in zip(lq.options, lq.statements, mine, values)]}
-            )  # fmt: skip
-        if start != len(replies):
-            raise HierError(f"sample {item['sample_id']}: {len(replies)} replies for {start} statements")
-        prediction = sample_prediction(item, mode, answers)
-        asked = [lv for lv in prediction.levels if lv.asked]
-        for lv, detail in zip(asked, details, strict=True):
-            lv.detail, lv.question = detail, None  # the statements carry their own texts
-            lv.correct = lv.predicted is not None and lv.predicted.lower() == lv.truth.lower()  # metric_binary: case-insensitive
-        return prediction
-
-    def open_prediction(self, item: dict[str, Any], mode: str, replies: list[str]) -> SamplePrediction:
-        """Each reply matched to the taxonomy's nodes at its level (`OpenSetMatcher`): the named
-        node is `predicted`; correct when it is the truth; the verdict and matches in `detail`."""
-        prediction = sample_prediction(item, mode, [(reply, None) for reply in replies])
-        asked = [lv for lv in prediction.levels if lv.asked]
-        for lv, lq, reply in zip(asked, item["levels"], replies, strict=True):
-            found = self.matcher.match(reply, lq.level)
-            lv.predicted = found.node
-            lv.correct = found.node is not None and self.matcher.same(found.node, lq.truth)
-            lv.detail = {**found.to_json(), "candidates": self.matcher.candidates(lq.level)}
-        return prediction

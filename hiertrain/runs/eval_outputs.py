@@ -102,7 +102,7 @@ class RunDirectory:
     def claim(self, meta: dict[str, Any], fresh: bool = False) -> None:
         """Create the directory and run.json, or check that an existing run.json is this run.
 
-        Another identity (IDENTITY_KEYS, runs/meta.py) is refused in one line naming every
+        Another identity (every run.json key but NOT_IDENTITY, runs/meta.py) is refused in one line naming every
         differing field and the flag that starts afresh; `fresh` clears the directory first.
         """
         self.path.mkdir(parents=True, exist_ok=True)

@@ -8,12 +8,14 @@ seed, num_samples, skipped, created, plus the kind's own fields (probe: sites, p
 store; lora: base, adapter, hparams; eval: subject, level_names, limit, split, condition, weights,
 settings, run_name, taxonomy).
 
-A run's identity (`IDENTITY_KEYS`) is everything that decides its numbers: the question
+A run's identity is every run.json key except `NOT_IDENTITY` (what only names, locates or counts
+a run), so it is everything that decides its numbers by construction: the question
 file's bytes, the split, the mode, the prompt family, variant and subject, the seed, the
 option order, the answer mode and parser, generation length, the processor settings (image
 side cap, processor kwargs, aspect-ratio mode), the backend, the evaluator's settings (dtype,
 attention kernel, CLIP template), the question condition, the system prompt policy and chat
-mode, the label case of text questions and a fingerprint of the weights. A resumed run must match it field by field.
+mode, the label case of text questions, the CoT apostrophe and a fingerprint of the weights. A
+resumed run must match it field by field.
 """
 
 from __future__ import annotations
@@ -33,18 +35,21 @@ RUN_JSON = "run.json"
 # Where an evaluation says which W&B run holds its logged sample table (read by `hiertrain report`).
 WANDB_JSON = "wandb.json"
 
-# run.json keys that must match for a rerun to continue (resume) an earlier run in its directory.
+# A run's identity is every run.json key except these: what only names, locates or counts a
+# run. So a new protocol setting written to run.json is identity by construction; forgetting to
+# list a key here makes resume stricter (refused, naming it), never silently looser.
 # `limit` is left out on purpose: it only selects which samples are served, and the metrics
 # are computed over exactly the served ids, so a changed limit can never reuse a wrong answer.
-IDENTITY_KEYS = (
-    "model", "weights", "backend", "questions_sha256", "split", "mode", "answer", "prompt_family", "prompt_variant",
-    "subject", "seed", "level_names", "drop_trivial_levels", "shuffle_options", "answer_parser", "max_new_tokens",
-    "max_image_side", "processor_kwargs", "image_aspect_ratio", "settings", "condition",
-    "system_prompt", "chat", "label_case",
-)  # fmt: skip
+NOT_IDENTITY = frozenset({
+    "kind", "model_name", "dataset", "questions", "taxonomy", "limit", "run_name", "created", "num_samples",
+    "skipped", "image_dir", "image_root_map", "served_model", "usage", "base_url_host",
+})  # fmt: skip
 # What a run.json written before an identity key existed meant by it (the question condition,
 # hiertrain.core.conditions: runs before it were asked the plain way).
-IDENTITY_DEFAULTS: dict[str, Any] = {"condition": "plain", "system_prompt": "paper", "chat": True, "label_case": "file"}
+IDENTITY_DEFAULTS: dict[str, Any] = {
+    "condition": "plain", "system_prompt": "paper", "chat": True, "label_case": "file", "cot_apostrophe": None,
+    "system_text": None,
+}  # fmt: skip
 
 # The flag that starts a run afresh in its directory (named in every refusal).
 FRESH_FLAG = "--fresh true"
@@ -210,10 +215,19 @@ def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
     return obj
 
 
+def _key_order(old: dict[str, Any], new: dict[str, Any]):
+    """Keys in run.json order (this run's first), so a refusal names fields as run.json lists them."""
+    order = {key: i for i, key in enumerate([*new, *(k for k in old if k not in new)])}
+    return order.__getitem__
+
+
 def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The identity fields that differ, as `name (old, this run new)`; nested settings by key."""
+    """The identity fields that differ, as `name (old, this run new)`; nested settings by key.
+
+    Identity = every key of either run.json except `NOT_IDENTITY`; a key one of them lacks is
+    read as its `IDENTITY_DEFAULTS` value (None if it has none)."""
     out = []
-    for key in IDENTITY_KEYS:
+    for key in sorted((set(old) | set(new)) - NOT_IDENTITY, key=_key_order(old, new)):
         a, b = old.get(key, IDENTITY_DEFAULTS.get(key)), new.get(key, IDENTITY_DEFAULTS.get(key))
         if a == b:
             continue

@@ -67,16 +67,12 @@ class ModelFamily:
     """Shared behaviour: the transformers-v5 VLM layout `model.model.{language_model,
     vision_tower, multi_modal_projector}`, 1-D positions, no per-call state.
 
-    Protocol defaults are plain attributes, the paper's settings (its public evaluation code) for
-    a preset to read; nothing applies them yet: `image_max_pixels` (None = the processor's own
-    resizing), `max_tiles` (image views incl. a thumbnail/base view; None = the processor's
-    own), `max_new_tokens` (text mode) and `image_max_new_tokens` (image mode) for `generate`.
+    The paper's per-model protocol (reply lengths, tiles, prompt variants) is not kept here: its one
+    table is configs/paper/compose.py, which writes the presets. `image_max_pixels` is the image
+    processor's own pixel bound that `pixel_bounds_kwargs` falls back to (None = the processor's).
     """
 
     image_max_pixels: int | None = None
-    max_tiles: int | None = None
-    max_new_tokens: int = 5  # paper, text mode, every family: max_new_tokens=5
-    image_max_new_tokens: int = 5
     per_token_keys: tuple[str, ...] = ()  # processor outputs aligned with input_ids (besides it)
     text_only = False
     # `system_prompt: model_default`: the model's own default system message; None = send no
@@ -204,7 +200,6 @@ class QwenVLFamily(ModelFamily):
         """The image processor's own size bounds (shortest_edge = min_pixels, longest_edge = max_pixels)."""
         size = {"shortest_edge": min_pixels or 56 * 56, "longest_edge": max_pixels or self.image_max_pixels}
         return {"size": size}
-    image_max_new_tokens = 10  # paper, evaluation/vllm/qwen: max_new_tokens=10
     per_token_keys = ("mm_token_type_ids",)
 
     def vision_tower(self, model: Any) -> Any:
@@ -276,8 +271,6 @@ class LlavaOnevisionFamily(ModelFamily):
     `llm.0` is the same vector for every image (informative only from `llm.1` on).
     """
 
-    max_tiles = 1  # paper: "image_aspect_ratio": "pad" (one padded view; llava-hf default: anyres_max_9)
-    image_max_new_tokens = 10  # paper, evaluation/vllm/llava: max_new_tokens=10
 
     def image_site_dims(self, model: Any) -> tuple[int, int]:
         linear = self.projector(model).linear_1
@@ -338,7 +331,6 @@ class InternVLFamily(ModelFamily):
     embeddings at the `<IMG_CONTEXT>` tokens.
     """
 
-    max_tiles = 4  # paper: load_image(image_path, max_num=4), use_thumbnail=True (-hf default: 12)
     # What the paper's `model.chat` sends (remote code, OpenGVLab/InternVL @ 2410d1d:
     # internvl_chat/internvl/model/internvl_chat/modeling_internvl_chat.py:97-101, 357-358 set the
     # conversation template's system_message; internvl_chat/internvl/conversation.py:393-402, template

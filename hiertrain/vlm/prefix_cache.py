@@ -30,7 +30,7 @@ only the causal mask reads; the positions are explicit.)
 `generate` equals the model's own `generate(do_sample=False, max_new_tokens=N)`, including what
 the checkpoint's `generation_config.json` adds to greedy decoding (e.g. Qwen2.5-VL's
 `repetition_penalty: 1.05`, its eos list): the logits processors are the ones `generate` builds
-(`_prepare_generation_config` + `_get_logits_processor`), applied per row to that row's own
+(`hiertrain.vlm.hf_private`: transformers' private builders), applied per row to that row's own
 tokens (prefix + its suffix + its reply so far), so padding never counts as a repeated token.
 """
 
@@ -419,15 +419,10 @@ class SharedPrefixAnswerer:
 
     def generation_processors(self, prompt_ids: torch.Tensor) -> Any:
         """The logits processors `model.generate(ids, do_sample=False, max_new_tokens=N)` would
-        use for this one prompt (built by transformers from the model's generation config)."""
-        model = self.model
-        config, _ = model._prepare_generation_config(None, do_sample=False, max_new_tokens=self.max_new_tokens)
-        model._prepare_special_tokens(config, True, device=prompt_ids.device)
-        mask = torch.ones_like(prompt_ids)
-        return model._get_logits_processor(
-            generation_config=config, input_ids_seq_length=prompt_ids.shape[-1], encoder_input_ids=prompt_ids,
-            device=prompt_ids.device, model_kwargs={"attention_mask": mask},
-        )  # fmt: skip
+        use for this one prompt (`hiertrain.vlm.hf_private`: the one place of private calls)."""
+        from hiertrain.vlm.hf_private import greedy_logits_processors
+
+        return greedy_logits_processors(self.model, prompt_ids, self.max_new_tokens)
 
     def _greedy(
         self, cache, mask: torch.Tensor, next_pos: torch.Tensor, logits: torch.Tensor, prompts: list[list[int]]

@@ -374,3 +374,38 @@ def test_export_last_keeps_the_final_weights_and_best_the_monitored_checkpoint(e
         assert all(torch.equal(tuner.state_dict()[k], best[k]) for k in final)
     with pytest.raises(HierError, match="export 'first'"):
         LoRATuner(str(tiny_qwen), export="first")
+
+
+def test_validation_asks_the_datas_condition_as_hiertrain_test_does(tiny_qwen, synth_dir, tmp_path) -> None:
+    """LoRA validation and before/after score the data's condition (here: taxonomy in context, on
+    its run-wide cached prefix) exactly as `hiertrain test` does; the adapter off = the base model."""
+    from hiertrain.core.predictions import load_predictions
+    from hiertrain.datamodules.questions import HierVQADataModule
+    from hiertrain.modules.vllm_evaluator import VLLMEvaluator
+    from hiertrain.vlm.global_prefix import GlobalPrefixAnswerer
+
+    tuner = _tuner(tiny_qwen)
+    tuner.configure_model()
+    data = HierTuningDataModule(mode="text", batch_size=4, condition="taxonomy", **_data_args(synth_dir))
+    data.connect(processor=tuner.processor, family=tuner.family)
+    preds: list = []
+    evaluate_split(tuner, data, "val", adapter=False, keep=preds)
+    assert isinstance(tuner.scorer("taxonomy").answerer, GlobalPrefixAnswerer)
+    reference = VLLMEvaluator(str(tiny_qwen), answer="logits", run_name="ref")
+    args = {k: v for k, v in _data_args(synth_dir).items() if k != "limit"}
+    dm = HierVQADataModule(mode="text", condition="taxonomy", split="val", limit=LIMIT, **args)
+    _trainer(tmp_path, 1, []).test(reference, datamodule=dm, verbose=False)
+    ref = {p.id: p for p in load_predictions(tmp_path / "ref/predictions.jsonl")}
+    shared = [p for p in preds if p.id in ref]
+    assert len(shared) >= 2
+    for p in shared:
+        assert [lv.question for lv in p.levels] == [lv.question for lv in ref[p.id].levels]
+        assert [lv.letter for lv in p.levels] == [lv.letter for lv in ref[p.id].levels], p.id
+
+
+@pytest.mark.parametrize("condition", ["cot", "binary", "open"])
+def test_conditions_answered_in_generated_text_are_refused_for_tuning(condition, tiny_qwen, synth_dir, tmp_path) -> None:
+    data = HierTuningDataModule(mode="image", condition=condition, **_data_args(synth_dir))
+    with pytest.raises(HierError) as err:
+        _trainer(tmp_path, 1, [], limit_train_batches=1, limit_val_batches=1).fit(_tuner(tiny_qwen), datamodule=data)
+    assert f"condition {condition!r} is answered by generated text" in str(err.value) and "\n" not in str(err.value)

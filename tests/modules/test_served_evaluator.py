@@ -505,3 +505,131 @@ def test_a_served_run_never_continues_an_in_process_run(synth_dir, tmp_path):
     (tmp_path / "run/run.json").write_text(json.dumps({"kind": "eval", "model": "m", "backend": "transformers"}))
     with pytest.raises(HierError, match="holds a 'transformers' run, not a served one"):
         served_run("http://127.0.0.1:9/v1", "m", tmp_path, synth_dir)
+
+
+# ---------------------------------------------------------------- question conditions, run identity and name
+
+
+def _condition_run(url: str, root: Path, synth_dir: Path, condition: str, mode: str = "image", run_name: str | None = "run",
+                   data: dict | None = None, **kwargs: Any) -> tuple[ServedEvaluator, HierVQADataModule]:  # fmt: skip
+    dm = HierVQADataModule(str(synth_dir / "questions_random.jsonl"), taxonomy=str(synth_dir / "taxonomy.json"), mode=mode,
+                           limit=N_IMAGES, batch_size=4, condition=condition, **(data or {}))  # fmt: skip
+    evaluator = ServedEvaluator(url, "m", run_name=run_name, max_retries=0, timeout=30.0, progress_bar=False, **kwargs)
+    _trainer(root).test(evaluator, datamodule=dm, verbose=False)
+    return evaluator, dm
+
+
+# What the stub server replies under each condition, and what the run must read from it.
+CONDITION_REPLIES = {
+    "taxonomy": "B",
+    "cot": "The outline is smooth. Therefore, the answer is B.",  # final_letter: B
+    "bio_cot": "B",
+    "binary": "Yes",  # every statement "Yes": conditions.binary_choice of all-ones
+    "open": "circle",
+}
+
+
+@pytest.mark.parametrize("condition", list(CONDITION_REPLIES))
+def test_every_condition_is_served_with_its_text_and_reading(condition, synth_dir, tmp_path, proxy_factory):
+    from hiertrain.core import conditions
+
+    bodies: list[dict] = []
+
+    def respond(path: str, body: dict) -> tuple[int, dict]:
+        if path.endswith("/models"):
+            return 200, {"object": "list", "data": [{"id": "m", "object": "model"}]}
+        bodies.append(body)
+        response = recorded_chat_completion([("A", -0.1)])
+        del response["choices"][0]["logprobs"]
+        response["choices"][0]["message"]["content"] = CONDITION_REPLIES[condition]
+        return 200, response
+
+    data = {"subject": "plant"} if condition == "bio_cot" else {}
+    evaluator, dm = _condition_run(proxy_factory(responder=respond).url, tmp_path, synth_dir, condition, data=data,
+                                   max_new_tokens=64)  # fmt: skip
+    items = [dm.dataset()[i] for i in range(N_IMAGES)]
+    if condition == "binary":  # one request per statement, each the statement's own chat
+        sent = [m for item in items for lq in item["levels"] for _, m in lq.statements]
+    else:
+        sent = [lq.messages for item in items for lq in item["levels"]]
+    assert len(bodies) == len(sent) > 0
+    texts = sorted(json.dumps([c["text"] for m in b["messages"] for c in (m["content"] if isinstance(m["content"], list) else [{"text": m["content"]}]) if "text" in c]) for b in bodies)  # noqa: E501
+    wanted = sorted(json.dumps([c["text"] for m in msgs for c in m["content"] if c.get("type") == "text"]) for msgs in sent)
+    assert texts == wanted  # the condition's words, exactly as the in-process evaluator renders them
+    system = bodies[0]["messages"][0]
+    system_text = system["content"] if isinstance(system["content"], str) else system["content"][0]["text"]
+    if condition == "taxonomy":
+        assert system_text.startswith(conditions.TAXONOMY_SYSTEM) and len(system_text) > len(conditions.TAXONOMY_SYSTEM)
+    if condition == "bio_cot":
+        assert system_text == conditions.BIO_COT_SYSTEM["plant"]
+    if condition == "cot":
+        assert conditions.COT_PREFIX["typographic"] in json.dumps(bodies[0], ensure_ascii=False)
+    preds = load_predictions(tmp_path / "run/predictions.jsonl")
+    assert len(preds) == N_IMAGES
+    for p, item in zip(preds, items, strict=True):
+        for lv, lq in zip([lv for lv in p.levels if lv.asked], item["levels"], strict=True):
+            if condition == "open":
+                found = evaluator.matcher.match("circle", lq.level)
+                assert lv.predicted == found.node and lv.reply == "circle"
+            elif condition == "binary":
+                index = conditions.binary_choice([1] * len(lq.options))
+                assert lv.predicted == (None if index is None else lq.options[index])
+            else:
+                assert lv.letter == "B" and lv.predicted == lq.options[1]
+    meta = json.loads((tmp_path / "run/run.json").read_text())
+    assert meta["condition"] == condition and meta["backend"] == "served"
+
+
+def test_a_cot_rerun_with_the_other_apostrophe_is_refused(synth_dir, tmp_path, proxy_factory):
+    def respond(path: str, body: dict) -> tuple[int, dict]:
+        if path.endswith("/models"):
+            return 200, {"object": "list", "data": [{"id": "m", "object": "model"}]}
+        response = recorded_chat_completion([("A", -0.1)])
+        del response["choices"][0]["logprobs"]
+        response["choices"][0]["message"]["content"] = "So the answer is A."
+        return 200, response
+
+    url = proxy_factory(responder=respond).url
+    _condition_run(url, tmp_path, synth_dir, "cot", data={"cot_apostrophe": "typographic"})
+    with pytest.raises(HierError) as err:
+        _condition_run(url, tmp_path, synth_dir, "cot", data={"cot_apostrophe": "ascii"})
+    assert "cot_apostrophe ('typographic', this run 'ascii')" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("condition", ["plain", "cot"])
+def test_the_wandb_name_of_a_served_run_is_its_run_directory(condition, synth_dir, tmp_path, proxy_factory):
+    from hiertrain.cli.lightning import _logger_identity
+
+    def respond(path: str, body: dict) -> tuple[int, dict]:
+        if path.endswith("/models"):
+            return 200, {"object": "list", "data": [{"id": "m", "object": "model"}]}
+        response = recorded_chat_completion([("A", -0.1)])
+        del response["choices"][0]["logprobs"]
+        return 200, response
+
+    evaluator, dm = _condition_run(proxy_factory(responder=respond).url, tmp_path, synth_dir, condition, run_name=None)
+    (run,) = [p.parent for p in tmp_path.rglob("run.json")]
+    assert run.name == evaluator.run_dir.path.name == f"m-served-questions_random-image-generate-v0" + (
+        "" if condition == "plain" else f"-{condition}"
+    )
+    assert _logger_identity(evaluator, dm)["name"] == run.name
+
+
+def test_served_cot_and_taxonomy_replies_equal_in_process(server, tiny_qwen, synth_dir, tmp_path):
+    """Text mode on the real `transformers serve`: same condition text in, same greedy tokens out."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_qwen))
+    special = sorted((t.content for t in tokenizer.added_tokens_decoder.values() if t.special), key=len, reverse=True)
+    for condition in ("cot", "taxonomy"):
+        dm_args = dict(taxonomy=str(synth_dir / "taxonomy.json"), mode="text", limit=2, condition=condition)
+        local = VLLMEvaluator(str(tiny_qwen), answer="generate", run_name="local", max_new_tokens=5)
+        _trainer(tmp_path / condition).test(local, datamodule=HierVQADataModule(str(synth_dir / "questions_random.jsonl"), **dm_args), verbose=False)  # noqa: E501
+        served = ServedEvaluator(server.url, str(tiny_qwen), run_name="served", max_retries=1, timeout=60.0, progress_bar=False)
+        _trainer(tmp_path / condition).test(served, datamodule=HierVQADataModule(str(synth_dir / "questions_random.jsonl"), **dm_args), verbose=False)  # noqa: E501
+        ours = load_predictions(tmp_path / condition / "local/predictions.jsonl")
+        theirs = load_predictions(tmp_path / condition / "served/predictions.jsonl")
+        pairs = [(a, b) for p, q in zip(ours, theirs, strict=True) for a, b in zip(p.levels, q.levels) if a.asked]
+        assert pairs
+        for a, b in pairs:
+            assert a.question == b.question and _visible(b.reply, special) == a.reply.strip(), (condition, a.reply, b.reply)

@@ -66,3 +66,18 @@ def test_identity_differences_name_every_field():
     new = {"model": "m", "weights": "b", "settings": {"dtype": "bfloat16", "backend": "transformers"}, "seed": 0}
     assert identity_differences(old, new) == ["weights ('a', this run 'b')", "dtype ('float32', this run 'bfloat16')"]
     assert identity_differences(old, json.loads(json.dumps(old))) == []
+
+
+def test_every_run_json_key_is_identity_unless_it_only_names_locates_or_counts():
+    base = {"model": "m", "created": "2026-01-01", "limit": 4, "run_name": "r", "num_samples": 3, "image_dir": "/a"}
+    # a setting no list names yet: identity by construction (resume refused, naming it)
+    assert identity_differences({**base, "new_setting": 1}, {**base, "new_setting": 2}) == ["new_setting (1, this run 2)"]
+    assert identity_differences({**base}, {**base, "new_setting": 2}) == ["new_setting (None, this run 2)"]
+    # what only names, locates or counts a run is not
+    other = {**base, "created": "2026-02-02", "limit": 8, "run_name": "s", "num_samples": 0, "image_dir": "/b"}
+    assert identity_differences(base, other) == []
+    # a key an older run.json lacks is read as its documented default
+    assert identity_differences({"model": "m"}, {"model": "m", "condition": "plain", "label_case": "file"}) == []
+    assert identity_differences({"model": "m"}, {"model": "m", "condition": "cot", "cot_apostrophe": "ascii"}) == [
+        "condition ('plain', this run 'cot')", "cot_apostrophe (None, this run 'ascii')",
+    ]  # fmt: skip
