@@ -20,11 +20,12 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Iterable, Literal, Sequence
 
 from hiertrain.core.errors import HierError
 from hiertrain.core.prompts import LETTERS
 from hiertrain.core.resources import read_data_text, resolve_data_path
+from hiertrain.core.taxonomy import normalize_label
 
 from hiertrain.core.distractors import ImageTextEncoder, Levels, TextEmbeddingCache, random_distractors, similar_distractors
 
@@ -36,6 +37,7 @@ _CHOICES_KEY = re.compile(r"choices_level([1-9][0-9]*)")
 IMAGE_LIST_KEYS = ("image", "label", "split")
 
 Distractors = Literal["random", "similar"]
+SAME_AFTER_NORMALISATION = "repeats an option after normalisation"  # `hiertrain data check` counts these by kind
 
 
 def level_keys(d: dict) -> list[str]:
@@ -113,8 +115,11 @@ def require_strings(obj: dict, keys: Sequence[str], where: str) -> None:
 
 
 def check_question(obj: dict, where: str) -> None:
-    """A record must be answerable: every level has options, and the truth is one of them."""
+    """A record must be answerable: it names an image, every level has options that read as
+    different answers, and the truth is one of them."""
     require_strings(obj, IMAGE_LIST_KEYS, where)
+    if not obj["image"].strip():
+        raise HierError(f"{where}: empty 'image' field (a record names its image file)")
     levels = {int(k[5:]) for k in obj if _LEVEL_KEY.fullmatch(k)}
     choice_levels = {int(m.group(1)) for k in obj if (m := _CHOICES_KEY.fullmatch(k))}
     if not levels:
@@ -136,15 +141,52 @@ def check_question(obj: dict, where: str) -> None:
             raise HierError(f"{where}: 'choices_level{n}' has {len(choices)} options, at most {len(LETTERS)}")
         if len(set(choices)) != len(choices):
             raise HierError(f"{where}: 'choices_level{n}' repeats an option: {choices}")
+        normed = [normalize_label(c) for c in choices]
+        same = sorted({c for c, m in zip(choices, normed) if normed.count(m) > 1})
+        if same:  # answers are matched after normalisation: the model could not tell these apart
+            raise HierError(f"{where}: 'choices_level{n}' {SAME_AFTER_NORMALISATION} (case, spaces, -/_): {same}")
         if truth is not None and truth not in choices:
             raise HierError(f"{where}: 'level{n}' truth {truth!r} is not among 'choices_level{n}' {choices}")
 
 
+def record_id(obj: dict) -> str:
+    """What names a record: its image (one record per image; `id` when a record carries one)."""
+    return str(obj["id"]) if "id" in obj else obj["image"]
+
+
+def repeated_ids(ids: Iterable[str | None]) -> list[tuple[int, int, str]]:
+    """(first line, repeating line, id) for every id met before; `ids` in file order, one per
+    line (None: a line without a record), lines 1-based.
+
+    Works from ids alone (a lazy reader can stream them; `hiertrain data check` lists them all):
+    a record listed twice would be asked and scored twice, so a repeat is an error, not a sample."""
+    first: dict[str, int] = {}
+    out = []
+    for lineno, key in enumerate(ids, 1):
+        if key is None:
+            continue
+        if key in first:
+            out.append((first[key], lineno, key))
+        else:
+            first[key] = lineno
+    return out
+
+
+def repeat_message(first: int, key: str) -> str:
+    return f"record {key!r} repeats line {first} (one record per image: it would be scored twice)"
+
+
 def read_questions(path: str | os.PathLike) -> list[QuestionRecord]:
-    """Load a question file (the paper's JSONL); HierError "FILE:LINE: ..." on a bad line."""
+    """Load a question file (the paper's JSONL); HierError "FILE:LINE: ..." on the first bad line
+    (`check_question`) or repeated record (`record_id`, naming both lines)."""
     records = []
+    seen: dict[str, int] = {}
     for sample_id, (where, obj) in enumerate(_read_jsonl(path)):
         check_question(obj, where)
+        key = record_id(obj)
+        if key in seen:
+            raise HierError(f"{where}: {repeat_message(seen[key], key)}")
+        seen[key] = sample_id + 1
         records.append(QuestionRecord(raw=obj, sample_id=sample_id))
     return records
 

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from hiertrain.core.errors import HierError
 from hiertrain.core.resources import read_data_text
 from hiertrain.datamodules.questions import open_image
+from hiertrain.datamodules.sampling import ResumableLoader, ResumableRandomSampler
 from hiertrain.datamodules.tuning import IGNORE_INDEX, HierTuningDataModule, TuningCollator
 
 SYSTEM_MESSAGE = "You are a helpful assistant."  # the paper's finetuning/src/training/constants.py
@@ -242,10 +243,12 @@ class PaperTuningDataModule(HierTuningDataModule):
         return ConversationDataset(self.conversations, Path(image_dir), root_map, self.on_bad_image)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.conversation_dataset(),
+        dataset = self.conversation_dataset()
+        return ResumableLoader(  # `--ckpt_path last` resumes on the same batches and draws (sampling.py)
+            dataset,
             batch_size=self.train_batch_size,
-            shuffle=True,
+            sampler=ResumableRandomSampler(dataset),
+            position=self.train_position,
             num_workers=self.num_workers,
             collate_fn=self._collator(ConversationCollator),
         )

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hiertrain.datamodules.questions import HierVQADataModule, QuestionDataset
+from hiertrain.datamodules.sampling import LoaderPosition, ResumableLoader, ResumableRandomSampler
 from hiertrain.core.errors import HierError
 from hiertrain.core.prompts import LETTERS
 
@@ -208,6 +209,7 @@ class HierTuningDataModule(HierVQADataModule):
         self.family: Any = None  # hiertrain.vlm.family.ModelFamily, from `connect`
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.train_batch_size = train_batch_size
+        self.train_position = LoaderPosition()  # what a checkpoint keeps of the training loader
 
     def connect(self, processor: Any = None, family: Any = None) -> None:
         """What the data module needs from the model, in one declared call (as litgpt's
@@ -262,13 +264,23 @@ class HierTuningDataModule(HierVQADataModule):
         return self.split_dataset(self.test_split, self.exclude_ids)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.split_dataset(self.train_split),
+        dataset = self.split_dataset(self.train_split)
+        return ResumableLoader(  # a killed fit resumes on the same batches and draws (sampling.py)
+            dataset,
             batch_size=self.train_batch_size,
-            shuffle=True,
+            sampler=ResumableRandomSampler(dataset),
+            position=self.train_position,
             num_workers=self.num_workers,
             collate_fn=self._collator(),
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's epoch position and RNG states (`sampling.ResumableLoader`), so
+        `--ckpt_path last` resumes on the batches and draws an uninterrupted fit would use."""
+        return {"train_loader": self.train_position.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_position.load_state_dict(state_dict.get("train_loader", {}))
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_loader(self.split_dataset(self.val_split))

@@ -3,10 +3,13 @@ problem counted and listed with FILE:LINE."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from hiertrain.cli.main import main
 
@@ -85,8 +88,11 @@ TAXONOMY = {
 }
 
 
+_IMAGES = itertools.count()
+
+
 def _q(label, *levels):
-    rec = {"image": "x.jpg", "label": label, "split": "test"}
+    rec = {"image": f"{next(_IMAGES)}.jpg", "label": label, "split": "test"}  # one record per image
     for n, (truth, choices) in enumerate(levels, 1):
         rec[f"level{n}"] = truth
         if choices is not None:
@@ -141,7 +147,10 @@ def test_question_problems_counted_and_listed(tmp_path, capsys):
     assert [line.split(":")[1] for line in listed] == ["2", "3", "4", "5", "6", "7", "8"]
     assert listed[0] == f"{questions}:2: label 'Sooty Albatross' not in {tax}"
     assert listed[1] == f"{questions}:3: level2 'alcidae' != taxonomy 'Diomedeidae' for 'Laysan Albatross'"
-    assert listed[2] == f"{questions}:4: choices_level3 repeats ['Laysan Albatross', 'laysan-albatross'] (after normalisation)"
+    assert listed[2] == (
+        f"{questions}:4: 'choices_level3' repeats an option after normalisation (case, spaces, -/_): "
+        "['Laysan Albatross', 'laysan-albatross']"
+    )
     assert listed[3].startswith(f"{questions}:5: not valid JSON")
     assert listed[4].startswith(f"{questions}:6: 'level1' truth 'charadriiformes' is not among")
     assert listed[5] == f"{questions}:7: label 'Crested Auklet' has 2 levels, taxonomy path has 3"
@@ -172,3 +181,43 @@ def test_entry_point(reference_data):
     )
     assert done.returncode == 1
     assert "has 2 parents: 'implement' (leaf 'racket') and 'equipment' (leaf 'parallel bars')" in done.stdout
+
+
+def test_what_the_loader_refuses_is_a_problem_here(tmp_path, capsys):
+    """Issue 22 item 18: a repeated record, options equal but for case/spaces, an empty image
+    field: `data check` lists each with its line(s), and the question loader refuses the file."""
+    from hiertrain.core.errors import HierError
+    from hiertrain.core.question_bank import read_questions
+
+    tax = tmp_path / "tax.json"
+    tax.write_text(json.dumps(TAXONOMY))
+    good = json.loads(LINES[0])
+    lines = [
+        good,  # 1
+        dict(good, image="b.jpg"),  # 2
+        good,  # 3: line 1 again
+        dict(good, image="c.jpg", choices_level1=["procellariiformes", "Procellariiformes "]),  # 4
+        dict(good, image=""),  # 5
+        dict(good, image="b.jpg", split="train"),  # 6: line 2's image again
+    ]
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(HierError) as err:
+        read_questions(questions)
+    assert str(err.value) == f"{questions}:3: record '0.jpg' repeats line 1 (one record per image: it would be scored twice)"
+
+    assert main(["data", "check", "--taxonomy", str(tax), "--questions", str(questions), "--json"]) == 1
+    q = json.loads(capsys.readouterr().out)["questions"]
+    assert q["records"] == 6 and q["problems"] == 4
+    assert q["by_kind"] == {"repeated record": 2, "duplicate options": 1, "malformed record": 1}
+    assert q["listed"] == [
+        f"{questions}:3: record '0.jpg' repeats line 1 (one record per image: it would be scored twice)",
+        f"{questions}:4: 'choices_level1' repeats an option after normalisation (case, spaces, -/_): "
+        "['Procellariiformes ', 'procellariiformes']",
+        f"{questions}:5: empty 'image' field (a record names its image file)",
+        f"{questions}:6: record 'b.jpg' repeats line 2 (one record per image: it would be scored twice)",
+    ]
+    for bad in lines[3:5]:  # each alone is refused at load as well, naming its line
+        questions.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+        with pytest.raises(HierError, match=rf"^{questions}:2: "):
+            read_questions(questions)

@@ -142,7 +142,7 @@ def test_bad_question_line_names_file_and_line(tmp_path, bad_line, message):
 
 def test_file_without_final_newline_and_missing_file(tmp_path):
     path = tmp_path / "q.jsonl"
-    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(GOOD))
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(GOOD | {"image": "b.jpg"}))
     assert len(read_questions(path)) == 2
     with pytest.raises(HierError, match="file not found"):
         read_questions(tmp_path / "absent.jsonl")
@@ -394,3 +394,34 @@ def test_cli_errors_are_one_line_with_the_entry_point(small, tmp_path):
     assert done.stderr.count("\n") == 1 and done.stderr.endswith(")\n")
     assert not (tmp_path / "q.jsonl").exists()
     assert main(base[1:] + ["--images", str(images), "--distractors", "similar"]) == 2
+
+
+@pytest.mark.parametrize(
+    "second, message",
+    [
+        (GOOD, "q.jsonl:2: record 'a.jpg' repeats line 1 (one record per image: it would be scored twice)"),
+        (GOOD | {"label": "wren", "id": "7"}, None),  # an id of its own: another record
+        (GOOD | {"image": "b.jpg"}, None),
+        (GOOD | {"image": "b.jpg", "choices_level1": ["Fish", "bird ", "Bird"]},
+         "q.jsonl:2: 'choices_level1' repeats an option after normalisation (case, spaces, -/_): ['Bird', 'bird ']"),
+        (GOOD | {"image": "b.jpg", "choices_level1": ["Fish", "BIRD", "Bird"]}, "after normalisation"),
+        (GOOD | {"image": ""}, "q.jsonl:2: empty 'image' field (a record names its image file)"),
+        (GOOD | {"image": "  "}, "empty 'image' field"),
+    ],
+)
+def test_repeated_records_look_alike_options_and_empty_images_are_refused(tmp_path, second, message):
+    """Issue 22 item 18: each would have been asked (and a repeat scored twice) without a word."""
+    path = write_jsonl(tmp_path / "q.jsonl", [GOOD, second])
+    if message is None:
+        assert [r.sample_id for r in read_questions(path)] == [0, 1]
+        return
+    with pytest.raises(HierError) as err:
+        read_questions(path)
+    assert message in str(err.value) and str(err.value).startswith(f"{path}:2: ")
+
+
+def test_repeated_ids_work_from_ids_alone() -> None:
+    from hiertrain.core.question_bank import repeated_ids
+
+    assert repeated_ids(["a", None, "b", "a", "a", None, "b"]) == [(1, 4, "a"), (1, 5, "a"), (3, 7, "b")]
+    assert repeated_ids([]) == [] and repeated_ids(["a", "b"]) == []

@@ -73,7 +73,7 @@ def test_taxonomy_gives_level_names_and_checks_labels(tmp_path):
     dm = HierVQADataModule(str(_write(tmp_path / "q.jsonl", [RECORD])), taxonomy=str(taxonomy))
     dm.setup()  # "Red Solid Circle" matches "red solid circle" after normalisation
     assert dm.level_names == ["family", "shape", "species"]
-    bad = dict(RECORD, label="Green Star")
+    bad = dict(RECORD, label="Green Star", image="img/bad.png")
     dm = HierVQADataModule(str(_write(tmp_path / "bad.jsonl", [RECORD, bad])), taxonomy=str(taxonomy))
     with pytest.raises(HierError, match=r"bad\.jsonl:2: label 'Green Star' is not in taxonomy"):
         dm.setup()
@@ -140,7 +140,7 @@ def test_cub_question_file_loads_with_its_taxonomy(reference_data):
 
 
 def test_split_serves_only_that_split_and_keeps_sample_ids(tmp_path):
-    records = [{**RECORD, "split": split} for split in ("train", "test", "val", "test")]
+    records = [{**RECORD, "split": split, "image": f"img/{i}.png"} for i, split in enumerate(("train", "test", "val", "test"))]
     path = _write(tmp_path / "q.jsonl", records)
     dm = HierVQADataModule(str(path), split="test")
     assert [r.sample_id for r in dm.served_records()] == [1, 3]
@@ -234,12 +234,12 @@ def test_a_few_re_parented_leaves_are_not_a_level_name_error(tmp_path):
     short = {"image": "img/b.png", "label": "Blue Square", "split": "test",
              "level1": "square", "choices_level1": ["square", "circle"],
              "level2": "Blue Square", "choices_level2": ["Blue Square", "Red Solid Circle"]}  # fmt: skip
-    records = [dict(RECORD, label="Red Solid Circle"), dict(RECORD, label="Red Solid Circle"), short]
+    records = [dict(RECORD, label="Red Solid Circle"), dict(RECORD, label="Red Solid Circle", image="img/c.png"), short]
     dm = HierVQADataModule(str(_write(tmp_path / "q.jsonl", records)), taxonomy=str(taxonomy), level_names=["a", "b", "c"])
     dm.setup()
     assert dm.level_names == ["a", "b", "c"]
     with pytest.raises(HierError, match=r"2 levels but the taxonomy's path of 'Blue Square' has 3.*2 of 3 records differ"):
-        HierVQADataModule(str(_write(tmp_path / "q2.jsonl", [short, short, records[0]])), taxonomy=str(taxonomy)).setup()
+        HierVQADataModule(str(_write(tmp_path / "q2.jsonl", [short, dict(short, image="img/d.png"), records[0]])), taxonomy=str(taxonomy)).setup()
 
 
 # ---- issue 11: image-path rule, bad images, bad settings ----------------------------------
@@ -283,7 +283,7 @@ def test_batch_size_below_one_is_one_line(tmp_path):
 
 def test_single_option_question_warns(tmp_path):
     # case 9: a one-option question is always right; it must not be counted silently
-    record = dict(RECORD, choices_level1=["round"])
+    record = dict(RECORD, choices_level1=["round"], image="img/b.png")
     dm = HierVQADataModule(str(_write(tmp_path / "q.jsonl", [RECORD, record])))
     with pytest.warns(UserWarning, match=r"1 questions have a single option .*first: line 2, level 1"):
         dm.setup()

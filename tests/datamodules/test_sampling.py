@@ -62,3 +62,72 @@ def test_padded_dataset_adds_valid_flag():
         ds[6]
     with pytest.raises(TypeError, match="dict items"):
         PaddedDataset([1, 2])[0]
+
+
+# ---- issue 22 item 13: a training loader that resumes mid-epoch ---------------------------
+
+
+def _epochs(loader, epochs: int) -> list[list[list[int]]]:
+    return [[batch.tolist() for batch in loader] for _ in range(epochs)]
+
+
+def test_resumable_sampler_and_loader_draw_as_a_shuffled_dataloader() -> None:
+    """Same global RNG use and order as `DataLoader(shuffle=True)`: shipped fits are unchanged."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from hiertrain.datamodules.sampling import ResumableLoader, ResumableRandomSampler
+
+    data = list(range(10))
+    torch.manual_seed(3)
+    plain, after_plain = _epochs(DataLoader(data, batch_size=3, shuffle=True), 3), torch.rand(2)
+    torch.manual_seed(3)
+    ours = _epochs(ResumableLoader(data, batch_size=3, sampler=ResumableRandomSampler(data)), 3)
+    assert ours == plain and torch.equal(torch.rand(2), after_plain)
+    assert plain[0] != plain[1]  # it does shuffle
+
+
+@pytest.mark.parametrize("stop_after", [1, 3, 4])
+def test_loader_state_resumes_on_the_same_batches_and_draws(stop_after) -> None:
+    """Stopped after `stop_after` of 4 batches (4 = an epoch's end), a new loader given the state
+    serves the rest of the epoch, then the next ones, and leaves the RNG where the whole run did."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from hiertrain.datamodules.sampling import LoaderPosition, ResumableLoader, ResumableRandomSampler
+
+    data = list(range(10))
+
+    def loader(position=None):
+        return ResumableLoader(data, batch_size=3, sampler=ResumableRandomSampler(data), position=position)
+
+    def draws():
+        return torch.rand(1).item(), float(np.random.rand()), random.random()
+
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    whole, noise, uninterrupted = [], [], loader()
+    for _ in range(3):
+        for batch in uninterrupted:
+            whole.append(batch.tolist())
+            noise.append(draws())  # dropout-like draws between batches
+
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    first, seen, drawn = loader(), [], []
+    iterator = iter(first)
+    for _ in range(stop_after):
+        seen.append(next(iterator).tolist())
+        drawn.append(draws())
+    state = first.state_dict()
+    assert state["served"] == stop_after and state["length"] == 4
+
+    torch.manual_seed(123), np.random.seed(5), random.seed(9)  # a new process: other RNG states
+    position = LoaderPosition()
+    position.load_state_dict(state)
+    resumed = loader(position)
+    for _ in range(2 if stop_after == 4 else 3):  # the rest of this epoch (if any), then the others
+        for batch in resumed:
+            seen.append(batch.tolist())
+            drawn.append(draws())
+    assert seen == whole and drawn == noise

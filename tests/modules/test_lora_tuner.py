@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -409,3 +410,95 @@ def test_conditions_answered_in_generated_text_are_refused_for_tuning(condition,
     with pytest.raises(HierError) as err:
         _trainer(tmp_path, 1, [], limit_train_batches=1, limit_val_batches=1).fit(_tuner(tiny_qwen), datamodule=data)
     assert f"condition {condition!r} is answered by generated text" in str(err.value) and "\n" not in str(err.value)
+
+
+KILLER = '''
+import os, signal
+from lightning.pytorch.callbacks import Callback
+
+class KillAtStep(Callback):
+    """SIGKILL this process (no clean-up, no on_exception checkpoint) before training step `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def _resume_config(tiny_qwen: Path, synth_dir: Path, root: Path, kill_at: int | None) -> Path:
+    """The shipped LoRA checkpoint blocks (best by val/hca; last every 3 steps and every epoch)
+    on 4 one-record steps an epoch, 3 epochs, LoRA dropout on: shuffle and dropout both draw."""
+    shipped = yaml.safe_load((REPO / "configs" / "lora" / "synth_demo_text.yaml").read_text())
+    checkpoints = [c for c in shipped["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+    for block in checkpoints[1:]:
+        if "every_n_train_steps" in block["init_args"]:
+            block["init_args"]["every_n_train_steps"] = 3
+    callbacks = checkpoints + ([{"class_path": "killer.KillAtStep", "init_args": {"step": kill_at}}] if kill_at else [])
+    config = {
+        "seed_everything": 0,
+        "model": {"class_path": "hiertrain.modules.lora_tuner.LoRATuner",
+                  "init_args": {"pretrained": str(tiny_qwen), "rank": 4, "alpha": 8, "dropout": 0.1, "lr": 3e-3}},
+        "data": {"class_path": "hiertrain.datamodules.tuning.HierTuningDataModule",
+                 "init_args": {**_data_args(synth_dir), "mode": "text", "train_batch_size": 1, "batch_size": 4}},
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 3, "default_root_dir": str(root),
+                    "enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 1,
+                    "logger": {"class_path": "hiertrain.cli.csv_logger.KeepingCSVLogger",
+                               "init_args": {"save_dir": str(root), "name": "csv", "version": "v",
+                                             "flush_logs_every_n_steps": 1}},
+                    "callbacks": callbacks},
+    }  # fmt: skip
+    path = root / f"fit_{kill_at}.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def _fit_process(config: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(config.parent), str(REPO), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    command = [sys.executable, "-m", "hiertrain.cli.main", "fit", "--config", str(config), *extra]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+def _step_losses(root: Path) -> dict[int, list[float]]:
+    losses: dict[int, list[float]] = {}
+    for row in csv.DictReader(open(root / "csv" / "v" / "metrics.csv")):
+        if row.get("train/loss"):
+            losses.setdefault(int(row["step"]), []).append(float(row["train/loss"]))
+    return losses
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", [5, 7], ids=["after-epoch-checkpoint", "after-step-checkpoint"])
+def test_killed_and_resumed_fit_equals_the_uninterrupted_one(kill_at, tiny_qwen, synth_dir, tmp_path) -> None:
+    """Issue 22 item 13: a real SIGKILL, then `--ckpt_path last`: every step's training loss and
+    the exported adapter equal an uninterrupted fit's. Killed before step 6 the newest last
+    checkpoint is the end of epoch 1 (step 4); before step 8 it is mid-epoch 2 (step 6)."""
+    from safetensors.torch import load_file
+
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    whole.mkdir()
+    broken.mkdir()
+    (broken / "killer.py").write_text(KILLER)  # importable: the run's folder is on its PYTHONPATH
+    done = _fit_process(_resume_config(tiny_qwen, synth_dir, whole, None))
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = _fit_process(_resume_config(tiny_qwen, synth_dir, broken, kill_at))
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not (broken / "checkpoints" / "adapter").exists()  # it really died before the end
+    resumed = _fit_process(_resume_config(tiny_qwen, synth_dir, broken, None), "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "not resumable" not in resumed.stderr
+
+    expected, got = _step_losses(whole), _step_losses(broken)
+    assert sorted(expected) == list(range(12)) and all(len(v) == 1 for v in expected.values())
+    assert sorted(got) == sorted(expected)
+    redone = [step for step, values in got.items() if len(values) > 1]  # trained before the kill and again after
+    assert redone == ([4] if kill_at == 5 else [6])
+    for step, values in got.items():
+        assert values == expected[step] * len(values), step
+    first = load_file(str(whole / "checkpoints" / "adapter" / "adapter_model.safetensors"))
+    second = load_file(str(broken / "checkpoints" / "adapter" / "adapter_model.safetensors"))
+    assert first.keys() == second.keys() and first
+    assert all(torch.equal(first[k], second[k]) for k in first)

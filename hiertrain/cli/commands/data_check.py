@@ -56,9 +56,12 @@ def _records_tolerant(path: Path, check: QuestionCheck) -> list:
     """Every well-formed record, each malformed line counted as a problem (read_questions stops
     at the first one; a check must list them all). Lines without level keys are image-list
     entries (`hiertrain.core.question_bank.read_image_list`) and only their labels are checked."""
-    from hiertrain.core.question_bank import IMAGE_LIST_KEYS, QuestionRecord, check_question, require_strings, level_keys
+    from hiertrain.core.question_bank import (
+        IMAGE_LIST_KEYS, SAME_AFTER_NORMALISATION, QuestionRecord, check_question, level_keys, record_id,
+        repeat_message, repeated_ids, require_strings,
+    )  # fmt: skip
 
-    records = []
+    records, ids = [], []
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -78,26 +81,36 @@ def _records_tolerant(path: Path, check: QuestionCheck) -> list:
                 require_strings(obj, IMAGE_LIST_KEYS, where)
         except json.JSONDecodeError as err:
             check.add("malformed record", i + 1, f"not valid JSON ({err.msg} at column {err.colno})")
+            ids.append(None)
         except HierError as err:
-            check.add("malformed record", i + 1, str(err).removeprefix(f"{where}: "))
+            message = str(err).removeprefix(f"{where}: ")
+            check.add("duplicate options" if SAME_AFTER_NORMALISATION in message else "malformed record", i + 1, message)
+            ids.append(None)
         else:
             records.append(QuestionRecord(raw=obj, sample_id=i))
-    return records
+            ids.append(record_id(obj))
+    repeats = repeated_ids(ids)  # the loader refuses these too (read_questions)
+    for first, line, key in repeats:
+        check.add("repeated record", line, repeat_message(first, key))
+    check.records = len(lines)
+    again = {line - 1 for _, line, _ in repeats}
+    return [r for r in records if r.sample_id not in again]  # a repeat's other findings are its first's
 
 
 def check_questions(taxonomy: Taxonomy, path: Path) -> QuestionCheck:
-    """Every record: well formed (truth among its options, no repeats: read_questions' rules), label
-    resolves, levelN truths equal the taxonomy path, no options equal after normalisation."""
+    """Every record: well formed (read_questions' rules: an image named, truth among its options, no
+    options equal after normalisation, no record twice), label resolves, levelN truths equal the
+    taxonomy path."""
     from hiertrain.core.question_bank import read_questions
 
     result = QuestionCheck(str(path))
     try:
         records = read_questions(path)
+        result.records = len(records)
     except HierError:
         if not path.is_file():
             raise
         records = _records_tolerant(path, result)
-    result.records = len(records) + result.total
     for rec in records:
         _check_record(taxonomy, rec, result)
     result.lines.sort(key=lambda s: int(s[len(result.path) + 1 :].split(":", 1)[0]))
@@ -125,12 +138,8 @@ def _check_record(taxonomy: Taxonomy, rec, result: QuestionCheck) -> None:
             continue
         if i < len(tax_path) and normalize_label(truth) != normalize_label(tax_path[i]):
             result.add("truth mismatch", line, f"{key} '{truth}' != taxonomy '{tax_path[i]}' for '{rec.label}'")
-        # read_questions already requires the truth among the options and no exact repeats
-        options = choices[i] if i < len(choices) else []
-        normed = [normalize_label(o) for o in options]
-        dups = sorted({o for o, n in zip(options, normed) if normed.count(n) > 1})
-        if dups:
-            result.add("duplicate options", line, f"choices_{key} repeats {dups} (after normalisation)")
+        # check_question (read_questions' rules) already requires the truth among the options and
+        # no options equal after normalisation
 
 
 def _taxonomy_summary(tax: Taxonomy) -> dict:
