@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,13 +53,33 @@ class QuestionCheck:
         return sum(self.kinds.values())
 
 
-def _records_tolerant(path: Path, check: QuestionCheck) -> list:
-    """Every well-formed record, each malformed line counted as a problem (read_questions stops
-    at the first one; a check must list them all). Lines without level keys are image-list
-    entries (`hiertrain.core.question_bank.read_image_list`) and only their labels are checked."""
+def _parse_tolerant(line: str, i: int, path: Path, check: QuestionCheck):
+    """Line `i` (0-based) as a record, or None with the malformed line counted as a problem.
+    Lines without level keys are image-list entries (`hiertrain.core.question_bank.read_image_list`)
+    and only their labels are checked."""
     from hiertrain.core.question_bank import IMAGE_LIST_KEYS, QuestionRecord, check_question, require_strings, level_keys
 
-    records = []
+    where = f"{path}:{i + 1}"
+    try:
+        obj = json.loads(line)
+        if not isinstance(obj, dict):
+            raise HierError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        if level_keys(obj) or any(k.startswith("choices_level") for k in obj):
+            check_question(obj, where)
+        else:  # an image list (image, label, split): only its labels can be checked
+            require_strings(obj, IMAGE_LIST_KEYS, where)
+    except json.JSONDecodeError as err:
+        check.add("malformed record", i + 1, f"not valid JSON ({err.msg} at column {err.colno})")
+    except HierError as err:
+        check.add("malformed record", i + 1, str(err).removeprefix(f"{where}: "))
+    else:
+        return QuestionRecord(raw=obj, sample_id=i)
+    return None
+
+
+def _records_tolerant(path: Path, check: QuestionCheck) -> list:
+    """Every well-formed record of the whole file, each malformed line counted as a problem
+    (read_questions stops at the first one; a check must list them all)."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -66,28 +87,58 @@ def _records_tolerant(path: Path, check: QuestionCheck) -> list:
     lines = text.split("\n")
     if text.endswith("\n"):
         lines.pop()
-    for i, line in enumerate(lines):
-        where = f"{path}:{i + 1}"
-        try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise HierError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            if level_keys(obj) or any(k.startswith("choices_level") for k in obj):
-                check_question(obj, where)
-            else:  # an image list (image, label, split): only its labels can be checked
-                require_strings(obj, IMAGE_LIST_KEYS, where)
-        except json.JSONDecodeError as err:
-            check.add("malformed record", i + 1, f"not valid JSON ({err.msg} at column {err.colno})")
-        except HierError as err:
-            check.add("malformed record", i + 1, str(err).removeprefix(f"{where}: "))
-        else:
-            records.append(QuestionRecord(raw=obj, sample_id=i))
-    return records
+    return [r for i, line in enumerate(lines) if (r := _parse_tolerant(line, i, path, check)) is not None]
+
+
+class _NotStreamable(Exception):
+    """A line break the whole-file reader sees but a byte stream does not (a lone CR)."""
+
+
+def _stream_tolerant(path: Path, check: QuestionCheck) -> Iterator:
+    """`_records_tolerant` one line at a time (a 1M-record bank is never held): the same lines
+    (CRLF read as LF, as text mode does), the same problems, the same UTF-8 error."""
+    offset = 0
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise HierError(f"{path}: not UTF-8 ({err.reason} at byte {offset + err.start})") from None
+            offset += len(raw)
+            if line.endswith("\n"):
+                line = line[:-2] if line.endswith("\r\n") else line[:-1]
+            if "\r" in line:
+                raise _NotStreamable
+            record = _parse_tolerant(line, i, path, check)
+            if record is not None:
+                yield record
 
 
 def check_questions(taxonomy: Taxonomy, path: Path) -> QuestionCheck:
     """Every record: well formed (truth among its options, no repeats: read_questions' rules), label
-    resolves, levelN truths equal the taxonomy path, no options equal after normalisation."""
+    resolves, levelN truths equal the taxonomy path, no options equal after normalisation.
+
+    A plain file is checked one line at a time, keeping only counters and the problem lines;
+    a gzipped or packaged one (small) is read whole."""
+    from hiertrain.core.resources import resolve_data_path
+
+    real = resolve_data_path(path)
+    if real.is_file() and real.suffix != ".gz":
+        result = QuestionCheck(str(path))
+        try:
+            lines = 0
+            for rec in _stream_tolerant(path, result):
+                _check_record(taxonomy, rec, result)
+                lines += 1
+        except _NotStreamable:
+            return _check_whole(taxonomy, path)
+        result.records = lines + result.kinds["malformed record"]
+        result.lines.sort(key=lambda s: int(s[len(result.path) + 1 :].split(":", 1)[0]))
+        return result
+    return _check_whole(taxonomy, path)
+
+
+def _check_whole(taxonomy: Taxonomy, path: Path) -> QuestionCheck:
     from hiertrain.core.question_bank import read_questions
 
     result = QuestionCheck(str(path))
