@@ -29,7 +29,7 @@ import numpy as np
 
 from hiertrain.core.errors import HierError
 from hiertrain.core.question_bank import LEVEL_KEY, QuestionRecord, check_question, parse_line
-from hiertrain.core.resources import read_data_bytes, resolve_data_path
+from hiertrain.core.resources import data_sha256, read_data_bytes, resolve_data_path
 
 INDEX_VERSION = "1"
 _MODES = ("image", "text")
@@ -71,7 +71,7 @@ class QuestionIndex:
         cache = index_cache_dir()
         cached = None
         if cache is not None:
-            digest = hashlib.sha256(data).hexdigest() if data is not None else _file_sha256(real)
+            digest = hashlib.sha256(data).hexdigest() if data is not None else data_sha256(real)
             cached = cache / f"{digest}-v{INDEX_VERSION}.npz"
             loaded = _load(cached, real, data)
             if loaded is not None:
@@ -157,14 +157,6 @@ class LazyRecords(Sequence[QuestionRecord]):
 
 # ---------------------------------------------------------------------------------------
 # Building, loading, saving
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _text(line: bytes, path: Path, offset: int) -> str:
