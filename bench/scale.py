@@ -183,13 +183,16 @@ def _measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float,
 
 
 _RESUME = r'''
-import sys
+import sys, time
 from hiertrain.datamodules.questions import HierVQADataModule
 from hiertrain.runs.eval_outputs import RunDirectory
+start = time.perf_counter()  # after the imports (lightning, torch), which every `hiertrain test` pays
 dm = HierVQADataModule(sys.argv[2], mode="text", taxonomy=sys.argv[3])
 dm.setup("test")
 dm.exclude_ids = set(RunDirectory(sys.argv[1]).finished_ids())
-print(len(dm.exclude_ids), "finished,", len(dm.dataset()), "left of", len(dm.served_ids()), file=sys.stderr)
+left = len(dm.dataset())
+print(f"{len(dm.exclude_ids)} finished, {left} left of {len(dm.served_ids())}; skip {time.perf_counter() - start:.2f} s "
+      "after the imports", file=sys.stderr)
 '''
 
 _TEST_CONFIG = """\
@@ -321,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append((wall, rss, rc, cpu))
                 if rc != 0:
                     print(f"  {op}: exit {rc}: {last}")
+                elif op == "resume":
+                    print(f"  resume: {last}")
             figures[str(n)][op] = runs
         paper_runs = figures[str(n)].get("metric_py", [(float("nan"), 0, 0, float("nan"))])
         base, base_cpu = min(r[0] for r in paper_runs), min(r[3] for r in paper_runs)
