@@ -13,11 +13,16 @@ one after the other:
   `--paper-repo` (a bare git dir) has it, else its rule re-implemented here (`_PAPER_RULE`:
   the same extraction and loops, for timing only);
 - `data check --questions` and `data questions` (random distractors) on a bank / image list of N;
-- the resume skip: the finished ids of a run with N done samples (`RunDirectory.finished_ids`,
-  what a rerun reads of its predictions before it asks its first question).
+- the resume skip: what a rerun of a run with N done samples does before it asks its first
+  question: the data module's setup on the bank of N (its index read from the cache), the
+  finished ids (`RunDirectory.finished_ids`) and the loader's remaining samples;
+- `test_limit`: `hiertrain test --data.limit 10` in text mode (a tiny Qwen2.5-VL built once in
+  the work folder, `hiertrain tiny`) on the bank of N with its index cached (built once, not
+  timed), and `test_limit_cold` the same with no index cache (`HIERTRAIN_INDEX_CACHE=off`: the
+  one pass over the bank is timed too). Each run starts in an empty run directory.
 
-Not measured here: `hiertrain test --data.limit 10` on a bank of N (it needs a model; the
-datamodule still reads the whole bank, see docs/benchmarks.md).
+`--ops check,questions,test_limit,...` without a scoring op writes only the bank, image list
+and taxonomy of N (same records as the full set: the random draws are the same).
 
 Ratios (`vs metric.py`: its time / this operation's, so > 1 = faster) are printed against the
 paper's script measured in the same run, on wall time and on CPU time (user + system of the child,
@@ -34,6 +39,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,7 +50,8 @@ REPO = Path(__file__).resolve().parents[1]
 INAT_PLANTS = REPO.parent / "shared/data/taxonomies/hierarchy_Inat_plantae.json"
 PAPER_REPO = Path("/work/.mirror/yuanqing-ai+LLM-Hierarchical-Consistency/repo")
 LEVELS = ["kingdom", "phylum", "class", "order", "family", "genus", "species"]
-OPS = ("score", "score0", "paper", "metric_py", "check", "questions", "resume")
+OPS = ("score", "score0", "paper", "metric_py", "check", "questions", "resume", "test_limit", "test_limit_cold")
+BANK_OPS = {"check", "questions", "test_limit", "test_limit_cold"}  # need no predictions
 
 # The paper's utils/metric.py rule (extraction from level 2, HCA / POR / strict POR / TOR / LNA /
 # per-layer loops over Python lists after json.load), used only when the mirror is not there.
@@ -88,15 +95,18 @@ def _paths(seed: int) -> list[list[str]]:
     return [[f"{name} {i % (k + 2)}" for k, name in enumerate(LEVELS)] for i in range(4000)]
 
 
-def write_files(n: int, folder: Path, seed: int = 0) -> dict[str, Path]:
-    """bank.jsonl, images.jsonl, predictions.jsonl and results.json of `n` records (kept when present)."""
+def write_files(n: int, folder: Path, seed: int = 0, bank_only: bool = False) -> dict[str, Path]:
+    """bank.jsonl, images.jsonl, predictions.jsonl and results.json of `n` records (kept when
+    present); `bank_only`: the first two (the same records) and no predictions."""
     from hiertrain.core import prompts
 
     folder.mkdir(parents=True, exist_ok=True)
     files = {name: folder / name for name in ("bank.jsonl", "images.jsonl", "predictions.jsonl", "results.json")}
     done = folder / ".complete"
-    if done.is_file():
+    if done.is_file() or (bank_only and (folder / ".bank_complete").is_file()):
         return files
+    if bank_only:
+        files["predictions.jsonl"] = files["results.json"] = Path(os.devnull)
     rng = random.Random(seed)
     paths = _paths(seed)
     by_level = [sorted({p[k] for p in paths}) for k in range(7)]
@@ -129,6 +139,8 @@ def write_files(n: int, folder: Path, seed: int = 0) -> dict[str, Path]:
                 r = rng.random()
                 pick = options.index(truth) if r < 0.6 else rng.randrange(len(options))
                 parsed = r < 0.97
+                if bank_only:
+                    continue
                 letter = prompts.LETTERS[pick] if parsed else None
                 predicted = options[pick] if parsed else None
                 reply = letter or "I cannot tell."
@@ -144,11 +156,16 @@ def write_files(n: int, folder: Path, seed: int = 0) -> dict[str, Path]:
                 item[f"predicted_level{k + 1}"] = predicted or "Unknown"
                 item[f"choices_level{k + 1}"] = dict(zip(prompts.LETTERS, options))
             bank.write(json.dumps(record, ensure_ascii=False) + "\n")
+            if bank_only:
+                continue
             sample = {"id": i, "image": image, "label": path[-1], "split": "test", "mode": "image", "levels": levels}
             preds.write(json.dumps(sample, ensure_ascii=False) + "\n")
             text = json.dumps(item, indent=4, ensure_ascii=False)
             paper.write(("    " + text.replace("\n", "\n    ")) + (",\n" if i < n - 1 else "\n"))
         paper.write("]")
+    if bank_only:
+        (folder / ".bank_complete").write_text("ok")
+        return {name: folder / name for name in ("bank.jsonl", "images.jsonl", "predictions.jsonl", "results.json")}
     done.write_text("ok")
     return files
 
@@ -166,10 +183,45 @@ def _measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float,
 
 
 _RESUME = r'''
-import sys
+import sys, time
+from hiertrain.datamodules.questions import HierVQADataModule
 from hiertrain.runs.eval_outputs import RunDirectory
-print(len(RunDirectory(sys.argv[1]).finished_ids()), "finished", file=sys.stderr)
+start = time.perf_counter()  # after the imports (lightning, torch), which every `hiertrain test` pays
+dm = HierVQADataModule(sys.argv[2], mode="text", taxonomy=sys.argv[3])
+dm.setup("test")
+dm.exclude_ids = set(RunDirectory(sys.argv[1]).finished_ids())
+left = len(dm.dataset())
+print(f"{len(dm.exclude_ids)} finished, {left} left of {len(dm.served_ids())}; skip {time.perf_counter() - start:.2f} s "
+      "after the imports", file=sys.stderr)
 '''
+
+_TEST_CONFIG = """\
+model:
+  class_path: hiertrain.modules.vllm_evaluator.VLLMEvaluator
+  init_args: {{pretrained: {model}, answer: logits, dtype: float32, run_name: limit10}}
+data:
+  class_path: hiertrain.datamodules.questions.HierVQADataModule
+  init_args: {{questions: {bank}, taxonomy: {taxonomy}, mode: text, limit: 10, batch_size: 10, name: bench}}
+trainer: {{accelerator: cpu, devices: 1, enable_progress_bar: false, default_root_dir: {root}}}
+wandb: false
+"""
+
+
+def _tiny_model(work: Path, env: dict[str, str]) -> Path:
+    """A tiny Qwen2.5-VL (`hiertrain tiny`), built once in the work folder."""
+    out = work / "tiny_qwen2_5_vl"
+    if not (out / "config.json").is_file():
+        subprocess.run([sys.executable, "-m", "hiertrain.cli", "tiny", "--arch", "qwen2_5_vl", "--out", str(out)],
+                       env=env, check=True, capture_output=True)  # fmt: skip
+    return out
+
+
+def _test_config(files: dict[str, Path], model: Path) -> Path:
+    folder = files["bank.jsonl"].parent
+    config = folder / "test_limit.yaml"
+    config.write_text(_TEST_CONFIG.format(model=model, bank=files["bank.jsonl"], taxonomy=files["taxonomy.json"],
+                                          root=folder / "limit_runs"), encoding="utf-8")  # fmt: skip
+    return config
 
 
 def _commands(files: dict[str, Path], work: Path, paper_script: Path) -> dict[str, list[str]]:
@@ -188,8 +240,22 @@ def _commands(files: dict[str, Path], work: Path, paper_script: Path) -> dict[st
             *cli, "data", "questions", "--taxonomy", str(files["taxonomy.json"]), "--images", str(files["images.jsonl"]),
             "--distractors", "random", "--out", str(work / "questions_out.jsonl"),
         ],  # fmt: skip
-        "resume": [py, "-c", _RESUME, str(run_dir), str(files["bank.jsonl"])],
+        "resume": [py, "-c", _RESUME, str(run_dir), str(files["bank.jsonl"]), str(files["taxonomy.json"])],
+        "test_limit": [*cli, "test", "--config", str(files["bank.jsonl"].parent / "test_limit.yaml")],
+        "test_limit_cold": [*cli, "test", "--config", str(files["bank.jsonl"].parent / "test_limit.yaml")],
     }
+
+
+def _prepare(op: str, files: dict[str, Path], env: dict[str, str]) -> dict[str, str]:
+    """Before each timed run: an empty run directory for `test`, and the index cached or not."""
+    if op.startswith("test_limit"):
+        shutil.rmtree(files["bank.jsonl"].parent / "limit_runs", ignore_errors=True)
+    if op == "test_limit_cold":
+        return {**env, "HIERTRAIN_INDEX_CACHE": "off"}
+    if op in ("test_limit", "resume"):  # the index of the bank, built once (not timed)
+        subprocess.run([sys.executable, "-c", "import sys; from hiertrain.core.bank_index import QuestionIndex; "
+                        "QuestionIndex.of(sys.argv[1])", str(files["bank.jsonl"])], env=env, check=True)  # fmt: skip
+    return env
 
 
 def _run_dir(files: dict[str, Path]) -> None:
@@ -231,26 +297,35 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     paper_script = _paper_script(work, args.paper_repo)
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.setdefault("HIERTRAIN_INDEX_CACHE", str(work / "index_cache"))
     ops = [op for op in args.ops.split(",") if op]
+    bank_only = set(ops) <= BANK_OPS
+    model = _tiny_model(work, env) if any(op.startswith("test_limit") for op in ops) else None
     print(f"load average before: {_uptime()}; paper's script: {paper_script.name}; work: {work}")
     figures: dict[str, dict[str, list[tuple[float, int, int]]]] = {}
     for n in (int(s) for s in args.sizes.split(",")):
         t0 = time.perf_counter()
-        files = write_files(n, work / f"n{n}")
+        files = write_files(n, work / f"n{n}", bank_only=bank_only)
         files["taxonomy.json"] = work / f"n{n}" / "taxonomy.json"
-        _run_dir(files)
-        print(f"\n{n} records (files ready in {time.perf_counter() - t0:.1f} s; predictions "
-              f"{files['predictions.jsonl'].stat().st_size / 1e9:.2f} GB, results.json {files['results.json'].stat().st_size / 1e9:.2f} GB)")
+        if model is not None:
+            _test_config(files, model)
+        sizes = ", ".join(f"{name} {files[name].stat().st_size / 1e9:.2f} GB" for name in ("bank.jsonl", "predictions.jsonl", "results.json")
+                          if files[name].is_file())  # fmt: skip
+        if not bank_only:
+            _run_dir(files)
+        print(f"\n{n} records (files ready in {time.perf_counter() - t0:.1f} s; {sizes})")
         commands = _commands(files, work / f"n{n}", paper_script)
         figures[str(n)] = {}
         print(f"  load average: {_uptime()}")
         for op in ops:
             runs = []
             for _ in range(args.repeats):
-                wall, rss, rc, last, cpu = _measure(commands[op], env)
+                wall, rss, rc, last, cpu = _measure(commands[op], _prepare(op, files, env))
                 runs.append((wall, rss, rc, cpu))
                 if rc != 0:
                     print(f"  {op}: exit {rc}: {last}")
+                elif op == "resume":
+                    print(f"  resume: {last}")
             figures[str(n)][op] = runs
         paper_runs = figures[str(n)].get("metric_py", [(float("nan"), 0, 0, float("nan"))])
         base, base_cpu = min(r[0] for r in paper_runs), min(r[3] for r in paper_runs)

@@ -6,6 +6,7 @@ Session-scoped so each expensive artefact (synthetic images, tiny checkpoints) i
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models gain nothing from intra-op threads on 2 cores, and the DDP tests run 2 processes:
 # one thread each avoids oversubscription (seen 30x slower with 2 threads under load).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Question-bank indexes (hiertrain.core.bank_index) go to a folder of this session, not ~/.cache.
+os.environ.setdefault("HIERTRAIN_INDEX_CACHE", tempfile.mkdtemp(prefix="hiertrain-index-"))
 
 REPO = Path(__file__).resolve().parents[1]
 # HIERTRAIN_SHARED_DATA: the reference folder when the checkout is not beside it (a worktree)

@@ -20,16 +20,30 @@ import torch
 MIN_MODELS = 4
 
 
-def _pearson_columns(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Pearson r of each column pair of [n, k] tensors (torchmetrics); NaN where one is constant."""
-    from torchmetrics.functional import pearson_corrcoef
+def pearson_columns(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson r of each column pair of [n, k] tensors; NaN where one is constant.
 
-    constant = (x.std(0) == 0) | (y.std(0) == 0)
+    torchmetrics' `pearson_corrcoef` (tests/core/test_correlation.py checks they agree), written
+    out because importing torchmetrics pulls in transformers: seconds of every `hiertrain report`."""
+    xm, ym = x - x.mean(0), y - y.mean(0)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # constant columns: masked below
-        r = pearson_corrcoef(x, y)
-    r = r.reshape(-1)
+        warnings.simplefilter("ignore")
+        r = ((xm * ym).sum(0) / torch.sqrt((xm * xm).sum(0) * (ym * ym).sum(0))).clamp(-1.0, 1.0)
+    constant = (x.std(0) == 0) | (y.std(0) == 0)
     return torch.where(constant, torch.full_like(r, math.nan), r)
+
+
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of a 1-D tensor, ties given their mean rank (torchmetrics' `_rank_data`)."""
+    _, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).to(x.dtype)
+    return (ends - (counts.to(x.dtype) - 1) / 2)[inverse]
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman's rho of two 1-D tensors: Pearson's r of their average ranks (torchmetrics'
+    `spearman_corrcoef` to within 2e-6: it ranks in float32 and adds 1e-6 to the denominator)."""
+    return float(pearson_columns(average_ranks(x)[:, None], average_ranks(y)[:, None])[0])
 
 
 def correlation_test(
@@ -41,23 +55,23 @@ def correlation_test(
     if n < MIN_MODELS:
         return out
     tx, ty = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
-    observed = _pearson_columns(tx[:, None], ty[:, None])[0]
+    observed = pearson_columns(tx[:, None], ty[:, None])[0]
     if math.isnan(observed):
         return out
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(n, (n, n_boot), generator=gen)
-    reps = _pearson_columns(tx[idx], ty[idx])
+    reps = pearson_columns(tx[idx], ty[idx])
     alpha = 1 - ci
     bounds = torch.nanquantile(reps, torch.tensor([alpha / 2, 1 - alpha / 2], dtype=torch.float64))
     out["pearson_interval"] = [round(float(bounds[0]), 4), round(float(bounds[1]), 4)]
     if math.factorial(n) <= n_perm:
         perms = torch.tensor(list(itertools.permutations(range(n)))).T  # [n, n!], identity included
-        hits = (_pearson_columns(tx[perms], ty[:, None].expand(n, perms.shape[1])).abs() >= abs(observed) - 1e-12).sum()
+        hits = (pearson_columns(tx[perms], ty[:, None].expand(n, perms.shape[1])).abs() >= abs(observed) - 1e-12).sum()
         out["p_value"] = round(float(hits) / perms.shape[1], 4)
         out["method"] = f"bootstrap over models ({n_boot}); exact permutation test ({perms.shape[1]} pairings)"
     else:
         perms = torch.argsort(torch.rand(n_perm, n, generator=gen), dim=1).T
-        hits = (_pearson_columns(tx[perms], ty[:, None].expand(n, n_perm)).abs() >= abs(observed) - 1e-12).sum()
+        hits = (pearson_columns(tx[perms], ty[:, None].expand(n, n_perm)).abs() >= abs(observed) - 1e-12).sum()
         out["p_value"] = round((1 + float(hits)) / (1 + n_perm), 4)
         out["method"] = f"bootstrap over models ({n_boot}); permutation test ({n_perm} random pairings)"
     return out

@@ -20,7 +20,8 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Literal, Sequence
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Literal, Sequence
 
 from hiertrain.core.errors import HierError
 from hiertrain.core.prompts import LETTERS
@@ -32,7 +33,7 @@ from hiertrain.core.distractors import ImageTextEncoder, Levels, TextEmbeddingCa
 if TYPE_CHECKING:
     from hiertrain.core.taxonomy import Taxonomy
 
-_LEVEL_KEY = re.compile(r"level([1-9][0-9]*)")
+LEVEL_KEY = re.compile(r"level([1-9][0-9]*)")
 _CHOICES_KEY = re.compile(r"choices_level([1-9][0-9]*)")
 IMAGE_LIST_KEYS = ("image", "label", "split")
 
@@ -42,7 +43,7 @@ SAME_AFTER_NORMALISATION = "repeats an option after normalisation"  # `hiertrain
 
 def level_keys(d: dict) -> list[str]:
     """The `levelN` keys of a record, sorted by N as a number (level10 after level9)."""
-    return sorted((k for k in d if _LEVEL_KEY.fullmatch(k)), key=lambda k: int(k[5:]))
+    return sorted((k for k in d if LEVEL_KEY.fullmatch(k)), key=lambda k: int(k[5:]))
 
 
 @dataclass
@@ -94,16 +95,21 @@ def _read_jsonl(path: str | os.PathLike) -> list[tuple[str, dict]]:
     out = []
     for lineno, line in enumerate(text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"), 1):
         where = f"{path}:{lineno}"
-        if not line.strip():
-            raise HierError(f"{where}: blank line (one JSON object per line expected)")
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise HierError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(obj, dict):
-            raise HierError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        out.append((where, obj))
+        out.append((where, parse_line(line, where)))
     return out
+
+
+def parse_line(line: str, where: str) -> dict:
+    """One line of a JSONL file as an object (`where` = "FILE:LINE" for the one-line error)."""
+    if not line.strip():
+        raise HierError(f"{where}: blank line (one JSON object per line expected)")
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise HierError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(obj, dict):
+        raise HierError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def require_strings(obj: dict, keys: Sequence[str], where: str) -> None:
@@ -120,7 +126,7 @@ def check_question(obj: dict, where: str) -> None:
     require_strings(obj, IMAGE_LIST_KEYS, where)
     if not obj["image"].strip():
         raise HierError(f"{where}: empty 'image' field (a record names its image file)")
-    levels = {int(k[5:]) for k in obj if _LEVEL_KEY.fullmatch(k)}
+    levels = {int(k[5:]) for k in obj if LEVEL_KEY.fullmatch(k)}
     choice_levels = {int(m.group(1)) for k in obj if (m := _CHOICES_KEY.fullmatch(k))}
     if not levels:
         raise HierError(f"{where}: no level1..levelN keys")
@@ -216,25 +222,27 @@ def read_image_list(path: str | os.PathLike) -> list[dict]:
     return images
 
 
-def write_questions(records: Sequence[QuestionRecord], path: str | os.PathLike) -> None:
+def write_questions(records: Iterable[QuestionRecord], path: str | os.PathLike) -> int:
     """Write records one a line, in the serialisation of the paper's files (default
     `json.dumps` separators, UTF-8 kept as is), via a temporary file so a crash leaves no
-    half-written bank."""
+    half-written bank. `records` may be a generator (`iter_questions`): each is written as it
+    is built. Returns how many were written."""
     from hiertrain.core.atomic import atomic_path
 
+    written = 0
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as f:
         for record in records:
             f.write(json.dumps(record.raw, ensure_ascii=False) + "\n")
+            written += 1
+    return written
 
 
 # ---------------------------------------------------------------------------------------
 # Building
 
 
-def _resolve_images(
-    taxonomy: Taxonomy, images: Sequence[dict], source: str
-) -> list[tuple[str, tuple[str, ...]]]:
-    """(canonical leaf, path) per image; HierError naming the line and label when unknown."""
+def _resolve_images(taxonomy: Taxonomy, images: Sequence[dict], source: str) -> list[str]:
+    """The canonical leaf of every image; HierError naming the line and label when unknown."""
     out = []
     for i, image in enumerate(images):
         where = f"{source}:{i + 1}"
@@ -245,7 +253,7 @@ def _resolve_images(
             raise HierError(
                 f"{where}: label {image['label']!r} is not a leaf of taxonomy {taxonomy.source}"
             ) from None
-        out.append((leaf, tuple(taxonomy.path(leaf))))
+        out.append(leaf)
     return out
 
 
@@ -262,7 +270,12 @@ def _image_files(images: Sequence[dict], root: Path, source: str) -> list[Path]:
     return files
 
 
-def build_questions(
+def build_questions(taxonomy: Taxonomy, images: Sequence[dict], *args, **kwargs) -> list[QuestionRecord]:
+    """`iter_questions` as a list (arguments as there)."""
+    return list(iter_questions(taxonomy, images, *args, **kwargs))
+
+
+def iter_questions(
     taxonomy: Taxonomy,
     images: Sequence[dict],
     distractors: Distractors = "random",
@@ -276,8 +289,9 @@ def build_questions(
     cache_dir: str | os.PathLike | None = None,
     encoder: ImageTextEncoder | None = None,
     skipped: list[str] | None = None,
-) -> list[QuestionRecord]:
-    """One record per image: for every level of its path the truth and up to
+) -> Iterator[QuestionRecord]:
+    """One record per image, yielded as built (a million-image bank is written, not held): for
+    every level of its path the truth and up to
     `num_choices - 1` distractors of the same level, in a seeded order.
 
     `random` draws distractors with a generator seeded by (seed, sample, level), so a sample's
@@ -286,15 +300,15 @@ def build_questions(
     classes than `num_choices` gets fewer options. `source` and `image_root` name the image
     list file (for error lines) and the folder its relative image paths start from. With
     `similar`, an unreadable image (truncated, decompression bomb, ...) leaves its record out;
-    its reason (naming the file) is appended to `skipped`.
+    its reason (naming the file) is appended to `skipped` when the iteration reaches it.
+    Every image's label is checked (and, for `similar`, every image scored) before this returns.
     """
     if not 2 <= num_choices <= len(LETTERS):
         raise HierError(f"num_choices must be between 2 and {len(LETTERS)}, got {num_choices}")
     if distractors not in ("random", "similar"):
         raise HierError(f"unknown distractors {distractors!r} (use 'random' or 'similar')")
-    resolved = _resolve_images(taxonomy, images, source)
+    leaves = _resolve_images(taxonomy, images, source)
     levels = Levels(taxonomy)
-    positions = [levels.positions(path) for _, path in resolved]
     k = num_choices - 1
 
     similar: list[list[list[int]] | str] | None = None
@@ -303,22 +317,35 @@ def build_questions(
             raise HierError("similar distractors need a CLIP model (--clip NAME_OR_PATH)")
         root = Path(image_root) if image_root is not None else Path.cwd()
         files = _image_files(images, root, source)
+        positions = [levels.positions(taxonomy.path(leaf)) for leaf in leaves]
         similar = similar_distractors(
             encoder, TextEmbeddingCache(encoder, cache_dir), levels, files, positions, k, batch_size, workers, source
         )
 
+    return _records(taxonomy, images, leaves, levels, similar, seed, k, skipped)
+
+
+def _records(
+    taxonomy: Taxonomy,
+    images: Sequence[dict],
+    leaves: list[str],
+    levels: Levels,
+    similar: list[list[list[int]] | str] | None,
+    seed: int,
+    k: int,
+    skipped: list[str] | None,
+) -> Iterator[QuestionRecord]:
     from tqdm.auto import tqdm
 
-    records = []
-    rows = tqdm(zip(images, resolved), total=len(images), desc="questions", disable=len(images) < 1000)
-    for index, (image, (leaf, _)) in enumerate(rows):
+    sample_id = 0  # the record's line in the written bank
+    rows = tqdm(zip(images, leaves), total=len(images), desc="questions", disable=len(images) < 1000)
+    for index, (image, leaf) in enumerate(rows):
         if similar is not None and isinstance(similar[index], str):
             if skipped is not None:
                 skipped.append(similar[index])
             continue
-        sample_id = len(records)  # the record's line in the written bank
         raw = {"image": image["image"], "label": leaf, "split": image["split"]}
-        for level, t in enumerate(positions[index]):
+        for level, t in enumerate(levels.positions(taxonomy.path(leaf))):
             rng = random.Random(f"{seed}:{sample_id}:{level}:choices")
             nodes = levels.nodes[level]
             picked = similar[index][level] if similar is not None else random_distractors(len(nodes), t, k, rng)
@@ -327,5 +354,5 @@ def build_questions(
             rng.shuffle(choices)
             raw[f"level{level + 1}"] = truth
             raw[f"choices_level{level + 1}"] = choices
-        records.append(QuestionRecord(raw=raw, sample_id=sample_id))
-    return records
+        yield QuestionRecord(raw=raw, sample_id=sample_id)
+        sample_id += 1

@@ -83,3 +83,27 @@ def read_data_text(path: str | os.PathLike) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise HierError(f"{resolve_data_path(path)}: not UTF-8 ({err.reason} at byte {err.start})") from None
+
+
+_SHA256: dict[tuple, str] = {}  # (file, size, mtime_ns, inode) -> hex digest, this process only
+
+
+def data_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a data file's content (a gzipped or packaged file: of its decompressed bytes).
+
+    Remembered in this process per (file, size, mtime, inode): a run hashes its 1M-record bank
+    once, though the bank index and run.json both need the digest."""
+    import hashlib
+
+    real = resolve_data_path(path)
+    if real.suffix == ".gz":
+        return hashlib.sha256(read_data_bytes(real)).hexdigest()
+    stat = real.stat()
+    key = (str(real.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _SHA256:
+        digest = hashlib.sha256()
+        with open(real, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _SHA256[key] = digest.hexdigest()
+    return _SHA256[key]

@@ -9,10 +9,12 @@ with `valid=False` so no sample is counted twice under DDP.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
@@ -20,7 +22,8 @@ from hiertrain.core import conditions, prompts
 from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
 from hiertrain.core.errors import HierError
 from hiertrain.core.images import BAD_IMAGE_ERRORS
-from hiertrain.core.question_bank import QuestionRecord, read_questions
+from hiertrain.core.bank_index import LazyRecords, QuestionIndex
+from hiertrain.core.question_bank import QuestionRecord
 
 Mode = Literal["image", "text"]
 
@@ -102,11 +105,13 @@ def open_image(path: Path):
 
 
 class QuestionDataset(Dataset):
-    """Records -> items; indices at or past len() are `PaddedEvalSampler` repeats (valid=False)."""
+    """Records -> items; indices at or past len() are `PaddedEvalSampler` repeats (valid=False).
+
+    `records` may be a `LazyRecords` (a bank's index): each item's record is parsed when served."""
 
     def __init__(
         self,
-        records: list[QuestionRecord],
+        records: Sequence[QuestionRecord],
         mode: Mode,
         level_names: list[str],
         subject: str,
@@ -271,7 +276,7 @@ class HierVQADataModule(LightningDataModule):
         self.context: str | None = None  # the taxonomy text of the taxonomy condition
         self.taxonomy = None  # the Taxonomy, when data.taxonomy is given
         self.split, self.max_skip_rate = split, max_skip_rate
-        self.records: list[QuestionRecord] | None = None
+        self.records: LazyRecords | None = None  # served records, parsed when asked for
         self.level_names: list[str] = []
         self.exclude_ids: set[int] = set()  # finished samples of a resumed run
 
@@ -281,25 +286,22 @@ class HierVQADataModule(LightningDataModule):
         prompts.check_family(self.prompt_family, self.mode)  # unknown family/variant fail now, not per item
         prompts.image_prompt(self.prompt_variant, "x", family=self.prompt_family)
         path = Path(self.questions)
-        records = [] if path.is_file() and path.stat().st_size == 0 else read_questions(path)
-        if not records:
+        # The bank's index (one pass, cached by content; every line checked as read_questions does);
+        # records are parsed again only when served.
+        index = None if path.is_file() and path.stat().st_size == 0 else QuestionIndex.of(path)
+        if index is None or not len(index):
             raise HierError(f"{self.questions}: no questions (empty file)")
+        records = index.records()
         if self.split is not None:
-            found = sorted({str(r.split) for r in records})
-            records = [r for r in records if r.split == self.split]
-            if not records:
+            found = records.splits()
+            records = records.with_split(self.split)
+            if not len(records):
                 raise HierError(f"{self.questions}: no records with split {self.split!r} (splits found: {', '.join(found)})")
-        depth = max(len(r.truths) for r in records)
+        depth = records.depth()
         taxonomy = self._taxonomy()
         self._check_condition(taxonomy)
         if taxonomy is not None:
-            for record in records:
-                try:
-                    taxonomy.path(record.label)
-                except HierError:
-                    raise HierError(
-                        f"{self.questions}:{record.sample_id + 1}: label {record.label!r} is not in taxonomy {self.taxonomy_path}"
-                    ) from None
+            self._check_labels(taxonomy, records)
         self.level_names = self._names(taxonomy, records, depth)
         self.records = records[: self.limit] if self.limit else records
         if self.image_root and self.mode == "image":
@@ -309,17 +311,33 @@ class HierVQADataModule(LightningDataModule):
             self.image_root_map = {**found, **self.image_root_map}
         self._warn_single_options()
 
+    def _check_labels(self, taxonomy, records: LazyRecords) -> None:
+        """Every label of `records` (the served split, before `limit`) is in the taxonomy; the
+        first record in file order with one that is not is the error (each label looked up once)."""
+        index = records.index
+        codes = records.label_codes()
+        bad = []
+        for code in np.unique(codes):
+            try:
+                taxonomy.path(index.labels[code])
+            except HierError:
+                bad.append(code)
+        if bad:
+            row = int(records.rows[np.flatnonzero(np.isin(codes, bad))[0]])
+            label = index.labels[index.label_codes[row]]
+            raise HierError(f"{self.questions}:{row + 1}: label {label!r} is not in taxonomy {self.taxonomy_path}")
+
     def _warn_single_options(self) -> None:
         """A question with one option is always right: say so instead of counting it silently."""
         from lightning.pytorch.utilities import rank_zero_warn
 
-        single = [
-            (r.sample_id, i) for r in self.records for i in prompts.asked_levels(r.truths, self.mode) if len(r.choices[i]) < 2
-        ]
-        if single:
-            sample_id, level = single[0]
+        index, rows = self.records.index, self.records.rows
+        counts = index.single[self.mode][rows]
+        if counts.any():
+            first = int(np.flatnonzero(counts)[0])
+            sample_id, level = int(rows[first]), int(index.first_single[self.mode][rows[first]])
             rank_zero_warn(
-                f"{self.questions}: {len(single)} questions have a single option and are always counted correct "
+                f"{self.questions}: {int(counts.sum())} questions have a single option and are always counted correct "
                 f"(first: line {sample_id + 1}, level {level + 1}); `hiertrain score --ignore-level N` leaves a level out"
             )
 
@@ -340,7 +358,7 @@ class HierVQADataModule(LightningDataModule):
                 )
         self.taxonomy = taxonomy
 
-    def _names(self, taxonomy, records: list[QuestionRecord], depth: int) -> list[str]:
+    def _names(self, taxonomy, records: LazyRecords, depth: int) -> list[str]:
         """One name per level of the records: a name list that does not fit them is an error,
         so a "phylum" question is never asked as "kingdom" after a level was dropped."""
         dropped = " after dropping trivial levels" if self.drop_trivial_levels else ""
@@ -349,12 +367,17 @@ class HierVQADataModule(LightningDataModule):
             names = list(taxonomy.level_names)  # the given names, minus the dropped levels' names
             # Each record's levels are its leaf's path, name for name. A dropped (or kept) level shifts
             # every record; a node the taxonomy re-parented (on_multi_parent="first") only its leaves.
-            off = [(r, len(taxonomy.path(r.label))) for r in records if len(r.truths) != len(taxonomy.path(r.label))]
+            index, codes = records.index, records.label_codes()
+            lengths = np.zeros(len(index.labels), dtype=np.int64)  # path length per label (each looked up once)
+            for code in np.unique(codes):
+                lengths[code] = len(taxonomy.path(index.labels[code]))
+            off = np.flatnonzero(index.depths[records.rows] != lengths[codes])
             if 2 * len(off) > len(records):
-                record, length = off[0]
+                row = int(records.rows[off[0]])
+                label, length = index.labels[index.label_codes[row]], int(lengths[index.label_codes[row]])
                 raise HierError(
-                    f"{self.questions}:{record.sample_id + 1}: {len(record.truths)} levels but the taxonomy's path of "
-                    f"{record.label!r}{dropped} has {length}, named {names[:length]} ({len(off)} of {len(records)} "
+                    f"{self.questions}:{row + 1}: {int(index.depths[row])} levels but the taxonomy's path of "
+                    f"{label!r}{dropped} has {length}, named {names[:length]} ({len(off)} of {len(records)} "
                     f"records differ; {hint})"
                 )
             return names
@@ -381,16 +404,20 @@ class HierVQADataModule(LightningDataModule):
     def depth(self) -> int:
         """Most levels of any served record (the width of the metric tensors)."""
         self.setup()
-        return max(len(r.truths) for r in self.records)
+        return self.served_records().depth()
 
-    def served_records(self) -> list[QuestionRecord]:
-        """Every record this run is responsible for (finished ones included)."""
+    def served_records(self) -> LazyRecords:
+        """Every record this run is responsible for (finished ones included), parsed when read."""
         self.setup()
-        return list(self.records)
+        return self.records
+
+    def served_ids(self) -> list[int]:
+        """The sample ids of `served_records()`, from the index (nothing parsed)."""
+        return self.served_records().sample_ids
 
     def dataset(self) -> QuestionDataset:
         self.setup()
-        todo = [r for r in self.records if r.sample_id not in self.exclude_ids]
+        todo = self.records.excluding(self.exclude_ids)
         return QuestionDataset(
             todo, self.mode, self.level_names, self.subject, self.prompt_variant, self.seed,
             self.image_dir, self.on_bad_image, self.image_root_map, self.prompt_family, self.shuffle_options,

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hiertrain.datamodules.questions import HierVQADataModule, QuestionDataset
+from hiertrain.core.bank_index import LazyRecords
 from hiertrain.datamodules.sampling import LoaderPosition, ResumableLoader, ResumableRandomSampler
 from hiertrain.core.errors import HierError
 from hiertrain.core.prompts import LETTERS
@@ -241,22 +242,22 @@ class HierTuningDataModule(HierVQADataModule):
         """What training images are resized to (recorded in the LoRA run.json)."""
         return {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "max_image_side": self.max_image_side}
 
-    def split_records(self, split: str) -> list:
+    def split_records(self, split: str) -> LazyRecords:
         """Records of one split, in file order; HierError when the split is empty."""
         self.setup()
-        records = [r for r in self.records if r.split == split]
-        if not records:
-            found = sorted({str(r.split) for r in self.records})
+        records = self.records.with_split(split)
+        if not len(records):
+            found = self.records.splits()
             raise HierError(f"{self.questions}: no records with split {split!r} (splits found: {', '.join(found)})")
         return records
 
     def split_dataset(self, split: str, exclude: frozenset[int] | set[int] = frozenset()) -> QuestionDataset:
         """The parent's dataset (same images, prompts, options) restricted to one split."""
         dataset = HierVQADataModule.dataset(self)
-        dataset.records = [r for r in self.split_records(split) if r.sample_id not in exclude]
+        dataset.records = self.split_records(split).excluding(exclude)
         return dataset
 
-    def served_records(self) -> list:
+    def served_records(self) -> LazyRecords:
         """What `hiertrain test` evaluates with this data config: the test split only."""
         return self.split_records(self.test_split)
 

@@ -253,7 +253,7 @@ class QuestionEvaluator(LightningModule):
         dm.exclude_ids = set(finished)
         if finished:
             rank_zero_info(f"resuming {self.run_dir.path}: {len(finished)} samples already done")
-        if {r.sample_id for r in dm.served_records()} <= set(finished):
+        if set(dm.served_ids()) <= set(finished):
             self._finalize(log=False)  # nothing left to answer: Lightning will not run the test loop
 
     def teardown(self, stage: str) -> None:
@@ -300,7 +300,7 @@ class QuestionEvaluator(LightningModule):
         result: tuple[dict[str, Any], list[str]] | None = None
         if self.global_rank == 0:
             dm = self._datamodule()
-            served = [r.sample_id for r in dm.served_records()]
+            served = dm.served_ids()
             try:
                 metrics, preds = self.run_dir.finalize(served, dm.level_names, dm.depth, self.meta)
             except BaseException:

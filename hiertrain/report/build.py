@@ -381,10 +381,9 @@ def correlations(visual_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     With at least `MIN_MODELS` models also Pearson's bootstrap interval over models and the
     permutation p-value (hiertrain.core.correlation); with fewer, `too_few` says so.
     """
-    from hiertrain.core.correlation import correlation_test
-
     import torch
-    from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
+
+    from hiertrain.core.correlation import correlation_test, pearson_columns, spearman
 
     points = [r for r in visual_rows if r["hca"] is not None and r["text_hca"] is not None]
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -399,8 +398,8 @@ def correlations(visual_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             text = torch.tensor([r["text_hca"] for r in rows], dtype=torch.float64)
             vis = torch.tensor([r["hca"] for r in rows], dtype=torch.float64)
             if text.std() > 0 and vis.std() > 0:
-                entry["pearson"] = round(float(pearson_corrcoef(text, vis)), 4)
-                entry["spearman"] = round(float(spearman_corrcoef(text, vis)), 4)
+                entry["pearson"] = round(float(pearson_columns(text[:, None], vis[:, None])[0]), 4)
+                entry["spearman"] = round(spearman(text, vis), 4)
         entry.update(correlation_test([r["text_hca"] for r in rows], [r["hca"] for r in rows]))
         out.append(entry)
     return out

@@ -93,17 +93,11 @@ def default_run_name(
 
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a data file's content: a gzipped or packaged (`hiertrain://`) file hashes as
-    its decompressed bytes, so the same questions give the same hash however they are stored."""
-    from hiertrain.core.resources import read_data_bytes, resolve_data_path
+    its decompressed bytes, so the same questions give the same hash however they are stored
+    (`hiertrain.core.resources.data_sha256`, remembered per file in this process)."""
+    from hiertrain.core.resources import data_sha256
 
-    real = resolve_data_path(path)
-    if real.suffix == ".gz":
-        return hashlib.sha256(read_data_bytes(real)).hexdigest()
-    digest = hashlib.sha256()
-    with open(real, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return data_sha256(path)
 
 
 def weights_fingerprint(pretrained: str | os.PathLike) -> str | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hiertrain.cli.main import main
+from hiertrain.core.errors import HierError
 
 HIERTRAIN = Path(sys.executable).parent / "hiertrain"
 
@@ -221,3 +222,40 @@ def test_what_the_loader_refuses_is_a_problem_here(tmp_path, capsys):
         questions.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
         with pytest.raises(HierError, match=rf"^{questions}:2: "):
             read_questions(questions)
+
+
+def test_streamed_check_equals_the_whole_file_check(tmp_path, monkeypatch):
+    # issue 24: a plain bank is checked line by line (counters and problem lines only); the
+    # report equals the whole-file reader's (`_check_whole`, the former code path) on banks
+    # with every kind of problem, image-list lines, CRLF, no final newline and a lone CR.
+    from hiertrain.cli.commands import data_check
+    from hiertrain.core.taxonomy import Taxonomy
+
+    tax_path = tmp_path / "tax.json"
+    tax_path.write_text(json.dumps(TAXONOMY))
+    taxonomy = Taxonomy.from_json(tax_path)
+    image_line = json.dumps({"image": "y.jpg", "label": "Laysan Albatross", "split": "train"})
+    banks = {
+        "clean": LINES[0] + "\n" + LINES[0] + "\n",
+        "problems": "\n".join(LINES) + "\n",
+        "mixed": "\r\n".join([*LINES, image_line, "", "[1]"]),
+        "lone_cr": LINES[0] + "\r" + LINES[2] + "\n",
+    }
+    whole = data_check._check_whole
+    for name, text in banks.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_bytes(text.encode("utf-8"))
+        expected = whole(taxonomy, path)
+        calls = []
+        monkeypatch.setattr(data_check, "_check_whole", lambda *a: calls.append(a) or whole(*a))
+        got = data_check.check_questions(taxonomy, path)
+        monkeypatch.undo()
+        assert (got.records, got.splits, got.kinds, got.lines) == (expected.records, expected.splits, expected.kinds, expected.lines)
+        assert bool(calls) == (name == "lone_cr")  # only the lone CR needs the whole-file reader
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(LINES[0].encode() + b"\n{oops\n\xff\n")
+    with pytest.raises(HierError) as streamed:
+        data_check.check_questions(taxonomy, bad)
+    with pytest.raises(HierError) as old:
+        whole(taxonomy, bad)
+    assert str(streamed.value) == str(old.value) and "not UTF-8" in str(old.value)

@@ -425,3 +425,32 @@ def test_repeated_ids_work_from_ids_alone() -> None:
 
     assert repeated_ids(["a", None, "b", "a", "a", None, "b"]) == [(1, 4, "a"), (1, 5, "a"), (3, 7, "b")]
     assert repeated_ids([]) == [] and repeated_ids(["a", "b"]) == []
+
+
+# ---- issue 24: banks are streamed, not held ------------------------------------------------
+
+
+def test_cli_streamed_bank_equals_the_list_built_and_written(small, tmp_path, capsys):
+    # `data questions` writes records as they are built: the bytes and the message equal the
+    # list path's (build_questions + write_questions, computed here) on a bank with short levels.
+    labels = ["robin", "gull", "trout", "salmon", "wren", "tern", "Robin"] * 5
+    images = write_jsonl(tmp_path / "images.jsonl", image_list(labels))
+    taxonomy_file = small.to_json(tmp_path / "taxonomy.json")
+    out = tmp_path / "q.jsonl"
+    argv = ["data", "questions", "--taxonomy", str(taxonomy_file), "--images", str(images), "--seed", "5", "--out", str(out)]
+    assert main(argv) == 0
+    listed = build_questions(small, read_image_list(images), seed=5)  # out is beside images: paths unchanged
+    expected = tmp_path / "expected.jsonl"
+    write_questions(listed, expected)
+    assert out.read_bytes() == expected.read_bytes()
+    short = sum(1 for r in listed for choices in r.choices if len(choices) < 4)
+    assert short > 0
+    assert capsys.readouterr().err.strip().endswith(f"wrote {len(listed)} records to {out} ({short} questions have fewer than 4 options)")
+
+
+def test_iter_questions_checks_every_label_before_it_yields(small):
+    from hiertrain.core.question_bank import iter_questions
+
+    images = image_list(["robin"] * 50 + ["dodo"])
+    with pytest.raises(HierError, match=r"<memory>:51: label 'dodo' is not a leaf"):
+        iter_questions(small, images)  # raised by the call, not by the 51st record

@@ -301,3 +301,25 @@ def test_label_case_lower_is_the_papers_llava_text_wording(tmp_path):
     assert default.dataset()[0]["levels"][0].question.startswith("Given the Red Solid Circle, what is its")
     with pytest.raises(HierError, match="label_case 'upper'"):
         HierVQADataModule(str(path), label_case="upper")
+
+
+# ---- issue 24: lazy banks ------------------------------------------------------------------
+
+
+def test_limit_parses_only_the_served_records(tmp_path, monkeypatch):
+    # A bank is indexed once; with a limit only the served records are parsed again, and a
+    # resume's finished ids leave the loader without parsing anything.
+    from hiertrain.core.bank_index import QuestionIndex
+
+    records = [dict(RECORD, image=f"img/{i}.png", split=("train", "test")[i % 2]) for i in range(40)]
+    path = _write(tmp_path / "q.jsonl", records)
+    parsed: list[int] = []
+    real = QuestionIndex.record
+    monkeypatch.setattr(QuestionIndex, "record", lambda self, row, source=None: parsed.append(row) or real(self, row, source))
+    dm = HierVQADataModule(str(path), mode="text", split="test", limit=3)
+    dm.setup()
+    assert parsed == [] and dm.served_ids() == [1, 3, 5] and dm.depth == 3
+    dm.exclude_ids = {3}
+    items = [item for batch in dm.test_dataloader() for item in batch]
+    assert [item["sample_id"] for item in items] == [1, 5] and parsed == [1, 5]
+    assert items[1]["record"].raw == records[5]

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,16 +53,54 @@ class QuestionCheck:
         return sum(self.kinds.values())
 
 
-def _records_tolerant(path: Path, check: QuestionCheck) -> list:
-    """Every well-formed record, each malformed line counted as a problem (read_questions stops
-    at the first one; a check must list them all). Lines without level keys are image-list
-    entries (`hiertrain.core.question_bank.read_image_list`) and only their labels are checked."""
+def _parse_tolerant(line: str, i: int, path: Path, check: QuestionCheck):
+    """Line `i` (0-based) as a record, or None with the malformed line counted as a problem.
+    Lines without level keys are image-list entries (`hiertrain.core.question_bank.read_image_list`)
+    and only their labels are checked."""
     from hiertrain.core.question_bank import (
-        IMAGE_LIST_KEYS, SAME_AFTER_NORMALISATION, QuestionRecord, check_question, level_keys, record_id,
-        repeat_message, repeated_ids, require_strings,
+        IMAGE_LIST_KEYS, SAME_AFTER_NORMALISATION, QuestionRecord, check_question, level_keys, require_strings,
     )  # fmt: skip
 
-    records, ids = [], []
+    where = f"{path}:{i + 1}"
+    try:
+        obj = json.loads(line)
+        if not isinstance(obj, dict):
+            raise HierError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        if level_keys(obj) or any(k.startswith("choices_level") for k in obj):
+            check_question(obj, where)
+        else:  # an image list (image, label, split): only its labels can be checked
+            require_strings(obj, IMAGE_LIST_KEYS, where)
+    except json.JSONDecodeError as err:
+        check.add("malformed record", i + 1, f"not valid JSON ({err.msg} at column {err.colno})")
+    except HierError as err:
+        message = str(err).removeprefix(f"{where}: ")
+        check.add("duplicate options" if SAME_AFTER_NORMALISATION in message else "malformed record", i + 1, message)
+    else:
+        return QuestionRecord(raw=obj, sample_id=i)
+    return None
+
+
+class _Repeats:
+    """Records seen so far by id (`question_bank.record_id`): a repeat is a problem naming both
+    lines (the loader refuses it), and its other findings are its first's, so it is not checked again."""
+
+    def __init__(self, check: QuestionCheck) -> None:
+        self.check, self.first = check, {}
+
+    def new(self, record) -> bool:
+        from hiertrain.core.question_bank import record_id, repeat_message
+
+        key, line = record_id(record.raw), record.sample_id + 1
+        if key in self.first:
+            self.check.add("repeated record", line, repeat_message(self.first[key], key))
+            return False
+        self.first[key] = line
+        return True
+
+
+def _records_tolerant(path: Path, check: QuestionCheck) -> list:
+    """Every well-formed record of the whole file but repeats, each malformed line or repeat
+    counted as a problem (read_questions stops at the first one; a check must list them all)."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -69,38 +108,63 @@ def _records_tolerant(path: Path, check: QuestionCheck) -> list:
     lines = text.split("\n")
     if text.endswith("\n"):
         lines.pop()
-    for i, line in enumerate(lines):
-        where = f"{path}:{i + 1}"
-        try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise HierError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            if level_keys(obj) or any(k.startswith("choices_level") for k in obj):
-                check_question(obj, where)
-            else:  # an image list (image, label, split): only its labels can be checked
-                require_strings(obj, IMAGE_LIST_KEYS, where)
-        except json.JSONDecodeError as err:
-            check.add("malformed record", i + 1, f"not valid JSON ({err.msg} at column {err.colno})")
-            ids.append(None)
-        except HierError as err:
-            message = str(err).removeprefix(f"{where}: ")
-            check.add("duplicate options" if SAME_AFTER_NORMALISATION in message else "malformed record", i + 1, message)
-            ids.append(None)
-        else:
-            records.append(QuestionRecord(raw=obj, sample_id=i))
-            ids.append(record_id(obj))
-    repeats = repeated_ids(ids)  # the loader refuses these too (read_questions)
-    for first, line, key in repeats:
-        check.add("repeated record", line, repeat_message(first, key))
+    repeats = _Repeats(check)
+    parsed = [r for i, line in enumerate(lines) if (r := _parse_tolerant(line, i, path, check)) is not None]
     check.records = len(lines)
-    again = {line - 1 for _, line, _ in repeats}
-    return [r for r in records if r.sample_id not in again]  # a repeat's other findings are its first's
+    return [r for r in parsed if repeats.new(r)]
+
+
+class _NotStreamable(Exception):
+    """A line break the whole-file reader sees but a byte stream does not (a lone CR)."""
+
+
+def _stream_tolerant(path: Path, check: QuestionCheck) -> Iterator:
+    """`_records_tolerant` one line at a time (a 1M-record bank is never held, only record ids):
+    the same lines (CRLF read as LF, as text mode does), the same problems, the same UTF-8 error."""
+    offset = 0
+    repeats = _Repeats(check)
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise HierError(f"{path}: not UTF-8 ({err.reason} at byte {offset + err.start})") from None
+            offset += len(raw)
+            if line.endswith("\n"):
+                line = line[:-2] if line.endswith("\r\n") else line[:-1]
+            if "\r" in line:
+                raise _NotStreamable
+            record = _parse_tolerant(line, i, path, check)
+            if record is not None and repeats.new(record):
+                yield record
 
 
 def check_questions(taxonomy: Taxonomy, path: Path) -> QuestionCheck:
     """Every record: well formed (read_questions' rules: an image named, truth among its options, no
     options equal after normalisation, no record twice), label resolves, levelN truths equal the
-    taxonomy path."""
+    taxonomy path.
+
+    A plain file is checked one line at a time, keeping only counters, record ids and the problem
+    lines; a gzipped or packaged one (small) is read whole."""
+    from hiertrain.core.resources import resolve_data_path
+
+    real = resolve_data_path(path)
+    if real.is_file() and real.suffix != ".gz":
+        result = QuestionCheck(str(path))
+        try:
+            lines = 0
+            for rec in _stream_tolerant(path, result):
+                _check_record(taxonomy, rec, result)
+                lines += 1
+        except _NotStreamable:
+            return _check_whole(taxonomy, path)
+        result.records = lines + result.kinds["malformed record"] + result.kinds["duplicate options"] + result.kinds["repeated record"]
+        result.lines.sort(key=lambda s: int(s[len(result.path) + 1 :].split(":", 1)[0]))
+        return result
+    return _check_whole(taxonomy, path)
+
+
+def _check_whole(taxonomy: Taxonomy, path: Path) -> QuestionCheck:
     from hiertrain.core.question_bank import read_questions
 
     result = QuestionCheck(str(path))

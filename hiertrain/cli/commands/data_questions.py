@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hiertrain.core.errors import HierError
     from hiertrain.core.images import relative_image_path, resolve_image
-    from hiertrain.core.question_bank import build_questions, read_image_list, write_questions
+    from hiertrain.core.question_bank import iter_questions, read_image_list, write_questions
     from hiertrain.core.taxonomy import Taxonomy
     from hiertrain.vlm.openclip import OpenClipEncoder
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         for image in read_image_list(args.images)
     ]
     skipped: list[str] = []
-    records = build_questions(
+    records = iter_questions(
         taxonomy,
         images,
         distractors=args.distractors,
@@ -69,16 +70,25 @@ def run(args: argparse.Namespace) -> int:
         encoder=OpenClipEncoder(args.clip, batch_size=args.batch_size) if args.distractors == "similar" else None,
         skipped=skipped,
     )
+    short = 0  # questions with fewer options than asked for, counted as the records stream past
+
+    def counted():
+        nonlocal short
+        for record in records:
+            short += sum(1 for choices in record.choices if len(choices) < args.num_choices)
+            yield record
+
+    stream = counted()
+    first = next(stream, None)  # none at all: no bank is written
+    written = 0 if first is None else write_questions(itertools.chain([first], stream), args.out)
     for reason in skipped:
         print(f"skipped: {reason}", file=sys.stderr)
-    if not records:
-        raise HierError(f"{args.images}: no readable image ({len(skipped)} skipped; first: {skipped[0]})")
-    write_questions(records, args.out)
-    short = sum(
-        1 for r in records for choices in r.choices if len(choices) < args.num_choices
-    )
+    if not written:
+        first_reason = f"; first: {skipped[0]}" if skipped else ""
+        raise HierError(f"{args.images}: no readable image ({len(skipped)} skipped{first_reason})")
     note = f" ({short} questions have fewer than {args.num_choices} options)" if short else ""
     if skipped:
         note += f"; {len(skipped)} unreadable images skipped"
-    print(f"wrote {len(records)} records to {args.out}{note}", file=sys.stderr)
+    print(f"wrote {written} records to {args.out}{note}", file=sys.stderr)
     return 0
+
