@@ -21,6 +21,7 @@ from hiertrain.core.bootstrap import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_CI,
     DEFAULT_SEED,
+    PER_LEVEL_METRICS,
     check_settings,
     joint_patterns,
     pattern_replicates,
@@ -88,7 +89,7 @@ def paired_comparison(
             else:
                 entry["interval"] = None
             rows.append(entry)
-        metrics[name] = rows if name == "per_level_accuracy" else rows[0]
+        metrics[name] = rows if name in PER_LEVEL_METRICS else rows[0]
     for name in MCNEMAR_METRICS:
         right_a, counted = _outcomes(states_a, inverse, name)
         right_b, _ = _outcomes(states_b, inverse, name)
