@@ -51,15 +51,16 @@ def _outcomes(states: dict[str, tuple[Tensor, Tensor]], inverse: Tensor, name: s
 
 
 def paired_comparison(
-    a: tuple[Tensor, Tensor, Tensor],
-    b: tuple[Tensor, Tensor, Tensor],
+    a: tuple[Tensor, ...],
+    b: tuple[Tensor, ...],
     n_boot: int = DEFAULT_BOOTSTRAP,
     ci: float = DEFAULT_CI,
     seed: int = DEFAULT_SEED,
 ) -> dict[str, Any]:
     """B minus A for every interval metric, with a paired bootstrap interval; McNemar for HCA and
     leaf accuracy. `a`, `b`: (correct, asked, parsed) [N, L] of the same N images in the same order
-    with the same asked levels (the caller checks that: `hiertrain.report.compare`).
+    with the same asked levels (the caller checks that: `hiertrain.report.compare`); with the
+    placement codes appended, (correct, asked, parsed, lca, links), the taxonomy measures too.
     """
     check_settings(n_boot, ci)
     if a[0].shape[0] != b[0].shape[0]:
