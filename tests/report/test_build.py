@@ -235,3 +235,15 @@ def test_severity_tables_and_plots(tmp_path: Path) -> None:
     assert "## Conditional accuracy (%)" in md
     for png in ("mistake_severity.png", "hierarchical_precision_recall.png", "path_consistency.png", "conditional_accuracy.png"):
         assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG" and f"({png})" in md
+
+
+def test_leaderboard_has_the_precision_recall_and_path_columns(tmp_path: Path) -> None:
+    from hiertrain.report.leaderboard import leaderboard_rows
+    from severity_toy import TOY
+
+    _toy_run(tmp_path / "runs", "with", "m1", TOY)
+    _toy_run(tmp_path / "runs", "without", "m2", None)
+    rows = {r["model"]: r for r in leaderboard_rows(collect_runs([tmp_path / "runs"]))}
+    assert rows["m1"]["hierarchical_precision"] == 47.06 and rows["m1"]["path_consistency"] == 50.0
+    assert rows["m1"]["path_consistency_low"] is not None
+    assert rows["m2"]["path_consistency"] is None and rows["m2"]["hierarchical_recall"] == 44.44
