@@ -245,8 +245,9 @@ def mistake_severity_update(
         raise ValueError("a wrong pick cannot share its own level with the truth (lca must be < its 1-based level)")
     lca_sum = torch.where(placed, lca, 0).sum(0)
     distance_sum = torch.where(placed, 2 * (level - lca), 0).sum(0)
-    bins = torch.nn.functional.one_hot(torch.where(placed, lca, width), width + 1)  # [B, ..., L, L + 1]
-    histogram = bins.sum(0).sum(-2)[..., :width]
+    # one pass per depth (at most MAX_DEPTH) keeps memory at the inputs' size, unlike a one-hot
+    bins = [(placed & (lca == d)).sum(0).sum(-1) for d in range(width)]
+    histogram = torch.stack(bins, dim=-1) if bins else torch.zeros(placed.shape[1:], dtype=torch.long)
     return lca_sum, distance_sum, placed.sum(0), (wrong & ~placed).sum(0), histogram
 
 

@@ -17,6 +17,7 @@ the same bytes as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -250,8 +251,13 @@ def compute_metrics(preds: list[SamplePrediction], depth: int, taxonomy: Any = N
     if taxonomy is None:
         metrics.update(taxonomy=None, taxonomy_note=NO_TAXONOMY + " (data.taxonomy)")
     else:
-        codes = placement_tensors(preds, taxonomy, depth)
-        metrics.update(json_values(taxonomy_scores(*tensors, *codes)), taxonomy=str(taxonomy.source))
+        try:
+            codes = placement_tensors(preds, taxonomy, depth)
+        except HierError as err:  # the taxonomy does not fit the questions: the run's other numbers stand
+            metrics.update(taxonomy=None, taxonomy_note=f"{NO_TAXONOMY}: {taxonomy.source} does not fit the predictions ({err})")
+            warnings.warn(metrics["taxonomy_note"], stacklevel=2)
+        else:
+            metrics.update(json_values(taxonomy_scores(*tensors, *codes)), taxonomy=str(taxonomy.source))
     return {**metrics, **uncertainty(preds, depth, codes=codes)}
 
 

@@ -139,3 +139,21 @@ def test_finalize_with_the_taxonomy_writes_severity_and_path_consistency(tmp_pat
     metrics, _ = plain.finalize([p.id for p in PREDS], ["a", "b", "c"], 3, META)
     assert "mistake_severity" not in metrics and "no taxonomy given" in metrics["taxonomy_note"]
     assert "no taxonomy given" in (plain.path / "summary.txt").read_text()
+
+
+def test_a_taxonomy_that_does_not_fit_keeps_the_run_and_says_why(tmp_path):
+    """A finished run is not lost at finalize: the other metrics stand, metrics.json names the misfit."""
+    from hiertrain.core.taxonomy import Taxonomy
+    from severity_toy import PREDS
+
+    other = Taxonomy.from_paths({"a": ("A", "A1", "a")})  # has no B, A2, ...
+    run = RunDirectory(tmp_path / "run")
+    run.claim(META)
+    for p in PREDS:
+        run.append(p)
+    with pytest.warns(UserWarning, match="does not fit the predictions"):
+        metrics, _ = run.finalize([p.id for p in PREDS], ["a", "b", "c"], 3, META, other)
+    assert "path_consistency" not in metrics and metrics["taxonomy"] is None
+    assert "sample 1 level 1: truth 'A'" not in metrics["taxonomy_note"]  # first misfit: sample 2's 'B'
+    assert "sample 2 level 1: truth 'B' is not a level-1 node" in metrics["taxonomy_note"]
+    assert metrics["hierarchical_precision"] == pytest.approx(8 / 17)
