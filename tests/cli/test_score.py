@@ -341,3 +341,11 @@ def test_score_taxonomy_that_does_not_fit_is_one_line(tmp_path, capsys):
     assert main(["score", str(tmp_path / "p.jsonl"), "--taxonomy", str(other)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and re.search(r"p\.jsonl:\d+: sample \d+ level \d: truth '\w+' is not a level-\d node", err)
+
+
+def test_taxonomy_flags_outside_their_protocol_are_one_line(tmp_path, capsys):
+    preds = _write_jsonl(tmp_path / "p.jsonl", SAMPLES)
+    assert main(["score", str(preds), "--protocol", "paper", "--taxonomy", str(tmp_path / "t.json")]) == 2
+    assert "--taxonomy does not apply to --protocol paper" in capsys.readouterr().err
+    assert main(["score", str(preds), "--drop-trivial-levels"]) == 2
+    assert "--drop-trivial-levels only applies with --taxonomy" in capsys.readouterr().err

@@ -146,6 +146,8 @@ def _score_paper(args: argparse.Namespace, loaded) -> dict[str, Any]:
 
     if args.ignore_level:
         raise HierError("--ignore-level does not apply to --protocol paper (it drops level 1 itself; --cub keeps it)")
+    if getattr(args, "taxonomy", None):
+        raise HierError("--taxonomy does not apply to --protocol paper (the paper's script has no severity measures)")
     if loaded.format == "paper":
         items = json.loads(open(args.predictions, encoding="utf-8").read())
         if args.mode != "auto":  # the mode only matters for our reading of the file, not the paper's
