@@ -7,7 +7,8 @@ writes it) and the same predictions in the paper's result JSON (indent 4, as its
 it). Each operation runs in its own child process (`os.wait4` gives its peak RSS), in one run,
 one after the other:
 
-- `score predictions.jsonl` (default bootstrap 1000) and `--bootstrap 0`;
+- `score predictions.jsonl` (default bootstrap 1000) and `--bootstrap 0`; `score_tax`: the first with
+  `--taxonomy` (every pick placed in the taxonomy: mistake severity, path consistency, their intervals);
 - `score results.json --protocol paper`;
 - the paper's `utils/metric.py --file_path results.json`: the mirror's file when
   `--paper-repo` (a bare git dir) has it, else its rule re-implemented here (`_PAPER_RULE`:
@@ -50,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 INAT_PLANTS = REPO.parent / "shared/data/taxonomies/hierarchy_Inat_plantae.json"
 PAPER_REPO = Path("/work/.mirror/yuanqing-ai+LLM-Hierarchical-Consistency/repo")
 LEVELS = ["kingdom", "phylum", "class", "order", "family", "genus", "species"]
-OPS = ("score", "score0", "paper", "metric_py", "check", "questions", "resume", "test_limit", "test_limit_cold")
+OPS = ("score", "score0", "score_tax", "paper", "metric_py", "check", "questions", "resume", "test_limit", "test_limit_cold")
 BANK_OPS = {"check", "questions", "test_limit", "test_limit_cold"}  # need no predictions
 
 # The paper's utils/metric.py rule (extraction from level 2, HCA / POR / strict POR / TOR / LNA /
@@ -231,6 +232,7 @@ def _commands(files: dict[str, Path], work: Path, paper_script: Path) -> dict[st
     return {
         "score": [*cli, "score", str(files["predictions.jsonl"]), "--json"],
         "score0": [*cli, "score", str(files["predictions.jsonl"]), "--json", "--bootstrap", "0"],
+        "score_tax": [*cli, "score", str(files["predictions.jsonl"]), "--json", "--taxonomy", str(files["taxonomy.json"])],
         "paper": [*cli, "score", str(files["results.json"]), "--protocol", "paper", "--json"],
         "metric_py": [py, str(paper_script), "--file_path", str(files["results.json"])]
         if paper_script.name == "metric.py"

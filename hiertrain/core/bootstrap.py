@@ -32,9 +32,18 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
-# metrics.json keys that get an interval; the overlap ratios are means of per-sample ratios
-INTERVAL_METRICS = ("hca", "leaf_accuracy", "per_level_accuracy", "point_overlap", "strict_point_overlap", "top_overlap")
+# metrics.json keys that get an interval (the overlap ratios are means of per-sample ratios); the
+# taxonomy measures only when the placement codes are given
+INTERVAL_METRICS = (
+    "hca", "leaf_accuracy", "per_level_accuracy", "point_overlap", "strict_point_overlap", "top_overlap",
+    "hierarchical_precision", "hierarchical_recall", "conditional_accuracy",
+)
+TAXONOMY_INTERVAL_METRICS = (
+    "path_consistency", "mistake_lca_depth", "mistake_lca_depth_per_level", "mistake_distance", "mistake_distance_per_level",
+)
 RATIO_METRICS = ("point_overlap", "strict_point_overlap", "top_overlap")
+# metrics with one value per level (a list of intervals)
+PER_LEVEL_METRICS = ("per_level_accuracy", "conditional_accuracy", "mistake_lca_depth_per_level", "mistake_distance_per_level")
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_CI = 0.95
 DEFAULT_SEED = 0
@@ -85,22 +94,33 @@ def sample_terms(correct: Tensor, asked: Tensor, parsed: Tensor | None = None) -
     return SampleTerms(num, den)
 
 
-def _row_keys(correct: Tensor, asked: Tensor, parsed: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """(hit, asked, key): `key` [N] int64 tells images apart exactly by their (hit, asked) rows."""
+def _row_keys(
+    correct: Tensor, asked: Tensor, parsed: Tensor | None, lca: Tensor | None = None, links: Tensor | None = None
+) -> tuple[Tensor | None, ...]:
+    """(hit, asked, parsed, lca, links, key): `key` [N] int64 tells images apart exactly by their rows
+    (hit, asked, parsed and, when given, the placement codes of `hiertrain.core.placement`)."""
     from hiertrain.core import functional as F
 
-    hit, asked, _ = F.prepare(correct, asked, parsed)
-    width = asked.shape[1]
-    weights = torch.tensor([1 << i for i in range(width)], dtype=torch.long)
-    return hit, asked, (hit.to(torch.long) * weights).sum(1) | ((asked.to(torch.long) * weights).sum(1) << width)
+    hit, asked, parsed = F.prepare(correct, asked, parsed)
+    columns = [hit, asked, parsed] + [c for c in (lca, links) if c is not None]
+    rows = torch.cat([c.to(torch.long) for c in columns], dim=1)
+    if rows.shape[0] == 0:
+        return hit, asked, parsed, lca, links, torch.zeros(0, dtype=torch.long)
+    _, key = torch.unique(rows, dim=0, return_inverse=True)
+    return hit, asked, parsed, lca, links, key
 
 
-def _states(hit: Tensor, asked: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+def _states(
+    hit: Tensor, asked: Tensor, parsed: Tensor, lca: Tensor | None = None, links: Tensor | None = None
+) -> dict[str, tuple[Tensor, Tensor]]:
     """{metric: (numerators, denominators)} [U, K] int64 of U images: the functional core's integer
-    updates with the images as independent metrics ([1, U, L]); ratio numerators RATIO_SCALE-scaled."""
+    updates with the images as independent metrics ([1, U, L]); ratio numerators RATIO_SCALE-scaled.
+    The taxonomy measures (path consistency, mean LCA depth / tree distance of the wrong picks) only
+    when the placement codes are given."""
     from hiertrain.core import functional as F
 
-    h, a = hit[None], asked[None]
+    h, a, p = hit[None], asked[None], parsed[None]
+    hits, predicted, asked_n = F.hierarchical_f1_update(h, a, p)
     raw = {
         "hca": F.hca_update(h, a),
         "leaf_accuracy": F.leaf_accuracy_update(h, a),
@@ -108,7 +128,19 @@ def _states(hit: Tensor, asked: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
         "point_overlap": F.point_overlap_update(h, a),
         "strict_point_overlap": F.strict_point_overlap_update(h, a),
         "top_overlap": F.top_overlap_update(h, a),
+        "hierarchical_precision": (hits, predicted),
+        "hierarchical_recall": (hits, asked_n),
+        "conditional_accuracy": F.conditional_accuracy_update(h, a),
     }
+    if lca is not None and links is not None:
+        lca_sum, distance_sum, mistakes, _, _ = F.mistake_severity_update(h, a, p, lca[None])
+        raw.update(
+            path_consistency=F.path_consistency_update(a, p, links[None]),
+            mistake_lca_depth=(lca_sum.sum(-1), mistakes.sum(-1)),
+            mistake_lca_depth_per_level=(lca_sum, mistakes),
+            mistake_distance=(distance_sum.sum(-1), mistakes.sum(-1)),
+            mistake_distance_per_level=(distance_sum, mistakes),
+        )
     states = {}
     for name, (num, den) in raw.items():
         num, den = num.to(torch.long), den.to(torch.long)
@@ -116,16 +148,16 @@ def _states(hit: Tensor, asked: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
     return states
 
 
-def joint_patterns(runs: list[tuple[Tensor, Tensor, Tensor | None]]) -> tuple[Tensor, list[dict[str, tuple[Tensor, Tensor]]]]:
+def joint_patterns(runs: list[tuple[Tensor | None, ...]]) -> tuple[Tensor, list[dict[str, tuple[Tensor, Tensor]]]]:
     """(pattern of each image [N] int64, per run its `_states` per pattern [U, K]).
 
-    An image's terms depend only on its (hit, asked) rows, in every run: images with the same rows
-    in all runs form one pattern (a handful for a few levels), so a replicate needs only how many
-    times each pattern was drawn.
+    A run is (correct, asked, parsed) or (correct, asked, parsed, lca, links). An image's terms
+    depend only on its rows, in every run: images with the same rows in all runs form one pattern
+    (a handful for a few levels), so a replicate needs only how many times each pattern was drawn.
     """
     prepared = [_row_keys(*run) for run in runs]
     joint: Tensor | None = None
-    for _, _, key in prepared:
+    for *_, key in prepared:
         unique, inverse = torch.unique(key, return_inverse=True)
         joint = inverse if joint is None else joint * unique.numel() + inverse
     assert joint is not None
@@ -134,7 +166,7 @@ def joint_patterns(runs: list[tuple[Tensor, Tensor, Tensor | None]]) -> tuple[Te
     first = torch.full((int(inverse.max()) + 1 if n else 0,), n, dtype=torch.long).scatter_reduce(
         0, inverse, torch.arange(n), reduce="amin"
     )
-    return inverse, [_states(hit[first], asked[first]) for hit, asked, _ in prepared]
+    return inverse, [_states(*(None if t is None else t[first] for t in row[:5])) for row in prepared]
 
 
 def pattern_values(states: dict[str, tuple[Tensor, Tensor]], counts: Tensor) -> dict[str, Tensor]:
@@ -170,11 +202,17 @@ def pattern_replicates(inverse: Tensor, n_boot: int, seed: int) -> "Iterator[Ten
 
 
 def pattern_replicate_values(
-    correct: Tensor, asked: Tensor, parsed: Tensor | None, n_boot: int, seed: int
+    correct: Tensor,
+    asked: Tensor,
+    parsed: Tensor | None,
+    n_boot: int,
+    seed: int,
+    lca: Tensor | None = None,
+    links: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Each metric on each replicate [n_boot, K] (NaN where nothing was counted), drawing the same
     indices as `resample_counts(N, n_boot, seed)`, in memory bounded by `_DRAWS`."""
-    inverse, (states,) = joint_patterns([(correct, asked, parsed)])
+    inverse, (states,) = joint_patterns([(correct, asked, parsed, lca, links)])
     parts = [pattern_values(states, counts) for counts in pattern_replicates(inverse, n_boot, seed)]
     return {name: torch.cat([p[name] for p in parts]) for name in states}
 
@@ -230,18 +268,22 @@ def bootstrap_intervals(
     n_boot: int = DEFAULT_BOOTSTRAP,
     ci: float = DEFAULT_CI,
     seed: int = DEFAULT_SEED,
+    lca: Tensor | None = None,
+    links: Tensor | None = None,
 ) -> dict[str, Any]:
-    """The metrics.json `intervals` object: settings plus `[low, high]` per metric (fractions).
+    """The metrics.json `intervals` object: settings plus `[low, high]` per metric (fractions; mean
+    LCA depth and tree distance in levels / edges).
 
-    Per-level accuracy gets a list with one `[low, high]` (or None) per level; a metric with no
-    counted image gets None. `n_boot == 0` returns the settings with no intervals.
+    A per-level metric gets a list with one `[low, high]` (or None) per level; a metric with no
+    counted image gets None. `n_boot == 0` returns the settings with no intervals. With the
+    placement codes (`lca`, `links`) the taxonomy measures get intervals too.
     """
     check_settings(n_boot, ci)
     out: dict[str, Any] = {"method": "percentile bootstrap over images", "ci": ci, "bootstrap": n_boot, "seed": seed}
     if n_boot == 0 or asked.shape[0] == 0:
         return out
-    values = pattern_replicate_values(correct, asked, parsed, n_boot, seed)
+    values = pattern_replicate_values(correct, asked, parsed, n_boot, seed, lca, links)
     for name, reps in values.items():
         pairs = _pairs(*percentile_interval(reps, ci))
-        out[name] = pairs if name == "per_level_accuracy" else pairs[0]
+        out[name] = pairs if name in PER_LEVEL_METRICS else pairs[0]
     return out

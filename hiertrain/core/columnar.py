@@ -15,6 +15,10 @@ reader and is then reduced to the same arrays.
 
 Lines are decoded with msgspec when it is installed (only the needed fields, ~2.5x faster than
 `json`), else with the standard library; the result is the same.
+
+With a taxonomy (`read_columns(path, taxonomy=...)`) each level also gets its placement codes
+(`hiertrain.core.placement`: ``lca`` int8, ``links`` int32), computed in the same pass, so the
+severity and path measures need no second read either.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class PredictionColumns:
     format: str  # "jsonl" | "paper"
     truncated_line: int | None = None
     deepest: tuple[int, int | None] = (1, None)  # (deepest level, the largest id that has it), as `to_tensors` names it
+    lca: np.ndarray | None = None  # [N, W] int8 placement codes (read with a taxonomy), else None
+    links: np.ndarray | None = None  # [N, W] int32
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -79,6 +85,19 @@ class PredictionColumns:
         correct = asked & ((code & CORRECT) != 0)
         parsed = ((code & PARSED) != 0) | ~asked
         return torch.from_numpy(correct), torch.from_numpy(asked), torch.from_numpy(parsed)
+
+    def placement(self, depth: int | None = None):
+        """(lca int8, links int32) tensors [N, W] as `placement.placement_tensors` makes them (call
+        `tensors` first for its checks); HierError when the file was read without a taxonomy."""
+        import torch
+
+        if self.lca is None or self.links is None:
+            raise HierError("placement codes need the taxonomy (read_columns(..., taxonomy=...))")
+        width = max(depth or self.deepest[0], self.width)
+        lca = np.full((len(self), width), -1, dtype=np.int8)
+        links = np.zeros((len(self), width), dtype=np.int32)
+        lca[:, : self.width], links[:, : self.width] = self.lca, self.links
+        return torch.from_numpy(lca), torch.from_numpy(links)
 
     def chance(self, depth: int | None = None, ignore: frozenset[int] | set[int] = frozenset()) -> dict[str, Any]:
         """`hiertrain.core.chance.chance_levels` on these arrays, bit for bit: the same divisions
@@ -153,6 +172,7 @@ def _add_struct(builder: "_Builder", obj: Any) -> None:
     builder.ids.append(sid)
     builder.counts.append(len(obj.levels))
     builder.modes.add(obj.mode)
+    builder.place(sid, obj.levels)
 
 
 def _add_levels(levels: list, sid: int, packed: array, names: dict) -> None:
@@ -264,9 +284,9 @@ def _reference(path: Path, mode: str | None = None):
     return read_predictions(path, mode)
 
 
-def from_samples(samples: list, fmt: str, truncated: int | None = None) -> PredictionColumns:
-    """Arrays of already-read `SamplePrediction`s (sorted by id)."""
-    builder = _Builder()
+def from_samples(samples: list, fmt: str, truncated: int | None = None, taxonomy: Any = None) -> PredictionColumns:
+    """Arrays of already-read `SamplePrediction`s (sorted by id); placement codes with a taxonomy."""
+    builder = _Builder(taxonomy)
     for s in samples:
         vals = []
         for lv in s.levels:
@@ -274,7 +294,7 @@ def from_samples(samples: list, fmt: str, truncated: int | None = None) -> Predi
             code = (ASKED if lv.asked else 0) | (CORRECT if lv.asked and lv.correct else 0) | (PARSED if lv.parsed or not lv.asked else 0)
             code |= OPEN if not lv.options and choices else 0
             vals.append((lv.level, code, choices, lv.name))
-        builder.add(s.id, s.mode, vals)
+        builder.add(s.id, s.mode, vals, s.levels)
     return builder.finish(fmt, truncated)
 
 
@@ -282,12 +302,26 @@ class _Builder:
     """Per sample its id and level count; per level one packed int: level - 1 (8 bits), the code
     (3 bits), the choices (20 bits)."""
 
-    def __init__(self) -> None:
+    def __init__(self, taxonomy: Any = None) -> None:
         self.ids, self.counts, self.packed = array("q"), array("i"), array("q")
         self.names: dict[int, tuple[int, str]] = {}
         self.modes: set[str] = set()
+        self.placer = None
+        if taxonomy is not None:
+            from hiertrain.core.placement import TaxonomyPlacer
 
-    def add(self, sid: int, mode: str, values: list[tuple[int, int, int, str | None]]) -> None:
+            self.placer = taxonomy if isinstance(taxonomy, TaxonomyPlacer) else TaxonomyPlacer(taxonomy)
+        self.lca, self.links = array("b"), array("i")  # per level, in `packed` order (with a taxonomy)
+
+    def place(self, sid: int, levels: list) -> None:
+        """The placement codes of one sample's levels (objects or dicts), when reading with a taxonomy."""
+        if self.placer is not None:
+            for lca, links in self.placer.codes(sid, levels):
+                self.lca.append(lca)
+                self.links.append(links)
+
+    def add(self, sid: int, mode: str, values: list[tuple[int, int, int, str | None]], levels: list | None = None) -> None:
+        self.place(sid, levels or [])
         self.ids.append(sid)
         self.counts.append(len(values))
         self.modes.add(mode)
@@ -309,12 +343,16 @@ class _Builder:
         cols = packed & 0xFF
         codes = ((packed >> 8) & 15).astype(np.uint8)
         choice_counts = (packed >> 12).astype(np.int32)
+        placed = self.placer is not None
+        lca_v, links_v = np.array(self.lca, dtype=np.int8), np.array(self.links, dtype=np.int32)
         top = int(cols.max()) + 1 if cols.size else 0
         deepest = (top, int(ids[rows[cols == top - 1]].max())) if top else (1, None)
         deepest = max(deepest, getattr(self, "too_deep", deepest))
         if top > MAX_DEPTH:  # kept for the error `tensors` raises; the arrays stop at MAX_DEPTH
             keep = cols < MAX_DEPTH
             rows, cols, codes, choice_counts = rows[keep], cols[keep], codes[keep], choice_counts[keep]
+            if placed:
+                lca_v, links_v = lca_v[keep], links_v[keep]
         width = min(top, MAX_DEPTH)
         n = ids.shape[0]
         code = np.zeros((n, width), dtype=np.uint8)
@@ -325,29 +363,37 @@ class _Builder:
         choices[rows, cols] = choice_counts
         order = np.argsort(ids, kind="stable")
         names = [self.names.get(level + 1, (0, None))[1] for level in range(width)]
+        lca = links = None
+        if placed:
+            lca, links = np.full((n, width), -1, dtype=np.int8), np.zeros((n, width), dtype=np.int32)
+            lca[rows, cols], links[rows, cols] = lca_v, links_v
+            lca, links = lca[order], links[order]
         return PredictionColumns(
-            ids[order], code[order], present[order], choices[order], names, set(self.modes), fmt, truncated, deepest
+            ids[order], code[order], present[order], choices[order], names, set(self.modes), fmt, truncated, deepest,
+            lca, links,
         )
 
 
-def read_columns(path: str | Path, mode: str | None = None) -> PredictionColumns:
-    """Our JSONL or the paper's JSON list as arrays; the same files and errors as `read_predictions`."""
+def read_columns(path: str | Path, mode: str | None = None, taxonomy: Any = None) -> PredictionColumns:
+    """Our JSONL or the paper's JSON list as arrays; the same files and errors as `read_predictions`.
+    With `taxonomy` (a `Taxonomy` or `TaxonomyPlacer`) also the placement codes, `.lca` / `.links`;
+    a truth the taxonomy does not hold is a HierError naming the file and line."""
     import json
 
     path = Path(path)
     try:
         f = open(path, "rb")
     except OSError:
-        return from_samples(*_loaded(_reference(path, mode)))
+        return _whole(path, mode, taxonomy)
     with f:
         head = f.read(4096)
         if head.lstrip()[:1] == b"[" or mode is not None:
             f.close()
-            return from_samples(*_loaded(_reference(path, mode)))
+            return _whole(path, mode, taxonomy)
         f.seek(0)
         fast = _decoder()
         decode, errors = fast if fast else (json.loads, (ValueError,))
-        builder = _Builder()
+        builder = _Builder(taxonomy)
         truncated, lineno = None, 0
         for raw in f:
             lineno += 1
@@ -356,8 +402,10 @@ def read_columns(path: str | Path, mode: str | None = None) -> PredictionColumns
                 if fast:
                     _add_struct(builder, obj)
                 else:
-                    builder.add(*_fast_sample(obj))
+                    builder.add(*_fast_sample(obj), obj["levels"])
                 continue
+            except HierError as err:  # the taxonomy does not fit this line
+                raise HierError(f"{path}:{lineno}: {err}") from None
             except _Slow:
                 pass
             except errors:
@@ -369,7 +417,10 @@ def read_columns(path: str | Path, mode: str | None = None) -> PredictionColumns
             if sample is None:
                 truncated = lineno
                 break
-            builder.add(*sample)
+            try:
+                builder.add(*sample)
+            except HierError as err:
+                raise HierError(f"{path}:{lineno}: {err}") from None
     columns = builder.finish("jsonl", truncated)
     if len(columns) and np.any(columns.ids[1:] == columns.ids[:-1]):
         _reference(path)  # names the repeated id and its first line
@@ -406,41 +457,69 @@ def _slow_line(path: Path, raw: bytes, lineno: int, last_unterminated: bool):
         code = (ASKED if lv.asked else 0) | (CORRECT if lv.asked and lv.correct else 0) | (PARSED if lv.parsed or not lv.asked else 0)
         code |= OPEN if not lv.options and choices else 0
         values.append((lv.level, code, choices, lv.name))
-    return sample.id, sample.mode, values
+    return sample.id, sample.mode, values, sample.levels
 
 
 def _loaded(loaded) -> tuple[list, str, int | None]:
     return loaded.samples, loaded.format, loaded.truncated_line
 
 
-def grouped_scores(correct, asked, parsed=None) -> dict:
-    """`functional.hierarchical_scores`, bit for bit, in time O(distinct rows): every state is a
-    sum over samples, so it is the functional core's update on one sample of each distinct
-    (hit, asked, parsed) row, times how many samples have that row; then the core's own division."""
+def _whole(path: Path, mode: str | None, taxonomy: Any) -> PredictionColumns:
+    """A file the reference reader takes whole (the paper's list, a given mode, an unreadable path)."""
+    try:
+        return from_samples(*_loaded(_reference(path, mode)), taxonomy=taxonomy)
+    except HierError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise HierError(f"{path}: {err}") from None
+
+
+def grouped_scores(correct, asked, parsed=None, lca=None, links=None) -> dict:
+    """`functional.hierarchical_scores` (and, with the placement codes, `functional.taxonomy_scores`),
+    bit for bit, in time O(distinct rows): every state is a sum over samples, so it is the functional
+    core's update on one sample of each distinct row, times how many samples have that row; then
+    the core's own division."""
     import torch
 
     from hiertrain.core import functional as F
 
     hit, asked, parsed = F.prepare(correct, asked, parsed)
-    width = asked.shape[1]
-    weights = torch.tensor([1 << i for i in range(width)], dtype=torch.long)
-    key = (hit.long() * weights).sum(1) | (asked.long() * weights).sum(1) << width | (parsed.long() * weights).sum(1) << 2 * width
-    _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
-    first = torch.full((counts.numel(),), key.numel(), dtype=torch.long).scatter_reduce(
-        0, inverse, torch.arange(key.numel()), reduce="amin"
+    codes = [] if lca is None or links is None else [lca.to(torch.long), links.to(torch.long)]
+    rows = torch.cat([hit.long(), asked.long(), parsed.long(), *codes], dim=1)
+    if rows.shape[0]:
+        _, inverse, counts = torch.unique(rows, dim=0, return_inverse=True, return_counts=True)
+    else:
+        inverse, counts = torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    first = torch.full((counts.numel(),), inverse.numel(), dtype=torch.long).scatter_reduce(
+        0, inverse, torch.arange(inverse.numel()), reduce="amin"
     )
     h, a, p = hit[first][None], asked[first][None], parsed[first][None]  # [1, U, L]: U independent "metrics"
 
     def total(*states):
         return tuple((s.long() * (counts if s.ndim == 1 else counts[:, None])).sum(0) for s in states)
 
-    return {
+    hits, predicted, asked_n = total(*F.hierarchical_f1_update(h, a, p))
+    out = {
         "hca": F.ratio(*total(*F.hca_update(h, a))),
         "leaf_accuracy": F.ratio(*total(*F.leaf_accuracy_update(h, a))),
         "per_level_accuracy": F.ratio(*total(*F.per_level_update(h, a))),
         "point_overlap": F.sample_ratio_compute(*total(*F.point_overlap_update(h, a))),
         "strict_point_overlap": F.sample_ratio_compute(*total(*F.strict_point_overlap_update(h, a))),
         "top_overlap": F.sample_ratio_compute(*total(*F.top_overlap_update(h, a))),
-        "hierarchical_f1": F.hierarchical_f1_compute(*total(*F.hierarchical_f1_update(h, a, p))),
+        "hierarchical_f1": F.hierarchical_f1_compute(hits, predicted, asked_n),
+        "hierarchical_precision": F.hierarchical_precision_compute(hits, predicted),
+        "hierarchical_recall": F.hierarchical_recall_compute(hits, asked_n),
+        "conditional_accuracy": F.ratio(*total(*F.conditional_accuracy_update(h, a))),
         "unparseable_rate": F.ratio(*total(*F.unparseable_update(a, p))),
+    }
+    if not codes:
+        return out
+    c = codes[0][first][None], codes[1][first][None]
+    lca_sum, distance_sum, mistakes, unplaced, histogram = total(*F.mistake_severity_update(h, a, p, c[0]))
+    return {
+        **out,
+        "path_consistency": F.ratio(*total(*F.path_consistency_update(a, p, c[1]))),
+        **F.mistake_severity_compute(lca_sum, distance_sum, mistakes),
+        "mistake_severity": histogram,
+        "mistakes_unplaced": unplaced.sum(-1),
     }

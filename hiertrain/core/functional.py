@@ -33,15 +33,24 @@ RATIO_SCALE = math.lcm(*range(1, MAX_DEPTH + 1))
 __all__ = [
     "MAX_DEPTH",
     "RATIO_SCALE",
+    "conditional_accuracy",
+    "conditional_accuracy_update",
     "hca_update",
     "hierarchical_consistent_accuracy",
     "hierarchical_f1",
     "hierarchical_f1_compute",
+    "hierarchical_precision_compute",
+    "hierarchical_recall_compute",
     "hierarchical_f1_update",
+    "hierarchical_precision",
+    "hierarchical_recall",
     "hierarchical_scores",
     "json_values",
     "leaf_accuracy",
     "leaf_accuracy_update",
+    "mistake_severity_compute",
+    "mistake_severity_update",
+    "path_consistency_update",
     "per_level_accuracy",
     "per_level_update",
     "point_overlap_ratio",
@@ -51,6 +60,7 @@ __all__ = [
     "sample_ratio_compute",
     "strict_point_overlap",
     "strict_point_overlap_update",
+    "taxonomy_scores",
     "top_overlap_ratio",
     "top_overlap_update",
     "unparseable_rate",
@@ -185,6 +195,96 @@ def hierarchical_f1_compute(hits: Tensor, predicted: Tensor, asked: Tensor) -> T
     return torch.where(asked == 0, recall, f1)  # recall is NaN there
 
 
+def hierarchical_precision_compute(hits: Tensor, predicted: Tensor) -> Tensor:
+    """hP = hits / predicted levels (Kiritchenko et al. 2006, micro, over the asked levels)."""
+    return ratio(hits, predicted)
+
+
+def hierarchical_recall_compute(hits: Tensor, asked: Tensor) -> Tensor:
+    """hR = hits / asked levels (the true nodes of the asked levels)."""
+    return ratio(hits, asked)
+
+
+def _shifted(t: Tensor) -> Tensor:
+    """`t` moved one level deeper: column k holds column k - 1, column 0 is False."""
+    return torch.cat([torch.zeros_like(t[..., :1]), t[..., :-1]], dim=-1)
+
+
+def conditional_accuracy_update(hit: Tensor, asked: Tensor) -> tuple[Tensor, Tensor]:
+    """Per level k (0-based), (samples with k and k - 1 asked, k - 1 right and k right, samples with
+    k and k - 1 asked and k - 1 right), both [..., L]; column 0 has no parent level (0 / 0)."""
+    given = asked & _shifted(asked) & _shifted(hit)
+    return (given & hit).sum(0), given.sum(0)
+
+
+def _codes(t: Tensor, like: Tensor, name: str) -> Tensor:
+    t = t.to(torch.long)
+    if t.shape != like.shape:
+        raise ValueError(f"{name} must have correct's shape {tuple(like.shape)}; got {tuple(t.shape)}")
+    return t
+
+
+def mistake_severity_update(
+    hit: Tensor, asked: Tensor, parsed: Tensor, lca: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Counts of the wrong picks by how far from the truth they land in the taxonomy.
+
+    ``lca`` [B, ..., L] (ints): per asked level whose pick is a node of the taxonomy at that level,
+    the LCA depth = how many levels from the root the pick's path shares with the truth's path
+    (`hiertrain.core.placement`); -1 = the pick has no place (unparseable, open-set text, not a node).
+    A wrong pick at 1-based level k with LCA depth d is 2 (k - d) edges from the true node.
+    Returns (LCA depth sum, distance sum, placed wrong picks, unplaced wrong picks), each [..., L]
+    by level, and the severity histogram [..., L]: placed wrong picks per LCA depth 0..L-1.
+    """
+    lca = _codes(lca, hit, "lca")
+    width = hit.shape[-1]
+    level = torch.arange(1, width + 1, device=hit.device)
+    wrong = asked & ~hit
+    placed = wrong & parsed & (lca >= 0)
+    if bool((placed & (lca >= level)).any()):
+        raise ValueError("a wrong pick cannot share its own level with the truth (lca must be < its 1-based level)")
+    lca_sum = torch.where(placed, lca, 0).sum(0)
+    distance_sum = torch.where(placed, 2 * (level - lca), 0).sum(0)
+    # one pass per depth (at most MAX_DEPTH) keeps memory at the inputs' size, unlike a one-hot
+    bins = [(placed & (lca == d)).sum(0).sum(-1) for d in range(width)]
+    histogram = torch.stack(bins, dim=-1) if bins else torch.zeros(placed.shape[1:], dtype=torch.long)
+    return lca_sum, distance_sum, placed.sum(0), (wrong & ~placed).sum(0), histogram
+
+
+def mistake_severity_compute(lca_sum: Tensor, distance_sum: Tensor, mistakes: Tensor) -> dict[str, Tensor]:
+    """Mean LCA depth and tree distance of the placed wrong picks, per level and over all levels."""
+    return {
+        "mistake_lca_depth": ratio(lca_sum.sum(-1), mistakes.sum(-1)),
+        "mistake_lca_depth_per_level": ratio(lca_sum, mistakes),
+        "mistake_distance": ratio(distance_sum.sum(-1), mistakes.sum(-1)),
+        "mistake_distance_per_level": ratio(distance_sum, mistakes),
+    }
+
+
+def path_consistency_update(asked: Tensor, parsed: Tensor, links: Tensor) -> tuple[Tensor, Tensor]:
+    """(samples whose picks form a path of the taxonomy, samples with 2+ asked levels).
+
+    ``links`` [B, ..., L] (ints, `hiertrain.core.placement`): at level c, bit c = the pick is a node
+    of the taxonomy at that level, bit j < c = the pick's ancestor at level j is the pick at level j.
+    A path: every asked pick is a node, and each one's ancestor at the previous asked level (the
+    parent, unless a level in between is not asked) is the pick there. Truth is not used.
+    """
+    links = _codes(links, asked, "links")
+    width = asked.shape[-1]
+    index = torch.arange(width, device=asked.device)
+    previous = _shifted_index(torch.where(asked, index, -1).cummax(-1).values)
+    placed = parsed & (((links >> index) & 1) == 1)
+    linked = ((links >> previous.clamp(min=0)) & 1) == 1
+    fine = ~asked | (placed & ((previous < 0) | linked))
+    counted = asked.sum(-1) >= 2
+    return (counted & fine.all(-1)).sum(0), counted.sum(0)
+
+
+def _shifted_index(t: Tensor) -> Tensor:
+    """Column k holds column k - 1 of `t`, column 0 is -1 (no previous asked level)."""
+    return torch.cat([torch.full_like(t[..., :1], -1), t[..., :-1]], dim=-1)
+
+
 # ---------------------------------------------------------------- one-shot functions
 
 
@@ -239,6 +339,28 @@ def hierarchical_f1(correct: Tensor, asked: Tensor, parsed: Tensor | None = None
     return hierarchical_f1_compute(*hierarchical_f1_update(*prepare(correct, asked, parsed, valid)))
 
 
+def hierarchical_precision(
+    correct: Tensor, asked: Tensor, parsed: Tensor | None = None, valid: Tensor | None = None
+) -> Tensor:
+    """Micro hP: right asked levels / asked levels with a parsed answer."""
+    hits, predicted, _ = hierarchical_f1_update(*prepare(correct, asked, parsed, valid))
+    return hierarchical_precision_compute(hits, predicted)
+
+
+def hierarchical_recall(correct: Tensor, asked: Tensor, parsed: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
+    """Micro hR: right asked levels / asked levels."""
+    hits, _, asked_n = hierarchical_f1_update(*prepare(correct, asked, parsed, valid))
+    return hierarchical_recall_compute(hits, asked_n)
+
+
+def conditional_accuracy(
+    correct: Tensor, asked: Tensor, parsed: Tensor | None = None, valid: Tensor | None = None
+) -> Tensor:
+    """P(level k right | level k - 1 right) per level ([..., L]; NaN at level 1 and where never given)."""
+    hit, asked, _ = prepare(correct, asked, parsed, valid)
+    return ratio(*conditional_accuracy_update(hit, asked))
+
+
 def unparseable_rate(correct: Tensor, asked: Tensor, parsed: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
     """Share of asked questions whose answer could not be parsed."""
     _, asked, parsed = prepare(correct, asked, parsed, valid)
@@ -251,6 +373,7 @@ def hierarchical_scores(
     """Every metric at once, under the metrics.json names (`hierarchical_metrics` computes the same
     from batches); ``per_level_accuracy`` has one entry per column of the inputs."""
     hit, asked, parsed = prepare(correct, asked, parsed, valid)
+    hits, predicted, asked_n = hierarchical_f1_update(hit, asked, parsed)
     return {
         "hca": ratio(*hca_update(hit, asked)),
         "leaf_accuracy": ratio(*leaf_accuracy_update(hit, asked)),
@@ -258,8 +381,40 @@ def hierarchical_scores(
         "point_overlap": sample_ratio_compute(*point_overlap_update(hit, asked)),
         "strict_point_overlap": sample_ratio_compute(*strict_point_overlap_update(hit, asked)),
         "top_overlap": sample_ratio_compute(*top_overlap_update(hit, asked)),
-        "hierarchical_f1": hierarchical_f1_compute(*hierarchical_f1_update(hit, asked, parsed)),
+        "hierarchical_f1": hierarchical_f1_compute(hits, predicted, asked_n),
+        "hierarchical_precision": hierarchical_precision_compute(hits, predicted),
+        "hierarchical_recall": hierarchical_recall_compute(hits, asked_n),
+        "conditional_accuracy": ratio(*conditional_accuracy_update(hit, asked)),
         "unparseable_rate": ratio(*unparseable_update(asked, parsed)),
+    }
+
+
+def _kept(t: Tensor, like: Tensor, valid: Tensor | None, name: str) -> Tensor:
+    """A per sample x level code tensor checked against `like` [B, ..., L], padding rows dropped."""
+    t = _codes(t, like, name)
+    return t if valid is None else t[valid.to(torch.bool)]
+
+
+def taxonomy_scores(
+    correct: Tensor,
+    asked: Tensor,
+    parsed: Tensor | None,
+    lca: Tensor,
+    links: Tensor,
+    valid: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """The measures that need the taxonomy (``lca``, ``links`` from `hiertrain.core.placement`),
+    under their metrics.json names: path consistency, mean LCA depth / tree distance of the wrong
+    picks (overall and per level), the severity histogram and the wrong picks with no place."""
+    hit, asked, parsed = prepare(correct, asked, parsed, valid)
+    correct_b = correct.to(torch.bool)
+    lca, links = _kept(lca, correct_b, valid, "lca"), _kept(links, correct_b, valid, "links")
+    lca_sum, distance_sum, mistakes, unplaced, histogram = mistake_severity_update(hit, asked, parsed, lca)
+    return {
+        "path_consistency": ratio(*path_consistency_update(asked, parsed, links)),
+        **mistake_severity_compute(lca_sum, distance_sum, mistakes),
+        "mistake_severity": histogram,
+        "mistakes_unplaced": unplaced.sum(-1),
     }
 
 
@@ -269,6 +424,10 @@ def json_values(values: dict[str, Tensor]) -> dict[str, float | list[float | Non
     `hiertrain score` never imports torchmetrics."""
     out: dict[str, float | list[float | None] | None] = {}
     for name, value in values.items():
+        if not value.is_floating_point():  # counts (the severity histogram) stay integers
+            ints = value.detach().cpu().to(torch.long)
+            out[name] = ints.flatten().tolist() if ints.ndim else int(ints)
+            continue
         flat = value.detach().cpu().to(torch.float64)
         as_list = [None if math.isnan(v) else v for v in flat.flatten().tolist()]
         out[name] = as_list if flat.ndim else as_list[0]

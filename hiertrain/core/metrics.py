@@ -37,8 +37,13 @@ from hiertrain.core.functional import MAX_DEPTH, RATIO_SCALE, json_values
 __all__ = [
     "MAX_DEPTH",
     "RATIO_SCALE",
+    "ConditionalAccuracy",
     "HierarchicalConsistentAccuracy",
     "HierarchicalF1",
+    "HierarchicalPrecision",
+    "HierarchicalRecall",
+    "MistakeSeverity",
+    "PathConsistency",
     "LeafAccuracy",
     "PerLevelAccuracy",
     "PointOverlapRatio",
@@ -49,7 +54,13 @@ __all__ = [
     "hierarchical_metrics",
     "json_values",
     "metrics_dict",
+    "taxonomy_metrics",
 ]
+
+# results with one entry per level (torchmetrics squeezes a one-level result; `metrics_dict` undoes it)
+PER_LEVEL_KEYS = frozenset(
+    {"per_level_accuracy", "conditional_accuracy", "mistake_lca_depth_per_level", "mistake_distance_per_level", "mistake_severity"}
+)
 
 
 class _HierMetric(Metric):
@@ -194,6 +205,125 @@ class HierarchicalF1(_HierMetric):
         return hier.hierarchical_f1_compute(self.hits, self.predicted, self.asked)
 
 
+class HierarchicalPrecision(HierarchicalF1):
+    """Micro hP (Kiritchenko et al. 2006) over the asked levels: right / predicted levels.
+
+    The predicted set of a sample is its parsed picks, the true set its truths at the asked levels;
+    both hold one node per level, so their overlap is the right levels. With `HierarchicalRecall`
+    these are the hP and hR that `HierarchicalF1` combines (hF1 = 2 hP hR / (hP + hR)).
+    """
+
+    def compute(self) -> Tensor:
+        return hier.hierarchical_precision_compute(self.hits, self.predicted)
+
+
+class HierarchicalRecall(HierarchicalF1):
+    """Micro hR over the asked levels: right / asked levels (an unparseable answer lowers it)."""
+
+    def compute(self) -> Tensor:
+        return hier.hierarchical_recall_compute(self.hits, self.asked)
+
+
+class _PerLevel(_HierMetric):
+    """Count states with one entry per level 0..max_levels-1; a narrower batch fills the first ones."""
+
+    def __init__(self, max_levels: int, names: tuple[str, ...], **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not 1 <= max_levels <= MAX_DEPTH:
+            raise ValueError(f"max_levels must be in 1..{MAX_DEPTH}; got {max_levels}")
+        self.max_levels = max_levels
+        for name in names:
+            self.add_state(name, torch.zeros(max_levels, dtype=torch.long), dist_reduce_fx="sum")
+
+    def _width(self, t: Tensor) -> int:
+        width = t.shape[-1]
+        if width > self.max_levels:
+            raise ValueError(f"batch has {width} levels but {type(self).__name__}(max_levels={self.max_levels})")
+        return width
+
+
+class ConditionalAccuracy(_PerLevel):
+    """Per level k >= 2: P(level k right | level k - 1 right), over samples asked both; NaN at level 1."""
+
+    def __init__(self, max_levels: int, **kwargs) -> None:
+        super().__init__(max_levels, ("hits", "given"), **kwargs)
+
+    def _update(self, hit: Tensor, asked: Tensor, parsed: Tensor) -> None:
+        width = self._width(asked)
+        hits, given = hier.conditional_accuracy_update(hit, asked)
+        self.hits[:width] += hits
+        self.given[:width] += given
+
+    def compute(self) -> Tensor:
+        return hier.ratio(self.hits, self.given)
+
+
+class _TaxonomyMetric(_PerLevel):
+    """A metric that also reads the placement codes (`hiertrain.core.placement`): ``lca`` or
+    ``links`` [B, L] int tensors, padding rows dropped with the others."""
+
+    code_name = ""
+
+    def update(  # type: ignore[override]
+        self, correct: Tensor, asked: Tensor, parsed: Tensor | None = None, valid: Tensor | None = None, **codes: Tensor
+    ) -> None:
+        if correct.ndim != 2 or correct.shape != asked.shape:
+            raise ValueError(f"correct and asked must both be [B, L]; got {tuple(correct.shape)} and {tuple(asked.shape)}")
+        if self.code_name not in codes:
+            raise ValueError(f"{type(self).__name__} needs {self.code_name}= (hiertrain.core.placement)")
+        code = hier._kept(codes[self.code_name], correct.to(torch.bool), valid, self.code_name)
+        self._update_codes(*hier.prepare(correct, asked, parsed, valid), code)
+
+    def _update_codes(self, hit: Tensor, asked: Tensor, parsed: Tensor, code: Tensor) -> None:
+        raise NotImplementedError
+
+
+class MistakeSeverity(_TaxonomyMetric):
+    """How far wrong picks land from the truth: mean LCA depth and tree distance (per level and
+    overall), the histogram of wrong picks per LCA depth, and the wrong picks with no place in the
+    taxonomy (counted apart, never in the means). Needs ``lca=``."""
+
+    code_name = "lca"
+    higher_is_better = None  # a deeper LCA is a milder mistake, a longer distance a worse one
+
+    def __init__(self, max_levels: int, **kwargs) -> None:
+        super().__init__(max_levels, ("lca_sum", "distance_sum", "mistakes", "unplaced", "histogram"), **kwargs)
+
+    def _update_codes(self, hit: Tensor, asked: Tensor, parsed: Tensor, code: Tensor) -> None:
+        width = self._width(asked)
+        for name, value in zip(
+            ("lca_sum", "distance_sum", "mistakes", "unplaced", "histogram"),
+            hier.mistake_severity_update(hit, asked, parsed, code),
+        ):
+            getattr(self, name)[:width] += value
+
+    def compute(self) -> dict[str, Tensor]:
+        return {
+            **hier.mistake_severity_compute(self.lca_sum, self.distance_sum, self.mistakes),
+            "mistake_severity": self.histogram.clone(),
+            "mistakes_unplaced": self.unplaced.sum(),
+        }
+
+
+class PathConsistency(_TaxonomyMetric):
+    """Share of samples (2+ asked levels) whose picks form a path of the taxonomy, right or wrong.
+    Needs ``links=``."""
+
+    code_name = "links"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(1, (), **kwargs)
+        self._counts("consistent", "samples")
+
+    def _update_codes(self, hit: Tensor, asked: Tensor, parsed: Tensor, code: Tensor) -> None:
+        consistent, samples = hier.path_consistency_update(asked, parsed, code)
+        self.consistent += consistent
+        self.samples += samples
+
+    def compute(self) -> Tensor:
+        return hier.ratio(self.consistent, self.samples)
+
+
 class UnparseableRate(_HierMetric):
     """Share of asked questions whose answer could not be parsed (each is also counted wrong)."""
 
@@ -273,10 +403,25 @@ def hierarchical_metrics(max_levels: int, **metric_kwargs) -> MetricCollection:
             "strict_point_overlap": StrictPointOverlap(**metric_kwargs),
             "top_overlap": TopOverlapRatio(**metric_kwargs),
             "hierarchical_f1": HierarchicalF1(**metric_kwargs),
+            "hierarchical_precision": HierarchicalPrecision(**metric_kwargs),
+            "hierarchical_recall": HierarchicalRecall(**metric_kwargs),
+            "conditional_accuracy": ConditionalAccuracy(max_levels, **metric_kwargs),
             "unparseable_rate": UnparseableRate(**metric_kwargs),
         },
         # Groups are found by comparing states after the first update; equal counts by
         # coincidence would merge metrics that are not the same.
+        compute_groups=False,
+    )
+
+
+def taxonomy_metrics(max_levels: int, **metric_kwargs) -> MetricCollection:
+    """The measures that need the taxonomy (`functional.taxonomy_scores` from batches): update with
+    ``(correct, asked, parsed, valid, lca=..., links=...)`` (`hiertrain.core.placement`)."""
+    return MetricCollection(
+        {
+            "path_consistency": PathConsistency(**metric_kwargs),
+            "mistake_severity": MistakeSeverity(max_levels, **metric_kwargs),
+        },
         compute_groups=False,
     )
 
@@ -286,6 +431,5 @@ def metrics_dict(collection: MetricCollection) -> dict[str, float | list[float |
 
     Per-level results stay lists with one level too (torchmetrics squeezes a one-element result).
     """
-    per_level = {name for name, metric in collection.items() if isinstance(metric, PerLevelAccuracy)}
     values = collection.compute()
-    return json_values({k: v.reshape(-1) if k in per_level else v for k, v in values.items()})
+    return json_values({k: v.reshape(-1) if k in PER_LEVEL_KEYS else v for k, v in values.items()})

@@ -21,6 +21,7 @@ from hiertrain.core.bootstrap import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_CI,
     DEFAULT_SEED,
+    PER_LEVEL_METRICS,
     check_settings,
     joint_patterns,
     pattern_replicates,
@@ -50,15 +51,16 @@ def _outcomes(states: dict[str, tuple[Tensor, Tensor]], inverse: Tensor, name: s
 
 
 def paired_comparison(
-    a: tuple[Tensor, Tensor, Tensor],
-    b: tuple[Tensor, Tensor, Tensor],
+    a: tuple[Tensor, ...],
+    b: tuple[Tensor, ...],
     n_boot: int = DEFAULT_BOOTSTRAP,
     ci: float = DEFAULT_CI,
     seed: int = DEFAULT_SEED,
 ) -> dict[str, Any]:
     """B minus A for every interval metric, with a paired bootstrap interval; McNemar for HCA and
     leaf accuracy. `a`, `b`: (correct, asked, parsed) [N, L] of the same N images in the same order
-    with the same asked levels (the caller checks that: `hiertrain.report.compare`).
+    with the same asked levels (the caller checks that: `hiertrain.report.compare`); with the
+    placement codes appended, (correct, asked, parsed, lca, links), the taxonomy measures too.
     """
     check_settings(n_boot, ci)
     if a[0].shape[0] != b[0].shape[0]:
@@ -88,7 +90,7 @@ def paired_comparison(
             else:
                 entry["interval"] = None
             rows.append(entry)
-        metrics[name] = rows if name == "per_level_accuracy" else rows[0]
+        metrics[name] = rows if name in PER_LEVEL_METRICS else rows[0]
     for name in MCNEMAR_METRICS:
         right_a, counted = _outcomes(states_a, inverse, name)
         right_b, _ = _outcomes(states_b, inverse, name)

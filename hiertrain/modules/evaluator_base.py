@@ -302,7 +302,9 @@ class QuestionEvaluator(LightningModule):
             dm = self._datamodule()
             served = dm.served_ids()
             try:
-                metrics, preds = self.run_dir.finalize(served, dm.level_names, dm.depth, self.meta)
+                # data.taxonomy (when given) places each pick for mistake severity / path consistency
+                taxonomy = getattr(dm, "taxonomy", None)
+                metrics, preds = self.run_dir.finalize(served, dm.level_names, dm.depth, self.meta, taxonomy)
             except BaseException:
                 self.run_dir.unlock()  # a failed run (full disk) must not hold the directory
                 raise

@@ -279,7 +279,69 @@ def _eval_tables(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
                 **{f"{k}_ci": _ci(m, k) for k in ("point_overlap", "strict_point_overlap", "top_overlap")},
             }
         )
-    return {"visual": visual_rows, "per_level": level_rows, "overlap": overlap_rows, "open_set": _open_set_rows(runs, evals)}
+    return {
+        "visual": visual_rows,
+        "per_level": level_rows,
+        "overlap": overlap_rows,
+        "open_set": _open_set_rows(runs, evals),
+        **_severity_tables(sorted(evals, key=lambda r: (r.dataset, r.model, r.mode))),
+    }
+
+
+def _measure(x: Any) -> float | None:
+    """A non-fraction measure (mean LCA depth, tree distance) rounded for the tables."""
+    return None if x is None else round(float(x), 3)
+
+
+def _measure_ci(metrics: dict[str, Any], key: str) -> list[float] | None:
+    bounds = (metrics.get("intervals") or {}).get(key)
+    return None if not bounds else [_measure(bounds[0]), _measure(bounds[1])]
+
+
+def _severity_tables(evals: list[Run]) -> dict[str, list[dict[str, Any]]]:
+    """hP / hR, path consistency and mistake severity per run (the taxonomy measures: only runs
+    with a taxonomy; the others are listed with the reason), and per-level conditional accuracy."""
+    severity, conditional = [], []
+    for run in evals:
+        m = run.metrics or {}
+        names = m.get("level_names") or [f"level{i + 1}" for i in range(len(m.get("per_level_accuracy") or []))]
+        placed = "mistake_severity" in m
+        counts = m.get("mistake_severity") or []
+        total = sum(counts)
+        severity.append(
+            {
+                "run": run.name,
+                "model": run.model,
+                "dataset": run.dataset,
+                "mode": run.mode,
+                "hierarchical_precision": percent(m.get("hierarchical_precision")),
+                "hierarchical_recall": percent(m.get("hierarchical_recall")),
+                "hierarchical_f1": percent(m.get("hierarchical_f1")),
+                "path_consistency": percent(m.get("path_consistency")),
+                "mistake_lca_depth": _measure(m.get("mistake_lca_depth")),
+                "mistake_distance": _measure(m.get("mistake_distance")),
+                "mistakes_placed": total if placed else None,
+                "mistakes_unplaced": m.get("mistakes_unplaced"),
+                # share of the placed wrong picks at each LCA depth (%), the severity histogram
+                "severity": [percent(c / total) for c in counts] if total else [],
+                "taxonomy": m.get("taxonomy") if placed else None,
+                "note": None if placed else (m.get("taxonomy_note") or "no taxonomy measures in metrics.json (older run)"),
+                **{f"{k}_ci": _ci(m, k) for k in ("hierarchical_precision", "hierarchical_recall", "path_consistency")},
+                **{f"{k}_ci": _measure_ci(m, k) for k in ("mistake_lca_depth", "mistake_distance")},
+            }
+        )
+        values = m.get("conditional_accuracy") or []
+        bounds = (m.get("intervals") or {}).get("conditional_accuracy") or []
+        conditional.append(
+            {
+                "model": run.model,
+                "dataset": run.dataset,
+                "mode": run.mode,
+                "levels": {n: percent(v) for n, v in list(zip(names, values))[1:] if v is not None},
+                "levels_ci": {n: [percent(b[0]), percent(b[1])] for n, b in list(zip(names, bounds))[1:] if b},
+            }
+        )
+    return {"severity": severity, "conditional": [r for r in conditional if r["levels"]]}
 
 
 def _open_set_rows(runs: list[Run], closed: list[Run]) -> list[dict[str, Any]]:
@@ -477,6 +539,52 @@ def _flatten_levels(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
     return flat, level_cols
 
 
+SEVERITY_NOTE = (
+    "hP / hR: micro hierarchical precision / recall over the asked levels (hF1 = 2 hP hR / (hP + hR)). "
+    "Path consistency: share of images (2+ asked levels) whose picked nodes form a path of the taxonomy, "
+    "right or wrong. Mistake LCA depth: levels a wrong pick's path shares with the truth's from the root; "
+    "distance: edges between the wrong pick and the true node (2 x (level - LCA depth)); means over the wrong "
+    "picks that are taxonomy nodes; unplaced = wrong picks that are not (unparseable, not a node), counted apart."
+)
+
+
+def _severity_markdown(t: dict[str, list[dict[str, Any]]], images: dict[str, str]) -> list[str]:
+    """The severity / consistency section: one table, the conditional-accuracy table, their plots."""
+    rows = t.get("severity") or []
+    if not rows:
+        return []
+    md = [
+        "## Hierarchical precision / recall, path consistency, mistake severity",
+        "",
+        markdown_table(rows, ["model", "dataset", "mode", "hierarchical_precision", "hierarchical_recall", "path_consistency",
+                              "mistake_lca_depth", "mistake_distance", "mistakes_placed", "mistakes_unplaced"]),
+        "",
+        SEVERITY_NOTE,
+        "",
+    ]
+    missing = [r for r in rows if r["note"]]
+    if missing:
+        md += ["Runs without the taxonomy measures (no taxonomy: nothing guessed):",
+               *[f"- {r['run']}: {r['note']}" for r in missing], ""]
+    placed = [r for r in rows if r["severity"]]
+    if placed:
+        depth = max(len(r["severity"]) for r in placed)
+        hist = [{**{k: r[k] for k in ("model", "dataset", "mode")}, **{f"LCA {d}": (r["severity"] + [None] * depth)[d] for d in range(depth)}}
+                for r in placed]  # fmt: skip
+        md += ["Mistake severity: share of the placed wrong picks (%) by LCA depth (0 = they meet above level 1)", "",
+               markdown_table(hist, ["model", "dataset", "mode", *[f"LCA {d}" for d in range(depth)]]), ""]
+    for key, title in (("severity", "Mistake severity"), ("hierarchical_pr", "hP vs hR"), ("path_consistency", "Path consistency")):
+        if key in images:
+            md += [f"![{title}]({images[key]})", ""]
+    if t.get("conditional"):
+        flat, level_cols = _flatten_levels(t["conditional"])
+        md += ["## Conditional accuracy (%): level right given the level above right", "",
+               markdown_table(flat, ["model", "dataset", "mode", *level_cols]), ""]
+        if "conditional" in images:
+            md += [f"![Conditional accuracy]({images['conditional']})", ""]
+    return md
+
+
 INTERVALS_NOTE = (
     "`value [low, high]`: 95% percentile bootstrap interval over images (metrics.json `intervals`); "
     "chance = uniform guessing among the shown options (per level 1/#options; HCA the product over a "
@@ -536,6 +644,7 @@ def write_report(report: Report, out: str | Path, title: str = "hiertrain report
             "open replies naming only a node of another level / no node / several nodes of the asked level.",
             "",
         ]
+    md += _severity_markdown(t, images)
     md += [
         "## Overlap ratios (%)",
         "",

@@ -4,6 +4,8 @@ A paired comparison only means something when both runs answered the same questi
 question file (SHA-256 in run.json), the same mode, the same sample ids and, per sample, the same
 asked levels. Anything else is refused with a one-line reason naming what differs. The
 statistics are `hiertrain.core.paired` (difference B - A, paired bootstrap, exact McNemar).
+The taxonomy measures (path consistency, mistake LCA depth / distance) are compared when both
+runs name the same taxonomy (run.json `taxonomy`, or `--taxonomy`); otherwise the result says why not.
 """
 
 from __future__ import annotations
@@ -78,10 +80,28 @@ def same_questions_problem(a: ComparedRun, b: ComparedRun) -> str | None:
     return None
 
 
+def run_taxonomy(a: ComparedRun, b: ComparedRun, given: str | None = None) -> tuple[Any, str | None]:
+    """(the Taxonomy both runs were scored with, None) or (None, why the taxonomy measures are left out)."""
+    from hiertrain.core.metric_labels import NO_TAXONOMY
+    from hiertrain.core.taxonomy import Taxonomy
+
+    paths = [given] * 2 if given else [r.meta.get("taxonomy") for r in (a, b)]
+    drops = {bool(r.meta.get("drop_trivial_levels")) for r in (a, b)}
+    if not all(paths):
+        return None, f"{NO_TAXONOMY} (a run.json names no taxonomy; pass --taxonomy)"
+    if paths[0] != paths[1] or len(drops) > 1:
+        return None, f"{NO_TAXONOMY}: the runs name different taxonomies ({paths[0]} vs {paths[1]}; pass --taxonomy)"
+    if not Path(paths[0]).is_file():
+        return None, f"{NO_TAXONOMY}: taxonomy {paths[0]} not found (pass --taxonomy)"
+    return Taxonomy.from_json(paths[0], on_multi_parent="first", drop_trivial_levels=drops.pop()), None
+
+
 def compare_runs(
-    path_a: str | Path, path_b: str | Path, n_boot: int = 1000, ci: float = 0.95, seed: int = 0
+    path_a: str | Path, path_b: str | Path, n_boot: int = 1000, ci: float = 0.95, seed: int = 0, taxonomy: str | None = None
 ) -> dict[str, Any]:
-    """The paired comparison of B against A (JSON-ready); HierError when not the same questions."""
+    """The paired comparison of B against A (JSON-ready); HierError when not the same questions.
+    `taxonomy`: the taxonomy file to place the picks with (default: the runs' run.json `taxonomy`)."""
+    from hiertrain.core.columnar import read_columns
     from hiertrain.core.paired import paired_comparison
 
     a, b = load_run(path_a), load_run(path_b)
@@ -90,11 +110,17 @@ def compare_runs(
         raise HierError(f"cannot compare: {problem}")
     if not len(a.columns):
         raise HierError(f"cannot compare: {a.path} has no predictions")
+    tree, note = run_taxonomy(a, b, taxonomy)
     ta, tb = a.columns.tensors(), b.columns.tensors()
     width = max(ta[0].shape[1], tb[0].shape[1])
     ta, tb = _pad(ta, width), _pad(tb, width)
+    if tree is not None:  # read again with the taxonomy: each pick's place (hiertrain.core.placement)
+        ta = ta + read_columns(a.path / "predictions.jsonl", taxonomy=tree).placement(width)
+        tb = tb + read_columns(b.path / "predictions.jsonl", taxonomy=tree).placement(width)
     result = paired_comparison(ta, tb, n_boot=n_boot, ci=ci, seed=seed)
     return {
+        "taxonomy": str(tree.source) if tree is not None else None,
+        **({"taxonomy_note": note} if note else {}),
         "a": {"path": str(a.path), "model": a.meta.get("model_name") or a.meta.get("model")},
         "b": {"path": str(b.path), "model": b.meta.get("model_name") or b.meta.get("model")},
         "dataset": a.meta.get("dataset"),
@@ -144,7 +170,10 @@ def format_comparison(result: dict[str, Any]) -> str:
         "",
         f"{'metric':<22} {'A %':>7} {'B %':>7}  {'B - A [interval]':<28} McNemar",
     ]
-    for name in ("hca", "leaf_accuracy", "point_overlap", "strict_point_overlap", "top_overlap"):
+    for name in ("hca", "leaf_accuracy", "point_overlap", "strict_point_overlap", "top_overlap",
+                 "hierarchical_precision", "hierarchical_recall", "path_consistency"):  # fmt: skip
+        if name not in m:
+            continue
         e = m[name]
         test = ""
         if "mcnemar" in e:
@@ -155,4 +184,25 @@ def format_comparison(result: dict[str, Any]) -> str:
     for i, e in enumerate(m["per_level_accuracy"]):
         label = f"level {i + 1}" + (f" {names[i]}" if i < len(names) else "")
         lines.append(f"{label[:22]:<22} {_pct(e['a']):>7} {_pct(e['b']):>7}  {difference_text(e):<28}")
+    for i, e in enumerate(m.get("conditional_accuracy", [])[1:], start=1):
+        label = f"L{i + 1} | L{i} right" + (f" {names[i]}" if i < len(names) else "")
+        lines.append(f"{label[:22]:<22} {_pct(e['a']):>7} {_pct(e['b']):>7}  {difference_text(e):<28}")
+    measures = [k for k in ("mistake_lca_depth", "mistake_distance") if k in m]
+    if measures:
+        lines += ["", f"{'mistakes (wrong picks)':<22} {'A':>7} {'B':>7}  B - A [interval]"]
+        for name in measures:
+            e = m[name]
+            diff = _num(e.get("difference"), signed=True)
+            if e.get("interval"):
+                diff += f" [{e['interval'][0]:+.2f}, {e['interval'][1]:+.2f}]"
+            lines.append(f"{name:<22} {_num(e['a']):>7} {_num(e['b']):>7}  {diff}")
+    if result.get("taxonomy_note"):
+        lines += ["", result["taxonomy_note"]]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _num(x: float | None, signed: bool = False) -> str:
+    """A mean depth / distance (levels, edges), not a percentage."""
+    if x is None:
+        return "-"
+    return f"{x:+.2f}" if signed else f"{x:.2f}"

@@ -15,8 +15,9 @@ from typing import Any
 from hiertrain.core.atomic import atomic_path
 
 LEADERBOARD_METRICS = (
-    "hca", "leaf_accuracy", "point_overlap", "strict_point_overlap", "top_overlap", "hierarchical_f1", "unparseable_rate",
-)  # fmt: skip
+    "hca", "leaf_accuracy", "point_overlap", "strict_point_overlap", "top_overlap", "hierarchical_f1",
+    "hierarchical_precision", "hierarchical_recall", "path_consistency", "unparseable_rate",
+)  # fmt: skip (path consistency: empty for a run without a taxonomy)
 
 
 def protocol(meta: dict[str, Any]) -> str:

@@ -1,7 +1,9 @@
 """The report's figures: what a researcher looks at rather than reads.
 
-HCA vs leaf accuracy bars per model, per-level accuracy curves, probe accuracy vs layer, and the
-text-vs-visual HCA scatter with its least-squares fit. Each returns the PNG's file name.
+HCA vs leaf accuracy bars per model, per-level accuracy curves, probe accuracy vs layer, the
+text-vs-visual HCA scatter with its least-squares fit, and one figure per severity / consistency
+measure (mistake-severity histogram, hP vs hR, path consistency, conditional accuracy). Each
+returns the PNG's file name.
 """
 
 from __future__ import annotations
@@ -144,6 +146,88 @@ def probe_curves(rows: list[dict], out: Path) -> dict[str, str]:
     return images
 
 
+def _run_label(r: dict) -> str:
+    return f"{r['model']} · {r['dataset']} · {r['mode']}"
+
+
+def severity_histogram(rows: list[dict], out: Path) -> str | None:
+    """Mistake severity: per run, the share of its wrong picks (that are taxonomy nodes) at each LCA
+    depth, as grouped bars (left = wrong from the first level on, right = wrong only at the leaf)."""
+    rows = [r for r in rows if r.get("severity")]
+    if not rows:
+        return None
+    depth = max(len(r["severity"]) for r in rows)
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * depth + 3), 3.8))
+    for k, r in enumerate(rows):
+        xs = [d + (k - (len(rows) - 1) / 2) * width for d in range(len(r["severity"]))]
+        ax.bar(xs, [v or 0.0 for v in r["severity"]], width, label=f"{_run_label(r)} (n={r['mistakes_placed']})")
+    ax.set_xticks(range(depth), [str(d) for d in range(depth)])
+    ax.set_xlabel("LCA depth of the wrong pick (levels shared with the truth)")
+    ax.set_ylabel("share of wrong picks (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("Mistake severity")
+    ax.legend(fontsize=7)
+    return _save(fig, out, "mistake_severity.png")
+
+
+def precision_recall(rows: list[dict], out: Path) -> str | None:
+    """hP against hR per run, with bootstrap intervals; the dotted diagonal is hP = hR."""
+    rows = [r for r in rows if r.get("hierarchical_precision") is not None and r.get("hierarchical_recall") is not None]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    for r in rows:
+        ax.errorbar([r["hierarchical_recall"]], [r["hierarchical_precision"]], xerr=_err([r], "hierarchical_recall"),
+                    yerr=_err([r], "hierarchical_precision"), fmt="o", capsize=2, label=_run_label(r))
+    ax.plot([0, 100], [0, 100], ":", color="gray", linewidth=1)
+    ax.set_xlim(0, 105)
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("hierarchical recall (%)")
+    ax.set_ylabel("hierarchical precision (%)")
+    ax.set_title("Hierarchical precision vs recall", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, out, "hierarchical_precision_recall.png")
+
+
+def path_consistency(rows: list[dict], out: Path) -> str | None:
+    """Path consistency of the picks per run (bars, bootstrap error bars); runs without a taxonomy
+    are left out (the report lists them)."""
+    rows = [r for r in rows if r.get("path_consistency") is not None]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(rows) + 2), 3.6))
+    ax.bar(range(len(rows)), [r["path_consistency"] for r in rows], color="#31a354", yerr=_err(rows, "path_consistency"), capsize=3)
+    ax.set_xticks(range(len(rows)), [_run_label(r).replace(" · ", "\n") for r in rows], fontsize=7)
+    ax.set_ylabel("images whose picks form a path (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("Path consistency of the picks")
+    return _save(fig, out, "path_consistency.png")
+
+
+def conditional_accuracy(rows: list[dict], out: Path) -> str | None:
+    """Accuracy of each level given the level above right, one line per run, bootstrap error bars."""
+    rows = [r for r in rows if r["levels"]]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    longest = max(rows, key=lambda r: len(r["levels"]))
+    names = list(longest["levels"])
+    for r in rows:
+        cis = r.get("levels_ci") or {}
+        xs = [i for i, n in enumerate(names) if n in r["levels"]]
+        ys = [r["levels"][names[i]] for i in xs]
+        err = [[max(0.0, y - cis[names[i]][0]) if names[i] in cis else 0.0 for i, y in zip(xs, ys)],
+               [max(0.0, cis[names[i]][1] - y) if names[i] in cis else 0.0 for i, y in zip(xs, ys)]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=_run_label(r))
+    ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    ax.set_ylabel("accuracy given parent right (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("Conditional accuracy (level 2 → leaf)")
+    ax.legend(fontsize=7)
+    return _save(fig, out, "conditional_accuracy.png")
+
+
 def draw_all(tables: dict[str, list[dict]], out: Path) -> dict[str, str]:
     """Draw every figure a report's tables (`Report.tables`) support; returns {figure key: file name}.
 
@@ -154,6 +238,10 @@ def draw_all(tables: dict[str, list[dict]], out: Path) -> dict[str, str]:
         "hca_vs_leaf": hca_vs_leaf(t["visual"], out),
         "per_level": per_level(t["per_level"], out),
         "scatter": scatter(t["visual"], out),
+        "severity": severity_histogram(t.get("severity", []), out),
+        "hierarchical_pr": precision_recall(t.get("severity", []), out),
+        "path_consistency": path_consistency(t.get("severity", []), out),
+        "conditional": conditional_accuracy(t.get("conditional", []), out),
     }
     images.update(probe_curves(t.get("probes", []), out))
     return {k: v for k, v in images.items() if v}

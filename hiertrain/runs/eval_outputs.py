@@ -17,13 +17,14 @@ the same bytes as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 from hiertrain.core.atomic import atomic_path, write_atomic, write_error
 from hiertrain.core.errors import HierError
 from hiertrain.core.open_set import open_set_metrics
-from hiertrain.core.metric_labels import format_percent, short_labels
+from hiertrain.core.metric_labels import MEASURE_LABELS, NO_TAXONOMY, format_measure, format_percent, short_labels
 from hiertrain.core.prompts import leaf_label
 from hiertrain.core.predictions import (
     SamplePrediction,
@@ -196,9 +197,10 @@ class RunDirectory:
     # ---------------------------------------------------------------- final outputs
 
     def finalize(
-        self, served_ids: list[int], level_names: list[str], depth: int, meta: dict[str, Any]
+        self, served_ids: list[int], level_names: list[str], depth: int, meta: dict[str, Any], taxonomy: Any = None
     ) -> tuple[dict[str, Any], list[SamplePrediction]]:
-        """Merge, then write results.json, metrics.json, the plot and summary.txt (rank 0)."""
+        """Merge, then write results.json, metrics.json, the plot and summary.txt (rank 0). With the
+        run's `taxonomy` metrics.json also holds mistake severity and path consistency."""
         merged = self.consolidate()
         wanted = set(served_ids)
         preds = [p for p in merged if p.id in wanted]
@@ -209,7 +211,7 @@ class RunDirectory:
         missing = sorted(wanted - {p.id for p in preds} - set(skipped))
         if missing:
             raise HierError(f"{self.path}: samples {missing[:10]} were neither evaluated nor skipped")
-        metrics = compute_metrics(preds, depth)
+        metrics = compute_metrics(preds, depth, taxonomy)
         metrics.update(open_set_metrics(preds, depth) or {})  # open condition: verdict rates
         metrics.update(
             num_samples=len(preds),
@@ -235,25 +237,45 @@ class RunDirectory:
         return [json.loads(line)["reason"] for line in lines]
 
 
-def compute_metrics(preds: list[SamplePrediction], depth: int) -> dict[str, Any]:
+def compute_metrics(preds: list[SamplePrediction], depth: int, taxonomy: Any = None) -> dict[str, Any]:
     """Every hierarchical metric over these predictions, JSON-ready (hiertrain.core.functional on
-    all samples at once: the merged file holds every rank's samples, so nothing is synced)."""
-    from hiertrain.core.functional import hierarchical_scores, json_values
+    all samples at once: the merged file holds every rank's samples, so nothing is synced). With the
+    `taxonomy` also the measures that need it (hiertrain.core.placement); without, a line saying so."""
+    from hiertrain.core.functional import hierarchical_scores, json_values, taxonomy_scores
+    from hiertrain.core.placement import placement_tensors
     from hiertrain.core.predictions import to_tensors
 
-    return {**json_values(hierarchical_scores(*to_tensors(preds, depth))), **uncertainty(preds, depth)}
+    tensors = to_tensors(preds, depth)
+    metrics = json_values(hierarchical_scores(*tensors))
+    codes = None
+    if taxonomy is None:
+        metrics.update(taxonomy=None, taxonomy_note=NO_TAXONOMY + " (data.taxonomy)")
+    else:
+        try:
+            codes = placement_tensors(preds, taxonomy, depth)
+        except HierError as err:  # the taxonomy does not fit the questions: the run's other numbers stand
+            metrics.update(taxonomy=None, taxonomy_note=f"{NO_TAXONOMY}: {taxonomy.source} does not fit the predictions ({err})")
+            warnings.warn(metrics["taxonomy_note"], stacklevel=2)
+        else:
+            metrics.update(json_values(taxonomy_scores(*tensors, *codes)), taxonomy=str(taxonomy.source))
+    return {**metrics, **uncertainty(preds, depth, codes=codes)}
 
 
-def uncertainty(preds: list[SamplePrediction], depth: int, n_boot: int | None = None, ci: float | None = None) -> dict[str, Any]:
-    """metrics.json's `intervals` (bootstrap over images, hiertrain.core.bootstrap) and `chance`."""
-    from hiertrain.core.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_CI, bootstrap_intervals
+def uncertainty(
+    preds: list[SamplePrediction], depth: int, n_boot: int | None = None, ci: float | None = None, codes: Any = None
+) -> dict[str, Any]:
+    """metrics.json's `intervals` (bootstrap over images, hiertrain.core.bootstrap) and `chance`;
+    `codes` = the (lca, links) placement tensors [N, depth], for the taxonomy measures' intervals."""
+    from hiertrain.core.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_CI, PER_LEVEL_METRICS, bootstrap_intervals
     from hiertrain.core.chance import chance_levels
     from hiertrain.core.predictions import to_tensors
 
     n_boot, ci = DEFAULT_BOOTSTRAP if n_boot is None else n_boot, DEFAULT_CI if ci is None else ci
-    intervals = bootstrap_intervals(*to_tensors(preds), n_boot=n_boot, ci=ci)
-    if "per_level_accuracy" in intervals:  # levels no sample reached: no interval, as no value
-        intervals["per_level_accuracy"] += [None] * (depth - len(intervals["per_level_accuracy"]))
+    lca, links = codes if codes is not None else (None, None)
+    intervals = bootstrap_intervals(*to_tensors(preds, depth if codes is not None else None), n_boot=n_boot, ci=ci, lca=lca, links=links)
+    for key in PER_LEVEL_METRICS:  # levels no sample reached: no interval, as no value
+        if key in intervals:
+            intervals[key] += [None] * (depth - len(intervals[key]))
     return {"intervals": intervals, "chance": chance_levels(preds, depth)}
 
 
@@ -272,6 +294,11 @@ def summary_table(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
     labels = {**short_labels(), "leaf_accuracy": f"{leaf_label(str(meta.get('mode', 'image')))} accuracy"}
     for key, label in labels.items():
         lines.append(f"{label:<{width}}  {format_percent(metrics.get(key), digits=1, width=5)}")
+    for key, (label, _) in MEASURE_LABELS.items():  # mean LCA depth / distance: levels and edges, not percent
+        if key in metrics:
+            lines.append(f"{label:<{width}}  {format_measure(metrics[key]):>5}")
+    if metrics.get("taxonomy_note"):
+        lines.append(metrics["taxonomy_note"])
     return "\n".join(lines) + "\n"
 
 

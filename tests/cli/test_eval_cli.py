@@ -83,6 +83,36 @@ def test_wandb_sample_table_offline(reference):
     assert Path(info["dir"]) == offline.resolve() and offline.name.endswith(info["run_id"])
 
 
+def test_metrics_json_has_the_taxonomy_measures_and_score_agrees(reference, synth_dir, capsys):
+    """data.taxonomy given: metrics.json places every pick (mistake severity, path consistency), and
+    `score --taxonomy` (the streaming columnar path) gives the same numbers from predictions.jsonl.
+    (test_ddp_two_processes_match_one checks the file is byte-identical under 2 processes.)"""
+    import json
+
+    run = reference / RUN
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["taxonomy"] == str(synth_dir / "taxonomy.json") and "taxonomy_note" not in metrics
+    keys = ("path_consistency", "mistake_lca_depth", "mistake_distance", "mistake_severity", "mistakes_unplaced",
+            "hierarchical_precision", "hierarchical_recall", "conditional_accuracy", "mistake_distance_per_level")  # fmt: skip
+    wrong = sum(metrics["mistake_severity"]) + metrics["mistakes_unplaced"]
+    assert wrong == round(sum(n * (1 - a) for n, a in zip(_asked(run), metrics["per_level_accuracy"])))
+    assert main(["score", str(run / "predictions.jsonl"), "--taxonomy", str(synth_dir / "taxonomy.json"), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert {k: scored[k] for k in keys} == {k: metrics[k] for k in keys}
+    assert scored["intervals"]["path_consistency"] == metrics["intervals"]["path_consistency"]
+
+
+def _asked(run: Path) -> list[int]:
+    """Asked questions per level in a run's predictions.jsonl."""
+    import json
+
+    counts: dict[int, int] = {}
+    for line in (run / "predictions.jsonl").read_text().splitlines():
+        for lv in json.loads(line)["levels"]:
+            counts[lv["level"]] = counts.get(lv["level"], 0) + int(lv["asked"])
+    return [counts[k] for k in sorted(counts)]
+
+
 def test_killed_run_resumes_to_identical_outputs(reference, tiny_qwen, synth_dir, tmp_path, caplog):
     args = _args(tiny_qwen, synth_dir, tmp_path, "--data.batch_size=1", "--wandb=false")
     part = tmp_path / RUN / "predictions.rank0.jsonl"

@@ -296,3 +296,56 @@ def test_broken_pipe_ends_quietly(tmp_path):
     proc = subprocess.run(f"'{HIERTRAIN}' score '{path}' --json | true", shell=True, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0  # the pipeline's status is `true`'s; stderr is what matters
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_score_with_taxonomy_shows_severity_and_path_consistency(tmp_path, capsys):
+    """The toy of tests/core/test_placement.py (values worked out there) through `score --taxonomy`."""
+    from hiertrain.core.predictions import write_predictions
+    from severity_toy import HAND as SEVERITY, PREDS, TOY
+
+    preds = tmp_path / "p.jsonl"
+    write_predictions(PREDS, preds)
+    taxonomy = TOY.to_json(tmp_path / "toy.json")
+    got = _score_json(capsys, str(preds), "--taxonomy", str(taxonomy), "--bootstrap", "50")
+    assert {k: got[k] for k in SEVERITY} == SEVERITY
+    assert got["taxonomy"] == str(taxonomy) and "taxonomy_note" not in got
+    assert got["hierarchical_precision"] == pytest.approx(8 / 17) and got["hierarchical_recall"] == pytest.approx(8 / 18)
+    assert got["conditional_accuracy"] == [None, 0.5, 0.5]
+    for key in ("path_consistency", "mistake_lca_depth", "mistake_distance", "hierarchical_precision"):
+        low, high = got["intervals"][key]
+        assert low <= got[key] <= high, key
+    assert len(got["intervals"]["mistake_distance_per_level"]) == 3
+
+    assert main(["score", str(preds), "--taxonomy", str(taxonomy), "--bootstrap", "0"]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"path consistency of the picks\s+50\.00%", table)
+    assert re.search(r"mean LCA depth of wrong picks \(levels shared\)\s+0\.62", table)  # 5/8 = 0.625
+    assert re.search(r"mean tree distance of wrong picks \(edges\)\s+3\.25", table)
+    assert "  LCA depth 0: 4" in table and "  LCA depth 2: 1" in table
+    assert "no taxonomy node (unparseable / not a node): 2" in table
+
+    # without the taxonomy: said so, nothing guessed
+    plain = _score_json(capsys, str(preds), "--bootstrap", "0")
+    assert "path_consistency" not in plain and "mistake_severity" not in plain and plain["taxonomy"] is None
+    assert "no taxonomy given" in plain["taxonomy_note"]
+    assert plain["conditional_accuracy"] == [None, 0.5, 0.5]  # needs no taxonomy
+
+
+def test_score_taxonomy_that_does_not_fit_is_one_line(tmp_path, capsys):
+    from hiertrain.core.predictions import write_predictions
+    from hiertrain.core.taxonomy import Taxonomy
+    from severity_toy import PREDS
+
+    write_predictions(PREDS, tmp_path / "p.jsonl")
+    other = Taxonomy.from_paths({"a": ("A", "A1", "a")}).to_json(tmp_path / "other.json")
+    assert main(["score", str(tmp_path / "p.jsonl"), "--taxonomy", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and re.search(r"p\.jsonl:\d+: sample \d+ level \d: truth '\w+' is not a level-\d node", err)
+
+
+def test_taxonomy_flags_outside_their_protocol_are_one_line(tmp_path, capsys):
+    preds = _write_jsonl(tmp_path / "p.jsonl", SAMPLES)
+    assert main(["score", str(preds), "--protocol", "paper", "--taxonomy", str(tmp_path / "t.json")]) == 2
+    assert "--taxonomy does not apply to --protocol paper" in capsys.readouterr().err
+    assert main(["score", str(preds), "--drop-trivial-levels"]) == 2
+    assert "--drop-trivial-levels only applies with --taxonomy" in capsys.readouterr().err

@@ -214,3 +214,107 @@ def test_paired_comparison_matches_the_dense_reference(big_file: Path) -> None:
             assert got["interval"] == [low[0].item(), high[0].item()]  # counts: bit for bit
             right_a, right_b = terms_a.num[name][:, 0] > 0, terms_b.num[name][:, 0] > 0
             assert got["mcnemar"]["a_only"] == int((right_a & ~right_b & (terms_a.den[name][:, 0] > 0)).sum())
+
+
+# ---------------------------------------------------------------- with a taxonomy: placement codes
+
+
+def _tree(rng: random.Random):
+    """A 4-level taxonomy, level 1 with 3 nodes (a forest), 2-3 children a node."""
+    from hiertrain.core.taxonomy import Taxonomy
+
+    paths, frontier = {}, [(f"n1_{i}",) for i in range(3)]
+    for depth in range(2, 5):
+        frontier = [p + (f"n{depth}_{len(p)}{p[-1][3:]}_{c}",) for p in frontier for c in range(rng.randint(2, 3))]
+    for p in frontier:
+        paths[p[-1]] = p
+    return Taxonomy.from_paths(paths), frontier
+
+
+def _placed_line(i: int, rng: random.Random, leaves: list, tree) -> str:
+    """Picks drawn from each level's nodes (right about half the time), plus unparsed answers,
+    open-set misses, a pick that is no node, gaps, text-mode leaves; levels shuffled."""
+    path = rng.choice(leaves)
+    mode = "text" if rng.random() < 0.2 else "image"
+    levels = []
+    for k, truth in enumerate(path, start=1):
+        if k == 2 and rng.random() < 0.1:
+            continue  # a gap
+        asked = not (mode == "text" and k == len(path)) and rng.random() < 0.95
+        nodes = tree.nodes_at(k - 1)
+        roll = rng.random()
+        pick = None if roll < 0.05 else "zebra" if roll < 0.08 else truth if roll < 0.55 else rng.choice(nodes)
+        pick = pick.upper() if pick and rng.random() < 0.1 else pick  # names match after normalize_label
+        level = {"level": k, "name": f"rank{k}", "truth": truth, "options": nodes[:3], "reply": "A",
+                 "letter": None if pick is None else "A", "predicted": pick,
+                 "correct": pick is not None and pick.lower() == truth.lower(), "asked": asked}  # fmt: skip
+        levels.append(level)
+    rng.shuffle(levels)
+    if i % 97 == 0:
+        levels[0]["options"] = "abc"  # a line only the reference reader takes (msgspec and the fast json path refuse it)
+    return json.dumps({"id": i, "label": path[-1], "mode": mode, "levels": levels}) + "\n"
+
+
+@pytest.fixture(scope="module")
+def placed_file(tmp_path_factory):
+    rng = random.Random(3)
+    tree, leaves = _tree(rng)
+    path = tmp_path_factory.mktemp("placed") / "predictions.jsonl"
+    order = list(range(3001))
+    rng.shuffle(order)
+    path.write_text("".join(_placed_line(i, rng, leaves, tree) for i in order), encoding="utf-8")
+    return path, tree
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["msgspec-if-installed", "stdlib-json"])
+def test_placement_codes_and_taxonomy_scores_match_the_reference(placed_file, fast: bool, monkeypatch) -> None:
+    """Streaming reader with a taxonomy == read_predictions + placement_tensors + the functional core."""
+    from hiertrain.core.functional import taxonomy_scores
+    from hiertrain.core.placement import placement_tensors
+
+    if not fast:
+        monkeypatch.setattr(columnar, "_decoder", lambda: None)
+    path, tree = placed_file
+    samples = read_predictions(path).samples
+    old, old_codes = to_tensors(samples), placement_tensors(samples, tree)
+    columns = columnar.read_columns(path, taxonomy=tree)
+    new, new_codes = columns.tensors(), columns.placement()
+    for a, b in zip(old + old_codes, new + new_codes):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    want = {**hierarchical_scores(*old), **taxonomy_scores(*old, *old_codes)}
+    got = columnar.grouped_scores(*new, *new_codes)
+    assert set(got) == set(want)
+    for key in want:
+        assert want[key].shape == got[key].shape and torch.equal(want[key].nan_to_num(-1), got[key].nan_to_num(-1)), key
+    assert 0 < float(got["path_consistency"]) < 1 and int(got["mistakes_unplaced"]) > 0  # the file has both kinds
+    assert columnar.read_columns(path).lca is None  # no taxonomy: no codes
+
+
+def test_taxonomy_bootstrap_replicates_are_the_resampled_scores(placed_file) -> None:
+    """Each pattern replicate of the taxonomy measures equals `taxonomy_scores` on the resampled
+    images themselves (the same seeded draws), bit for bit."""
+    from hiertrain.core.functional import taxonomy_scores
+
+    path, tree = placed_file
+    columns = columnar.read_columns(path, taxonomy=tree)
+    (correct, asked, parsed), (lca, links) = columns.tensors(), columns.placement()
+    n_boot = 4
+    reps = pattern_replicate_values(correct, asked, parsed, n_boot, 11, lca, links)
+    counts = resample_counts(correct.shape[0], n_boot, 11).to(torch.long)
+    for r in range(n_boot):
+        rows = torch.repeat_interleave(torch.arange(correct.shape[0]), counts[r])
+        direct = taxonomy_scores(correct[rows], asked[rows], parsed[rows], lca[rows], links[rows])
+        for name in ("path_consistency", "mistake_lca_depth", "mistake_distance", "mistake_lca_depth_per_level"):
+            assert torch.equal(reps[name][r].nan_to_num(-1), direct[name].reshape(-1).nan_to_num(-1)), name
+
+
+def test_truth_outside_the_taxonomy_names_file_and_line(placed_file, tmp_path) -> None:
+    path, tree = placed_file
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    obj = json.loads(lines[4])
+    obj["levels"][0]["truth"] = "nowhere"
+    lines[4] = json.dumps(obj) + "\n"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(lines), encoding="utf-8")
+    with pytest.raises(HierError, match=rf"^{bad}:5: sample {obj['id']} level {obj['levels'][0]['level']}: truth 'nowhere'"):
+        columnar.read_columns(bad, taxonomy=tree)

@@ -69,7 +69,8 @@ def test_collection_and_metrics_dict():
     out = metrics_dict(metrics)
     assert set(out) == {
         "hca", "leaf_accuracy", "per_level_accuracy", "point_overlap", "strict_point_overlap",
-        "top_overlap", "hierarchical_f1", "unparseable_rate",
+        "top_overlap", "hierarchical_f1", "hierarchical_precision", "hierarchical_recall",
+        "conditional_accuracy", "unparseable_rate",
     }
     assert out["hca"] == 0.25 and isinstance(out["hca"], float)
     assert out["per_level_accuracy"][4] is None  # NaN -> None for JSON

@@ -108,6 +108,11 @@ HAND = {
     "top_overlap": 17 / 36,  # pairs 0/3, 3/3, 1/2, 1/3, 0/1, 3/3; sample 6 has none -> (17/6) / 6
     "hierarchical_f1": 30 / 43,  # 15 right, 21 predicted, 22 asked: 2*15 / (21 + 22)
     "unparseable_rate": 1 / 22,
+    "hierarchical_precision": 15 / 21,
+    "hierarchical_recall": 15 / 22,
+    # level k right given k - 1 right (both asked): L2 s1 s2 s5 of s1 s2 s3 s5; L3 s1 s5 of s1 s2 s5
+    # (s4's L2 is right but its L3 not asked); L4 s1 s3 s5 of the same
+    "conditional_accuracy": [None, 3 / 4, 2 / 3, 1.0],
     "per_level_accuracy": [5 / 7, 4 / 6, 3 / 5, 3 / 4],
 }
 

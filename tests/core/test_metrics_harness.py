@@ -7,7 +7,8 @@ path, unparseable answers flagged "correct", padding copies flagged ``valid=Fals
   different widths, an empty batch),
 - the functional core (`hiertrain.core.functional`) on the concatenation of all batches,
 - a plain-Python reference written from the definitions (paper arXiv 2505.24840 and
-  docs/ARCHITECTURE.md, "metrics.py"), in exact fractions, on the valid rows only,
+  docs/ARCHITECTURE.md, "metrics.py"; the severity and path measures from docs/evaluation.md),
+  in exact fractions, on the valid rows only,
 
 must agree: class and functional bit for bit, both with the reference to 1e-12. With DDP on,
 the same cases run once per module in two real processes (CPU, gloo) with an odd number of
@@ -30,7 +31,7 @@ import pytest
 import torch
 
 from hiertrain.core import functional as hier
-from hiertrain.core.metrics import ProbeAccuracy, hierarchical_metrics, json_values, metrics_dict
+from hiertrain.core.metrics import ProbeAccuracy, hierarchical_metrics, json_values, metrics_dict, taxonomy_metrics
 
 SEEDS = [0, 1, 2, 3, 4, 5]
 
@@ -61,10 +62,34 @@ def make_case(seed: int) -> dict:
     probe = [[[rng.random() < 0.6 for _ in range(depth)] for _ in range(sites)] for _ in range(n)]
     # ddp off: padding copies of random rows appended, flagged invalid
     copies = [rng.randrange(n) for _ in range(rng.randint(0, 3))]
-    return {
+    case = {
         "seed": seed, "depth": depth, "sites": sites, "rows": rows, "probe": probe, "copies": copies,
         "batch": rng.randint(1, 5),
     }
+    return {**case, **placement_codes(case)}
+
+
+def placement_codes(case: dict) -> dict:
+    """Random `hiertrain.core.placement` codes that fit the rows (own generator: rows unchanged).
+
+    lca: a right level (1-based k) shares k levels; a wrong parsed pick -1 (no place) or 0..k-1;
+    unparseable picks and unasked levels get any value (the metrics must ignore it). links: random
+    bits (is a node / each shallower level agrees), most of them set so some picks form paths."""
+    rng = random.Random(1000 + case["seed"])
+    lca, links = [], []
+    for row in case["rows"]:
+        lca.append([])
+        links.append([])
+        for i, code in enumerate(row):
+            asked, parsed, correct = _decode(code)
+            if asked and parsed and correct:
+                lca[-1].append(i + 1)
+            elif asked and parsed:
+                lca[-1].append(rng.randint(-1, i))
+            else:
+                lca[-1].append(rng.randint(-1, i + 1))
+            links[-1].append(sum(1 << j for j in range(i + 1) if rng.random() < 0.85))
+    return {"lca": lca, "links": links}
 
 
 # ---------------------------------------------------------------- the reference (plain Python)
@@ -108,7 +133,14 @@ def reference(rows: list[list[Level]], depth: int) -> dict:
         p, r = Fraction(right, predicted), Fraction(right, asked)
         f1 = 2 * p * r / (p + r)
     unparsed = Fraction(sum(not lv[1] for s in seqs for lv in s), asked) if asked else None
+    conditional = [None]  # level 1 has no parent level
+    for i in range(1, depth):
+        given = [row[i] for row in rows if row[i][0] and row[i - 1][0] and _right(row[i - 1])]
+        conditional.append(_mean([Fraction(_right(lv)) for lv in given]))
     return {
+        "hierarchical_precision": Fraction(right, predicted) if predicted else None,
+        "hierarchical_recall": Fraction(right, asked) if asked else None,
+        "conditional_accuracy": conditional,
         "hca": hca,
         "leaf_accuracy": leaf,
         "per_level_accuracy": per_level,
@@ -117,6 +149,36 @@ def reference(rows: list[list[Level]], depth: int) -> dict:
         "top_overlap": top,
         "hierarchical_f1": f1,
         "unparseable_rate": unparsed,
+    }
+
+
+def reference_taxonomy(rows: list[list[Level]], lca: list[list[int]], links: list[list[int]], depth: int) -> dict:
+    """The severity and path measures from their definitions (exact fractions, None = nothing counted).
+
+    A wrong pick is an asked level that is not right; it is placed when parsed with lca >= 0, and
+    then sits 2 (k - lca) edges from the truth (1-based level k). A sample with 2+ asked levels is a
+    path when each asked pick is a node (bit c of its links) whose ancestor at the previous asked
+    level is the pick there (bit j)."""
+    placed = [
+        (i, lca[b][i]) for b, row in enumerate(rows) for i, lv in enumerate(row)
+        if lv[0] and not _right(lv) and lv[1] and lca[b][i] >= 0
+    ]
+    unplaced = sum(1 for b, row in enumerate(rows) for i, lv in enumerate(row) if lv[0] and not _right(lv)) - len(placed)
+    paths = []
+    for b, row in enumerate(rows):
+        seq = [i for i, lv in enumerate(row) if lv[0]]
+        if len(seq) < 2:
+            continue
+        node = all(row[c][1] and links[b][c] >> c & 1 for c in seq)
+        paths.append(Fraction(node and all(links[b][c] >> j & 1 for j, c in zip(seq, seq[1:]))))
+    return {
+        "path_consistency": _mean(paths),
+        "mistake_lca_depth": _mean([Fraction(d) for _, d in placed]),
+        "mistake_lca_depth_per_level": [_mean([Fraction(d) for i, d in placed if i == k]) for k in range(depth)],
+        "mistake_distance": _mean([Fraction(2 * (i + 1 - d)) for i, d in placed]),
+        "mistake_distance_per_level": [_mean([Fraction(2 * (i + 1 - d)) for i, d in placed if i == k]) for k in range(depth)],
+        "mistake_severity": [sum(1 for _, d in placed if d == k) for k in range(depth)],
+        "mistakes_unplaced": unplaced,
     }
 
 
@@ -159,6 +221,14 @@ def case_tensors(case: dict, with_copies: bool) -> tuple[torch.Tensor, ...]:
     return codes & 1 > 0, codes & 4 > 0, codes & 2 > 0, valid, probe
 
 
+def case_codes(case: dict, with_copies: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lca int8, links int32) of the case, rows as in `case_tensors`."""
+    index = list(range(len(case["rows"]))) + (case["copies"] if with_copies else [])
+    shape = (len(index), case["depth"])
+    lca = torch.tensor([case["lca"][i] for i in index], dtype=torch.int8).reshape(shape)
+    return lca, torch.tensor([case["links"][i] for i in index], dtype=torch.int32).reshape(shape)
+
+
 def _batches(n: int, size: int) -> list[slice]:
     """Consecutive slices of `size`, plus an empty one (a rank with nothing to do)."""
     return [slice(a, min(n, a + size)) for a in range(0, n, size)] + [slice(n, n)]
@@ -173,8 +243,22 @@ def class_result(case: dict) -> dict:
         used = asked[part].any(0).nonzero()
         width = int(used.max()) + 1 if len(used) else 1
         batch = collection(correct[part, :width], asked[part, :width], parsed[part, :width], valid[part])
-        batch["per_level_accuracy"] = batch["per_level_accuracy"].reshape(-1)  # torchmetrics squeezes 1 level
+        for key in ("per_level_accuracy", "conditional_accuracy"):
+            batch[key] = batch[key].reshape(-1)  # torchmetrics squeezes 1 level
         assert json_values(batch) == json_values(hier.hierarchical_scores(correct[part], asked[part], parsed[part], valid[part]))
+    return metrics_dict(collection)
+
+
+def taxonomy_class_result(case: dict) -> dict:
+    """`taxonomy_metrics` fed batch by batch, each batch cut to the width its rows use."""
+    correct, asked, parsed, valid, _ = case_tensors(case, with_copies=True)
+    lca, links = case_codes(case, with_copies=True)
+    collection = taxonomy_metrics(case["depth"])
+    for part in _batches(len(valid), case["batch"]):
+        used = asked[part].any(0).nonzero()
+        width = int(used.max()) + 1 if len(used) else 1
+        cut = (correct[part, :width], asked[part, :width], parsed[part, :width], valid[part])
+        collection.update(*cut, lca=lca[part, :width], links=links[part, :width])
     return metrics_dict(collection)
 
 
@@ -213,10 +297,23 @@ def test_class_functional_and_reference_agree(seed):
         "top_overlap": hier.top_overlap_ratio,
         "hierarchical_f1": hier.hierarchical_f1,
         "unparseable_rate": hier.unparseable_rate,
+        "hierarchical_precision": hier.hierarchical_precision,
+        "hierarchical_recall": hier.hierarchical_recall,
+        "conditional_accuracy": hier.conditional_accuracy,
     }
     for key, fn in one_shot.items():
         assert json_values({key: fn(correct, asked, parsed, valid)}) == {key: functional[key]}, key
     assert_matches_reference(functional, reference(case_rows(case), case["depth"]))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_taxonomy_metrics_class_functional_and_reference_agree(seed):
+    case = make_case(seed)
+    correct, asked, parsed, valid, _ = case_tensors(case, with_copies=True)
+    lca, links = case_codes(case, with_copies=True)
+    functional = json_values(hier.taxonomy_scores(correct, asked, parsed, lca, links, valid))
+    assert taxonomy_class_result(case) == functional  # bit for bit
+    assert_matches_reference(functional, reference_taxonomy(case_rows(case), case["lca"], case["links"], case["depth"]))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -268,7 +365,7 @@ DDP_SCRIPT = textwrap.dedent(
     import torch.distributed as dist
     from torch.utils.data import DataLoader, Dataset
 
-    from hiertrain.core.metrics import ProbeAccuracy, hierarchical_metrics, metrics_dict
+    from hiertrain.core.metrics import ProbeAccuracy, hierarchical_metrics, metrics_dict, taxonomy_metrics
     from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
 
 
@@ -285,6 +382,8 @@ DDP_SCRIPT = textwrap.dedent(
             return {
                 "id": i, "valid": valid, "correct": codes & 1 > 0, "asked": codes & 4 > 0,
                 "parsed": codes & 2 > 0, "probe": torch.tensor(self.case["probe"][i]),
+                "lca": torch.tensor(self.case["lca"][i], dtype=torch.int8),
+                "links": torch.tensor(self.case["links"][i], dtype=torch.int32),
             }
 
 
@@ -296,14 +395,16 @@ DDP_SCRIPT = textwrap.dedent(
             sampler = PaddedEvalSampler(ds)
             collection = hierarchical_metrics(case["depth"])
             probe = ProbeAccuracy(case["sites"], case["depth"])
+            taxonomy = taxonomy_metrics(case["depth"])
             seen = []
             for b in DataLoader(ds, batch_size=case["batch"], sampler=sampler):
                 collection.update(b["correct"], b["asked"], b["parsed"], b["valid"])
+                taxonomy.update(b["correct"], b["asked"], b["parsed"], b["valid"], lca=b["lca"], links=b["links"])
                 probe.update(b["probe"], b["asked"], b["valid"])
                 seen += [[int(i), bool(v)] for i, v in zip(b["id"], b["valid"])]
             acc, hca = probe.shaped(*probe.compute())  # synced across both processes
             results[case["seed"]] = {
-                "metrics": metrics_dict(collection), "probe_accuracy": acc.tolist(), "probe_hca": hca.tolist(),
+                "metrics": metrics_dict(collection), "taxonomy": metrics_dict(taxonomy), "probe_accuracy": acc.tolist(), "probe_hca": hca.tolist(),
                 "seen": seen, "world": dist.get_world_size(), "sampler_replicas": sampler.num_replicas,
             }
         Path(out, f"rank{rank}.json").write_text(json.dumps(results))
@@ -353,6 +454,12 @@ def test_ddp_matches_one_process_and_reference(ddp_results, seed):
     for r in ranks:  # both ranks hold the synced result
         assert r["metrics"] == single  # bit for bit
     assert_matches_reference(ranks[0]["metrics"], reference(case_rows(case), case["depth"]))
+    single_taxonomy = taxonomy_class_result(case)
+    for r in ranks:
+        assert r["taxonomy"] == single_taxonomy  # severity and path counts: bit for bit
+    assert_matches_reference(
+        ranks[0]["taxonomy"], reference_taxonomy(case_rows(case), case["lca"], case["links"], case["depth"])
+    )
 
     probe = probe_class_result(case)
     for r in ranks:

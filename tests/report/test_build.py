@@ -194,3 +194,56 @@ def test_lora_run_named_after_its_root_not_checkpoints(tmp_path: Path) -> None:
     assert [r["run"] for r in report.tables["lora"]] == ["synth_text"]
     md = write_report(report, tmp_path / "out").read_text()
     assert "checkpoints" not in md and "1 runs: synth_text" in md
+
+
+def _toy_run(root: Path, name: str, model: str, taxonomy) -> Path:
+    """An evaluation run directory of the toy predictions (tests/severity_toy.py) finalized for real."""
+    from hiertrain.runs.eval_outputs import RunDirectory
+    from severity_toy import PREDS
+
+    meta = {"model": f"/models/{model}", "model_name": model, "dataset": "toy", "questions": "/data/toy.jsonl",
+            "questions_sha256": "sha-toy", "mode": "image", "answer": "logits", "prompt_variant": 0, "seed": 0}  # fmt: skip
+    run = RunDirectory(root / name)
+    run.claim(meta)
+    for p in PREDS:
+        run.append(p)
+    run.finalize([p.id for p in PREDS], ["l1", "l2", "l3"], 3, meta, taxonomy)
+    return run.path
+
+
+def test_severity_tables_and_plots(tmp_path: Path) -> None:
+    from severity_toy import TOY
+
+    _toy_run(tmp_path / "runs", "with", "m1", TOY)
+    _toy_run(tmp_path / "runs", "without", "m2", None)
+    report = build_report(collect_runs([tmp_path / "runs"]))
+    rows = {r["model"]: r for r in report.tables["severity"]}
+    # the toy's hand values: hP 8/17, hR 8/18, path 3/6, LCA 5/8, distance 26/8, histogram 4, 3, 1 of 8
+    assert rows["m1"]["hierarchical_precision"] == 47.06 and rows["m1"]["hierarchical_recall"] == 44.44
+    assert rows["m1"]["path_consistency"] == 50.0 and rows["m1"]["mistake_lca_depth"] == 0.625
+    assert rows["m1"]["mistake_distance"] == 3.25 and rows["m1"]["severity"] == [50.0, 37.5, 12.5]
+    assert rows["m1"]["mistakes_placed"] == 8 and rows["m1"]["mistakes_unplaced"] == 2 and rows["m1"]["note"] is None
+    assert rows["m2"]["path_consistency"] is None and "no taxonomy given" in rows["m2"]["note"]
+    assert rows["m2"]["hierarchical_precision"] == 47.06  # needs no taxonomy
+    conditional = {r["model"]: r for r in report.tables["conditional"]}
+    assert conditional["m1"]["levels"] == {"l2": 50.0, "l3": 50.0}
+
+    md = write_report(report, tmp_path / "out", gallery=0).read_text()
+    assert "## Hierarchical precision / recall, path consistency, mistake severity" in md
+    assert "| m1 | toy | image | 47.06" in md and "- without: no taxonomy given" in md
+    assert "| m1 | toy | image | 50.00 | 37.50 | 12.50 |" in md  # the severity histogram table
+    assert "## Conditional accuracy (%)" in md
+    for png in ("mistake_severity.png", "hierarchical_precision_recall.png", "path_consistency.png", "conditional_accuracy.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG" and f"({png})" in md
+
+
+def test_leaderboard_has_the_precision_recall_and_path_columns(tmp_path: Path) -> None:
+    from hiertrain.report.leaderboard import leaderboard_rows
+    from severity_toy import TOY
+
+    _toy_run(tmp_path / "runs", "with", "m1", TOY)
+    _toy_run(tmp_path / "runs", "without", "m2", None)
+    rows = {r["model"]: r for r in leaderboard_rows(collect_runs([tmp_path / "runs"]))}
+    assert rows["m1"]["hierarchical_precision"] == 47.06 and rows["m1"]["path_consistency"] == 50.0
+    assert rows["m1"]["path_consistency_low"] is not None
+    assert rows["m2"]["path_consistency"] is None and rows["m2"]["hierarchical_recall"] == 44.44

@@ -74,3 +74,46 @@ def test_run_without_predictions_refused(tmp_path: Path) -> None:
     (tmp_path / "probe" / "run.json").write_text("{}")
     with pytest.raises(HierError, match="no predictions.jsonl"):
         compare_runs(a, tmp_path / "probe")
+
+
+def _toy_dir(root: Path, name: str, preds: list, taxonomy: str | None) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    meta = {"kind": "eval", "model_name": name, "dataset": "toy", "questions": "q.jsonl", "questions_sha256": "toy",
+            "mode": "image", "level_names": ["l1", "l2", "l3"], "taxonomy": taxonomy}  # fmt: skip
+    (d / "run.json").write_text(json.dumps(meta))
+    write_predictions(preds, d / "predictions.jsonl")
+    return d
+
+
+def test_compare_covers_the_severity_and_path_measures(tmp_path: Path, capsys) -> None:
+    """A = the toy of tests/severity_toy.py; B = the same with sample 1 answered right throughout."""
+    import copy
+
+    from severity_toy import PREDS, TOY
+
+    taxonomy = str(TOY.to_json(tmp_path / "toy.json"))
+    fixed = copy.deepcopy(PREDS)
+    for lv in fixed[1].levels:
+        lv.predicted, lv.correct = lv.truth, True
+    a, b = _toy_dir(tmp_path, "a", PREDS, taxonomy), _toy_dir(tmp_path, "b", fixed, taxonomy)
+    result = compare_runs(a, b, n_boot=200)
+    m = result["metrics"]
+    # path consistency 3/6 -> 4/6; LCA depth of the wrong picks 5/8 -> (2 + 1 + 0 + 0 + 0)/5 = 3/5
+    assert m["path_consistency"]["difference"] == pytest.approx(1 / 6)
+    assert m["mistake_lca_depth"]["a"] == pytest.approx(5 / 8) and m["mistake_lca_depth"]["b"] == pytest.approx(3 / 5)
+    assert m["mistake_distance"]["b"] == pytest.approx((2 + 4 + 2 + 4 + 6) / 5)
+    # hP 8/17 -> 11/17 (three more right, nothing newly unparsed); conditional L2|L1 2/4 -> 3/5
+    assert m["hierarchical_precision"]["b"] == pytest.approx(11 / 17)
+    assert m["conditional_accuracy"][1]["b"] == pytest.approx(3 / 5) and m["conditional_accuracy"][0]["a"] is None
+    assert result["taxonomy"] == taxonomy and "taxonomy_note" not in result
+    assert main(["compare", str(a), str(b), "--bootstrap", "50"]) == 0
+    table = capsys.readouterr().out
+    assert "path_consistency" in table and "+16.67" in table
+    assert "mistake_lca_depth" in table and "-0.03" in table  # 3/5 - 5/8 = -0.025
+
+    # runs that name no taxonomy: the core measures, and a line saying why not the taxonomy ones
+    plain_a, plain_b = _toy_dir(tmp_path / "p", "a", PREDS, None), _toy_dir(tmp_path / "p", "b", fixed, None)
+    plain = compare_runs(plain_a, plain_b, n_boot=0)
+    assert "path_consistency" not in plain["metrics"] and "no taxonomy given" in plain["taxonomy_note"]
+    assert compare_runs(plain_a, plain_b, n_boot=0, taxonomy=taxonomy)["metrics"]["path_consistency"]["b"] == pytest.approx(4 / 6)

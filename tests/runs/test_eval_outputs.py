@@ -111,3 +111,49 @@ def test_finished_ids_read_only_ids_and_merge_parts_first(tmp_path, monkeypatch)
     run.predictions_path.write_text('{"id": 1, "levels": []}\n\n', encoding="utf-8")
     with pytest.raises(HierError, match="predictions.jsonl:2: blank line"):
         run.finished_ids()
+
+
+def test_finalize_with_the_taxonomy_writes_severity_and_path_consistency(tmp_path):
+    """metrics.json of `hiertrain test` with data.taxonomy: the toy values of tests/severity_toy.py."""
+    from severity_toy import HAND, PREDS, TOY
+
+    run = RunDirectory(tmp_path / "run")
+    run.claim(META)
+    for p in PREDS:
+        run.append(p)
+    metrics, _ = run.finalize([p.id for p in PREDS], ["a", "b", "c"], 3, META, TOY)
+    assert {k: metrics[k] for k in HAND} == HAND
+    assert metrics["taxonomy"] == TOY.source and "taxonomy_note" not in metrics
+    assert metrics["hierarchical_precision"] == pytest.approx(8 / 17)
+    assert metrics["conditional_accuracy"] == [None, 0.5, 0.5]
+    low, high = metrics["intervals"]["mistake_distance"]
+    assert low <= HAND["mistake_distance"] <= high
+    assert json.loads((run.path / "metrics.json").read_text()) == metrics
+    table = (run.path / "summary.txt").read_text()
+    assert "path consistency" in table and " 50.0" in table and "mistake distance" in table and "3.25" in table
+
+    plain = RunDirectory(tmp_path / "plain")
+    plain.claim(META)
+    for p in PREDS:
+        plain.append(p)
+    metrics, _ = plain.finalize([p.id for p in PREDS], ["a", "b", "c"], 3, META)
+    assert "mistake_severity" not in metrics and "no taxonomy given" in metrics["taxonomy_note"]
+    assert "no taxonomy given" in (plain.path / "summary.txt").read_text()
+
+
+def test_a_taxonomy_that_does_not_fit_keeps_the_run_and_says_why(tmp_path):
+    """A finished run is not lost at finalize: the other metrics stand, metrics.json names the misfit."""
+    from hiertrain.core.taxonomy import Taxonomy
+    from severity_toy import PREDS
+
+    other = Taxonomy.from_paths({"a": ("A", "A1", "a")})  # has no B, A2, ...
+    run = RunDirectory(tmp_path / "run")
+    run.claim(META)
+    for p in PREDS:
+        run.append(p)
+    with pytest.warns(UserWarning, match="does not fit the predictions"):
+        metrics, _ = run.finalize([p.id for p in PREDS], ["a", "b", "c"], 3, META, other)
+    assert "path_consistency" not in metrics and metrics["taxonomy"] is None
+    assert "sample 1 level 1: truth 'A'" not in metrics["taxonomy_note"]  # first misfit: sample 2's 'B'
+    assert "sample 2 level 1: truth 'B' is not a level-1 node" in metrics["taxonomy_note"]
+    assert metrics["hierarchical_precision"] == pytest.approx(8 / 17)
