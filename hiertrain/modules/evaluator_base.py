@@ -76,6 +76,8 @@ class QuestionEvaluator(LightningModule):
 
     answer_kind = "?"
     supported_conditions: tuple[str, ...] = ("plain",)  # question conditions it can answer (hiertrain.core.conditions)
+    supported_inference: tuple[str, ...] = ("independent",)  # inference modes it can answer
+    supports_circular = False  # whether it asks the rotations of `data.circular`
     backend = "transformers"  # how the model runs: in this process; "served" = behind an OpenAI-compatible API
 
     def __init__(self, pretrained: str, run_name: str | None = None) -> None:
@@ -133,6 +135,8 @@ class QuestionEvaluator(LightningModule):
                 "limit": dm.limit,
                 "split": dm.split,
                 "condition": dm.condition,
+                "inference": dm.inference,
+                "circular": dm.circular,
                 "label_case": getattr(dm, "label_case", "file"),
                 "weights": weights_fingerprint(self.pretrained),
                 "settings": self.run_settings(),
@@ -156,6 +160,10 @@ class QuestionEvaluator(LightningModule):
         dm.setup(stage)
         if dm.condition not in self.supported_conditions:
             raise HierError(f"{type(self).__name__} cannot answer condition {dm.condition!r} (it answers {', '.join(self.supported_conditions)})")
+        if dm.inference not in self.supported_inference:
+            raise HierError(f"{type(self).__name__} cannot answer inference {dm.inference!r} (it answers {', '.join(self.supported_inference)})")
+        if dm.circular and not self.supports_circular:
+            raise HierError(f"{type(self).__name__} does not ask circular rotations (data.circular: true)")
         self.meta = self.run_meta(dm)
         self.run_dir = RunDirectory(Path(self.trainer.default_root_dir) / self.meta["run_name"], rank=self.global_rank)
         finished: list[int] = []

@@ -23,6 +23,7 @@ from typing import Any
 from hiertrain.core.atomic import atomic_path, write_atomic, write_error
 from hiertrain.core.errors import HierError
 from hiertrain.core.open_set import open_set_metrics
+from hiertrain.core.circular import circular_metrics
 from hiertrain.core.metric_labels import format_percent, short_labels
 from hiertrain.core.prompts import leaf_label
 from hiertrain.core.predictions import (
@@ -211,6 +212,7 @@ class RunDirectory:
             raise HierError(f"{self.path}: samples {missing[:10]} were neither evaluated nor skipped")
         metrics = compute_metrics(preds, depth)
         metrics.update(open_set_metrics(preds, depth) or {})  # open condition: verdict rates
+        metrics.update(circular_metrics(preds, depth) or {})  # circular runs: first rotation, letter bias
         metrics.update(
             num_samples=len(preds),
             num_skipped=len(skipped),

@@ -66,3 +66,22 @@ def test_identity_differences_name_every_field():
     new = {"model": "m", "weights": "b", "settings": {"dtype": "bfloat16", "backend": "transformers"}, "seed": 0}
     assert identity_differences(old, new) == ["weights ('a', this run 'b')", "dtype ('float32', this run 'bfloat16')"]
     assert identity_differences(old, json.loads(json.dumps(old))) == []
+
+
+def test_inference_and_circular_are_identity_and_named_in_the_run_name(tmp_path):
+    from hiertrain.runs.eval_outputs import RunDirectory
+    from hiertrain.runs.meta import IDENTITY_KEYS, RunMeta, default_run_name
+
+    assert {"inference", "circular"} <= set(IDENTITY_KEYS)
+    assert default_run_name("m", "d", "image", "logits", 0, "plain", "independent", False) == "m-d-image-logits-v0"
+    assert default_run_name("m", "d", "image", "logits", 0, "plain", "stepwise", True) == "m-d-image-logits-v0-stepwise-circular"
+    meta = RunMeta(kind="eval", model="/x/m", dataset="d", mode="image", answer="generate", seed=0, prompt_variant=0,
+                   fields={"condition": "cot", "inference": "oracle_parent", "circular": True})  # fmt: skip
+    assert meta.run_name == "m-d-image-generate-v0-cot-oracle_parent-circular"
+    old = {"model": "m", "questions_sha256": "abc", "mode": "image", "answer": "logits", "seed": 0}
+    RunDirectory(tmp_path).claim(old)  # a run.json from before the fields: independent, not circular
+    RunDirectory(tmp_path).claim(dict(old, inference="independent", circular=False))
+    with pytest.raises(HierError, match=r"circular \(False, this run True\)"):
+        RunDirectory(tmp_path).claim(dict(old, circular=True))
+    with pytest.raises(HierError, match=r"inference \('independent', this run 'joint'\)"):
+        RunDirectory(tmp_path).claim(dict(old, inference="joint"))
