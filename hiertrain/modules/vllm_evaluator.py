@@ -312,6 +312,35 @@ class VLLMEvaluator(QuestionEvaluator):
                     out.append(self._closed_prediction(item, mode, replies, lambda r, o: (r, self.letter_of(r, o))))
         return out
 
+    def _answer_stepwise(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
+        """Each image's levels as one chat, level k after the model's own replies to levels < k
+        (`hiertrain.vlm.stepwise`: the KV cache grows turn by turn)."""
+        from hiertrain.core.conditions import turn_messages
+        from hiertrain.vlm.prefix_cache import render_chat
+        from hiertrain.vlm.stepwise import Conversation, StepwiseAnswerer
+
+        def renderer(levels):
+            def render(replies: list[str]) -> str:
+                later = [lq.question for lq in levels[1 : len(replies) + 1]]
+                return render_chat(self.processor, self.messages_of(turn_messages(levels[0].messages, later, replies)))
+
+            return render
+
+        conversations = [
+            Conversation(shrink_longest_side(item["image"], self.max_image_side), renderer(item["levels"]),
+                         [len(lq.options) for lq in item["levels"]])
+            for item in items
+        ]  # fmt: skip
+        generate = self.answer_kind == "generate"
+        out = []
+        for item, turns in zip(items, StepwiseAnswerer(self.answerer).run(conversations, generate)):
+            answers = [
+                (t.reply, self.letter_of(t.reply, lq.options) if generate else LETTERS.index(t.reply))
+                for lq, t in zip(item["levels"], turns, strict=True)
+            ]
+            out.append(sample_prediction(item, mode, answers))
+        return out
+
     def _logit_answer(self, row: Any, options: list[str]) -> tuple[str, int]:
         index = int(self.answerer.letter_scores(row, len(options)).argmax())
         return LETTERS[index], index

@@ -9,6 +9,7 @@ import re
 import pytest
 import torch
 
+from hiertrain.core import prompts as prompts_module
 from hiertrain.core.prompts import LETTERS
 from hiertrain.datamodules.questions import HierVQADataModule
 from hiertrain.modules.vllm_evaluator import VLLMEvaluator
@@ -119,3 +120,54 @@ def test_circular_rotations_equal_separate_full_forwards(tiny_qwen, synth_dir, t
         full = model.answerer.full_forward_logits(item["image"], prompt)
         assert (full - row).abs().max().item() < 1e-4
         assert LETTERS[int(model.answerer.letter_scores(full, len(record["options"])).argmax())] == record["letter"]
+
+
+def _full_letter(answerer, image, prompt, n):
+    return LETTERS[int(answerer.letter_scores(answerer.full_forward_logits(image, prompt), n).argmax())]
+
+
+def test_oracle_parent_letters_are_full_forwards_of_the_oracle_chat(tiny_qwen, synth_dir, tmp_path):
+    q, tax = synth_dir / "questions_random.jsonl", synth_dir / "taxonomy.json"
+    model, run = evaluate(tiny_qwen, q, tmp_path, tax, limit=2, batch_size=2, inference="oracle_parent")
+    assert json.loads((run / "run.json").read_text())["inference"] == "oracle_parent"
+    preds = load_predictions(run / "predictions.jsonl")
+    item = HierVQADataModule(str(q), taxonomy=str(tax), limit=1, inference="oracle_parent").dataset()[0]
+    prompts = model.prompts_of(item)
+    assert prompts[2].count("<|im_start|>assistant\n") == 3  # two earlier answered turns, then the question
+    for lq, prompt, lv in zip(item["levels"], prompts, preds[0].levels, strict=True):
+        assert lv.letter == _full_letter(model.answerer, item["image"], prompt, len(lq.options))
+
+
+def test_stepwise_run_answers_each_turn_after_its_own_replies(tiny_qwen, synth_dir, tmp_path):
+    from hiertrain.core.conditions import turn_messages
+    from hiertrain.vlm.prefix_cache import render_chat
+
+    q, tax = synth_dir / "questions_random.jsonl", synth_dir / "taxonomy.json"
+    model, run = evaluate(tiny_qwen, q, tmp_path, tax, limit=3, batch_size=3, inference="stepwise")
+    preds = load_predictions(run / "predictions.jsonl")
+    dm = HierVQADataModule(str(q), taxonomy=str(tax), limit=3, inference="stepwise")
+    for item, pred in zip([dm.dataset()[i] for i in range(3)], preds):
+        levels, replies = item["levels"], []
+        for k, (lq, lv) in enumerate(zip(levels, pred.levels, strict=True)):
+            chat = turn_messages(levels[0].messages, [x.question for x in levels[1 : k + 1]], replies)
+            assert lv.letter == _full_letter(model.answerer, item["image"], render_chat(model.processor, chat), len(lq.options))
+            replies.append(lv.letter)
+
+
+def test_joint_run_reads_one_letter_per_level_and_counts_the_rest_unparsed(tiny_qwen, synth_dir, tmp_path):
+    from hiertrain.core.answers import joint_letters
+
+    q, tax = synth_dir / "questions_random.jsonl", synth_dir / "taxonomy.json"
+    with pytest.raises(Exception, match="needs answer: generate"):
+        evaluate(tiny_qwen, q, tmp_path / "logits", tax, limit=1, inference="joint")
+    model, run = evaluate(tiny_qwen, q, tmp_path, tax, limit=2, answer="generate", inference="joint",
+                          model_kwargs={"max_new_tokens": 12})  # fmt: skip
+    preds = load_predictions(run / "predictions.jsonl")
+    for pred in preds:
+        (reply,) = {lv.reply for lv in pred.levels}  # one reply to one question
+        (question,) = {lv.question for lv in pred.levels}
+        assert question.endswith(prompts_module.JOINT_INSTRUCTION)
+        picks = joint_letters(reply, [lv.name for lv in pred.levels], [lv.options for lv in pred.levels])
+        assert [lv.letter for lv in pred.levels] == [None if i is None else LETTERS[i] for i in picks]
+    unparsed = sum(lv.letter is None for p in preds for lv in p.levels) / sum(len(p.levels) for p in preds)
+    assert model.final_metrics["unparseable_rate"] == pytest.approx(unparsed)
