@@ -19,7 +19,8 @@ Modes (same images, letter logits unless said; questions/s counts the 7 levels o
                           [--pretrained DIR] [--device cpu|cuda] [--dtype float32|bfloat16] [--json out.json]
 
 Tiny random-init Qwen2.5-VL and the 448 px synthetic images of bench/eval_speed.py with its
-7-level iNat-plant questions; every timing `--repeats` times, min - max printed.
+7-level iNat-plant questions; `--repeats` rounds, each timing every protocol once (interleaved,
+so a change of load hits them alike); ratios are per round, printed as median (min - max).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -146,18 +148,86 @@ def main(argv: list[str] | None = None) -> int:
                     same, total, row = same + (a == b), total + 1, row + 1
         figures["circular"]["picks_equal_naive"] = f"{same}/{total}"
 
+    if "modes" in parts:
+        from hiertrain.vlm.stepwise import Conversation, StepwiseAnswerer
+
+        stepwise = StepwiseAnswerer(batched)
+        joint_answerer = SharedPrefixAnswerer(model, processor, max_new_tokens=7 * 6)  # "kingdom: A\n" ~ 4-6 tokens a level
+
+        def oracle_items():
+            out = []
+            for img, levels in zip(images, questions):
+                first = single(0, levels[0][1])
+                texts = []
+                for k in range(7):
+                    truths = [prompts.LETTERS[opts.index(t)] for t, opts in levels[:k]]
+                    later = [question(j, levels[j][1]) for j in range(1, k + 1)]
+                    texts.append(chat(conditions.turn_messages(first, later, truths)))
+                out.append(ImagePrompts(img, texts))
+            return out
+
+        def conversation(img, levels):
+            first = single(0, levels[0][1])
+
+            def render(replies):
+                later = [question(j, levels[j][1]) for j in range(1, len(replies) + 1)]
+                return chat(conditions.turn_messages(first, later, replies))
+
+            return Conversation(img, render, [len(opts) for _, opts in levels])
+
+        def joint_items():
+            out = []
+            for img, levels in zip(images, questions):
+                text = prompts.joint_question([(LEVELS[k], prompts.image_prompt(0, LEVELS[k], "plant"), opts) for k, (_, opts) in enumerate(levels)])
+                out.append(ImagePrompts(img, [chat(conditions.messages(text, "image", prompts.joint_system("image")))]))
+            return out
+
+        oracle = oracle_items()
+        protocols = {
+            "paper": lambda: [[batched.full_generate(i.image, p) for p in i.prompts] for i in plain_items],
+            "independent": lambda: batched.logits(plain_items),
+            "oracle_parent": lambda: batched.logits(oracle),
+            "stepwise": lambda: stepwise.run([conversation(i, l) for i, l in zip(images, questions)], generate=False),
+            "stepwise_generate": lambda: stepwise.run([conversation(i, l) for i, l in zip(images, questions)], generate=True),
+            "joint": lambda: joint_answerer.generate(joint_items()),
+        }
+        for fn in protocols.values():  # warm-up of each path's shapes
+            fn()
+        times = interleaved(protocols)
+        qps = {k: [n_questions / t for t in v] for k, v in times.items()}
+        figures["modes"] = {
+            "questions_per_s": {k: [round(min(v), 1), round(max(v), 1)] for k, v in qps.items()},
+            "ratio_vs_paper": {k: sorted(round(q / p, 2) for q, p in zip(v, qps["paper"])) for k, v in qps.items() if k != "paper"},
+        }
+
     print(f"{figures['device']}; {len(images)} images x 7 levels; {args.repeats} repeat(s), interleaved")
     if "circular" in figures:
         f = figures["circular"]
         print(f"\ncircular evaluation: {f['suffixes']['circular']} rotated questions vs {f['suffixes']['plain']} plain")
-        print("| protocol | seconds (min - max) | x plain (min - max) |")
+        print("| protocol | seconds (min - max) | x plain: median (min - max) over rounds |")
         print("| --- | ---: | ---: |")
         for name, label in (("plain", "plain, batched (default)"), ("circular", "circular: rotations as extra suffixes"),
                             ("naive", "naive: one batched call per rotation")):  # fmt: skip
             s = f["seconds"][name]
             r = f["ratio_vs_plain"].get(name)
-            print(f"| {label} | {min(s):.3f} - {max(s):.3f} | {'1' if r is None else f'{r[0]:.2f} - {r[-1]:.2f}'} |")
+            print(f"| {label} | {min(s):.3f} - {max(s):.3f} | {'1' if r is None else f'{statistics.median(r):.2f} ({r[0]:.2f} - {r[-1]:.2f})'} |")
         print(f"circular picks == naive loop picks: {f['picks_equal_naive']}")
+    if "modes" in figures:
+        f = figures["modes"]
+        labels = {
+            "paper": "paper loop: per question, image re-encoded, generate 5 tokens",
+            "independent": "independent (default): batched, letter logits",
+            "oracle_parent": "oracle_parent: true earlier answers as chat turns, batched, letter logits",
+            "stepwise": "stepwise: own earlier answers, KV cache grows per turn, letter logits",
+            "stepwise_generate": "stepwise, generate 5 tokens per turn",
+            "joint": "joint: one question per image, generate 42 tokens",
+        }
+        print(f"\ninference modes: questions/s ({n_questions} questions = {len(images)} images x 7 levels)")
+        print("| mode | questions/s (min - max) | x paper: median (min - max) over rounds |")
+        print("| --- | ---: | ---: |")
+        for key, label in labels.items():
+            q, r = f["questions_per_s"][key], f["ratio_vs_paper"].get(key)
+            print(f"| {label} | {q[0]:.1f} - {q[1]:.1f} | {'1' if r is None else f'{statistics.median(r):.2f} ({r[0]:.2f} - {r[-1]:.2f})'} |")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

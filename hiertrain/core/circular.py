@@ -51,10 +51,10 @@ def is_circular(preds: list[SamplePrediction]) -> bool:
     return any(lv.detail and "rotations" in lv.detail for p in preds for lv in p.levels)
 
 
-def circular_metrics(preds: list[SamplePrediction], depth: int) -> dict[str, Any] | None:
+def circular_metrics(preds: list[SamplePrediction], depth: int, ignore: frozenset[int] = frozenset()) -> dict[str, Any] | None:
     """metrics.json's `circular` block of a circular run (None otherwise): rotations asked per
     level, the plain (first-rotation) `hca` / `leaf_accuracy` / `per_level_accuracy`, and the
-    `letter_bias` over every rotation asked."""
+    `letter_bias` over every rotation asked; `ignore`: 1-based levels left out (`score --ignore-level`)."""
     if not is_circular(preds):
         return None
     from hiertrain.core.functional import hierarchical_scores, json_values
@@ -65,6 +65,9 @@ def circular_metrics(preds: list[SamplePrediction], depth: int) -> dict[str, Any
     for p in preds:
         levels = []
         for lv in p.levels:
+            if lv.level in ignore:
+                levels.append(dataclasses.replace(lv, asked=False))
+                continue
             records = (lv.detail or {}).get("rotations") if lv.asked else None
             if records is None:
                 levels.append(lv)

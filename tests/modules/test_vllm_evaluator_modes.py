@@ -107,6 +107,17 @@ def test_circular_rotations_equal_separate_full_forwards(tiny_qwen, synth_dir, t
     assert meta["circular"] is True and meta["inference"] == "independent"
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["circular"]) == {"rotations", "first_rotation", "letter_bias"}
+    from hiertrain.cli.main import main
+
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["score", str(run / "predictions.jsonl"), "--json"]) == 0
+    scored = json.loads(out.getvalue())
+    assert scored["circular"] == metrics["circular"]  # recomputed from the rotations' picks alone
+    assert scored["hca"] == metrics["hca"]
     preds = load_predictions(run / "predictions.jsonl")
     dm = HierVQADataModule(str(q), taxonomy=str(tax), limit=1, circular=True)
     item = dm.dataset()[0]
