@@ -274,6 +274,13 @@ def summary_table(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
     labels = {**short_labels(), "leaf_accuracy": f"{leaf_label(str(meta.get('mode', 'image')))} accuracy"}
     for key, label in labels.items():
         lines.append(f"{label:<{width}}  {format_percent(metrics.get(key), digits=1, width=5)}")
+    circular = metrics.get("circular")
+    if circular:  # the values above count a level right only if every rotation is
+        first, bias = circular["first_rotation"], circular["letter_bias"]
+        lines.append(f"{'HCA, first rotation':<{width}}  {format_percent(first.get('hca'), digits=1, width=5)}")
+        if bias.get("p_value") is not None:
+            picks = ", ".join(f"{k} {100 * v:.0f}%" for k, v in zip(bias["letters"], bias["pick_rate"]))
+            lines.append(f"letter bias: picks {picks}; chi2 {bias['chi2']:.1f}, df {bias['df']}, p {bias['p_value']:.2g}")
     return "\n".join(lines) + "\n"
 
 
