@@ -79,3 +79,23 @@ def paper_letter(reply: str, n: int = 4) -> int | None:
     """The paper's rule, for comparison only: the first of A, B, C, ... (n letters, in
     alphabetical order, case-sensitive) contained anywhere in the reply."""
     return next((i for i, letter in enumerate(LETTERS[:n]) if letter in reply), None)
+
+
+_JOINT_LINE = re.compile(r"^\s*(?P<name>[^:\n]+?)\s*:\s*(?P<rest>.*?)\s*$")
+
+
+def joint_letters(reply: str, names: list[str], options: list[list[str]]) -> list[int | None]:
+    """The option index per level of a joint reply ("order: B" one line per level, as
+    `prompts.JOINT_INSTRUCTION` asks), read with `parse_letter` after the colon; a level with no
+    line, an unreadable line or two lines that disagree is None (unparseable, counted wrong)."""
+    keys = [_norm(n) for n in names]
+    found: list[set[int | None]] = [set() for _ in names]
+    for line in reply.splitlines():
+        match = _JOINT_LINE.match(line.strip(_WRAPPERS))
+        if not match:
+            continue
+        key = _norm(match.group("name"))
+        if key in keys:
+            k = keys.index(key)
+            found[k].add(parse_letter(match.group("rest"), options[k]))
+    return [next(iter(f)) if len(f) == 1 else None for f in found]

@@ -216,3 +216,39 @@ def messages(question: str, mode: str, system: str | None) -> list[dict]:
     if system is not None:
         out[0] = {"role": "system", "content": [{"type": "text", "text": system}]}
     return out
+
+
+# ---- inference modes (data.inference; issue 26): how the levels of one image relate
+# independent: each level its own one-question chat (the paper; hiertrain's default).
+# oracle_parent: level k asked after the levels < k as earlier chat turns, each answered with its
+#   true letter (knowledge of a level apart from error propagation).
+# stepwise: the same chat, each earlier turn answered by the model itself (the KV cache grows
+#   turn by turn, hiertrain.vlm.stepwise).
+# joint: one question per image asking every level (hiertrain.core.prompts.joint_question), the
+#   reply read line by line (hiertrain.core.answers.joint_letters).
+INFERENCE_MODES: tuple[str, ...] = ("independent", "oracle_parent", "stepwise", "joint")
+
+
+def check_inference(inference: str, condition: str, circular: bool) -> None:
+    """HierError unless the inference mode and circular evaluation can be asked under `condition`."""
+    if inference not in INFERENCE_MODES:
+        raise HierError(f"inference {inference!r} is not one of {', '.join(INFERENCE_MODES)}")
+    if inference != "independent" and condition != "plain":
+        raise HierError(f"inference {inference!r} is for the plain condition only, not {condition!r}")
+    if circular and condition in ("binary", "open"):
+        raise HierError(f"circular evaluation rotates lettered options; condition {condition!r} has none")
+    if circular and inference in ("stepwise", "joint"):
+        raise HierError(f"circular evaluation is asked as extra suffixes of independent or oracle_parent levels, not with inference {inference!r}")
+
+
+def turn_messages(first: list[dict], questions: list[str], answers: list[str]) -> list[dict]:
+    """`first` (one question's chat: system turn, user turn with the image) continued: after each
+    answer an assistant turn, then the next question as a user turn (text only: the image stays
+    in the first turn). `answers[k]` answers the question before `questions[k]`."""
+    if len(answers) != len(questions):
+        raise HierError(f"{len(answers)} answers for {len(questions)} follow-up questions")
+    out = list(first)
+    for answer, question in zip(answers, questions):
+        out.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        out.append({"role": "user", "content": [{"type": "text", "text": question}]})
+    return out

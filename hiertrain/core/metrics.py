@@ -26,6 +26,7 @@ each batch's counts, so the class and the one-shot functions cannot drift apart.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,6 +34,8 @@ from torchmetrics import Metric, MetricCollection
 
 from hiertrain.core import functional as hier
 from hiertrain.core.functional import MAX_DEPTH, RATIO_SCALE, json_values
+from hiertrain.core.letter_bias import letter_compute, letter_update
+from hiertrain.core.prompts import LETTERS
 
 __all__ = [
     "MAX_DEPTH",
@@ -433,3 +436,29 @@ def metrics_dict(collection: MetricCollection) -> dict[str, float | list[float |
     """
     values = collection.compute()
     return json_values({k: v.reshape(-1) if k in PER_LEVEL_KEYS else v for k, v in values.items()})
+
+
+class LetterBias(Metric):
+    """Truth and pick counts per option letter, as sum states so DDP stays exact; `compute()` =
+    `hiertrain.core.letter_bias.letter_compute` (rates and the chi-square test).
+
+    update(truth [N], pick [N] (-1 = unparseable), valid [N] | None = DDP padding mask)."""
+
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(self, num_letters: int = len(LETTERS), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_letters = num_letters
+        self.add_state("truths", torch.zeros(num_letters, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("picks", torch.zeros(num_letters, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, truth: Tensor, pick: Tensor, valid: Tensor | None = None) -> None:
+        if valid is not None:
+            truth, pick = truth[valid.bool()], pick[valid.bool()]
+        t, p = letter_update(truth, pick, self.num_letters)
+        self.truths += t.to(self.truths.device)
+        self.picks += p.to(self.picks.device)
+
+    def compute(self) -> dict[str, Any]:  # type: ignore[override]
+        return letter_compute(self.truths, self.picks)

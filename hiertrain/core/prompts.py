@@ -173,6 +173,33 @@ def question_text(prompt: str, options: list[str]) -> str:
     return prompt + "\n" + "\n".join(lines) + "\n" + ANSWER_INSTRUCTION
 
 
+# ---- joint inference (data.inference: joint): one question per image asking every level
+SYSTEM_IMAGE_JOINT = (
+    "You are an expert in hierarchical image classification. Given an image, classify it at "
+    "every hierarchy level asked by selecting the most appropriate option of each level from its "
+    "choices (labeled with letters). Respond with one line per level: the level's name, a colon "
+    "and the corresponding letter."
+)
+JOINT_INSTRUCTION = (
+    "Answer with one line per level, in the order asked: the level's name, a colon and the "
+    "option's letter from that level's choices."
+)
+
+
+def joint_system(mode: Mode) -> str:
+    """The system prompt of a joint question (SYSTEM_IMAGE asks for one letter only)."""
+    return SYSTEM_IMAGE_JOINT if mode == "image" else SYSTEM_TEXT
+
+
+def joint_question(levels: list[tuple[str, str, list[str]]]) -> str:
+    """Every (level name, question, options) as a block "name: question" + lettered options,
+    blocks apart by a blank line, then `JOINT_INSTRUCTION` (read by `answers.joint_letters`)."""
+    if not levels:
+        raise HierError("a joint question needs at least one level")
+    blocks = [question_text(f"{name}: {prompt}", options).rsplit("\n", 1)[0] for name, prompt, options in levels]
+    return "\n\n".join(blocks) + "\n\n" + JOINT_INSTRUCTION
+
+
 def chat_messages(question: str, mode: Mode) -> list[dict]:
     """Chat-template messages: system prompt, then the user turn (image placeholder first)."""
     if mode == "image":

@@ -40,6 +40,19 @@ class LevelQuestion:
     messages: list[dict] = field(repr=False)
     # binary condition: one (user text, messages) per option, in option order; empty otherwise
     statements: list[tuple[str, list[dict]]] = field(default_factory=list, repr=False)
+    # circular evaluation: the same question under rotations 1.. of `options` (rotation 0 is the
+    # level itself); empty otherwise (hiertrain.core.circular)
+    rotations: list["RotatedQuestion"] = field(default_factory=list, repr=False)
+    prompt: str = ""  # the level's question without its options (joint inference lists them all)
+
+
+@dataclass
+class RotatedQuestion:
+    """One more rotation of a level's options, asked as one more suffix on the image's prefix."""
+
+    options: list[str]
+    question: str
+    messages: list[dict] = field(repr=False)
 
 
 def default_level_names(depth: int) -> list[str]:
@@ -60,11 +73,20 @@ def level_questions(
     context: str | None = None,
     cot_apostrophe: str = "typographic",
     label_case: str = "file",
+    inference: str = "independent",
+    circular: bool = False,
 ) -> list[LevelQuestion]:
     """The asked levels of `record` (all levels with a truth; not the leaf in text mode), worded
     as the paper words dataset `family` (see `hiertrain.core.prompts.IMAGE_WORDINGS`) and put
     under `condition` (see `hiertrain.core.conditions`; `context` = the taxonomy text of the
-    taxonomy condition)."""
+    taxonomy condition).
+
+    `inference` (hiertrain.core.conditions.INFERENCE_MODES): "independent" and "stepwise" give
+    each level its own one-question chat (stepwise chains them at answer time, on the model's
+    own replies); "oracle_parent" puts the earlier levels before it as chat turns, each answered
+    with its true letter; "joint" gives every level the one question asking all of them
+    (`prompts.joint_question`). `circular`: each level also carries its options' other
+    rotations (`LevelQuestion.rotations`)."""
     truths, choices = record.truths, record.choices
     if len(level_names) < len(truths):
         raise HierError(
@@ -89,12 +111,44 @@ def level_questions(
             statements = [(text, conditions.messages(text, mode, system)) for text in texts]
             out.append(LevelQuestion(i, name, truths[i], options, "", [], statements))
             continue
-        if condition == "plain":
-            question = prompts.question_text(prompt, options)
-        else:
-            question = conditions.closed_question(prompt, options, condition, cot_apostrophe)
-        out.append(LevelQuestion(i, name, truths[i], options, question, conditions.messages(question, mode, system)))
-    return out
+
+        def closed(opts: list[str]) -> str:
+            if condition == "plain":
+                return prompts.question_text(prompt, opts)
+            return conditions.closed_question(prompt, opts, condition, cot_apostrophe)
+
+        question = closed(options)
+        lq = LevelQuestion(i, name, truths[i], options, question, conditions.messages(question, mode, system))
+        if circular:
+            from hiertrain.core.circular import rotations
+
+            lq.rotations = [
+                RotatedQuestion(opts, closed(opts), conditions.messages(closed(opts), mode, system)) for opts in rotations(options)[1:]
+            ]
+        lq.prompt = prompt
+        out.append(lq)
+    return with_inference(out, inference, mode, system)
+
+
+def with_inference(levels: list[LevelQuestion], inference: str, mode: Mode, system: str | None) -> list[LevelQuestion]:
+    """The levels' messages under an inference mode (independent and stepwise: as built)."""
+    if inference == "oracle_parent":  # level k after levels < k, each answered with its true letter
+        first = levels[0].messages if levels else []
+        for k, lq in enumerate(levels):
+            earlier = [prompts.LETTERS[p.options.index(p.truth)] for p in levels[:k]]
+            later = [p.question for p in levels[1:k]]
+            lq.messages = conditions.turn_messages(first, [*later, lq.question], earlier) if k else lq.messages
+            for rot in lq.rotations:
+                rot.messages = conditions.turn_messages(first, [*later, rot.question], earlier) if k else rot.messages
+    elif inference == "joint":  # one question asking every level; each level keeps it (one prompt per image)
+        question = prompts.joint_question([(lq.name, lq.prompt, lq.options) for lq in levels])
+        joint_system = system if system is not None else prompts.joint_system(mode)
+        messages = conditions.messages(question, mode, joint_system)
+        for lq in levels:
+            lq.question, lq.messages = question, messages
+    elif inference not in conditions.INFERENCE_MODES:
+        raise HierError(f"inference {inference!r} is not one of {', '.join(conditions.INFERENCE_MODES)}")
+    return levels
 
 
 def open_image(path: Path):
@@ -126,9 +180,12 @@ class QuestionDataset(Dataset):
         context: str | None = None,
         cot_apostrophe: str = "typographic",
         label_case: str = "file",
+        inference: str = "independent",
+        circular: bool = False,
     ) -> None:
         self.records, self.mode, self.level_names, self.family = records, mode, level_names, family
         self.label_case = label_case
+        self.inference, self.circular = inference, circular
         self.shuffle = shuffle
         self.condition, self.context, self.cot_apostrophe = condition, context, cot_apostrophe
         self.subject, self.variant, self.seed = subject, variant, seed
@@ -153,7 +210,7 @@ class QuestionDataset(Dataset):
             "record": record,
             "levels": level_questions(
                 record, self.mode, self.level_names, self.subject, self.variant, self.seed, self.family, self.shuffle,
-                self.condition, self.context, self.cot_apostrophe, self.label_case,
+                self.condition, self.context, self.cot_apostrophe, self.label_case, self.inference, self.circular,
             ),
             "image": None,
             "error": None,
@@ -216,6 +273,11 @@ class HierVQADataModule(LightningDataModule):
         label_case: text mode: "file" (default: the label as the question file spells it, as the
             paper's Qwen and InternVL scripts) or "lower" (lower-cased in the question, as the
             paper's LLaVA text scripts: evaluation/llm/llava/eval_text_cub.py:27).
+        inference: how an image's levels relate (`hiertrain.core.conditions.INFERENCE_MODES`):
+            "independent" (default, the paper), "oracle_parent", "stepwise" or "joint"; plain
+            condition only for the last three.
+        circular: ask each level under every cyclic rotation of its options; a level counts
+            right only if every rotation is (`hiertrain.core.circular`).
     """
 
     def __init__(
@@ -243,8 +305,12 @@ class HierVQADataModule(LightningDataModule):
         cot_apostrophe: str = "typographic",
         max_skip_rate: float = 0.05,
         label_case: str = "file",
+        inference: str = "independent",
+        circular: bool = False,
     ) -> None:
         super().__init__()
+        conditions.check_inference(inference, condition, circular)
+        self.inference, self.circular = inference, circular
         if label_case not in ("file", "lower"):
             raise HierError(f"label_case {label_case!r} is not 'file' or 'lower'")
         conditions.check_condition(condition, mode, subject, cot_apostrophe)
@@ -421,7 +487,7 @@ class HierVQADataModule(LightningDataModule):
         return QuestionDataset(
             todo, self.mode, self.level_names, self.subject, self.prompt_variant, self.seed,
             self.image_dir, self.on_bad_image, self.image_root_map, self.prompt_family, self.shuffle_options,
-            self.condition, self.context, self.cot_apostrophe, self.label_case,
+            self.condition, self.context, self.cot_apostrophe, self.label_case, self.inference, self.circular,
         )  # fmt: skip
 
     def test_dataloader(self) -> DataLoader:

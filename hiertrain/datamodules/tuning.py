@@ -198,6 +198,8 @@ class HierTuningDataModule(HierVQADataModule):
         max_image_side: int | None = None,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("inference", "independent") != "independent" or kwargs.get("circular", False):
+            raise HierError("LoRA tuning trains on independent questions: leave data.inference and data.circular at their defaults")
         super().__init__(questions, mode=mode, **kwargs)
         for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels), ("max_image_side", max_image_side)):
             if value is not None and value < 1:

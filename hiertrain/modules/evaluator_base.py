@@ -80,6 +80,8 @@ class QuestionEvaluator(LightningModule):
     answer_parser = "strict"  # how a generated reply becomes a letter (VLLMEvaluator: a setting)
     generates = ("generate",)  # the answer kinds whose replies are generated text
     supported_conditions: tuple[str, ...] = ("plain",)  # question conditions it can answer (hiertrain.core.conditions)
+    supported_inference: tuple[str, ...] = ("independent",)  # inference modes it can answer
+    supports_circular = False  # whether it asks the rotations of `data.circular`
     backend = "transformers"  # how the model runs: in this process; "served" = behind an OpenAI-compatible API
 
     def __init__(self, pretrained: str, run_name: str | None = None) -> None:
@@ -183,7 +185,7 @@ class QuestionEvaluator(LightningModule):
             seed=dm.seed,
             prompt_variant=dm.prompt_variant,
             questions=str(dm.questions),
-            fields={"condition": dm.condition},
+            fields={"condition": dm.condition, "inference": dm.inference, "circular": dm.circular},
         )
         meta.fields["run_name"] = self.run_name or self.default_run_name(meta)
         return meta
@@ -208,6 +210,8 @@ class QuestionEvaluator(LightningModule):
             "limit": dm.limit,
             "split": dm.split,
             "condition": dm.condition,
+            "inference": dm.inference,
+            "circular": dm.circular,
             "label_case": getattr(dm, "label_case", "file"),
             "weights": weights_fingerprint(self.pretrained),
             "settings": self.run_settings(),
@@ -232,6 +236,10 @@ class QuestionEvaluator(LightningModule):
         dm.setup(stage)
         if dm.condition not in self.supported_conditions:
             raise HierError(f"{type(self).__name__} cannot answer condition {dm.condition!r} (it answers {', '.join(self.supported_conditions)})")
+        if dm.inference not in self.supported_inference:
+            raise HierError(f"{type(self).__name__} cannot answer inference {dm.inference!r} (it answers {', '.join(self.supported_inference)})")
+        if dm.circular and not self.supports_circular:
+            raise HierError(f"{type(self).__name__} does not ask circular rotations (data.circular: true)")
         self.meta = self.run_meta(dm)
         if dm.condition in conditions.GENERATE_ONLY and self.answer_kind not in self.generates:
             raise HierError(f"condition {dm.condition!r} needs answer: generate (its replies are text, not one letter)")

@@ -131,12 +131,19 @@ class VLLMEvaluator(QuestionEvaluator):
         self.answerer: Any = None
 
     supported_conditions = conditions.CONDITIONS
+    supported_inference = conditions.INFERENCE_MODES
+    supports_circular = True
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
         condition = self.meta["condition"]
         if not self.chat and (self.meta["mode"] != "text" or condition != "plain"):
             raise HierError("chat: false (the paper's base-LLM raw prompt) is for plain text-mode questions only")
+        inference = self.meta.get("inference", "independent")
+        if not self.chat and (inference != "independent" or self.meta.get("circular")):
+            raise HierError("chat: false (the paper's base-LLM raw prompt) asks independent questions only, not circular ones")
+        if inference == "joint" and self.answer_kind != "generate":
+            raise HierError("inference 'joint' needs answer: generate (the reply names a letter per level)")
 
     def protocol(self) -> dict[str, Any]:
         """The per-model protocol settings, as recorded in run.json."""
@@ -240,7 +247,8 @@ class VLLMEvaluator(QuestionEvaluator):
         return processor_refusal(self.answerer.processor, shrunk_size(item["image"].size, self.max_image_side))
 
     def prompts_of(self, item: dict[str, Any]) -> list[str]:
-        """Each asked level's full chat prompt, in the model's own template."""
+        """Each asked level's full chat prompt, in the model's own template (circular: each level's
+        rotations right after it; joint: the one prompt asking every level)."""
         from hiertrain.vlm.prefix_cache import render_chat
 
         if not self.chat:
@@ -251,26 +259,90 @@ class VLLMEvaluator(QuestionEvaluator):
             return [
                 render_chat(self.processor, self.messages_of(messages)) for lq in item["levels"] for _, messages in lq.statements
             ]
-        return [render_chat(self.processor, self.messages_of(lq.messages)) for lq in item["levels"]]
+        if self.meta.get("inference") == "joint":
+            return [render_chat(self.processor, self.messages_of(item["levels"][0].messages))] if item["levels"] else []
+        return [
+            render_chat(self.processor, self.messages_of(messages))
+            for lq in item["levels"]
+            for messages in (lq.messages, *(rot.messages for rot in lq.rotations))
+        ]
 
     def answer_items(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
         from hiertrain.vlm.prefix_cache import ImagePrompts
 
+        if self.meta.get("inference") == "stepwise":
+            return self._answer_stepwise(items, mode)
         batch = [ImagePrompts(shrink_longest_side(item["image"], self.max_image_side), self.prompts_of(item)) for item in items]
         if not self.chat:  # raw prompts share no special-token prefix: each answered whole (the reference path)
             return self._answer_raw(items, batch, mode)
         out = []
         if self.answer_kind == "logits":
             for item, logits in zip(items, self.answerer.logits(batch)):
-                answers = []
-                for lq, row in zip(item["levels"], logits):
-                    index = int(self.answerer.letter_scores(row, len(lq.options)).argmax())
-                    answers.append((LETTERS[index], index))
-                out.append(sample_prediction(item, mode, answers))
+                out.append(self._closed_prediction(item, mode, list(logits), self._logit_answer))
         else:
             for item, replies in zip(items, self.answerer.generate(batch)):
-                out.append(self.replies_prediction(item, mode, replies))
+                if self.meta.get("condition") in ("binary", "open"):
+                    out.append(self.replies_prediction(item, mode, replies))
+                elif self.meta.get("inference") == "joint":
+                    out.append(self.joint_prediction(item, mode, replies))
+                else:
+                    out.append(self._closed_prediction(item, mode, replies, lambda r, o: (r, self.letter_of(r, o))))
         return out
+
+    def _answer_stepwise(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
+        """Each image's levels as one chat, level k after the model's own replies to levels < k
+        (`hiertrain.vlm.stepwise`: the KV cache grows turn by turn)."""
+        from hiertrain.core.conditions import turn_messages
+        from hiertrain.vlm.prefix_cache import render_chat
+        from hiertrain.vlm.stepwise import Conversation, StepwiseAnswerer
+
+        def renderer(levels):
+            def render(replies: list[str]) -> str:
+                later = [lq.question for lq in levels[1 : len(replies) + 1]]
+                return render_chat(self.processor, self.messages_of(turn_messages(levels[0].messages, later, replies)))
+
+            return render
+
+        conversations = [
+            Conversation(shrink_longest_side(item["image"], self.max_image_side), renderer(item["levels"]),
+                         [len(lq.options) for lq in item["levels"]])
+            for item in items
+        ]  # fmt: skip
+        generate = self.answer_kind == "generate"
+        out = []
+        for item, turns in zip(items, StepwiseAnswerer(self.answerer).run(conversations, generate)):
+            answers = [
+                (t.reply, self.letter_of(t.reply, lq.options) if generate else LETTERS.index(t.reply))
+                for lq, t in zip(item["levels"], turns, strict=True)
+            ]
+            out.append(sample_prediction(item, mode, answers))
+        return out
+
+    def _logit_answer(self, row: Any, options: list[str]) -> tuple[str, int]:
+        index = int(self.answerer.letter_scores(row, len(options)).argmax())
+        return LETTERS[index], index
+
+    def _closed_prediction(self, item: dict[str, Any], mode: str, outputs: list[Any], read) -> SamplePrediction:
+        """One output per prompt of `prompts_of` (each level, then its rotations) -> the sample;
+        `read(output, options) -> (reply, option index | None)`. A circular level keeps rotation
+        0's answer and is right only if every rotation is (`hiertrain.core.circular.combine`)."""
+        from hiertrain.core.circular import combine, rotation_record
+
+        answers, records, start = [], [], 0
+        for lq in item["levels"]:
+            asked = [lq.options, *(rot.options for rot in lq.rotations)]
+            mine = [read(o, opts) for o, opts in zip(outputs[start : start + len(asked)], asked, strict=True)]
+            start += len(asked)
+            answers.append(mine[0])
+            records.append([rotation_record(opts, lq.truth, *a) for opts, a in zip(asked, mine)] if lq.rotations else None)
+        if start != len(outputs):
+            raise HierError(f"sample {item['sample_id']}: {len(outputs)} answers for {start} questions")
+        prediction = sample_prediction(item, mode, answers)
+        asked_levels = [lv for lv in prediction.levels if lv.asked]
+        for lv, recs in zip(asked_levels, records, strict=True):
+            if recs is not None:
+                combine(lv, recs)
+        return prediction
 
     def _answer_raw(self, items: list[dict[str, Any]], batch: list[Any], mode: str) -> list[SamplePrediction]:
         out = []
@@ -286,3 +358,15 @@ class VLLMEvaluator(QuestionEvaluator):
                     answers.append((reply, self.letter_of(reply, lq.options)))
             out.append(sample_prediction(item, mode, answers))
         return out
+
+    def joint_prediction(self, item: dict[str, Any], mode: str, replies: list[str]) -> SamplePrediction:
+        """The one reply to the joint question, read line by line (`answers.joint_letters`); every
+        level keeps the whole reply and the joint question, so a score can re-read it."""
+        from hiertrain.core.answers import joint_letters
+
+        levels = item["levels"]
+        if len(replies) != (1 if levels else 0):
+            raise HierError(f"sample {item['sample_id']}: {len(replies)} replies to one joint question")
+        reply = replies[0] if replies else ""
+        picks = joint_letters(reply, [lq.name for lq in levels], [lq.options for lq in levels])
+        return sample_prediction(item, mode, [(reply, index) for index in picks])

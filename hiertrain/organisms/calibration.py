@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from hiertrain.core.errors import HierError
+from hiertrain.core.letter_bias import letter_counts
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -38,7 +39,7 @@ def calibration_table(run_dir: Path, manifest_path: Path | None = None) -> dict:
     planted: dict[str, list[bool]] = m["planted"]
     planted_levels: list[str] = m["planted_levels"]
     cells: dict[tuple[str, str], list[int]] = {}
-    letters: dict[str, dict[str, list[int]]] = {}
+    asked_withheld: dict[str, list[tuple[list[str], str, str | None]]] = {}  # per level: (options, truth, letter)
     by_leaf: dict[tuple[str, str], dict[str, list[int]]] = {}
     path = run_dir / "predictions.jsonl"
     if not path.is_file():
@@ -65,12 +66,13 @@ def calibration_table(run_dir: Path, manifest_path: Path | None = None) -> dict:
                 per[1] += 1
                 opts = lv.get("options") or []
                 if kind == "withheld" and opts:
-                    cell = letters.setdefault(name, {"truth": [0] * len(opts), "pick": [0] * len(opts)})
-                    cell["truth"][opts.index(lv["truth"])] += 1
-                    if lv.get("letter"):
-                        cell["pick"]["ABCDEFGHIJ".index(lv["letter"])] += 1
+                    asked_withheld.setdefault(name, []).append((opts, lv["truth"], lv.get("letter")))
     if not cells:
         raise HierError(f"{path}: no asked levels")
+    letters = {}  # the one letter-bias count (hiertrain.core.letter_bias)
+    for name, questions in asked_withheld.items():
+        truth, pick = letter_counts(questions, max(len(o) for o, _, _ in questions))
+        letters[name] = {"truth": truth, "pick": pick}
     rows = []
     for (name, kind), (k, n) in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         lo, hi = wilson(k, n)

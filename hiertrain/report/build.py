@@ -180,7 +180,7 @@ def protocol_differences(runs: list[Run]) -> list[str]:
 
 def _setting_differences(vllm: list[Run]) -> list[str]:
     out: list[str] = []
-    for key in ("prompt_variant", "answer", "answer_parser", "condition"):
+    for key in ("prompt_variant", "answer", "answer_parser", "condition", "inference", "circular"):
         if vllm:
             ref = vllm[0]
             for run in vllm[1:]:
@@ -205,6 +205,8 @@ def _setting(run: Run, key: str) -> Any:
         return run.meta.get(key) or "strict"
     if key == "condition":
         return run.condition
+    if key in ("inference", "circular"):  # runs from before the fields: independent, not circular
+        return run.meta.get(key, {"inference": "independent", "circular": False}[key])
     return run.meta.get(key)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from hiertrain.core.atomic import atomic_path, write_atomic, write_error
 from hiertrain.core.errors import HierError
 from hiertrain.core.open_set import open_set_metrics
+from hiertrain.core.circular import circular_metrics
 from hiertrain.core.metric_labels import MEASURE_LABELS, NO_TAXONOMY, format_measure, format_percent, short_labels
 from hiertrain.core.prompts import leaf_label
 from hiertrain.core.predictions import (
@@ -213,6 +214,7 @@ class RunDirectory:
             raise HierError(f"{self.path}: samples {missing[:10]} were neither evaluated nor skipped")
         metrics = compute_metrics(preds, depth, taxonomy)
         metrics.update(open_set_metrics(preds, depth) or {})  # open condition: verdict rates
+        metrics.update(circular_metrics(preds, depth) or {})  # circular runs: first rotation, letter bias
         metrics.update(
             num_samples=len(preds),
             num_skipped=len(skipped),
@@ -299,6 +301,13 @@ def summary_table(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
             lines.append(f"{label:<{width}}  {format_measure(metrics[key]):>5}")
     if metrics.get("taxonomy_note"):
         lines.append(metrics["taxonomy_note"])
+    circular = metrics.get("circular")
+    if circular:  # the values above count a level right only if every rotation is
+        first, bias = circular["first_rotation"], circular["letter_bias"]
+        lines.append(f"{'HCA, first rotation':<{width}}  {format_percent(first.get('hca'), digits=1, width=5)}")
+        if bias.get("p_value") is not None:
+            picks = ", ".join(f"{k} {100 * v:.0f}%" for k, v in zip(bias["letters"], bias["pick_rate"]))
+            lines.append(f"letter bias: picks {picks}; chi2 {bias['chi2']:.1f}, df {bias['df']}, p {bias['p_value']:.2g}")
     return "\n".join(lines) + "\n"
 
 

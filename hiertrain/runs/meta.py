@@ -14,8 +14,8 @@ file's bytes, the split, the mode, the prompt family, variant and subject, the s
 option order, the answer mode and parser, generation length, the processor settings (image
 side cap, processor kwargs, aspect-ratio mode), the backend, the evaluator's settings (dtype,
 attention kernel, CLIP template), the question condition, the system prompt policy and chat
-mode, the label case of text questions, the CoT apostrophe and a fingerprint of the weights. A
-resumed run must match it field by field.
+mode, the label case of text questions, the CoT apostrophe, the inference mode and circular
+evaluation, and a fingerprint of the weights. A resumed run must match it field by field.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ NOT_IDENTITY = frozenset({
 # hiertrain.core.conditions: runs before it were asked the plain way).
 IDENTITY_DEFAULTS: dict[str, Any] = {
     "condition": "plain", "system_prompt": "paper", "chat": True, "label_case": "file", "cot_apostrophe": None,
-    "system_text": None,
+    "system_text": None, "inference": "independent", "circular": False,
 }  # fmt: skip
 
 # The flag that starts a run afresh in its directory (named in every refusal).
@@ -83,12 +83,18 @@ def dataset_name(name: str | None = None, questions: str | os.PathLike | None = 
 
 
 def default_run_name(
-    model_name: str, dataset: str, mode: str, answer: str, prompt_variant: Any, condition: str | None = None
+    model_name: str, dataset: str, mode: str, answer: str, prompt_variant: Any, condition: str | None = None,
+    inference: str | None = None, circular: bool = False,
 ) -> str:
-    """`<model>-<dataset>-<mode>-<answer>-v<variant>[-<condition>]`: reruns of one setting land in
-    one dir (the question condition is named unless it is "plain", so plain runs keep their names)."""
+    """`<model>-<dataset>-<mode>-<answer>-v<variant>[-<condition>][-<inference>][-circular]`: reruns
+    of one setting land in one dir (the question condition is named unless it is "plain", the
+    inference mode unless it is "independent", so plain runs keep their names)."""
     name = f"{model_name}-{dataset}-{mode}-{answer}-v{prompt_variant}"
-    return name if (condition or "plain") == "plain" else f"{name}-{condition}"
+    if (condition or "plain") != "plain":
+        name = f"{name}-{condition}"
+    if (inference or "independent") != "independent":
+        name = f"{name}-{inference}"
+    return f"{name}-circular" if circular else name
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -151,7 +157,8 @@ class RunMeta:
     def run_name(self) -> str:
         """The given run name (`fields["run_name"]`) or the default one."""
         return self.fields.get("run_name") or default_run_name(
-            self.model_name, self.dataset, self.mode, self.answer, self.prompt_variant, self.fields.get("condition")
+            self.model_name, self.dataset, self.mode, self.answer, self.prompt_variant, self.fields.get("condition"),
+            self.fields.get("inference"), bool(self.fields.get("circular", False)),
         )
 
     def to_json(self) -> dict[str, Any]:

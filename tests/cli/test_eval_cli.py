@@ -175,3 +175,27 @@ def test_wandb_identity_groups_runs_by_dataset():
         "tags": ["Qwen2.5-VL-7B-Instruct", "cub200_random", "text", "logits", "hierarchy_CUB200"],
     }
     assert _logger_identity(SimpleNamespace(), data) == {}  # not an evaluator: plain defaults
+
+
+@pytest.mark.slow
+def test_circular_run_under_two_process_ddp_matches_one(tiny_qwen, synth_dir, tmp_path):
+    """Circular evaluation's rotations, first-rotation metrics and letter bias: 2 gloo processes
+    (11 images, one padding copy) give the same bytes as one."""
+    one = _args(tiny_qwen, synth_dir, tmp_path / "one", "--data.circular=true", "--wandb=false")
+    assert main(one) == 0
+    two = _args(tiny_qwen, synth_dir, tmp_path / "two", "--data.circular=true", "--wandb=false",
+                "--trainer.devices=2", "--trainer.strategy=ddp")  # fmt: skip
+    done = subprocess.run([HIERTRAIN, *two], cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("predictions.jsonl", "metrics.json"):
+        assert (tmp_path / "two" / RUN / name).read_bytes() == (tmp_path / "one" / RUN / name).read_bytes(), name
+    import json
+
+    metrics = json.loads((tmp_path / "one" / RUN / "metrics.json").read_text())
+    bias = metrics["circular"]["letter_bias"]
+    rotations = [
+        len((lv.get("detail") or {}).get("rotations", [])) for line in (tmp_path / "one" / RUN / "predictions.jsonl").read_text().splitlines()
+        for lv in json.loads(line)["levels"]
+    ]  # fmt: skip
+    assert sum(bias["truth_counts"]) == sum(rotations) > 2 * len(rotations)  # every rotation once, none twice
+    assert metrics["num_samples"] == N_IMAGES

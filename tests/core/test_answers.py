@@ -105,3 +105,13 @@ def test_paper_letter_only_looks_at_n_letters():
 def test_the_two_rules_disagree_where_the_paper_misreads():
     reply = "D. Asteraceae"
     assert (parse_letter(reply, OPTIONS), paper_letter(reply, len(OPTIONS))) == (3, 0)
+
+
+def test_joint_reply_is_read_line_by_line():
+    from hiertrain.core.answers import joint_letters
+
+    names, options = ["order", "family", "genus"], [["a", "b"], ["c", "d", "e"], ["f", "g"]]
+    assert joint_letters("order: B\n**Family**: C.\ngenus: (A)", names, options) == [1, 2, 0]
+    assert joint_letters("order: B\nfamily: E\n", names, options) == [1, None, None]  # E is no option; genus missing
+    assert joint_letters("order: A\norder: B\ngenus: B", names, options) == [None, None, 1]  # two answers disagree
+    assert joint_letters("B\nC\nA", names, options) == [None, None, None]  # no level named: unparseable

@@ -323,3 +323,93 @@ def test_limit_parses_only_the_served_records(tmp_path, monkeypatch):
     items = [item for batch in dm.test_dataloader() for item in batch]
     assert [item["sample_id"] for item in items] == [1, 5] and parsed == [1, 5]
     assert items[1]["record"].raw == records[5]
+
+
+# ---- inference modes and circular evaluation (issue 26): the exact messages of each mode
+MODES_RECORD = dict(
+    RECORD, choices_level1=["angular", "round"], choices_level2=["square", "triangle", "circle", "ellipse"],
+    choices_level3=["blue solid circle", "red dotted circle", "red solid circle"],
+)  # fmt: skip
+Q1 = "Based on taxonomy, what is the family of the shape in this image?\nA. angular\nB. round\nAnswer with the option's letter from the given choices directly."
+Q2 = ("Based on taxonomy, what is the shape of the shape in this image?\nA. square\nB. triangle\nC. circle\nD. ellipse\n"
+      "Answer with the option's letter from the given choices directly.")  # fmt: skip
+Q3 = ("Based on taxonomy, what is the species of the shape in this image?\nA. blue solid circle\nB. red dotted circle\n"
+      "C. red solid circle\nAnswer with the option's letter from the given choices directly.")  # fmt: skip
+SYSTEM = {"role": "system", "content": [{"type": "text", "text": prompts.SYSTEM_IMAGE}]}
+
+
+def _modes(tmp_path, **kwargs):
+    record = read_questions(_write(tmp_path / "q.jsonl", [MODES_RECORD]))[0]
+    return level_questions(record, "image", ["family", "shape", "species"], "shape", shuffle=False, **kwargs)
+
+
+def test_independent_and_stepwise_prompts_are_todays(tmp_path):
+    today = _modes(tmp_path)
+    for inference in ("independent", "stepwise"):
+        same = _modes(tmp_path, inference=inference)
+        assert [(q.question, q.messages, q.options) for q in same] == [(q.question, q.messages, q.options) for q in today]
+    assert [q.question for q in today] == [Q1, Q2, Q3]
+    assert today[2].messages == [SYSTEM, {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": Q3}]}]
+
+
+def test_oracle_parent_asks_after_the_true_answers_as_chat_turns(tmp_path):
+    levels = _modes(tmp_path, inference="oracle_parent")
+    user1 = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": Q1}]}
+    assert levels[0].messages == [SYSTEM, user1]
+    assert levels[2].messages == [
+        SYSTEM, user1,
+        {"role": "assistant", "content": [{"type": "text", "text": "B"}]},  # "round" is B
+        {"role": "user", "content": [{"type": "text", "text": Q2}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "C"}]},  # "circle" is C
+        {"role": "user", "content": [{"type": "text", "text": Q3}]},
+    ]  # fmt: skip
+    assert [q.question for q in levels] == [Q1, Q2, Q3]  # the prediction's `question`: the level's own
+
+
+def test_joint_asks_every_level_in_one_question(tmp_path):
+    levels = _modes(tmp_path, inference="joint")
+    joint = (
+        "family: Based on taxonomy, what is the family of the shape in this image?\nA. angular\nB. round\n\n"
+        "shape: Based on taxonomy, what is the shape of the shape in this image?\nA. square\nB. triangle\nC. circle\nD. ellipse\n\n"
+        "species: Based on taxonomy, what is the species of the shape in this image?\nA. blue solid circle\n"
+        "B. red dotted circle\nC. red solid circle\n\n"
+        "Answer with one line per level, in the order asked: the level's name, a colon and the option's letter from "
+        "that level's choices."
+    )
+    system = (
+        "You are an expert in hierarchical image classification. Given an image, classify it at every hierarchy level "
+        "asked by selecting the most appropriate option of each level from its choices (labeled with letters). Respond "
+        "with one line per level: the level's name, a colon and the corresponding letter."
+    )
+    assert all(q.question == joint for q in levels)
+    assert levels[0].messages == [
+        {"role": "system", "content": [{"type": "text", "text": system}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": joint}]},
+    ]
+    assert [q.options for q in levels] == [MODES_RECORD["choices_level1"], MODES_RECORD["choices_level2"], MODES_RECORD["choices_level3"]]
+
+
+def test_circular_levels_carry_every_other_rotation(tmp_path):
+    levels = _modes(tmp_path, circular=True)
+    assert [r.options for r in levels[1].rotations] == [
+        ["triangle", "circle", "ellipse", "square"], ["circle", "ellipse", "square", "triangle"], ["ellipse", "square", "triangle", "circle"]
+    ]
+    assert levels[0].rotations[0].question == Q1.replace("A. angular\nB. round", "A. round\nB. angular")
+    assert levels[0].question == Q1  # rotation 0 is the plain question
+    oracle = _modes(tmp_path, circular=True, inference="oracle_parent")
+    assert oracle[1].rotations[0].messages[:3] == oracle[1].messages[:3]  # the same earlier turns
+    assert oracle[1].rotations[0].messages[-1]["content"][0]["text"] == levels[1].rotations[0].question
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"inference": "beam"}, "inference 'beam' is not one of"),
+        ({"inference": "joint", "condition": "cot"}, "plain condition only"),
+        ({"circular": True, "inference": "stepwise"}, "circular evaluation is asked as extra suffixes"),
+        ({"circular": True, "condition": "open", "taxonomy": "t.json"}, "has none"),
+    ],
+)
+def test_bad_mode_settings_are_one_line_errors(tmp_path, kwargs, match):
+    with pytest.raises(HierError, match=match):
+        HierVQADataModule(str(tmp_path / "q.jsonl"), **kwargs)

@@ -81,3 +81,22 @@ def test_every_run_json_key_is_identity_unless_it_only_names_locates_or_counts()
     assert identity_differences({"model": "m"}, {"model": "m", "condition": "cot", "cot_apostrophe": "ascii"}) == [
         "condition ('plain', this run 'cot')", "cot_apostrophe (None, this run 'ascii')",
     ]  # fmt: skip
+
+
+def test_inference_and_circular_are_identity_and_named_in_the_run_name(tmp_path):
+    from hiertrain.runs.eval_outputs import RunDirectory
+    from hiertrain.runs.meta import NOT_IDENTITY, RunMeta, default_run_name
+
+    assert not {"inference", "circular"} & NOT_IDENTITY
+    assert default_run_name("m", "d", "image", "logits", 0, "plain", "independent", False) == "m-d-image-logits-v0"
+    assert default_run_name("m", "d", "image", "logits", 0, "plain", "stepwise", True) == "m-d-image-logits-v0-stepwise-circular"
+    meta = RunMeta(kind="eval", model="/x/m", dataset="d", mode="image", answer="generate", seed=0, prompt_variant=0,
+                   fields={"condition": "cot", "inference": "oracle_parent", "circular": True})  # fmt: skip
+    assert meta.run_name == "m-d-image-generate-v0-cot-oracle_parent-circular"
+    old = {"model": "m", "questions_sha256": "abc", "mode": "image", "answer": "logits", "seed": 0}
+    RunDirectory(tmp_path).claim(old)  # a run.json from before the fields: independent, not circular
+    RunDirectory(tmp_path).claim(dict(old, inference="independent", circular=False))
+    with pytest.raises(HierError, match=r"circular \(False, this run True\)"):
+        RunDirectory(tmp_path).claim(dict(old, circular=True))
+    with pytest.raises(HierError, match=r"inference \('independent', this run 'joint'\)"):
+        RunDirectory(tmp_path).claim(dict(old, inference="joint"))

@@ -129,7 +129,21 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
         **({} if taxonomy is not None else {"taxonomy_note": NO_TAXONOMY + " (pass --taxonomy)"}),
         "intervals": intervals,
         "chance": columns.chance(asked.shape[1], set(args.ignore_level)),
+        **(_circular(args, asked.shape[1]) or {}),
     }
+
+
+def _circular(args: argparse.Namespace, depth: int) -> dict[str, Any] | None:
+    """A circular run's file (each level lists its rotations, so the first line names them): the
+    first rotation's plain metrics and the letter bias, recomputed from the rotations' picks."""
+    with open(args.predictions, encoding="utf-8") as f:
+        if '"rotations"' not in f.readline():
+            return None
+    from hiertrain.core.circular import circular_metrics
+    from hiertrain.core.predictions import read_predictions
+
+    loaded = read_predictions(args.predictions, None if args.mode == "auto" else args.mode)
+    return circular_metrics(loaded.samples, depth, frozenset(args.ignore_level))
 
 
 def _leaf_label(modes: set[str]) -> str:
