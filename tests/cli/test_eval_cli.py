@@ -167,7 +167,8 @@ def test_wandb_identity_groups_runs_by_dataset():
 
     model = VLLMEvaluator("Qwen/Qwen2.5-VL-7B-Instruct", answer="logits")
     data = SimpleNamespace(questions="q/cub.jsonl", name="cub200_random", mode="text", prompt_variant=2, seed=0,
-                           condition="plain", taxonomy_path="t/hierarchy_CUB200.json")  # fmt: skip
+                           condition="plain", inference="independent", circular=False,
+                           taxonomy_path="t/hierarchy_CUB200.json")  # fmt: skip
     identity = _logger_identity(model, data)
     assert identity == {
         "name": "Qwen2.5-VL-7B-Instruct-cub200_random-text-logits-v2",
