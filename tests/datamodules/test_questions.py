@@ -301,3 +301,18 @@ def test_label_case_lower_is_the_papers_llava_text_wording(tmp_path):
     assert default.dataset()[0]["levels"][0].question.startswith("Given the Red Solid Circle, what is its")
     with pytest.raises(HierError, match="label_case 'upper'"):
         HierVQADataModule(str(path), label_case="upper")
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        ([RECORD, RECORD], r"q\.jsonl:2: record 'img/a\.png' repeats line 1"),
+        ([dict(RECORD, choices_level2=["circle", "Circle ", "square"])], r"q\.jsonl:1: 'choices_level2' repeats an option after normalisation"),
+        ([dict(RECORD, image="")], r"q\.jsonl:1: empty 'image' field"),
+    ],
+)
+def test_the_evaluation_data_refuses_what_data_check_counts(tmp_path, records, message):
+    """Issue 22 item 18: no sample scored twice, no look-alike options asked, no folder opened as an image."""
+    dm = HierVQADataModule(str(_write(tmp_path / "q.jsonl", records)))
+    with pytest.raises(HierError, match=message):
+        dm.setup()
