@@ -9,7 +9,9 @@ Only the language model's q/k/v/o and gate/up/down projections get adapters (see
   end of turn); validation items are scored exactly as `VLLMEvaluator` scores test items, into
   the evaluation's torchmetrics (exact under DDP), logged as `val/hca` etc. for ModelCheckpoint.
 - Lightning checkpoints hold only the LoRA weights (+ optimizer state), so `--ckpt_path last`
-  resumes a killed fit without rewriting a 7B model per checkpoint.
+  resumes a killed fit without rewriting a 7B model per checkpoint; the data module adds where
+  the training loader stood and the RNG states (`hiertrain.datamodules.sampling.ResumableLoader`),
+  so the resumed fit trains on the batches and draws of an uninterrupted one.
 - At the end of fit the best checkpoint's adapter (by the monitored metric, else the last
   weights) is loaded into the model and written in PEFT format to `<checkpoint dir>/adapter`
   with the processor; `hiertrain lora merge` folds it into a plain model.

@@ -413,3 +413,18 @@ def test_circular_levels_carry_every_other_rotation(tmp_path):
 def test_bad_mode_settings_are_one_line_errors(tmp_path, kwargs, match):
     with pytest.raises(HierError, match=match):
         HierVQADataModule(str(tmp_path / "q.jsonl"), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        ([RECORD, RECORD], r"q\.jsonl:2: record 'img/a\.png' repeats line 1"),
+        ([dict(RECORD, choices_level2=["circle", "Circle ", "square"])], r"q\.jsonl:1: 'choices_level2' repeats an option after normalisation"),
+        ([dict(RECORD, image="")], r"q\.jsonl:1: empty 'image' field"),
+    ],
+)
+def test_the_evaluation_data_refuses_what_data_check_counts(tmp_path, records, message):
+    """Issue 22 item 18: no sample scored twice, no look-alike options asked, no folder opened as an image."""
+    dm = HierVQADataModule(str(_write(tmp_path / "q.jsonl", records)))
+    with pytest.raises(HierError, match=message):
+        dm.setup()

@@ -440,7 +440,8 @@ def _resume_config(tiny_qwen: Path, synth_dir: Path, root: Path, kill_at: int | 
     config = {
         "seed_everything": 0,
         "model": {"class_path": "hiertrain.modules.lora_tuner.LoRATuner",
-                  "init_args": {"pretrained": str(tiny_qwen), "rank": 4, "alpha": 8, "dropout": 0.1, "lr": 3e-3}},
+                  "init_args": {"pretrained": str(tiny_qwen), "rank": 4, "alpha": 8, "dropout": 0.1, "lr": 3e-3,
+                                "export": "last"}},  # the final weights (the best may predate the kill)
         "data": {"class_path": "hiertrain.datamodules.tuning.HierTuningDataModule",
                  "init_args": {**_data_args(synth_dir), "mode": "text", "train_batch_size": 1, "batch_size": 4}},
         "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 3, "default_root_dir": str(root),
@@ -498,6 +499,7 @@ def test_killed_and_resumed_fit_equals_the_uninterrupted_one(kill_at, tiny_qwen,
     assert redone == ([4] if kill_at == 5 else [6])
     for step, values in got.items():
         assert values == expected[step] * len(values), step
+    assert "LoRA: best checkpoint" not in resumed.stderr  # export last: the weights after step 12
     first = load_file(str(whole / "checkpoints" / "adapter" / "adapter_model.safetensors"))
     second = load_file(str(broken / "checkpoints" / "adapter" / "adapter_model.safetensors"))
     assert first.keys() == second.keys() and first
