@@ -191,7 +191,7 @@ def evaluate_split(
     skipped = sum(_gather([skipped]))
     if keep is not None:
         keep.extend(preds)
-    return compute_metrics(preds, data.depth), len(preds), skipped
+    return compute_metrics(preds, data.depth, getattr(data, "taxonomy", None)), len(preds), skipped  # taxonomy: severity measures
 
 
 def paired_before_after(before: list[Any], after: list[Any]) -> dict[str, Any] | None:

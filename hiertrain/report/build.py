@@ -89,7 +89,9 @@ RESULT_FILES = {"eval": "metrics.json", "probe": "probes.json", "lora": "before_
 RESULT_ATTRS = {"metrics.json": "metrics", "probes.json": "probes", "before_after.json": "before_after"}
 # metrics.json fields the tables read: each a number or null (a list of them for per-level values).
 NUMBER_FIELDS = ("hca", "leaf_accuracy", "point_overlap", "strict_point_overlap", "top_overlap", "hierarchical_f1",
-                 "unparseable_rate", "num_samples")  # fmt: skip
+                 "unparseable_rate", "num_samples", "hierarchical_precision", "hierarchical_recall", "path_consistency",
+                 "mistake_lca_depth", "mistake_distance", "mistakes_unplaced")  # fmt: skip
+LIST_FIELDS = ("per_level_accuracy", "conditional_accuracy", "mistake_severity")
 
 
 def _is_number(x: Any) -> bool:
@@ -104,7 +106,7 @@ def check_metrics(path: Path, metrics: Any) -> dict[str, Any]:
     for key in NUMBER_FIELDS:
         if not _is_number(metrics.get(key)):
             raise HierError(f"{path}: field '{key}' is {json.dumps(metrics[key])}, not a number")
-    for key in ("per_level_accuracy",):
+    for key in LIST_FIELDS:
         value = metrics.get(key)
         if value is not None and (not isinstance(value, list) or not all(_is_number(v) for v in value)):
             raise HierError(f"{path}: field '{key}' is {json.dumps(value)[:80]}, not a list of numbers")

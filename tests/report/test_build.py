@@ -152,7 +152,11 @@ def test_mixed_answer_parsers_refused_unless_allowed(tmp_path: Path) -> None:
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep"), "--allow-mixed"]) == 0
 
 
-@pytest.mark.parametrize("field, value", [("hca", "high"), ("per_level_accuracy", [0.5, "x"]), ("num_samples", True)])
+@pytest.mark.parametrize(
+    "field, value",
+    [("hca", "high"), ("per_level_accuracy", [0.5, "x"]), ("num_samples", True), ("mistake_lca_depth", "deep"),
+     ("mistake_severity", [1, "two"]), ("conditional_accuracy", 0.5)],
+)  # fmt: skip
 def test_a_metrics_field_of_the_wrong_type_is_one_line_naming_file_and_field(runs_root: Path, capsys, field, value) -> None:
     # issue 22 item 11: `"hca": "high"` in a metrics.json was a traceback inside a table
     path = runs_root / "m2-img" / "metrics.json"
