@@ -84,19 +84,22 @@ class QuestionRecord:
 # Reading and writing
 
 
-def _read_jsonl(path: str | os.PathLike) -> list[tuple[str, dict]]:
-    """(where, object) per line, `where` = "FILE:LINE". Blank or non-object lines are errors:
-    skipping them would shift every later sample id. Gzipped files and packaged
-    `hiertrain://` names are read transparently (hiertrain.core.resources)."""
+def _jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
+    """(where, line) per line of a JSONL file, `where` = "FILE:LINE"; the whole file is decoded
+    first (a bad byte anywhere is the error). Gzipped files and packaged `hiertrain://` names are
+    read transparently (hiertrain.core.resources)."""
     path = resolve_data_path(path)
     if not path.exists():
         raise HierError(f"{path}: file not found")
     text = read_data_text(path)
-    out = []
     for lineno, line in enumerate(text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"), 1):
-        where = f"{path}:{lineno}"
-        out.append((where, parse_line(line, where)))
-    return out
+        yield f"{path}:{lineno}", line
+
+
+def _read_jsonl(path: str | os.PathLike) -> list[tuple[str, dict]]:
+    """(where, object) per line. Blank or non-object lines are errors: skipping them would shift
+    every later sample id."""
+    return [(where, parse_line(line, where)) for where, line in _jsonl_lines(path)]
 
 
 def parse_line(line: str, where: str) -> dict:
@@ -187,7 +190,8 @@ def read_questions(path: str | os.PathLike) -> list[QuestionRecord]:
     (`check_question`) or repeated record (`record_id`, naming both lines)."""
     records = []
     seen: dict[str, int] = {}
-    for sample_id, (where, obj) in enumerate(_read_jsonl(path)):
+    for sample_id, (where, line) in enumerate(_jsonl_lines(path)):  # line by line, as the lazy index
+        obj = parse_line(line, where)
         check_question(obj, where)
         key = record_id(obj)
         if key in seen:

@@ -106,7 +106,7 @@ def _expected_error(path: Path) -> str:
     ],
 )
 def test_bad_lines_are_the_same_one_line_errors(tmp_path, bad_line):
-    good = [json.dumps(RECORD).encode()] * 3
+    good = [json.dumps({**RECORD, "image": f"img/{i}.png"}).encode() for i in range(3)]
     path = tmp_path / "bad.jsonl"
     path.write_bytes(b"\n".join([*good[:2], bad_line, good[2]]) + b"\n")
     expected = _expected_error(path)
@@ -180,3 +180,17 @@ def test_gzipped_and_packaged_banks(tmp_path):
     expected = read_questions(name)
     assert len(packaged) == len(expected) == 5794
     assert [packaged[i].raw for i in (0, 2896, 5793)] == [expected[i].raw for i in (0, 2896, 5793)]
+
+
+def test_the_first_bad_line_is_named_whatever_its_kind(tmp_path):
+    # index and read_questions both read line by line: a repeat or a failed check on line 2 is
+    # reported before a line 4 that is not JSON (read_questions once parsed every line first)
+    first = json.dumps({**RECORD, "image": "img/0.png"})
+    for second in (first, json.dumps({**RECORD, "image": "img/1.png", "level2": "hexagon"})):
+        path = tmp_path / "two_bad.jsonl"
+        path.write_text("\n".join([first, second, json.dumps({**RECORD, "image": "img/2.png"}), '{"image": ']) + "\n")
+        expected = _expected_error(path)
+        assert expected.startswith(f"{path}:2: ")
+        with pytest.raises(HierError) as err:
+            QuestionIndex.of(path)
+        assert str(err.value) == expected
