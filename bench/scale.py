@@ -173,12 +173,15 @@ def write_files(n: int, folder: Path, seed: int = 0, bank_only: bool = False) ->
 
 def _measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, int, str, float]:
     """(wall seconds, peak RSS bytes, exit code, last stderr line, CPU seconds) of one child process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else []
-    proc.stderr and proc.stderr.close()
+    # stderr to a file, not a pipe: a child printing more than a pipe holds (tqdm over 1M
+    # records) would block until this process read it, which it does only after wait4
+    with tempfile.TemporaryFile() as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        log.seek(0)
+        err = log.read().decode(errors="replace").replace("\r", "\n").strip().splitlines()
     proc.returncode = os.waitstatus_to_exitcode(status)
     return wall, usage.ru_maxrss * 1024, proc.returncode, (err[-1] if err else ""), usage.ru_utime + usage.ru_stime
 
