@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test bench clean-demo
+.PHONY: demo test test-fast bench clean-demo
 
 $(BIN)/hiertrain: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,6 +16,10 @@ demo: $(BIN)/hiertrain
 
 test: $(BIN)/hiertrain
 	$(BIN)/python -m pytest -q
+
+# The quick loop: everything but the tests marked slow (tests/test_tiers.py checks both targets).
+test-fast: $(BIN)/hiertrain
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(BIN)/hiertrain
 	$(BIN)/python bench/eval_speed.py --repeats 5
