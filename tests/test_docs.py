@@ -11,6 +11,8 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from PIL import Image
 
 from hiertrain.cli.main import main
@@ -110,6 +112,7 @@ def _overrides(argv: list[str], tiny: Path) -> list[str]:
     return []
 
 
+@pytest.mark.slow
 def test_quick_start_commands_run_as_written(tiny_qwen, tmp_path, monkeypatch) -> None:
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()

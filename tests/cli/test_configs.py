@@ -34,6 +34,7 @@ def test_the_papers_models_and_taxonomies_have_configs():
     assert DEMO
 
 
+@pytest.mark.slow
 def test_every_model_config_composes_with_a_data_config(capsys):
     for i, model in enumerate(MODELS):
         data = DATA[i % len(DATA)]
@@ -75,6 +76,7 @@ def _compose_module():
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.slow
 def test_every_paper_preset_parses(capsys, preset):
     printed = _printed(capsys, preset)
     written = yaml.safe_load(preset.read_text())
@@ -151,6 +153,7 @@ PROBE_PRESETS = sorted((CONFIGS / "paper" / "probing").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("preset", PROBE_PRESETS, ids=lambda p: p.stem)
+@pytest.mark.slow
 def test_paper_probing_presets_parse_and_pin_the_papers_values(capsys, preset):
     """vlm_probing.py:111 (Adam 1e-4, no decay), :16/107 (nn.Linear init), :245 (raw features),
     :212 (500 epochs), :163-173 (best epoch on test), :121-126 (file order); resizing per site:

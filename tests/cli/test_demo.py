@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from hiertrain.cli.commands.demo import _configs_dir, _resolve
@@ -89,6 +90,7 @@ def test_configs_only_writes_configs_usable_from_any_working_directory(tmp_path:
     assert f"--config {out / 'configs'}/<name>.yaml" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_resolved_config_runs_from_another_working_directory(tmp_path: Path, monkeypatch, tiny_qwen, synth_dir) -> None:
     from hiertrain.cli.main import main
 

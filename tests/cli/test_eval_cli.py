@@ -48,6 +48,7 @@ def reference(tiny_qwen, synth_dir, tmp_path_factory) -> Path:
 LOGGED = 7  # rows of the W&B sample table (fewer than N_IMAGES: the cap is what is tested)
 
 
+@pytest.mark.slow
 def test_outputs_and_wandb_offline(reference):
     run = reference / RUN
     for name in ("run.json", "predictions.jsonl", "results.json", "metrics.json", "per_level_accuracy.png", "summary.txt"):
@@ -113,6 +114,7 @@ def _asked(run: Path) -> list[int]:
     return [counts[k] for k in sorted(counts)]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_outputs(reference, tiny_qwen, synth_dir, tmp_path, caplog):
     args = _args(tiny_qwen, synth_dir, tmp_path, "--data.batch_size=1", "--wandb=false")
     part = tmp_path / RUN / "predictions.rank0.jsonl"
@@ -139,6 +141,7 @@ def test_killed_run_resumes_to_identical_outputs(reference, tiny_qwen, synth_dir
     assert list((tmp_path / "csv").glob(f"{RUN}/metrics.csv"))  # --wandb=false logs to CSV
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one(reference, tiny_qwen, synth_dir, tmp_path):
     args = _args(tiny_qwen, synth_dir, tmp_path, "--trainer.devices=2", "--trainer.strategy=ddp", "--wandb=false")
     done = subprocess.run([HIERTRAIN, *args], cwd=REPO, capture_output=True, text=True, timeout=400)

@@ -49,6 +49,7 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO)), **extra}
 
 
+@pytest.mark.slow
 def test_rerun_with_other_weights_or_settings_is_refused(tiny_qwen, synth_dir, tmp_path, capsys):
     # case 1: rebuilt weights (or another dtype, max_new_tokens, ...) at the same path were "resumed"
     from hiertrain.vlm.tiny import make_tiny
@@ -70,6 +71,7 @@ def test_rerun_with_other_weights_or_settings_is_refused(tiny_qwen, synth_dir, t
         assert (tmp_path / "a" / RUN / name).read_bytes() == (tmp_path / "b" / RUN / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_kill_during_finalize_then_rerun_writes_every_output(tiny_qwen, synth_dir, tmp_path, capsys):
     # case 2 (real SIGKILL in the middle of finalize) and case 10 (run dir and metrics printed)
     args = _args(tiny_qwen, synth_dir, tmp_path)
@@ -128,6 +130,7 @@ def test_skip_rate_above_threshold_warns(tiny_qwen, synth_dir, tmp_path, capsys)
     assert "WARNING" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_second_process_is_refused_by_the_lock(tiny_qwen, synth_dir, tmp_path):
     # case 4: two runs in one directory both failed at the end and broke it for good
     holder_code = (
@@ -155,6 +158,7 @@ def test_second_process_is_refused_by_the_lock(tiny_qwen, synth_dir, tmp_path):
     run.unlock()
 
 
+@pytest.mark.slow
 def test_wandb_without_credentials_logs_offline_and_says_so(tiny_qwen, synth_dir, tmp_path):
     # case 6: W&B UsageError without an API key (and a login prompt on a terminal)
     env = {k: v for k, v in _env(HOME=str(tmp_path)).items() if not k.startswith("WANDB_") and k != "NETRC"}

@@ -40,6 +40,7 @@ def _probe(setting: str) -> tuple[str, int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
+@pytest.mark.slow
 def test_large_freed_buffers_are_reused_instead_of_faulted_again():
     applied, retained = _probe("")
     untouched, default = _probe("default")

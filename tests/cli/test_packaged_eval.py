@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 HIERTRAIN = str(Path(sys.executable).with_name("hiertrain"))
 
 
+@pytest.mark.slow
 def test_cub_text_eval_runs_from_any_cwd(tiny_qwen, tmp_path):
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()

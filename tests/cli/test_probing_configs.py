@@ -114,6 +114,7 @@ def test_demo_configs_use_the_demo_layout():
     assert cfg["model"]["init_args"]["pretrained"] == demo["model"]["init_args"]["pretrained"] == "runs/demo/tiny/qwen2_5_vl"
 
 
+@pytest.mark.slow
 def test_synthetic_demo_through_the_cli(tmp_path, tiny_qwen, synth_dir, monkeypatch):
     from hiertrain.cli.main import main
 
@@ -157,6 +158,7 @@ def test_synthetic_demo_through_the_cli(tmp_path, tiny_qwen, synth_dir, monkeypa
     assert (work / "runs" / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_llava_onevision_image_features_extracted_and_probed(tmp_path, tiny_llava, synth_dir, monkeypatch):
     """The family adapter's new capability end to end: LLaVA-OneVision image features through
     `hiertrain predict` (FeatureWriter store), then `hiertrain fit` (FeatureDataModule ->

@@ -288,6 +288,7 @@ def test_non_prediction_inputs_are_one_line(tmp_path, capsys, name, content):
     assert "give a run's predictions.jsonl" in err
 
 
+@pytest.mark.slow
 def test_broken_pipe_ends_quietly(tmp_path):
     # issue 11: `hiertrain score x | head -1` must not print a BrokenPipeError traceback
     path = tmp_path / "p.jsonl"

@@ -47,6 +47,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return {"preds": preds, "taxonomy": taxonomy, "bank": bank, "images": images, "out": folder / "q.jsonl"}
 
 
+@pytest.mark.slow
 def test_score_imports_no_training_stack(files) -> None:
     assert _probe(["score", str(files["preds"]), "--bootstrap", "10"]) == {"rc": 0, "heavy": []}
 
@@ -84,6 +85,7 @@ def _eval_run(root: Path, name: str, picks: list[bool]) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_compare_and_report_import_no_training_stack(tmp_path) -> None:
     a = _eval_run(tmp_path, "a", [True, False, True, True, False])
     b = _eval_run(tmp_path, "b", [True, True, True, False, False])

@@ -70,6 +70,7 @@ def reference(big_file: Path):
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["msgspec-if-installed", "stdlib-json"])
+@pytest.mark.slow
 def test_100k_records_old_and_new_paths_agree(big_file: Path, reference, fast: bool, monkeypatch) -> None:
     if not fast:
         monkeypatch.setattr(columnar, "_decoder", lambda: None)
@@ -191,6 +192,7 @@ def test_depth_limit_is_the_functional_cores() -> None:
     assert columnar.MAX_DEPTH == MAX_DEPTH
 
 
+@pytest.mark.slow
 def test_paired_comparison_matches_the_dense_reference(big_file: Path) -> None:
     """B = A with some answers flipped; the paired replicates against the dense form's."""
     from hiertrain.core.paired import paired_comparison

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_wheel_contains_package_data(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

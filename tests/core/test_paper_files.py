@@ -219,6 +219,7 @@ def test_stale_temp_file_of_a_killed_fetch_is_removed_on_the_next_run(server, tm
 
 
 @pytest.mark.parametrize("local", ["../../x.json", "/tmp/hiertrain-issue22-abs.json", "annotations/../../x.json", "..", "C:/x.json"])
+@pytest.mark.slow
 def test_manifest_local_outside_out_is_refused(server, tmp_path, capsys, local):
     import json
 

@@ -200,6 +200,7 @@ def test_text_mode_hidden_states_and_leak_free_default(tmp_path, tiny_qwen, synt
     assert not torch.allclose(leaky[0, 1], x[0, 1])
 
 
+@pytest.mark.slow
 def test_two_process_ddp_writes_each_sample_once(tmp_path, tiny_qwen, synth_dir):
     """Real DDP (2 CPU processes, gloo): 5 samples -> rank 0 gets 0,2,4; rank 1 gets 1,3 and a
     padding repeat of 0, which must not reach the store."""

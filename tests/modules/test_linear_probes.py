@@ -124,6 +124,7 @@ def test_mlp_probe_learns(tmp_path):
     assert report["probe"]["mlp_hidden"] == 16
 
 
+@pytest.mark.slow
 def test_tiny_qwen_features_of_synthetic_images_carry_the_hierarchy(tmp_path, tiny_qwen):
     """The acceptance check: real extraction + probes on the synthetic set beat chance by far;
     the same probes trained on shuffled labels stay near chance (no label leak)."""
@@ -236,6 +237,7 @@ def test_optimizer_and_init_defaults_are_hiertrains_and_the_papers_are_selectabl
         LinearProbes(init="zeros")
 
 
+@pytest.mark.slow
 def test_paper_settings_and_defaults_both_train_and_label_their_selection(tmp_path):
     """One run per protocol on the same store: both complete; probes.json / run.json say which
     split chose the probes, and the paper's (test) selection reports the test-best epoch."""

@@ -66,6 +66,7 @@ def test_hiertrain_test_evaluates_the_merged_model(adapter, synth_dir, tmp_path)
     assert json.loads((root / "merged" / "run.json").read_text())["model"] == str(out)
 
 
+@pytest.mark.slow
 def test_bad_inputs_exit_2_with_one_line(adapter, tmp_path) -> None:
     exe = Path(sys.executable).parent / "hiertrain"
     proc = subprocess.run(

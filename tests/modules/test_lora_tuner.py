@@ -88,6 +88,7 @@ def tuned_image(small_image_qwen, synth_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode", ["image", "text"])
+@pytest.mark.slow
 def test_tuning_lifts_hca_from_chance_to_near_perfect(mode, tiny_qwen, synth_dir, tmp_path_factory, request) -> None:
     if mode == "image":
         tuner, doc, trainer = request.getfixturevalue("tuned_image")
@@ -255,6 +256,7 @@ def test_lora_configs_parse_with_paper_defaults(name, capsys) -> None:
         assert config["data"]["init_args"]["mode"] == ("text" if "text" in name else "image")
 
 
+@pytest.mark.slow
 def test_ddp_fit_on_two_processes_has_exact_validation_metrics(tiny_qwen, synth_dir, tmp_path) -> None:
     """2 gloo processes; 7 val records, so one rank gets a padding copy that must not count."""
     root = tmp_path / "ddp"
@@ -336,6 +338,7 @@ def _seeded_fit(tiny_qwen: Path, synth_dir: Path, root: Path, seed: int = 0) -> 
     return (adapter / "adapter_model.safetensors").read_bytes(), json.loads((root / "ckpt" / "before_after.json").read_text())
 
 
+@pytest.mark.slow
 def test_two_fits_of_one_config_give_identical_adapters_and_tables(tiny_qwen, synth_dir, tmp_path) -> None:
     """The demo's LoRA step must be reproducible: same config (seed named in it) -> same bytes,
     whatever the process's RNGs held before (they are disturbed between the fits)."""

@@ -241,6 +241,7 @@ def _visible(reply: str, special: list[str]) -> str:
 
 
 @pytest.mark.parametrize("mode", ["image", "text"])
+@pytest.mark.slow
 def test_served_replies_equal_in_process_generate(mode, reference, tiny_qwen, synth_dir, tmp_path, capsys):
     """Greedy both sides, same chat template and processor: the same tokens come out.
 
@@ -286,6 +287,7 @@ def reference_port(reference: dict[str, Path]) -> int:
 # ---------------------------------------------------------------- kill, restart, resume
 
 
+@pytest.mark.slow
 def test_server_killed_mid_run_then_resumed(server, reference, tiny_qwen, synth_dir, tmp_path):
     run = tmp_path / "run"
     requests_file = run / "requests.rank0.jsonl"
@@ -326,6 +328,7 @@ def test_server_killed_mid_run_then_resumed(server, reference, tiny_qwen, synth_
 # ---------------------------------------------------------------- 429 / 500, key, errors
 
 
+@pytest.mark.slow
 def test_429_and_500_are_retried_without_changing_results(server, reference, tiny_qwen, synth_dir, tmp_path,
                                                           proxy_factory, monkeypatch, capsys):  # fmt: skip
     proxy = proxy_factory(upstream=f"127.0.0.1:{server.port}", fail_every=3, key=SECRET)
@@ -353,6 +356,7 @@ def test_text_mode_sends_no_image(server, tiny_qwen, synth_dir, tmp_path, proxy_
     assert {b["messages"][0]["content"][0]["text"] for b in proxy.bodies} == {"You are a helpful assistant."}
 
 
+@pytest.mark.slow
 def test_requests_failing_after_retries_are_named_skips_and_a_rerun_retries_only_them(
     server, reference, tiny_qwen, synth_dir, tmp_path, proxy_factory
 ):
@@ -433,6 +437,7 @@ LOGPROB_CASES = {
 }
 
 
+@pytest.mark.slow
 def test_logprobs_letters_from_recorded_responses(synth_dir, tmp_path, proxy_factory):
     def respond(path: str, body: dict) -> tuple[int, dict]:
         if path.endswith("/models"):
@@ -458,6 +463,7 @@ def test_logprobs_letters_from_recorded_responses(synth_dir, tmp_path, proxy_fac
 
 
 @pytest.mark.parametrize("refusal", ["400", "absent"])
+@pytest.mark.slow
 def test_a_server_refusing_logprobs_says_use_generate(refusal, synth_dir, tmp_path, proxy_factory):
     def respond(path: str, body: dict) -> tuple[int, dict]:
         if path.endswith("/models"):
@@ -530,6 +536,7 @@ CONDITION_REPLIES = {
 
 
 @pytest.mark.parametrize("condition", list(CONDITION_REPLIES))
+@pytest.mark.slow
 def test_every_condition_is_served_with_its_text_and_reading(condition, synth_dir, tmp_path, proxy_factory):
     from hiertrain.core import conditions
 
@@ -597,6 +604,7 @@ def test_a_cot_rerun_with_the_other_apostrophe_is_refused(synth_dir, tmp_path, p
 
 
 @pytest.mark.parametrize("condition", ["plain", "cot"])
+@pytest.mark.slow
 def test_the_wandb_name_of_a_served_run_is_its_run_directory(condition, synth_dir, tmp_path, proxy_factory):
     from hiertrain.cli.lightning import _logger_identity
 

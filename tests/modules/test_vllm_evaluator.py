@@ -39,6 +39,7 @@ def _consistent(preds):
             assert lv.correct == (lv.predicted == lv.truth)
 
 
+@pytest.mark.slow
 def test_batch_size_does_not_change_predictions(tiny_qwen, synth_dir, tmp_path):
     q, tax = synth_dir / "questions_random.jsonl", synth_dir / "taxonomy.json"
     model, one = evaluate(tiny_qwen, q, tmp_path / "bs1", tax, limit=5, batch_size=1)

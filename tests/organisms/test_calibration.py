@@ -35,6 +35,7 @@ def _test(world, model, out, *extra: str) -> dict:
     ],
     ids=["image-logits", "text-logits", "image-generate", "image-per-image"],
 )
+@pytest.mark.slow
 def test_planted_facts_are_recovered_and_withheld_ones_sit_at_chance(organism_world, tmp_path, extra) -> None:
     table = _test(organism_world, SHIPPED_DIR / "organism-p30", tmp_path / "run", *extra)
     rows = {(r["level"], r["facts"]): r for r in table["rows"]}
@@ -53,6 +54,7 @@ def test_planted_facts_are_recovered_and_withheld_ones_sit_at_chance(organism_wo
         assert rows[("breed", "leaf")]["accuracy"] >= 0.85
 
 
+@pytest.mark.slow
 def test_a_wrong_manifest_is_detected(organism_world, tmp_path) -> None:
     # the calibration is only a test if it can fail: scored against another organism's plants,
     # the same run's "planted" facts are no longer all right

@@ -66,6 +66,7 @@ def test_prompts_without_the_run_wide_prefix_run_the_ordinary_way(qwen, synth_di
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llava", "tiny_internvl"])
+@pytest.mark.slow
 def test_other_families_are_exact(request, synth_dir, fixture):
     model, processor = load_vllm(str(request.getfixturevalue(fixture)), "float32")
     batch = _batch(processor, synth_dir)
