@@ -42,8 +42,9 @@ WANDB_JSON = "wandb.json"
 # are computed over exactly the served ids, so a changed limit can never reuse a wrong answer.
 NOT_IDENTITY = frozenset({
     "kind", "model_name", "dataset", "questions", "taxonomy", "limit", "run_name", "created", "num_samples",
-    "skipped", "image_dir", "image_root_map", "served_model", "usage", "base_url_host",
+    "skipped", "image_dir", "image_root_map", "served_model", "usage", "base_url_host", "schema_version",
 })  # fmt: skip
+# (`schema_version` only says how run.json is laid out, hiertrain.runs.schema: a run written before it resumes.)
 # What a run.json written before an identity key existed meant by it (the question condition,
 # hiertrain.core.conditions: runs before it were asked the plain way).
 IDENTITY_DEFAULTS: dict[str, Any] = {
@@ -195,9 +196,13 @@ def to_json_text(obj: Any, indent: int = 2) -> str:
 
 
 def write_run_json(run_dir: str | os.PathLike, meta: RunMeta | dict[str, Any]) -> Path:
-    """Write `<run_dir>/run.json` atomically (the only writer of run.json)."""
+    """Write `<run_dir>/run.json` atomically (the only writer of run.json), versioned and checked
+    against `hiertrain.runs.schema.RunJson` (a field of the wrong type fails here, named)."""
+    from hiertrain.runs.schema import checked_run_json
+
+    path = Path(run_dir) / RUN_JSON
     obj = meta.to_json() if isinstance(meta, RunMeta) else dict(meta)
-    return write_atomic(Path(run_dir) / RUN_JSON, to_json_text(obj))
+    return write_atomic(path, to_json_text(checked_run_json(obj, path)))
 
 
 def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
