@@ -30,8 +30,8 @@ from typing import Any
 
 from hiertrain.core.atomic import write_atomic
 from hiertrain.core.errors import HierError
+from hiertrain.runs.schema import RUN_JSON, checked_run_json, load_json
 
-RUN_JSON = "run.json"
 # Where an evaluation says which W&B run holds its logged sample table (read by `hiertrain report`).
 WANDB_JSON = "wandb.json"
 
@@ -198,8 +198,6 @@ def to_json_text(obj: Any, indent: int = 2) -> str:
 def write_run_json(run_dir: str | os.PathLike, meta: RunMeta | dict[str, Any]) -> Path:
     """Write `<run_dir>/run.json` atomically (the only writer of run.json), versioned and checked
     against `hiertrain.runs.schema.RunJson` (a field of the wrong type fails here, named)."""
-    from hiertrain.runs.schema import checked_run_json
-
     path = Path(run_dir) / RUN_JSON
     obj = meta.to_json() if isinstance(meta, RunMeta) else dict(meta)
     return write_atomic(path, to_json_text(checked_run_json(obj, path)))
@@ -210,12 +208,7 @@ def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(run_dir)
     if path.is_dir():
         path = path / RUN_JSON
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise HierError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-    except UnicodeDecodeError:
-        raise HierError(f"{path}: not a text file") from None
+    obj = load_json(path)
     if not isinstance(obj, dict):
         raise HierError(f"{path}: not a run.json object")
     return obj

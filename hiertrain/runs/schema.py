@@ -22,8 +22,21 @@ from typing import Any, Callable
 from hiertrain.core.errors import HierError
 
 SCHEMA_VERSION = 1  # the run.json / metrics.json layout this hiertrain writes and reads
+RUN_JSON = "run.json"
+METRICS_JSON = "metrics.json"
 
 _MISSING = object()
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    """A run file's JSON; one-line HierError naming the file (and line) when it is not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise HierError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    except UnicodeDecodeError:
+        raise HierError(f"{path}: not a text file") from None
 
 
 def _number(x: Any) -> bool:
@@ -152,18 +165,16 @@ class RunJson:
     level_names: list[str] | None = _f(_names)
 
     @classmethod
-    def from_json(cls, obj: Any, path: str | os.PathLike = "run.json") -> RunJson:
+    def from_json(cls, obj: Any, path: str | os.PathLike = RUN_JSON) -> RunJson:
         """Check a run.json object (`path` only names it in errors)."""
         return _typed(cls, Path(path), obj, "run.json")
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> RunJson:
         """`<run_dir>/run.json` (or that file); one-line HierError naming file and field."""
-        from hiertrain.runs.meta import RUN_JSON, read_run_json
-
         path = Path(path)
         file = path / RUN_JSON if path.is_dir() else path
-        return cls.from_json(read_run_json(file), file)
+        return cls.from_json(load_json(file), file)
 
 
 @dataclass(frozen=True)
@@ -202,26 +213,19 @@ class MetricsJson:
     circular: dict[str, Any] | None = _f(_object)
 
     @classmethod
-    def from_json(cls, obj: Any, path: str | os.PathLike = "metrics.json") -> MetricsJson:
+    def from_json(cls, obj: Any, path: str | os.PathLike = METRICS_JSON) -> MetricsJson:
         """Check a metrics.json object (`path` only names it in errors)."""
         return _typed(cls, Path(path), obj, "metrics")
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> MetricsJson:
         """A metrics.json file; one-line HierError naming file and field (or the JSON error's line)."""
-        path = Path(path)
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise HierError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-        except UnicodeDecodeError:
-            raise HierError(f"{path}: not a text file") from None
-        return cls.from_json(obj, path)
+        return cls.from_json(load_json(path), path)
 
     @classmethod
     def empty(cls) -> MetricsJson:
         """No metrics (a missing twin run): every field None."""
-        return cls(Path("metrics.json"), {})
+        return cls(Path(METRICS_JSON), {})
 
     def __bool__(self) -> bool:
         """An empty metrics.json (`{}`) has no row, as before the model."""
