@@ -330,7 +330,7 @@ class QuestionEvaluator(LightningModule):
         if not log:  # finalized in setup: there is no epoch to log into
             return
         for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "schema_version":
                 self.log(f"test/{key}", float(value), sync_dist=True)  # equal on all ranks
         for name, value in zip(metrics["level_names"], metrics["per_level_accuracy"] or []):
             if value is not None:

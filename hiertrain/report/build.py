@@ -17,24 +17,31 @@ from hiertrain.core.atomic import write_atomic
 from hiertrain.core.errors import HierError
 from hiertrain.core.prompts import leaf_label
 from hiertrain.core.metric_labels import percent
-from hiertrain.runs.meta import RUN_JSON, model_name, read_run_json
+from hiertrain.runs.meta import RUN_JSON, model_name
+from hiertrain.runs.schema import MetricsJson, RunJson
 
 CHECKPOINT_DIRNAME = "checkpoints"  # where hiertrain points ModelCheckpoint (hiertrain.cli.lightning)
 
 
 @dataclass
 class Run:
-    """One run directory and what it wrote."""
+    """One run directory and what it wrote (run.json and metrics.json through their models,
+    hiertrain.runs.schema)."""
 
     path: Path
-    meta: dict[str, Any]
-    metrics: dict[str, Any] | None = None
+    info: RunJson
+    metrics: MetricsJson | None = None
     probes: dict[str, Any] | None = None
     before_after: dict[str, Any] | None = None
 
     @property
+    def meta(self) -> dict[str, Any]:
+        """run.json as written (every key, unknown ones too)."""
+        return self.info.data
+
+    @property
     def kind(self) -> str:
-        return str(self.meta.get("kind", "eval"))
+        return str(self.info.kind)
 
     @property
     def unfinished(self) -> str | None:
@@ -52,13 +59,13 @@ class Run:
     def name(self) -> str:
         """The run's name: run.json's `run_name`; else its folder, but for Lightning's checkpoint
         folder (a LoRA run.json sits beside its adapter there) the run root's folder."""
-        if self.meta.get("run_name"):
-            return str(self.meta["run_name"])
+        if self.info.run_name:
+            return str(self.info.run_name)
         return self.path.parent.name if self.path.name == CHECKPOINT_DIRNAME else self.path.name
 
     @property
     def model(self) -> str:
-        return str(self.meta.get("model_name") or model_name(str(self.meta.get("model", "?"))))
+        return str(self.info.model_name or model_name(str(self.meta.get("model", "?"))))
 
     @property
     def dataset(self) -> str:
@@ -66,12 +73,12 @@ class Run:
 
     @property
     def mode(self) -> str:
-        return str(self.meta.get("mode", "image"))
+        return str(self.info.mode)
 
     @property
     def condition(self) -> str:
         """The question condition (hiertrain.core.conditions); runs from before the field: "plain"."""
-        return str(self.meta.get("condition") or "plain")
+        return str(self.info.condition or "plain")
 
 
 @dataclass
@@ -87,38 +94,6 @@ class Report:
 # The file a finished run of each kind has; a run without it is listed as unfinished.
 RESULT_FILES = {"eval": "metrics.json", "probe": "probes.json", "lora": "before_after.json"}
 RESULT_ATTRS = {"metrics.json": "metrics", "probes.json": "probes", "before_after.json": "before_after"}
-# metrics.json fields the tables read: each a number or null (a list of them for per-level values).
-NUMBER_FIELDS = ("hca", "leaf_accuracy", "point_overlap", "strict_point_overlap", "top_overlap", "hierarchical_f1",
-                 "unparseable_rate", "num_samples", "hierarchical_precision", "hierarchical_recall", "path_consistency",
-                 "mistake_lca_depth", "mistake_distance", "mistakes_unplaced")  # fmt: skip
-LIST_FIELDS = ("per_level_accuracy", "conditional_accuracy", "mistake_severity")
-
-
-def _is_number(x: Any) -> bool:
-    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
-
-
-def check_metrics(path: Path, metrics: Any) -> dict[str, Any]:
-    """metrics.json as the tables read it; a field of the wrong type is a one-line HierError
-    naming the file and the field (not a TypeError deep inside a table)."""
-    if not isinstance(metrics, dict):
-        raise HierError(f"{path}: not a metrics object (a JSON {type(metrics).__name__})")
-    for key in NUMBER_FIELDS:
-        if not _is_number(metrics.get(key)):
-            raise HierError(f"{path}: field '{key}' is {json.dumps(metrics[key])}, not a number")
-    for key in LIST_FIELDS:
-        value = metrics.get(key)
-        if value is not None and (not isinstance(value, list) or not all(_is_number(v) for v in value)):
-            raise HierError(f"{path}: field '{key}' is {json.dumps(value)[:80]}, not a list of numbers")
-    names = metrics.get("level_names")
-    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-        raise HierError(f"{path}: field 'level_names' is {json.dumps(names)[:80]}, not a list of names")
-    chance = metrics.get("chance")
-    if chance is not None and (not isinstance(chance, dict) or not _is_number(chance.get("hca"))):
-        raise HierError(f"{path}: field 'chance' is {json.dumps(chance)[:80]}, not an object with a number 'hca'")
-    return metrics
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -140,11 +115,11 @@ def collect_runs(paths: list[str | Path]) -> list[Run]:
             if run_dir in seen:
                 continue
             seen.add(run_dir)
-            run = Run(run_dir, read_run_json(meta_path))
+            run = Run(run_dir, RunJson.read(meta_path))
             for name, attr in RESULT_ATTRS.items():
                 if (run_dir / name).is_file():
-                    data = _read_json(run_dir / name)
-                    setattr(run, attr, check_metrics(run_dir / name, data) if name == "metrics.json" else data)
+                    read = MetricsJson.read if name == "metrics.json" else _read_json
+                    setattr(run, attr, read(run_dir / name))
             runs.append(run)
     if not runs:
         raise HierError(f"no run.json found under {', '.join(str(p) for p in paths)}")
@@ -164,17 +139,17 @@ def protocol_differences(runs: list[Run]) -> list[str]:
     by_dataset: dict[str, Run] = {}
     for run in evals:
         ref = by_dataset.setdefault(run.dataset, run)
-        if run.meta.get("questions_sha256") != ref.meta.get("questions_sha256"):
+        if run.info.questions_sha256 != ref.info.questions_sha256:
             out.append(
                 f"{run.name} and {ref.name} ({run.dataset}) use different question files: "
-                f"{run.meta.get('questions')} vs {ref.meta.get('questions')}"
+                f"{run.info.questions} vs {ref.info.questions}"
             )
-        elif run.meta.get("split") != ref.meta.get("split"):
+        elif run.info.split != ref.info.split:
             out.append(
                 f"{run.name} and {ref.name} ({run.dataset}) score different splits: "
-                f"{run.meta.get('split')!r} vs {ref.meta.get('split')!r}"
+                f"{run.info.split!r} vs {ref.info.split!r}"
             )
-    answering = [r for r in evals if r.meta.get("answer") != "clip"]
+    answering = [r for r in evals if r.info.answer != "clip"]
     for vllm in ([r for r in answering if r.condition != "open"], [r for r in answering if r.condition == "open"]):
         out += _setting_differences(vllm)
     return out
@@ -203,33 +178,33 @@ def _setting_differences(vllm: list[Run]) -> list[str]:
 
 def _setting(run: Run, key: str) -> Any:
     """A protocol setting of a run; generate runs written before `answer_parser` existed used "strict"."""
-    if key == "answer_parser" and run.meta.get("answer") == "generate":
-        return run.meta.get(key) or "strict"
+    if key == "answer_parser" and run.info.answer == "generate":
+        return run.info.answer_parser or "strict"
     if key == "condition":
         return run.condition
-    if key in ("inference", "circular"):  # runs from before the fields: independent, not circular
-        return run.meta.get(key, {"inference": "independent", "circular": False}[key])
-    return run.meta.get(key)
+    # prompt_variant, answer, answer_parser, inference, circular: the model's defaults are what
+    # runs from before a field meant (independent, not circular)
+    return getattr(run.info, key)
 
 
 def run_backend(run: Run) -> str:
     """How the run's model was run: "transformers" (in process; runs from before the field) or "served"."""
-    return str(run.meta.get("backend") or "transformers")
+    return str(run.info.backend or "transformers")
 
 
-def _ci(metrics: dict[str, Any] | None, key: str) -> list[float] | None:
+def _ci(metrics: MetricsJson | None, key: str) -> list[float] | None:
     """A metric's bootstrap interval from metrics.json (`intervals`), in percent; None if absent."""
-    bounds = ((metrics or {}).get("intervals") or {}).get(key)
+    bounds = metrics.interval(key) if metrics else None
     return None if not bounds else [percent(bounds[0]), percent(bounds[1])]
 
 
-def _level_cis(metrics: dict[str, Any], names: list[str]) -> dict[str, list[float]]:
-    bounds = (metrics.get("intervals") or {}).get("per_level_accuracy") or []
+def _level_cis(metrics: MetricsJson, names: list[str]) -> dict[str, list[float]]:
+    bounds = metrics.interval("per_level_accuracy") or []
     return {n: [percent(b[0]), percent(b[1])] for n, b in zip(names, bounds) if b}
 
 
-def _chance(metrics: dict[str, Any] | None, key: str) -> Any:
-    return ((metrics or {}).get("chance") or {}).get(key)
+def _chance(metrics: MetricsJson | None, key: str) -> Any:
+    return metrics.chance_of(key) if metrics else None
 
 
 def _eval_tables(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
@@ -237,18 +212,18 @@ def _eval_tables(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
     text = {(r.model, r.dataset): r for r in evals if r.mode == "text"}
     visual_rows, level_rows, overlap_rows = [], [], []
     for run in sorted(evals, key=lambda r: (r.dataset, r.model, r.mode)):
-        m = run.metrics or {}
+        m = run.metrics or MetricsJson.empty()
         if run.mode == "image":
             twin = text.get((run.model, run.dataset))
             visual_rows.append(
                 {
                     "model": run.model,
                     "dataset": run.dataset,
-                    "hca": percent(m.get("hca")),
-                    "leaf_accuracy": percent(m.get("leaf_accuracy")),
-                    "text_hca": percent(twin.metrics.get("hca")) if twin else None,
-                    "samples": m.get("num_samples"),
-                    "skipped": run.meta.get("skipped", 0),
+                    "hca": percent(m.hca),
+                    "leaf_accuracy": percent(m.leaf_accuracy),
+                    "text_hca": percent(twin.metrics.hca) if twin else None,
+                    "samples": m.num_samples,
+                    "skipped": run.info.skipped,
                     "hca_ci": _ci(m, "hca"),
                     "leaf_accuracy_ci": _ci(m, "leaf_accuracy"),
                     "text_hca_ci": _ci(twin.metrics, "hca") if twin else None,
@@ -256,16 +231,16 @@ def _eval_tables(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
                     "text_chance_hca": percent(_chance(twin.metrics, "hca")) if twin else None,
                 }
             )
-        names = m.get("level_names") or [f"level{i + 1}" for i in range(len(m.get("per_level_accuracy", [])))]
+        names = m.level_names or [f"level{i + 1}" for i in range(len((m.per_level_accuracy or [])))]
         level_rows.append(
             {
                 "model": run.model,
                 "dataset": run.dataset,
                 "mode": run.mode,
-                "levels": {n: percent(a) for n, a in zip(names, m.get("per_level_accuracy", [])) if a is not None and not _isnan(a)},
+                "levels": {n: percent(a) for n, a in zip(names, (m.per_level_accuracy or [])) if a is not None and not _isnan(a)},
                 "levels_ci": _level_cis(m, names),
                 "chance_levels": {n: percent(c) for n, c in zip(names, _chance(m, "per_level_accuracy") or []) if c is not None},
-                "hca": percent(m.get("hca")),
+                "hca": percent(m.hca),
                 "hca_ci": _ci(m, "hca"),
                 "chance_hca": percent(_chance(m, "hca")),
             }
@@ -275,11 +250,11 @@ def _eval_tables(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
                 "model": run.model,
                 "dataset": run.dataset,
                 "mode": run.mode,
-                "point_overlap": percent(m.get("point_overlap")),
-                "strict_point_overlap": percent(m.get("strict_point_overlap")),
-                "top_overlap": percent(m.get("top_overlap")),
-                "hierarchical_f1": percent(m.get("hierarchical_f1")),
-                "unparseable_rate": percent(m.get("unparseable_rate")),
+                "point_overlap": percent(m.point_overlap),
+                "strict_point_overlap": percent(m.strict_point_overlap),
+                "top_overlap": percent(m.top_overlap),
+                "hierarchical_f1": percent(m.hierarchical_f1),
+                "unparseable_rate": percent(m.unparseable_rate),
                 **{f"{k}_ci": _ci(m, k) for k in ("point_overlap", "strict_point_overlap", "top_overlap")},
             }
         )
@@ -297,8 +272,8 @@ def _measure(x: Any) -> float | None:
     return None if x is None else round(float(x), 3)
 
 
-def _measure_ci(metrics: dict[str, Any], key: str) -> list[float] | None:
-    bounds = (metrics.get("intervals") or {}).get(key)
+def _measure_ci(metrics: MetricsJson, key: str) -> list[float] | None:
+    bounds = metrics.interval(key)
     return None if not bounds else [_measure(bounds[0]), _measure(bounds[1])]
 
 
@@ -307,10 +282,10 @@ def _severity_tables(evals: list[Run]) -> dict[str, list[dict[str, Any]]]:
     with a taxonomy; the others are listed with the reason), and per-level conditional accuracy."""
     severity, conditional = [], []
     for run in evals:
-        m = run.metrics or {}
-        names = m.get("level_names") or [f"level{i + 1}" for i in range(len(m.get("per_level_accuracy") or []))]
-        placed = "mistake_severity" in m
-        counts = m.get("mistake_severity") or []
+        m = run.metrics or MetricsJson.empty()
+        names = m.level_names or [f"level{i + 1}" for i in range(len(m.per_level_accuracy or []))]
+        placed = m.placed
+        counts = m.mistake_severity or []
         total = sum(counts)
         severity.append(
             {
@@ -318,24 +293,24 @@ def _severity_tables(evals: list[Run]) -> dict[str, list[dict[str, Any]]]:
                 "model": run.model,
                 "dataset": run.dataset,
                 "mode": run.mode,
-                "hierarchical_precision": percent(m.get("hierarchical_precision")),
-                "hierarchical_recall": percent(m.get("hierarchical_recall")),
-                "hierarchical_f1": percent(m.get("hierarchical_f1")),
-                "path_consistency": percent(m.get("path_consistency")),
-                "mistake_lca_depth": _measure(m.get("mistake_lca_depth")),
-                "mistake_distance": _measure(m.get("mistake_distance")),
+                "hierarchical_precision": percent(m.hierarchical_precision),
+                "hierarchical_recall": percent(m.hierarchical_recall),
+                "hierarchical_f1": percent(m.hierarchical_f1),
+                "path_consistency": percent(m.path_consistency),
+                "mistake_lca_depth": _measure(m.mistake_lca_depth),
+                "mistake_distance": _measure(m.mistake_distance),
                 "mistakes_placed": total if placed else None,
-                "mistakes_unplaced": m.get("mistakes_unplaced"),
+                "mistakes_unplaced": m.mistakes_unplaced,
                 # share of the placed wrong picks at each LCA depth (%), the severity histogram
                 "severity": [percent(c / total) for c in counts] if total else [],
-                "taxonomy": m.get("taxonomy") if placed else None,
-                "note": None if placed else (m.get("taxonomy_note") or "no taxonomy measures in metrics.json (older run)"),
+                "taxonomy": m.taxonomy if placed else None,
+                "note": None if placed else (m.taxonomy_note or "no taxonomy measures in metrics.json (older run)"),
                 **{f"{k}_ci": _ci(m, k) for k in ("hierarchical_precision", "hierarchical_recall", "path_consistency")},
                 **{f"{k}_ci": _measure_ci(m, k) for k in ("mistake_lca_depth", "mistake_distance")},
             }
         )
-        values = m.get("conditional_accuracy") or []
-        bounds = (m.get("intervals") or {}).get("conditional_accuracy") or []
+        values = m.conditional_accuracy or []
+        bounds = m.interval("conditional_accuracy") or []
         conditional.append(
             {
                 "model": run.model,
@@ -353,18 +328,18 @@ def _open_set_rows(runs: list[Run], closed: list[Run]) -> list[dict[str, Any]]:
     twins = {(r.model, r.dataset, r.mode): r for r in closed}
     rows = []
     for run in sorted((r for r in runs if r.kind == "eval" and r.metrics and r.condition == "open"), key=lambda r: (r.dataset, r.model, r.mode)):
-        m, twin = run.metrics or {}, twins.get((run.model, run.dataset, run.mode))
-        c = twin.metrics if twin else {}
-        rates = m.get("open_set") or {}
+        m, twin = run.metrics or MetricsJson.empty(), twins.get((run.model, run.dataset, run.mode))
+        c = twin.metrics if twin and twin.metrics else MetricsJson.empty()
+        rates = m.open_set or {}
         rows.append(
             {
                 "model": run.model,
                 "dataset": run.dataset,
                 "mode": run.mode,
-                "closed_hca": percent(c.get("hca")),
-                "open_hca": percent(m.get("hca")),
-                "closed_leaf": percent(c.get("leaf_accuracy")),
-                "open_leaf": percent(m.get("leaf_accuracy")),
+                "closed_hca": percent(c.hca),
+                "open_hca": percent(m.hca),
+                "closed_leaf": percent(c.leaf_accuracy),
+                "open_leaf": percent(m.leaf_accuracy),
                 "open_named_other_level": percent(rates.get("other_level_rate")),
                 "open_named_none": percent(rates.get("none_rate")),
                 "open_ambiguous": percent(rates.get("ambiguous_rate")),
@@ -594,7 +569,9 @@ INTERVALS_NOTE = (
     "chance = uniform guessing among the shown options (per level 1/#options; HCA the product over a "
     "sample's asked levels, averaged over samples)."
 )
-VOLATILE_META = ("created",)  # run.json keys that differ between two runs of the same study
+# run.json keys left out of report.json: what differs between two runs of the same study, and
+# the file layout's version (hiertrain.runs.schema), so a study's report.json bytes do not depend on it
+VOLATILE_META = ("created", "schema_version")
 
 
 def unfinished_runs(report: Report) -> list[str]:

@@ -22,8 +22,13 @@ class ComparedRun:
     """A run directory's run.json and its merged predictions (as arrays: hiertrain.core.columnar)."""
 
     path: Path
-    meta: dict[str, Any]
+    info: Any  # hiertrain.runs.schema.RunJson
     columns: Any  # PredictionColumns
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """run.json as written (every key)."""
+        return self.info.data
 
     @property
     def name(self) -> str:
@@ -34,7 +39,7 @@ def load_run(path: str | Path) -> ComparedRun:
     """run.json + predictions.jsonl of an evaluation run; HierError naming what is missing."""
     from hiertrain.core.columnar import read_columns
 
-    from hiertrain.runs.meta import RUN_JSON, read_run_json
+    from hiertrain.runs.schema import RUN_JSON, RunJson
 
     path = Path(path)
     preds_path = path / "predictions.jsonl"
@@ -42,7 +47,7 @@ def load_run(path: str | Path) -> ComparedRun:
         raise HierError(f"{path}: no run.json (not a run directory)")
     if not preds_path.is_file():
         raise HierError(f"{path}: no predictions.jsonl (compare needs evaluation runs)")
-    return ComparedRun(path, read_run_json(path), read_columns(preds_path))
+    return ComparedRun(path, RunJson.read(path), read_columns(preds_path))
 
 
 def _asked(row: Any) -> list[int]:
@@ -53,14 +58,14 @@ def _asked(row: Any) -> list[int]:
 def same_questions_problem(a: ComparedRun, b: ComparedRun) -> str | None:
     """Why A and B are not over the same question set (one line), or None when they are."""
     for run in (a, b):
-        if not run.meta.get("questions_sha256"):
+        if not run.info.questions_sha256:
             return f"{run.path}: run.json records no questions_sha256, so its question set is unknown"
-    if a.meta["questions_sha256"] != b.meta["questions_sha256"]:
+    if a.info.questions_sha256 != b.info.questions_sha256:
         return (
-            f"{a.name} and {b.name} used different question files ({a.meta.get('questions')} sha256 "
-            f"{a.meta['questions_sha256'][:12]} vs {b.meta.get('questions')} sha256 {b.meta['questions_sha256'][:12]})"
+            f"{a.name} and {b.name} used different question files ({a.info.questions} sha256 "
+            f"{a.info.questions_sha256[:12]} vs {b.info.questions} sha256 {b.info.questions_sha256[:12]})"
         )
-    if a.meta.get("mode") != b.meta.get("mode"):
+    if a.meta.get("mode") != b.meta.get("mode"):  # as written: a run.json without `mode` is not an image run here
         return f"{a.name} and {b.name} asked in different modes ({a.meta.get('mode')!r} vs {b.meta.get('mode')!r})"
     import numpy as np
 
@@ -85,7 +90,7 @@ def run_taxonomy(a: ComparedRun, b: ComparedRun, given: str | None = None) -> tu
     from hiertrain.core.metric_labels import NO_TAXONOMY
     from hiertrain.core.taxonomy import Taxonomy
 
-    paths = [given] * 2 if given else [r.meta.get("taxonomy") for r in (a, b)]
+    paths = [given] * 2 if given else [r.info.taxonomy for r in (a, b)]
     drops = {bool(r.meta.get("drop_trivial_levels")) for r in (a, b)}
     if not all(paths):
         return None, f"{NO_TAXONOMY} (a run.json names no taxonomy; pass --taxonomy)"
@@ -121,11 +126,11 @@ def compare_runs(
     return {
         "taxonomy": str(tree.source) if tree is not None else None,
         **({"taxonomy_note": note} if note else {}),
-        "a": {"path": str(a.path), "model": a.meta.get("model_name") or a.meta.get("model")},
-        "b": {"path": str(b.path), "model": b.meta.get("model_name") or b.meta.get("model")},
-        "dataset": a.meta.get("dataset"),
+        "a": {"path": str(a.path), "model": a.info.model_name or a.info.model},
+        "b": {"path": str(b.path), "model": b.info.model_name or b.info.model},
+        "dataset": a.info.dataset,
         "mode": a.meta.get("mode"),
-        "level_names": a.meta.get("level_names"),
+        "level_names": a.info.level_names,
         **result,
     }
 

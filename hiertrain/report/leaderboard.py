@@ -36,23 +36,23 @@ def leaderboard_rows(runs: list[Any]) -> list[dict[str, Any]]:
     """One dict per evaluation run with metrics (runs as `hiertrain.report.build.Run`), sorted."""
     rows = []
     for run in sorted((r for r in runs if r.kind == "eval" and r.metrics), key=lambda r: (r.dataset, r.model, r.mode, r.name)):
-        m = run.metrics or {}
-        intervals = m.get("intervals") or {}
+        m = run.metrics  # hiertrain.runs.schema.MetricsJson
+        intervals = m.intervals or {}
         row: dict[str, Any] = {
             "run": run.name,
             "model": run.model,
             "dataset": run.dataset,
             "mode": run.mode,
             "protocol": protocol(run.meta),
-            "samples": m.get("num_samples"),
-            "skipped": run.meta.get("skipped", 0),
+            "samples": m.num_samples,
+            "skipped": run.info.skipped,
         }
         for name in LEADERBOARD_METRICS:
-            bounds = intervals.get(name)
-            row[name] = _pct(m.get(name))
+            bounds = m.interval(name)
+            row[name] = _pct(getattr(m, name))
             row[f"{name}_low"] = _pct(bounds[0]) if bounds else None
             row[f"{name}_high"] = _pct(bounds[1]) if bounds else None
-        row["chance_hca"] = _pct((m.get("chance") or {}).get("hca"))
+        row["chance_hca"] = _pct(m.chance_of("hca"))
         row["ci"] = intervals.get("ci") if intervals.get("bootstrap") else None
         rows.append(row)
     return rows

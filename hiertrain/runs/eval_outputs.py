@@ -34,6 +34,7 @@ from hiertrain.core.predictions import (
     write_paper_results,
     write_predictions,
 )
+from hiertrain.runs.schema import checked_metrics_json
 from hiertrain.runs.meta import FRESH_FLAG, RUN_JSON, identity_differences, now, read_run_json, to_json_text, write_run_json
 
 _json = to_json_text
@@ -223,6 +224,7 @@ class RunDirectory:
         )
         with atomic_path(self.path / "results.json") as tmp:
             write_paper_results(preds, tmp)
+        metrics = checked_metrics_json(metrics, self.path / "metrics.json")  # + schema_version (hiertrain.runs.schema)
         write_atomic(self.path / "metrics.json", _json(metrics))
         with atomic_path(self.path / "per_level_accuracy.png") as tmp:
             plot_per_level(metrics, tmp, title=meta.get("run_name", self.path.name))

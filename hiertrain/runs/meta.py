@@ -30,8 +30,8 @@ from typing import Any
 
 from hiertrain.core.atomic import write_atomic
 from hiertrain.core.errors import HierError
+from hiertrain.runs.schema import RUN_JSON, checked_run_json, load_json
 
-RUN_JSON = "run.json"
 # Where an evaluation says which W&B run holds its logged sample table (read by `hiertrain report`).
 WANDB_JSON = "wandb.json"
 
@@ -42,8 +42,9 @@ WANDB_JSON = "wandb.json"
 # are computed over exactly the served ids, so a changed limit can never reuse a wrong answer.
 NOT_IDENTITY = frozenset({
     "kind", "model_name", "dataset", "questions", "taxonomy", "limit", "run_name", "created", "num_samples",
-    "skipped", "image_dir", "image_root_map", "served_model", "usage", "base_url_host",
+    "skipped", "image_dir", "image_root_map", "served_model", "usage", "base_url_host", "schema_version",
 })  # fmt: skip
+# (`schema_version` only says how run.json is laid out, hiertrain.runs.schema: a run written before it resumes.)
 # What a run.json written before an identity key existed meant by it (the question condition,
 # hiertrain.core.conditions: runs before it were asked the plain way).
 IDENTITY_DEFAULTS: dict[str, Any] = {
@@ -195,9 +196,11 @@ def to_json_text(obj: Any, indent: int = 2) -> str:
 
 
 def write_run_json(run_dir: str | os.PathLike, meta: RunMeta | dict[str, Any]) -> Path:
-    """Write `<run_dir>/run.json` atomically (the only writer of run.json)."""
+    """Write `<run_dir>/run.json` atomically (the only writer of run.json), versioned and checked
+    against `hiertrain.runs.schema.RunJson` (a field of the wrong type fails here, named)."""
+    path = Path(run_dir) / RUN_JSON
     obj = meta.to_json() if isinstance(meta, RunMeta) else dict(meta)
-    return write_atomic(Path(run_dir) / RUN_JSON, to_json_text(obj))
+    return write_atomic(path, to_json_text(checked_run_json(obj, path)))
 
 
 def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -205,12 +208,7 @@ def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(run_dir)
     if path.is_dir():
         path = path / RUN_JSON
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise HierError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-    except UnicodeDecodeError:
-        raise HierError(f"{path}: not a text file") from None
+    obj = load_json(path)
     if not isinstance(obj, dict):
         raise HierError(f"{path}: not a run.json object")
     return obj
