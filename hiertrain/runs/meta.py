@@ -5,7 +5,8 @@ report` groups by (model name, dataset name) are derived once, and the W&B run n
 the run directory name. `run.json` keys (docs/ARCHITECTURE.md, "Run directories"):
 kind, model, model_name, dataset, questions, questions_sha256, mode, prompt_variant, answer,
 seed, num_samples, skipped, created, plus the kind's own fields (probe: sites, pooling, side,
-store; lora: base, adapter, hparams; eval: subject, level_names, limit, split, condition, weights,
+store; lora: base, adapter, hparams; eval and lora: condition, inference, circular (`for_questions`);
+eval: subject, level_names, limit, split, weights,
 settings, run_name, taxonomy).
 
 A run's identity is every run.json key except `NOT_IDENTITY` (what only names, locates or counts
