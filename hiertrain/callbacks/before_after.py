@@ -270,17 +270,8 @@ def write_run_json(run_dir: Path, tuner: Any, data: Any, adapter: Path) -> None:
     """`run.json` of kind "lora" (docs/ARCHITECTURE.md, run directories) for `hiertrain report`."""
     from hiertrain.runs import meta as run_meta
 
-    meta = run_meta.RunMeta(
-        kind="lora",
-        model=str(tuner.pretrained),
-        dataset=run_meta.dataset_name(getattr(data, "name", None), data.questions),
-        mode=data.mode,
-        answer="logits",
-        seed=data.seed,
-        prompt_variant=data.prompt_variant,
-        questions=str(data.questions),
-        questions_sha256=run_meta.file_sha256(data.questions),
-        num_samples=len(data.split_records(data.train_split)),
+    meta = run_meta.RunMeta.for_questions(
+        "lora", tuner.pretrained, data, "logits", hashed=True, num_samples=len(data.split_records(data.train_split)),
         fields={
             # The run's name in reports: the run root's folder, not Lightning's "checkpoints" beside the adapter.
             "run_name": run_dir.parent.name if run_dir.name == "checkpoints" else run_dir.name,

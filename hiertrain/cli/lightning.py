@@ -40,23 +40,16 @@ from hiertrain.core.errors import HierError
 def _logger_identity(model: Any, data: Any) -> dict[str, Any]:
     """W&B name/group/tags from an evaluator and its question data (empty for other modules):
     the same `RunMeta` the run directory is named by (`QuestionEvaluator.named_meta`)."""
-    from hiertrain.runs.meta import RunMeta, dataset_name
+    from hiertrain.runs.meta import RunMeta
 
     pretrained, questions = getattr(model, "pretrained", None), getattr(data, "questions", None)
     if pretrained is None or questions is None:
         return {}
     if hasattr(model, "named_meta"):  # an evaluator
         return model.named_meta(data).wandb_identity(getattr(data, "taxonomy_path", None))
-    meta = RunMeta(  # a tuner: named by its class (its run directory is the trainer's root)
-        kind="eval",
-        model=str(pretrained),
-        dataset=dataset_name(getattr(data, "name", None), questions),
-        mode=getattr(data, "mode", "image"),
-        answer=type(model).__name__,
-        seed=getattr(data, "seed", 0),
-        prompt_variant=getattr(data, "prompt_variant", 0),
-        fields={"run_name": getattr(model, "run_name", None), "condition": getattr(data, "condition", "plain")},
-    )
+    # a tuner: named by its class (its run directory is the trainer's root)
+    meta = RunMeta.for_questions("eval", pretrained, data, type(model).__name__)
+    meta.fields["run_name"] = getattr(model, "run_name", None)
     return meta.wandb_identity(getattr(data, "taxonomy_path", None))
 
 

@@ -32,7 +32,7 @@ from hiertrain.core.predictions import LevelPrediction, SamplePrediction
 from hiertrain.core.prompts import LETTERS
 from hiertrain.modules.sample_table import DEFAULT_LOG_SAMPLES
 from hiertrain.runs.eval_outputs import RunDirectory
-from hiertrain.runs.meta import RunMeta, dataset_name, file_sha256, weights_fingerprint
+from hiertrain.runs.meta import QUESTION_FIELDS, RunMeta, file_sha256, weights_fingerprint
 
 # Overriding transfer_batch_to_device on the module (items hold PIL images) is deliberate.
 warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device`")
@@ -176,17 +176,7 @@ class QuestionEvaluator(LightningModule):
     def named_meta(self, dm) -> RunMeta:
         """The fields a run is named by (no file is hashed): the one source of both the run
         directory name and the W&B run name (`hiertrain.cli.lightning`), so they are equal."""
-        meta = RunMeta(
-            kind="eval",
-            model=str(self.pretrained),
-            dataset=dataset_name(dm.name, dm.questions),
-            mode=dm.mode,
-            answer=self.answer_kind,
-            seed=dm.seed,
-            prompt_variant=dm.prompt_variant,
-            questions=str(dm.questions),
-            fields={"condition": dm.condition, "inference": dm.inference, "circular": dm.circular},
-        )
+        meta = RunMeta.for_questions("eval", self.pretrained, dm, self.answer_kind)
         meta.fields["run_name"] = self.run_name or self.default_run_name(meta)
         return meta
 
@@ -198,7 +188,7 @@ class QuestionEvaluator(LightningModule):
         """This run's `RunMeta` (the data module's fields + this evaluator's settings)."""
         meta = self.named_meta(dm)
         meta.questions_sha256 = file_sha256(dm.questions)
-        run_name = meta.fields.pop("run_name")
+        named = meta.fields  # condition, inference, circular, run_name: read from `dm` once, by RunMeta
         meta.fields = {
             "backend": self.backend,
             "prompt_family": dm.prompt_family,
@@ -209,9 +199,7 @@ class QuestionEvaluator(LightningModule):
             "level_names": dm.level_names,
             "limit": dm.limit,
             "split": dm.split,
-            "condition": dm.condition,
-            "inference": dm.inference,
-            "circular": dm.circular,
+            **{key: named[key] for key in QUESTION_FIELDS},
             "label_case": getattr(dm, "label_case", "file"),
             "weights": weights_fingerprint(self.pretrained),
             "settings": self.run_settings(),
@@ -221,7 +209,7 @@ class QuestionEvaluator(LightningModule):
         }
         if dm.condition == "cot":  # the one condition whose text depends on it
             meta.fields["cot_apostrophe"] = dm.cot_apostrophe
-        meta.fields["run_name"] = run_name
+        meta.fields["run_name"] = named["run_name"]
         return meta
 
     def run_meta(self, dm) -> dict[str, Any]:

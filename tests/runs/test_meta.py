@@ -100,3 +100,34 @@ def test_inference_and_circular_are_identity_and_named_in_the_run_name(tmp_path)
         RunDirectory(tmp_path).claim(dict(old, circular=True))
     with pytest.raises(HierError, match=r"inference \('independent', this run 'joint'\)"):
         RunDirectory(tmp_path).claim(dict(old, inference="joint"))
+
+
+def test_eval_lora_and_tuner_wandb_identity_agree_on_the_question_data(synth_dir, tmp_path):
+    """`RunMeta.for_questions` is the one reader of question data: an evaluation's run.json, a
+    LoRA run.json and a tuner's W&B identity over one data module record the same fields, and
+    the tuner's W&B name honours the condition (before, the LoRA run.json had no condition)."""
+    from types import SimpleNamespace
+
+    from hiertrain.callbacks.before_after import write_run_json as write_lora_run_json
+    from hiertrain.cli.lightning import _logger_identity
+    from hiertrain.datamodules.tuning import HierTuningDataModule
+    from hiertrain.modules.vllm_evaluator import VLLMEvaluator
+
+    dm = HierTuningDataModule(str(synth_dir / "questions_random.jsonl"), mode="text", name="synth", seed=3,
+                              prompt_variant=1, condition="taxonomy", taxonomy=str(synth_dir / "taxonomy.json"))  # fmt: skip
+    dm.setup("fit")
+    evaluator = VLLMEvaluator("Qwen/Qwen2.5-VL-7B-Instruct", answer="logits")
+    eval_meta = evaluator.run_meta(dm)
+    write_lora_run_json(tmp_path, SimpleNamespace(pretrained="Qwen/Qwen2.5-VL-7B-Instruct", hparams={}), dm, tmp_path / "adapter")
+    lora_meta = read_run_json(tmp_path)
+    tuner = SimpleNamespace(pretrained="Qwen/Qwen2.5-VL-7B-Instruct", run_name=None)
+    tuner_identity = _logger_identity(tuner, dm)
+
+    shared = ("dataset", "mode", "seed", "prompt_variant", "questions", "questions_sha256", "condition", "inference", "circular")
+    expected = ("synth", "text", 3, 1, str(synth_dir / "questions_random.jsonl"), eval_meta["questions_sha256"], "taxonomy", "independent", False)
+    assert tuple(eval_meta[k] for k in shared) == expected
+    assert tuple(lora_meta[k] for k in shared) == expected
+    assert eval_meta["run_name"] == "Qwen2.5-VL-7B-Instruct-synth-text-logits-v1-taxonomy"
+    assert tuner_identity["name"] == "Qwen2.5-VL-7B-Instruct-synth-text-SimpleNamespace-v1-taxonomy"
+    assert tuner_identity["group"] == "synth" == _logger_identity(evaluator, dm)["group"]
+    assert tuner_identity["tags"][:3] == ["Qwen2.5-VL-7B-Instruct", "synth", "text"]
