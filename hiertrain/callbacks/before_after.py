@@ -147,17 +147,6 @@ def chance_hca(records: list[Any], mode: str) -> float | None:
     return total / len(records)
 
 
-def _gather(objs: list[Any]) -> list[Any]:
-    """Every rank's list, concatenated (identity outside a process group)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return objs
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, objs)
-    return [o for part in parts for o in part]
-
-
 def evaluate_split(
     tuner: Any, data: Any, split: str, adapter: bool, keep: list[Any] | None = None
 ) -> tuple[dict[str, Any], int, int]:
@@ -168,30 +157,31 @@ def evaluate_split(
     from contextlib import nullcontext
 
     from torch.utils.data import DataLoader
+    from torchmetrics.aggregation import SumMetric
     from tqdm import tqdm
 
     from hiertrain.datamodules.questions import collate_items
     from hiertrain.datamodules.sampling import PaddedEvalSampler
+    from hiertrain.modules.evaluation_loop import gather_predictions, score_batch
     from hiertrain.runs.eval_outputs import compute_metrics
 
     condition = tuner.scorable_condition(getattr(data, "condition", "plain"))
     dataset = data.split_dataset(split)
     loader = DataLoader(dataset, batch_size=data.batch_size, sampler=PaddedEvalSampler(dataset), collate_fn=collate_items)
-    preds, skipped = [], 0
+    preds: list[Any] = []
+    skipped = SumMetric().to(tuner.device)  # summed over ranks by torchmetrics' own sync
     context = nullcontext() if adapter else tuner.model.disable_adapter()
     label = f"{'after' if adapter else 'before'}: {data.questions} ({data.mode})"
     with context:
         for batch in tqdm(loader, desc=label, leave=False):
-            items = [item for item in batch if item["valid"]]
-            good = [item for item in items if not item["error"]]
-            skipped += len(items) - len(good)
-            if good:
-                preds.extend(tuner.answer(good, data.mode, condition))
-    preds = sorted(_gather(preds), key=lambda p: p.id)
-    skipped = sum(_gather([skipped]))
+            scored = score_batch(batch, lambda good: tuner.answer(good, data.mode, condition))
+            preds.extend(scored.predictions)
+            skipped.update(float(len(scored.skipped)))
+    preds = gather_predictions(preds)  # per sample: the paired comparison and the severity measures need them
     if keep is not None:
         keep.extend(preds)
-    return compute_metrics(preds, data.depth, getattr(data, "taxonomy", None)), len(preds), skipped  # taxonomy: severity measures
+    metrics = compute_metrics(preds, data.depth, getattr(data, "taxonomy", None))  # taxonomy: severity measures
+    return metrics, len(preds), int(skipped.compute().item())
 
 
 def paired_before_after(before: list[Any], after: list[Any]) -> dict[str, Any] | None:

@@ -270,21 +270,28 @@ class QuestionEvaluator(LightningModule):
             raise
 
     def _answer_batch(self, batch: list[dict[str, Any]]) -> None:
-        items = [item for item in batch if item["valid"]]  # padding repeats are another rank's samples
-        for item in items:
-            refusal = None if item["error"] or item["image"] is None else self.image_refusal(item)
-            if refusal:  # e.g. Qwen's aspect-ratio limit: named and counted like an unreadable file
-                where = item.get("path", item["record"].image)
-                message = f"{where}: cannot read image of sample {item['sample_id']} for this model ({refusal})"
-                if self._datamodule().on_bad_image == "error":
-                    raise HierError(message)
-                item["error"] = message
-            if item["error"]:
-                self.run_dir.skip(item["sample_id"], item["record"].image, item["error"])
-        good = [item for item in items if not item["error"]]
-        if good:
-            for prediction in self.answer_items(good, self.meta["mode"]):
-                self.run_dir.append(prediction)
+        from hiertrain.modules.evaluation_loop import score_batch
+
+        scored = score_batch(
+            batch,
+            lambda good: self.answer_items(good, self.meta["mode"]),
+            check=self._refusal,
+            on_skip=lambda item: self.run_dir.skip(item["sample_id"], item["record"].image, item["error"]),
+        )
+        for prediction in scored.predictions:
+            self.run_dir.append(prediction)
+
+    def _refusal(self, item: dict[str, Any]) -> str | None:
+        """Why this model cannot be asked a readable item (e.g. Qwen's aspect-ratio limit): named and
+        counted like an unreadable file, or an error under `on_bad_image: error`."""
+        refusal = None if item["image"] is None else self.image_refusal(item)
+        if not refusal:
+            return None
+        where = item.get("path", item["record"].image)
+        message = f"{where}: cannot read image of sample {item['sample_id']} for this model ({refusal})"
+        if self._datamodule().on_bad_image == "error":
+            raise HierError(message)
+        return message
 
     def on_test_epoch_end(self) -> None:
         self._finalize()

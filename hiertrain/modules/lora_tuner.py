@@ -210,16 +210,12 @@ class LoRATuner(LightningModule):
         return batch
 
     def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
-        from hiertrain.core.predictions import to_tensors
+        from hiertrain.modules.evaluation_loop import score_batch
 
-        items = [item for item in batch if item["valid"]]  # padding repeats belong to another rank
-        good = [item for item in items if not item["error"]]
-        if len(good) < len(items):
-            self.log("val/skipped", float(len(items) - len(good)), reduce_fx="sum", batch_size=1, sync_dist=True)
-        if not good:
-            return
-        correct, asked, parsed = to_tensors(self.answer(good, self.val_mode, self.val_condition), self.val_depth)
-        self.val_metrics.update(correct.to(self.device), asked.to(self.device), parsed.to(self.device))
+        answer = lambda good: self.answer(good, self.val_mode, self.val_condition)  # noqa: E731
+        scored = score_batch(batch, answer, metrics=self.val_metrics, depth=self.val_depth, device=self.device)
+        if scored.skipped:
+            self.log("val/skipped", float(len(scored.skipped)), reduce_fx="sum", batch_size=1, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()  # integer states summed over ranks: exact under DDP
