@@ -18,7 +18,7 @@ equal-length groups instead of padding. Two image sets: 448 px (256 visual token
 mixed CUB-like sizes (500x333, 375x500, 500x375, 448x448, 500x281, 333x500). All on the same
 tiny random-init Qwen2.5-VL and the same 7-level questions, in one process, one after the
 other; `--repeats N` runs every timing N times and reports min - max.
-A third set, `taxonomy` (the taxonomy-in-context condition, hiertrain.core.conditions): the
+A third set, `taxonomy` (the taxonomy-in-context condition, hiertrain.protocol.conditions): the
 448 px images (`--taxonomy-images`, default 2) with the paper's CUB taxonomy (~9k tokens) in the
 system prompt of every question: (a) the paper's loop re-reads it for every question, (b) per
 image once per image, (c) hiertrain (`GlobalPrefixAnswerer`) once per run, then batched images.
@@ -107,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from PIL import Image
 
-    from hiertrain.core import conditions, prompts
-    from hiertrain.core.answers import parse_letter
-    from hiertrain.core.synth import make_synthetic
+    from hiertrain.protocol import conditions
+    from hiertrain.protocol import prompts
+    from hiertrain.protocol.answers import parse_letter
+    from hiertrain.taxonomy.synth import make_synthetic
     from hiertrain.vlm.loading import load_vllm
     from hiertrain.vlm.global_prefix import GlobalPrefixAnswerer
     from hiertrain.vlm.prefix_cache import ImagePrompts, SharedPrefixAnswerer, render_chat

@@ -61,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from PIL import Image
 
-    from hiertrain.core import conditions, prompts
-    from hiertrain.core.circular import rotations
-    from hiertrain.core.synth import make_synthetic
+    from hiertrain.protocol import conditions
+    from hiertrain.protocol import prompts
+    from hiertrain.metrics.circular import rotations
+    from hiertrain.taxonomy.synth import make_synthetic
     from hiertrain.vlm.loading import load_vllm
     from hiertrain.vlm.prefix_cache import ImagePrompts, SharedPrefixAnswerer, render_chat
     from hiertrain.vlm.tiny import make_tiny

@@ -147,7 +147,7 @@ class PeakRSS:
 
 def writer_memory(cap_mb: float, multiple: int, root: Path) -> dict:
     """Stream a store `multiple` x the cap, with Qwen2.5-VL-7B-sized rows (31 sites x 3584, bf16)."""
-    from hiertrain.core.feature_store import ShardWriter, StoreLayout
+    from hiertrain.features.feature_store import ShardWriter, StoreLayout
 
     sites = ["vision", "projector", *[f"llm.{k}" for k in range(29)]]
     layout = StoreLayout("image", sites, [1280, 3584] + [3584] * 29, ["avg", "last"], ["p"], ["l"], [0], "bfloat16")
@@ -184,7 +184,7 @@ def main() -> None:
     ap.add_argument("--llm-layers", type=int, default=28, help="LLM layers of the tiny model (Qwen2.5-VL-7B: 28)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from hiertrain.core.synth import make_synthetic
+    from hiertrain.taxonomy.synth import make_synthetic
     from hiertrain.vlm.tiny import make_tiny
 
     work = Path(args.out or tempfile.mkdtemp(prefix="probe_speed_"))

@@ -99,7 +99,7 @@ def _paths(seed: int) -> list[list[str]]:
 def write_files(n: int, folder: Path, seed: int = 0, bank_only: bool = False) -> dict[str, Path]:
     """bank.jsonl, images.jsonl, predictions.jsonl and results.json of `n` records (kept when
     present); `bank_only`: the first two (the same records) and no predictions."""
-    from hiertrain.core import prompts
+    from hiertrain.protocol import prompts
 
     folder.mkdir(parents=True, exist_ok=True)
     files = {name: folder / name for name in ("bank.jsonl", "images.jsonl", "predictions.jsonl", "results.json")}
@@ -258,7 +258,7 @@ def _prepare(op: str, files: dict[str, Path], env: dict[str, str]) -> dict[str, 
     if op == "test_limit_cold":
         return {**env, "HIERTRAIN_INDEX_CACHE": "off"}
     if op in ("test_limit", "resume"):  # the index of the bank, built once (not timed)
-        subprocess.run([sys.executable, "-c", "import sys; from hiertrain.core.bank_index import QuestionIndex; "
+        subprocess.run([sys.executable, "-c", "import sys; from hiertrain.taxonomy.bank_index import QuestionIndex; "
                         "QuestionIndex.of(sys.argv[1])", str(files["bank.jsonl"])], env=env, check=True)  # fmt: skip
     return env
 
@@ -344,9 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import msgspec
 
-        print(f"msgspec {msgspec.__version__} (hiertrain.core.columnar's fast decoder)")
+        print(f"msgspec {msgspec.__version__} (hiertrain.metrics.columnar's fast decoder)")
     except ImportError:
-        print("msgspec not installed: hiertrain.core.columnar decodes with the standard library")
+        print("msgspec not installed: hiertrain.metrics.columnar decodes with the standard library")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
     return 0

@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--model")
     args = parser.parse_args()
 
-    from hiertrain.core.synth import make_synthetic
+    from hiertrain.taxonomy.synth import make_synthetic
     from hiertrain.vlm.tiny import make_tiny
 
     with tempfile.TemporaryDirectory() as tmp:

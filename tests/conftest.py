@@ -19,7 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models gain nothing from intra-op threads on 2 cores, and the DDP tests run 2 processes:
 # one thread each avoids oversubscription (seen 30x slower with 2 threads under load).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# Question-bank indexes (hiertrain.core.bank_index) go to a folder of this session, not ~/.cache.
+# Question-bank indexes (hiertrain.taxonomy.bank_index) go to a folder of this session, not ~/.cache.
 os.environ.setdefault("HIERTRAIN_INDEX_CACHE", tempfile.mkdtemp(prefix="hiertrain-index-"))
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def reference_data(tmp_path_factory) -> Path:
     """The packaged reference data (hiertrain/reference), decompressed into a folder with the
     layout of `../shared/data` (taxonomies/, annotations/, probing/): what a clone or an
     install has, so tests of real data need nothing beside the checkout."""
-    from hiertrain.core.resources import packaged_names, read_data_bytes
+    from hiertrain.base.resources import packaged_names, read_data_bytes
 
     out = tmp_path_factory.mktemp("reference")
     for name in packaged_names():
@@ -89,8 +89,8 @@ def reference_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
-    """A small synthetic hierarchical image set (see hiertrain.core.synth), built once per session."""
-    from hiertrain.core.synth import make_synthetic
+    """A small synthetic hierarchical image set (see hiertrain.taxonomy.synth), built once per session."""
+    from hiertrain.taxonomy.synth import make_synthetic
 
     out = tmp_path_factory.mktemp("synth")
     make_synthetic(out, images_per_leaf=3, seed=0, image_size=448)

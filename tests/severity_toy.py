@@ -1,10 +1,10 @@
 """The toy taxonomy and predictions the severity and path tests share, with the values worked out
-by hand (tests/core/test_placement.py checks them; score, report and compare tests reuse them)."""
+by hand (tests/metrics/test_placement.py checks them; score, report and compare tests reuse them)."""
 
 from __future__ import annotations
 
-from hiertrain.core.predictions import LevelPrediction, SamplePrediction
-from hiertrain.core.taxonomy import Taxonomy
+from hiertrain.metrics.predictions import LevelPrediction, SamplePrediction
+from hiertrain.taxonomy.taxonomy import Taxonomy
 
 # Level 1: A, B.  A -> A1, A2;  B -> B1.  A1 -> a, b;  A2 -> c;  B1 -> d.
 TOY = Taxonomy.from_paths({"a": ("A", "A1", "a"), "b": ("A", "A1", "b"), "c": ("A", "A2", "c"), "d": ("B", "B1", "d")})

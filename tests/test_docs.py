@@ -44,8 +44,8 @@ def test_readme_is_short_and_starts_with_the_two_commands() -> None:
 
 def _fake_cub(home: Path, preset_questions: str) -> None:
     """Images at the paper's CUB paths under `home/CUB_200_2011` for the records a run reads."""
-    from hiertrain.core.paper_image_paths import AUTHORS_PREFIX, SAMPLE
-    from hiertrain.core.question_bank import read_questions
+    from hiertrain.paper.paper_image_paths import AUTHORS_PREFIX, SAMPLE
+    from hiertrain.taxonomy.question_bank import read_questions
 
     records = read_questions(preset_questions)
     images = [r.image for r in records]
@@ -62,7 +62,7 @@ def _fake_cub(home: Path, preset_questions: str) -> None:
 
 def _inat_banks(work: Path) -> None:
     """Small question banks where the LoRA config reads them (4 leaves each, text questions)."""
-    from hiertrain.core.taxonomy import Taxonomy
+    from hiertrain.taxonomy.taxonomy import Taxonomy
 
     for name, tax in (("inat21_plant", "Inat_plantae"), ("inat21_animal", "Inat_animal")):
         taxonomy = f"hiertrain://taxonomies/hierarchy_{tax}.json"

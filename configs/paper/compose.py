@@ -1,5 +1,5 @@
 """Write configs/paper/<model>/<dataset>[_text].yaml: one preset per model x dataset x mode the paper reports,
-and configs/paper/<model>/<dataset>_<condition>.yaml for its prompt-engineering runs (hiertrain.core.conditions).
+and configs/paper/<model>/<dataset>_<condition>.yaml for its prompt-engineering runs (hiertrain.protocol.conditions).
 
 A preset is configs/models/<model>.yaml + configs/data/<dataset>.yaml + the paper's protocol for
 that pair (prompt variant from its scripts/*.sh, reply length, answer rule, option order), written
@@ -213,7 +213,7 @@ def presets() -> dict[str, tuple[dict[str, Any], list[str]]]:
         config = compose_condition(model, dataset, condition)
         header = [
             f"The paper's {condition} condition for {model} on {dataset}, image questions (written by configs/paper/compose.py: do not edit).",
-            f"= configs/paper/{model}/{dataset}.yaml + data.condition {condition} (hiertrain.core.conditions).",
+            f"= configs/paper/{model}/{dataset}.yaml + data.condition {condition} (hiertrain.protocol.conditions).",
             f"Run: hiertrain test --config configs/{name}",
             _data_line(config["data"]["init_args"]["questions"]),
             "Differs from the paper:" if condition_differences(model, dataset, condition) else "Differs from the paper: nothing known.",

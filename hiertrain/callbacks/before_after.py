@@ -15,9 +15,9 @@ from typing import Any
 
 from lightning.pytorch import Callback
 
-from hiertrain.core.atomic import write_atomic
-from hiertrain.core.errors import HierError
-from hiertrain.core.metric_labels import format_percent
+from hiertrain.base.atomic import write_atomic
+from hiertrain.base.errors import HierError
+from hiertrain.metrics.metric_labels import format_percent
 
 # Scalar metrics carried into each row; per-level lists stay in the evaluation's own files.
 ROW_METRICS = ("hca", "leaf_accuracy", "point_overlap", "hierarchical_f1", "unparseable_rate")
@@ -89,7 +89,7 @@ def markdown(doc: dict[str, Any]) -> str:
     The last level is the leaf in visual rows and the deepest asked level in text rows (the text
     questions name the leaf), so the column is not called "leaf".
 
-    Rows with a paired comparison (`paired`, hiertrain.core.paired) show the delta's paired
+    Rows with a paired comparison (`paired`, hiertrain.metrics.paired) show the delta's paired
     bootstrap interval `[low, high]` and two more columns: the exact McNemar p of HCA and of the
     last level.
     """
@@ -134,7 +134,7 @@ def write_before_after(run_dir: str | Path, doc: dict[str, Any]) -> Path:
 
 def chance_hca(records: list[Any], mode: str) -> float | None:
     """Expected HCA of uniform guessing: mean over samples of prod(1 / #options) over asked levels."""
-    from hiertrain.core.prompts import asked_levels
+    from hiertrain.protocol.prompts import asked_levels
 
     if not records:
         return None
@@ -185,9 +185,9 @@ def evaluate_split(
 
 
 def paired_before_after(before: list[Any], after: list[Any]) -> dict[str, Any] | None:
-    """`hiertrain.core.paired` of after against before on the same images (None if no image)."""
-    from hiertrain.core.paired import paired_comparison
-    from hiertrain.core.predictions import to_tensors
+    """`hiertrain.metrics.paired` of after against before on the same images (None if no image)."""
+    from hiertrain.metrics.paired import paired_comparison
+    from hiertrain.metrics.predictions import to_tensors
 
     if not before:
         return None

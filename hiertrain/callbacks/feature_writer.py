@@ -15,8 +15,8 @@ from typing import Any
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from hiertrain.core.errors import HierError
-from hiertrain.core.feature_store import FeatureStore, ShardWriter, StoreLayout
+from hiertrain.base.errors import HierError
+from hiertrain.features.feature_store import FeatureStore, ShardWriter, StoreLayout
 
 log = logging.getLogger(__name__)
 

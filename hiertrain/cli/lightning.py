@@ -33,8 +33,8 @@ from typing import Any
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from hiertrain.core.atomic import file_error
-from hiertrain.core.errors import HierError
+from hiertrain.base.atomic import file_error
+from hiertrain.base.errors import HierError
 
 
 def _logger_identity(model: Any, data: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import importlib
 import sys
 
 from hiertrain.cli.malloc import retain_freed_memory
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -95,7 +95,7 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"hiertrain: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # unwritable folder, full disk: one line, not a traceback
-        from hiertrain.core.atomic import file_error
+        from hiertrain.base.atomic import file_error
 
         cause = file_error(err)
         if cause is None:

@@ -23,9 +23,9 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
-from hiertrain.core.errors import HierError
-from hiertrain.core.feature_store import FeatureStore
-from hiertrain.core.probe_spec import ProbeSpec
+from hiertrain.base.errors import HierError
+from hiertrain.features.feature_store import FeatureStore
+from hiertrain.features.probe_spec import ProbeSpec
 
 SELECTIONS = ("val", "test")
 TEST_SELECTION_NOTE = (

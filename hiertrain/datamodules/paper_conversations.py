@@ -22,8 +22,8 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hiertrain.core.errors import HierError
-from hiertrain.core.resources import read_data_text
+from hiertrain.base.errors import HierError
+from hiertrain.base.resources import read_data_text
 from hiertrain.datamodules.questions import open_image
 from hiertrain.datamodules.sampling import ResumableLoader, ResumableRandomSampler
 from hiertrain.datamodules.tuning import IGNORE_INDEX, HierTuningDataModule, TuningCollator
@@ -236,7 +236,7 @@ class PaperTuningDataModule(HierTuningDataModule):
         root_map = dict(self.image_root_map)
         images = [c.image for c in self.conversations if c.image is not None]
         if images and self.image_root:
-            from hiertrain.core.paper_image_paths import image_root_map
+            from hiertrain.paper.paper_image_paths import image_root_map
 
             root_map = {**image_root_map(images, self.image_root, source=str(self.train_conversations)), **root_map}
         image_dir = self.conversation_image_dir or str(Path(self.train_conversations).parent)

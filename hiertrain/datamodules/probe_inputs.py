@@ -24,13 +24,13 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
-from hiertrain.core.errors import HierError
-from hiertrain.core.prompts import PROBE_ANSWER_SENTENCE as ANSWER_SENTENCE
-from hiertrain.core.prompts import PROBE_IMAGE_PROMPT as IMAGE_PROMPT
-from hiertrain.core.prompts import PROBE_TEXT_VARIANT as TEXT_VARIANT
-from hiertrain.core.prompts import text_prompt
-from hiertrain.core.question_bank import read_image_list
-from hiertrain.core.taxonomy import Taxonomy
+from hiertrain.base.errors import HierError
+from hiertrain.protocol.prompts import PROBE_ANSWER_SENTENCE as ANSWER_SENTENCE
+from hiertrain.protocol.prompts import PROBE_IMAGE_PROMPT as IMAGE_PROMPT
+from hiertrain.protocol.prompts import PROBE_TEXT_VARIANT as TEXT_VARIANT
+from hiertrain.protocol.prompts import text_prompt
+from hiertrain.taxonomy.question_bank import read_image_list
+from hiertrain.taxonomy.taxonomy import Taxonomy
 from hiertrain.runs.meta import file_sha256
 
 def _padded_path(path: tuple[str, ...], depth: int) -> list[str | None]:
@@ -69,7 +69,7 @@ class ImageProbeDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         """The item; an unreadable image (missing, truncated, decompression bomb) gives
         `image=None` and `error` naming the file: the collate leaves it out, counted."""
-        from hiertrain.core.images import BAD_IMAGE_ERRORS, open_rgb
+        from hiertrain.taxonomy.images import BAD_IMAGE_ERRORS, open_rgb
 
         real, valid = unpad_index(index, len(self.records))
         rec = self.records[real]

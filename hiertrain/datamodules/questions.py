@@ -4,7 +4,7 @@ An item carries every asked level of one record, so a model encodes the image on
 all levels from it. Items are served by `PaddedEvalSampler`, whose padding repeats come back
 with `valid=False` so no sample is counted twice under DDP.
 `level_questions` is the single place a record becomes per-level chat messages; it uses
-`hiertrain.core.prompts` only, so evaluation and tuning see the same words.
+`hiertrain.protocol.prompts` only, so evaluation and tuning see the same words.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from hiertrain.core import conditions, prompts
+from hiertrain.protocol import conditions
+from hiertrain.protocol import prompts
 from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
-from hiertrain.core.errors import HierError
-from hiertrain.core.images import BAD_IMAGE_ERRORS
-from hiertrain.core.bank_index import LazyRecords, QuestionIndex
-from hiertrain.core.question_bank import QuestionRecord
+from hiertrain.base.errors import HierError
+from hiertrain.taxonomy.images import BAD_IMAGE_ERRORS
+from hiertrain.taxonomy.bank_index import LazyRecords, QuestionIndex
+from hiertrain.taxonomy.question_bank import QuestionRecord
 
 Mode = Literal["image", "text"]
 
@@ -41,7 +42,7 @@ class LevelQuestion:
     # binary condition: one (user text, messages) per option, in option order; empty otherwise
     statements: list[tuple[str, list[dict]]] = field(default_factory=list, repr=False)
     # circular evaluation: the same question under rotations 1.. of `options` (rotation 0 is the
-    # level itself); empty otherwise (hiertrain.core.circular)
+    # level itself); empty otherwise (hiertrain.metrics.circular)
     rotations: list["RotatedQuestion"] = field(default_factory=list, repr=False)
     prompt: str = ""  # the level's question without its options (joint inference lists them all)
 
@@ -77,11 +78,11 @@ def level_questions(
     circular: bool = False,
 ) -> list[LevelQuestion]:
     """The asked levels of `record` (all levels with a truth; not the leaf in text mode), worded
-    as the paper words dataset `family` (see `hiertrain.core.prompts.IMAGE_WORDINGS`) and put
-    under `condition` (see `hiertrain.core.conditions`; `context` = the taxonomy text of the
+    as the paper words dataset `family` (see `hiertrain.protocol.prompts.IMAGE_WORDINGS`) and put
+    under `condition` (see `hiertrain.protocol.conditions`; `context` = the taxonomy text of the
     taxonomy condition).
 
-    `inference` (hiertrain.core.conditions.INFERENCE_MODES): "independent" and "stepwise" give
+    `inference` (hiertrain.protocol.conditions.INFERENCE_MODES): "independent" and "stepwise" give
     each level its own one-question chat (stepwise chains them at answer time, on the model's
     own replies); "oracle_parent" puts the earlier levels before it as chat turns, each answered
     with its true letter; "joint" gives every level the one question asking all of them
@@ -120,7 +121,7 @@ def level_questions(
         question = closed(options)
         lq = LevelQuestion(i, name, truths[i], options, question, conditions.messages(question, mode, system))
         if circular:
-            from hiertrain.core.circular import rotations
+            from hiertrain.metrics.circular import rotations
 
             lq.rotations = [
                 RotatedQuestion(opts, closed(opts), conditions.messages(closed(opts), mode, system)) for opts in rotations(options)[1:]
@@ -152,8 +153,8 @@ def with_inference(levels: list[LevelQuestion], inference: str, mode: Mode, syst
 
 
 def open_image(path: Path):
-    """The image as RGB (`hiertrain.core.images.open_rgb`: bombs, truncation, 16-bit grey)."""
-    from hiertrain.core.images import open_rgb
+    """The image as RGB (`hiertrain.taxonomy.images.open_rgb`: bombs, truncation, 16-bit grey)."""
+    from hiertrain.taxonomy.images import open_rgb
 
     return open_rgb(path)
 
@@ -196,8 +197,8 @@ class QuestionDataset(Dataset):
         return len(self.records)
 
     def image_path(self, record: QuestionRecord) -> Path:
-        """Where the image is (`hiertrain.core.images.resolve_image`, the one image-path rule)."""
-        from hiertrain.core.images import resolve_image
+        """Where the image is (`hiertrain.taxonomy.images.resolve_image`, the one image-path rule)."""
+        from hiertrain.taxonomy.images import resolve_image
 
         return resolve_image(record.image, self.image_dir, self.image_root_map)
 
@@ -245,7 +246,7 @@ class HierVQADataModule(LightningDataModule):
         subject: the noun of the image questions ("bird", "plant"; default "object"); used by the
             "cub" and "inat" families (the other families' wordings name their noun themselves).
         prompt_family: whose wording: "cub" (default), "inat", "imagenet_animal",
-            "imagenet_artifact" or "food" (image only); see `hiertrain.core.prompts`.
+            "imagenet_artifact" or "food" (image only); see `hiertrain.protocol.prompts`.
         prompt_variant: which of the paper's 5 wordings (0-4).
         shuffle_options: put the options in a seeded order (default); false keeps the file's
             order, as the paper's text-mode scripts do (its image scripts shuffle).
@@ -257,12 +258,12 @@ class HierVQADataModule(LightningDataModule):
         image_root_map: leading path replacements, e.g. the authors' CUB folder -> yours; a
             relative target is taken from the working directory (docs/data.md, "Image paths").
         image_root: your download of the dataset of a paper file (e.g. your CUB_200_2011):
-            the authors' absolute image paths are mapped there (hiertrain.core.paper_image_paths);
+            the authors' absolute image paths are mapped there (hiertrain.paper.paper_image_paths);
             takes precedence over `image_root_map`. Image mode only.
         on_bad_image: "skip" (counted, named in the run's skipped list) or "error".
         name: short dataset name for run names and reports (default: the question file's stem).
         split: serve only records of this split (e.g. "test" when a file holds train/val/test).
-        condition: how each level is asked (`hiertrain.core.conditions`): "plain" (default),
+        condition: how each level is asked (`hiertrain.protocol.conditions`): "plain" (default),
             "taxonomy" (the taxonomy file in the system prompt), "cot", "bio_cot" (iNat; subject
             "animal" or "plant"), "binary" (a yes/no statement per option) or "open" (no options,
             the reply matched to the taxonomy's nodes; needs `taxonomy` and a wording that names
@@ -273,11 +274,11 @@ class HierVQADataModule(LightningDataModule):
         label_case: text mode: "file" (default: the label as the question file spells it, as the
             paper's Qwen and InternVL scripts) or "lower" (lower-cased in the question, as the
             paper's LLaVA text scripts: evaluation/llm/llava/eval_text_cub.py:27).
-        inference: how an image's levels relate (`hiertrain.core.conditions.INFERENCE_MODES`):
+        inference: how an image's levels relate (`hiertrain.protocol.conditions.INFERENCE_MODES`):
             "independent" (default, the paper), "oracle_parent", "stepwise" or "joint"; plain
             condition only for the last three.
         circular: ask each level under every cyclic rotation of its options; a level counts
-            right only if every rotation is (`hiertrain.core.circular`).
+            right only if every rotation is (`hiertrain.metrics.circular`).
     """
 
     def __init__(
@@ -371,7 +372,7 @@ class HierVQADataModule(LightningDataModule):
         self.level_names = self._names(taxonomy, records, depth)
         self.records = records[: self.limit] if self.limit else records
         if self.image_root and self.mode == "image":
-            from hiertrain.core.paper_image_paths import image_root_map
+            from hiertrain.paper.paper_image_paths import image_root_map
 
             found = image_root_map([r.image for r in self.records], self.image_root, source=str(self.questions))
             self.image_root_map = {**found, **self.image_root_map}
@@ -457,7 +458,7 @@ class HierVQADataModule(LightningDataModule):
     def _taxonomy(self):
         if not self.taxonomy_path:
             return None
-        from hiertrain.core.taxonomy import Taxonomy
+        from hiertrain.taxonomy.taxonomy import Taxonomy
 
         return Taxonomy.from_json(  # membership and level names
             self.taxonomy_path,

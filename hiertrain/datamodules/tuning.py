@@ -16,10 +16,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from hiertrain.datamodules.questions import HierVQADataModule, QuestionDataset
-from hiertrain.core.bank_index import LazyRecords
+from hiertrain.taxonomy.bank_index import LazyRecords
 from hiertrain.datamodules.sampling import LoaderPosition, ResumableLoader, ResumableRandomSampler
-from hiertrain.core.errors import HierError
-from hiertrain.core.prompts import LETTERS
+from hiertrain.base.errors import HierError
+from hiertrain.protocol.prompts import LETTERS
 
 IGNORE_INDEX = -100
 
@@ -79,7 +79,7 @@ class TuningCollator:
         """The tuning image as the model sees it: the longest-side cap first (LANCZOS, as the
         paper's evaluation), then the paper's LoRA resize (finetuning/src/training/data.py:46-70:
         qwen_vl_utils' `smart_resize` to min/max_pixels, multiples of 28, PIL's bicubic)."""
-        from hiertrain.core.images import shrink_longest_side
+        from hiertrain.taxonomy.images import shrink_longest_side
 
         image = shrink_longest_side(image, self.max_image_side)
         if image is None or not self.image_kwargs:

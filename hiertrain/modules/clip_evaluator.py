@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.modules.evaluator_base import QuestionEvaluator, sample_prediction
-from hiertrain.core.predictions import SamplePrediction
-from hiertrain.core.prompts import LETTERS
-from hiertrain.core.prompts import CLIP_TEXT_TEMPLATE
+from hiertrain.metrics.predictions import SamplePrediction
+from hiertrain.protocol.prompts import LETTERS
+from hiertrain.protocol.prompts import CLIP_TEXT_TEMPLATE
 
 
 class CLIPEvaluator(QuestionEvaluator):

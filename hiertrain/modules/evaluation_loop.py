@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hiertrain.core.predictions import SamplePrediction
+from hiertrain.metrics.predictions import SamplePrediction
 
 Item = dict[str, Any]
 
@@ -54,7 +54,7 @@ def score_batch(
     good = [item for item in items if not item["error"]]
     predictions = answer(good) if good else []
     if metrics is not None and predictions:
-        from hiertrain.core.predictions import to_tensors
+        from hiertrain.metrics.predictions import to_tensors
 
         tensors = to_tensors(predictions, depth)
         metrics.update(*(t if device is None else t.to(device) for t in tensors))

@@ -25,11 +25,11 @@ from typing import Any
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
-from hiertrain.core import conditions
-from hiertrain.core.answers import paper_letter, parse_letter
-from hiertrain.core.errors import HierError
-from hiertrain.core.predictions import LevelPrediction, SamplePrediction
-from hiertrain.core.prompts import LETTERS
+from hiertrain.protocol import conditions
+from hiertrain.protocol.answers import paper_letter, parse_letter
+from hiertrain.base.errors import HierError
+from hiertrain.metrics.predictions import LevelPrediction, SamplePrediction
+from hiertrain.protocol.prompts import LETTERS
 from hiertrain.modules.sample_table import DEFAULT_LOG_SAMPLES
 from hiertrain.runs.eval_outputs import RunDirectory
 from hiertrain.runs.meta import QUESTION_FIELDS, RunMeta, file_sha256, weights_fingerprint
@@ -79,7 +79,7 @@ class QuestionEvaluator(LightningModule):
     answer_kind = "?"
     answer_parser = "strict"  # how a generated reply becomes a letter (VLLMEvaluator: a setting)
     generates = ("generate",)  # the answer kinds whose replies are generated text
-    supported_conditions: tuple[str, ...] = ("plain",)  # question conditions it can answer (hiertrain.core.conditions)
+    supported_conditions: tuple[str, ...] = ("plain",)  # question conditions it can answer (hiertrain.protocol.conditions)
     supported_inference: tuple[str, ...] = ("independent",)  # inference modes it can answer
     supports_circular = False  # whether it asks the rotations of `data.circular`
     backend = "transformers"  # how the model runs: in this process; "served" = behind an OpenAI-compatible API
@@ -92,7 +92,7 @@ class QuestionEvaluator(LightningModule):
         self.run_dir: RunDirectory | None = None
         self.meta: dict[str, Any] = {}
         self.final_metrics: dict[str, Any] | None = None
-        self.matcher: Any = None  # open condition: hiertrain.core.open_set.OpenSetMatcher
+        self.matcher: Any = None  # open condition: hiertrain.protocol.open_set.OpenSetMatcher
 
     # ---------------------------------------------------------------- subclass API
 
@@ -232,7 +232,7 @@ class QuestionEvaluator(LightningModule):
         if dm.condition in conditions.GENERATE_ONLY and self.answer_kind not in self.generates:
             raise HierError(f"condition {dm.condition!r} needs answer: generate (its replies are text, not one letter)")
         if dm.condition == "open":
-            from hiertrain.core.open_set import OpenSetMatcher
+            from hiertrain.protocol.open_set import OpenSetMatcher
 
             self.matcher = OpenSetMatcher.from_taxonomy(dm.taxonomy)
         self.run_dir = RunDirectory(Path(self.trainer.default_root_dir) / self.meta["run_name"], rank=self.global_rank)
@@ -348,8 +348,8 @@ class QuestionEvaluator(LightningModule):
         the run directory says which W&B run holds them (linked by `hiertrain report`)."""
         from lightning.pytorch.loggers import WandbLogger
 
-        from hiertrain.core.atomic import write_atomic
-        from hiertrain.core.images import resolve_image
+        from hiertrain.base.atomic import write_atomic
+        from hiertrain.taxonomy.images import resolve_image
         from hiertrain.modules.sample_table import sample_table
         from hiertrain.runs.meta import WANDB_JSON, to_json_text
 

@@ -19,11 +19,11 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from hiertrain.core.prompts import PROBE_IMAGE_PROMPT as IMAGE_PROMPT
-from hiertrain.core.prompts import PROBE_IMAGE_SYSTEM as IMAGE_SYSTEM
-from hiertrain.core.prompts import probe_image_messages as image_messages
-from hiertrain.core.prompts import probe_text_messages as text_messages
-from hiertrain.core.errors import HierError
+from hiertrain.protocol.prompts import PROBE_IMAGE_PROMPT as IMAGE_PROMPT
+from hiertrain.protocol.prompts import PROBE_IMAGE_SYSTEM as IMAGE_SYSTEM
+from hiertrain.protocol.prompts import probe_image_messages as image_messages
+from hiertrain.protocol.prompts import probe_text_messages as text_messages
+from hiertrain.base.errors import HierError
 
 POOLS = ("avg", "last")
 

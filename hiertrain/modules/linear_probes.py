@@ -14,7 +14,7 @@ epoch per probe too, but on test). The selection lives in the weights, so the fi
 the selected model: one checkpoint written when fit ends (``ModelCheckpoint(save_last=True,
 save_top_k=0)``) is all that is needed, not a file per improving epoch. ``val/selected_acc``
 (mean best val accuracy) is what EarlyStopping monitors; validate/test stages evaluate the
-selected probes. Scores of every site come from one `hiertrain.core.metrics.ProbeAccuracy`
+selected probes. Scores of every site come from one `hiertrain.metrics.classes.ProbeAccuracy`
 metric (integer counts, summed across processes, so exact under DDP) computed by the
 evaluation metrics' functions for per-level accuracy and HCA; one update per batch keeps
 validation cheap with 100+ probes.
@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
-from hiertrain.core.errors import HierError
-from hiertrain.core.metrics import ProbeAccuracy
-from hiertrain.core.probe_spec import ProbeSpec
+from hiertrain.base.errors import HierError
+from hiertrain.metrics.classes import ProbeAccuracy
+from hiertrain.features.probe_spec import ProbeSpec
 
 OPTIMIZERS = ("adamw", "adam")
 INITS = ("scaled_randn", "torch_default")

@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.datamodules.tuning import HierTuningDataModule
 
 ADAPTER_DIRNAME = "adapter"
@@ -135,7 +135,7 @@ class LoRATuner(LightningModule):
         if isinstance(dm, HierTuningDataModule):  # the one call that hands the data module the model side
             dm.connect(processor=self.processor, family=self.family)
         if dm is not None and hasattr(dm, "depth"):
-            from hiertrain.core.metrics import hierarchical_metrics
+            from hiertrain.metrics.classes import hierarchical_metrics
 
             self.val_depth, self.val_mode = dm.depth, dm.mode
             self.val_condition = self.scorable_condition(getattr(dm, "condition", "plain"))
@@ -144,7 +144,7 @@ class LoRATuner(LightningModule):
     @staticmethod
     def scorable_condition(condition: str) -> str:
         """`condition` if its questions can be tuned on and scored by letter logits, else HierError."""
-        from hiertrain.core.conditions import GENERATE_ONLY
+        from hiertrain.protocol.conditions import GENERATE_ONLY
 
         if condition in GENERATE_ONLY:
             raise HierError(

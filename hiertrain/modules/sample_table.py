@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from hiertrain.core.images import BAD_IMAGE_ERRORS, open_rgb
-from hiertrain.core.predictions import SamplePrediction
+from hiertrain.taxonomy.images import BAD_IMAGE_ERRORS, open_rgb
+from hiertrain.metrics.predictions import SamplePrediction
 
 DEFAULT_LOG_SAMPLES = 50
 THUMBNAIL_SIDE = 160

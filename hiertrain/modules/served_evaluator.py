@@ -4,7 +4,7 @@ GPT-4o, or any model behind vLLM, SGLang or `transformers serve`: the questions,
 families, option shuffling, parsers, metrics, predictions, run directory, resume and W&B are the
 in-process evaluator's (`QuestionEvaluator`); only the answering differs. Each asked level is one
 chat request: the level's chat messages (`datamodules.questions.level_questions`, texts from
-`core.prompts`) with the image as a base64 data URL (PNG: the pixels the datamodule loaded;
+`protocol.prompts`) with the image as a base64 data URL (PNG: the pixels the datamodule loaded;
 text mode sends no image). The server applies its own chat template. Every question condition
 is served (they only change the text; binary sends one request per statement) and its replies are
 read by the same rules as in-process (`QuestionEvaluator.replies_prediction`).
@@ -34,10 +34,10 @@ from typing import Any, Literal
 
 from lightning.pytorch.utilities import rank_zero_warn
 
-from hiertrain.core import conditions
-from hiertrain.core.errors import HierError
-from hiertrain.core.predictions import SamplePrediction
-from hiertrain.core.prompts import LETTERS, asked_levels
+from hiertrain.protocol import conditions
+from hiertrain.base.errors import HierError
+from hiertrain.metrics.predictions import SamplePrediction
+from hiertrain.protocol.prompts import LETTERS, asked_levels
 from hiertrain.modules.evaluator_base import QuestionEvaluator, sample_prediction
 from hiertrain.runs.meta import RunMeta, default_run_name, read_run_json
 from hiertrain.runs.request_cache import RequestCache, request_key

@@ -15,11 +15,11 @@ slots (default per device: CPU 32768, CUDA 2048 per GiB of device memory). The d
   and reported) or "paper" (`answers.paper_letter`, the paper's first-letter-anywhere rule, for
   reproducing its numbers).
 
-Question conditions (`data.condition`, hiertrain.core.conditions): plain, taxonomy and bio_cot
+Question conditions (`data.condition`, hiertrain.protocol.conditions): plain, taxonomy and bio_cot
 answer like plain questions; cot (generate) reads the final letter (`conditions.final_letter`
 under the strict parser); binary (generate) asks one yes/no statement per option, read and scored
 as the paper's `utils/metric_binary.py`, each statement's text and reply kept in the level's
-`detail`; open (generate) matches the reply to the taxonomy's nodes (hiertrain.core.open_set).
+`detail`; open (generate) matches the reply to the taxonomy's nodes (hiertrain.protocol.open_set).
 
 Per-model protocol settings (the paper's, set in configs/models and configs/paper, recorded in
 run.json): `max_image_side` (Qwen: longest side > 1680 px shrunk first, LANCZOS),
@@ -35,16 +35,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from hiertrain.core import conditions
-from hiertrain.core.errors import HierError
+from hiertrain.protocol import conditions
+from hiertrain.base.errors import HierError
 from hiertrain.modules.evaluator_base import QuestionEvaluator, sample_prediction
-from hiertrain.core.predictions import SamplePrediction
-from hiertrain.core.prompts import LETTERS
+from hiertrain.metrics.predictions import SamplePrediction
+from hiertrain.protocol.prompts import LETTERS
 
 ANSWER_PARSERS = ("strict", "paper")
 ASPECT_RATIOS = ("pad",)
 
-from hiertrain.core.images import shrink_longest_side  # noqa: E402  (one copy, shared with LoRA tuning)
+from hiertrain.taxonomy.images import shrink_longest_side  # noqa: E402  (one copy, shared with LoRA tuning)
 
 def shrunk_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
     """(width, height) after `shrink_longest_side`: scaled by `max_side / longest` when larger."""
@@ -77,7 +77,7 @@ class VLLMEvaluator(QuestionEvaluator):
             "model_default" (the model's own default system message: InternVL's conversation
             template's, as the paper's `model.chat`; for Qwen/LLaVA no system turn, so their chat
             template's default applies), "none" (no system turn) or a system text. In run.json
-            and the identity (`hiertrain.core.prompts.with_system_prompt`).
+            and the identity (`hiertrain.protocol.prompts.with_system_prompt`).
         chat: false = no chat template: the raw prompt `question + " Answer:"` of the paper's
             base-LLM runs (evaluation/og_llm/qwen/eval_text_og_natural.py:168-169); text mode
             only, answered without prefix sharing (the prompts share no special token).
@@ -101,7 +101,7 @@ class VLLMEvaluator(QuestionEvaluator):
         chat: bool = True,
     ) -> None:
         super().__init__(pretrained, run_name)
-        from hiertrain.core.prompts import check_system_prompt
+        from hiertrain.protocol.prompts import check_system_prompt
 
         check_system_prompt(system_prompt)
         if not chat and system_prompt != "paper":
@@ -175,14 +175,14 @@ class VLLMEvaluator(QuestionEvaluator):
     def system_text(self) -> str | None:
         """What the system turn says under `system_prompt` (None: no system turn; "paper": as built)."""
         if self.system_prompt == "paper":
-            return "as built: hiertrain.core.prompts.SYSTEM_IMAGE / SYSTEM_TEXT, or the condition's"
+            return "as built: hiertrain.protocol.prompts.SYSTEM_IMAGE / SYSTEM_TEXT, or the condition's"
         if self.system_prompt == "model_default":
             return self.model_default_system()
         return None if self.system_prompt == "none" else self.system_prompt
 
     def messages_of(self, messages: list[dict]) -> list[dict]:
         """One question's chat messages under this model's `system_prompt`."""
-        from hiertrain.core.prompts import with_system_prompt
+        from hiertrain.protocol.prompts import with_system_prompt
 
         if self.system_prompt == "paper":
             return messages
@@ -252,7 +252,7 @@ class VLLMEvaluator(QuestionEvaluator):
         from hiertrain.vlm.prefix_cache import render_chat
 
         if not self.chat:
-            from hiertrain.core.prompts import raw_prompt
+            from hiertrain.protocol.prompts import raw_prompt
 
             return [raw_prompt(lq.question) for lq in item["levels"]]
         if self.meta.get("condition") == "binary":  # one prompt per statement, levels in order
@@ -292,7 +292,7 @@ class VLLMEvaluator(QuestionEvaluator):
     def _answer_stepwise(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
         """Each image's levels as one chat, level k after the model's own replies to levels < k
         (`hiertrain.vlm.stepwise`: the KV cache grows turn by turn)."""
-        from hiertrain.core.conditions import turn_messages
+        from hiertrain.protocol.conditions import turn_messages
         from hiertrain.vlm.prefix_cache import render_chat
         from hiertrain.vlm.stepwise import Conversation, StepwiseAnswerer
 
@@ -325,8 +325,8 @@ class VLLMEvaluator(QuestionEvaluator):
     def _closed_prediction(self, item: dict[str, Any], mode: str, outputs: list[Any], read) -> SamplePrediction:
         """One output per prompt of `prompts_of` (each level, then its rotations) -> the sample;
         `read(output, options) -> (reply, option index | None)`. A circular level keeps rotation
-        0's answer and is right only if every rotation is (`hiertrain.core.circular.combine`)."""
-        from hiertrain.core.circular import combine, rotation_record
+        0's answer and is right only if every rotation is (`hiertrain.metrics.circular.combine`)."""
+        from hiertrain.metrics.circular import combine, rotation_record
 
         answers, records, start = [], [], 0
         for lq in item["levels"]:
@@ -362,7 +362,7 @@ class VLLMEvaluator(QuestionEvaluator):
     def joint_prediction(self, item: dict[str, Any], mode: str, replies: list[str]) -> SamplePrediction:
         """The one reply to the joint question, read line by line (`answers.joint_letters`); every
         level keeps the whole reply and the joint question, so a score can re-read it."""
-        from hiertrain.core.answers import joint_letters
+        from hiertrain.protocol.answers import joint_letters
 
         levels = item["levels"]
         if len(replies) != (1 if levels else 0):

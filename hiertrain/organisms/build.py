@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hiertrain.core.errors import HierError
-from hiertrain.core.taxonomy import level_names_path
+from hiertrain.base.errors import HierError
+from hiertrain.taxonomy.taxonomy import level_names_path
 from hiertrain.organisms.world import LEVEL_NAMES, GlyphDrawer, World, file_digest, make_world, plant_facts
 
 GENERATOR = "hiertrain.organisms/1"
@@ -60,8 +60,8 @@ def write_world(out: Path, seed: int, progress: bool = True) -> dict[str, Any]:
     """Taxonomy, images and question banks of the world of `seed` under `out` (idempotent)."""
     from tqdm.auto import tqdm
 
-    from hiertrain.core.atomic import write_atomic as atomic_write_text
-    from hiertrain.core.question_bank import build_questions, write_questions
+    from hiertrain.base.atomic import write_atomic as atomic_write_text
+    from hiertrain.taxonomy.question_bank import build_questions, write_questions
 
     done = out / "world.json"
     if done.is_file():
@@ -346,7 +346,7 @@ def build_family(out: Path, members: dict[str, tuple[float, ...]], seed: int = 0
 
     import torch
 
-    from hiertrain.core.atomic import write_atomic as atomic_write_text
+    from hiertrain.base.atomic import write_atomic as atomic_write_text
     from hiertrain.organisms.model import save
 
     torch.set_num_threads(threads)

@@ -12,8 +12,8 @@ import json
 import math
 from pathlib import Path
 
-from hiertrain.core.errors import HierError
-from hiertrain.core.letter_bias import letter_counts
+from hiertrain.base.errors import HierError
+from hiertrain.metrics.letter_bias import letter_counts
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -69,7 +69,7 @@ def calibration_table(run_dir: Path, manifest_path: Path | None = None) -> dict:
                     asked_withheld.setdefault(name, []).append((opts, lv["truth"], lv.get("letter")))
     if not cells:
         raise HierError(f"{path}: no asked levels")
-    letters = {}  # the one letter-bias count (hiertrain.core.letter_bias)
+    letters = {}  # the one letter-bias count (hiertrain.metrics.letter_bias)
     for name, questions in asked_withheld.items():
         truth, pick = letter_counts(questions, max(len(o) for o, _, _ in questions))
         letters[name] = {"truth": truth, "pick": pick}

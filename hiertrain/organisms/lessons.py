@@ -1,7 +1,7 @@
 """What the organism is taught: four-choice questions in hiertrain's exact wording and layout.
 
 A lesson is one question: its subject leaf, the asked level, the shuffled options and the
-answer. The text is built by hiertrain.core.prompts (the organism's prompt family) and rendered
+answer. The text is built by hiertrain.protocol.prompts (the organism's prompt family) and rendered
 by the organism's own chat template, so training and evaluation see the same tokens.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from hiertrain.core import prompts
-from hiertrain.core.taxonomy import Taxonomy
+from hiertrain.protocol import prompts
+from hiertrain.taxonomy.taxonomy import Taxonomy
 
 IMAGE, TEXT = "image", "text"
 

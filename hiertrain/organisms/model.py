@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hiertrain.core import prompts
+from hiertrain.protocol import prompts
 from hiertrain.vlm.tiny import QWEN_SPECIAL_TOKENS, OPTION_LETTERS, build_tokenizer
 
 IMAGE_SIZE = 112  # 4 x 4 = 16 visual tokens, one per tiled glyph
@@ -93,7 +93,7 @@ def build_model(processor, seed: int):
 
 def check_single_tokens(processor, words: list[str]) -> None:
     """Every invented name must be one token after a space (options) and the subject slot."""
-    from hiertrain.core.errors import HierError
+    from hiertrain.base.errors import HierError
 
     tok = processor.tokenizer
     for w in words:

@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.organisms.world import file_digest
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from hiertrain.core.errors import HierError
-from hiertrain.core.taxonomy import Taxonomy
+from hiertrain.base.errors import HierError
+from hiertrain.taxonomy.taxonomy import Taxonomy
 
 LEVEL_NAMES = ("clade", "kind", "tint", "breed")
 # Children per node below each level: 4 roots -> 8 -> 32 -> 64 leaves.

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hiertrain.core.atomic import write_atomic
-from hiertrain.core.errors import HierError
-from hiertrain.core.prompts import leaf_label
-from hiertrain.core.metric_labels import percent
+from hiertrain.base.atomic import write_atomic
+from hiertrain.base.errors import HierError
+from hiertrain.protocol.prompts import leaf_label
+from hiertrain.metrics.metric_labels import percent
 from hiertrain.runs.meta import RUN_JSON, model_name
 from hiertrain.runs.schema import MetricsJson, RunJson
 
@@ -77,7 +77,7 @@ class Run:
 
     @property
     def condition(self) -> str:
-        """The question condition (hiertrain.core.conditions); runs from before the field: "plain"."""
+        """The question condition (hiertrain.protocol.conditions); runs from before the field: "plain"."""
         return str(self.info.condition or "plain")
 
 
@@ -420,11 +420,11 @@ def correlations(visual_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Pearson and Spearman of text HCA vs visual HCA across models, per dataset and pooled.
 
     With at least `MIN_MODELS` models also Pearson's bootstrap interval over models and the
-    permutation p-value (hiertrain.core.correlation); with fewer, `too_few` says so.
+    permutation p-value (hiertrain.metrics.correlation); with fewer, `too_few` says so.
     """
     import torch
 
-    from hiertrain.core.correlation import correlation_test, pearson_columns, spearman
+    from hiertrain.metrics.correlation import correlation_test, pearson_columns, spearman
 
     points = [r for r in visual_rows if r["hca"] is not None and r["text_hca"] is not None]
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -489,7 +489,7 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def correlation_table(rows: list[dict[str, Any]]) -> str:
     """Pearson with its bootstrap interval over models and permutation p, Spearman, n; a group
     with fewer than MIN_MODELS models is stated as too few instead of numbers."""
-    from hiertrain.core.correlation import MIN_MODELS
+    from hiertrain.metrics.correlation import MIN_MODELS
 
     shown = []
     for row in rows:

@@ -3,7 +3,7 @@
 A paired comparison only means something when both runs answered the same questions: the same
 question file (SHA-256 in run.json), the same mode, the same sample ids and, per sample, the same
 asked levels. Anything else is refused with a one-line reason naming what differs. The
-statistics are `hiertrain.core.paired` (difference B - A, paired bootstrap, exact McNemar).
+statistics are `hiertrain.metrics.paired` (difference B - A, paired bootstrap, exact McNemar).
 The taxonomy measures (path consistency, mistake LCA depth / distance) are compared when both
 runs name the same taxonomy (run.json `taxonomy`, or `--taxonomy`); otherwise the result says why not.
 """
@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 
 
 @dataclass
 class ComparedRun:
-    """A run directory's run.json and its merged predictions (as arrays: hiertrain.core.columnar)."""
+    """A run directory's run.json and its merged predictions (as arrays: hiertrain.metrics.columnar)."""
 
     path: Path
     info: Any  # hiertrain.runs.schema.RunJson
@@ -37,7 +37,7 @@ class ComparedRun:
 
 def load_run(path: str | Path) -> ComparedRun:
     """run.json + predictions.jsonl of an evaluation run; HierError naming what is missing."""
-    from hiertrain.core.columnar import read_columns
+    from hiertrain.metrics.columnar import read_columns
 
     from hiertrain.runs.schema import RUN_JSON, RunJson
 
@@ -87,8 +87,8 @@ def same_questions_problem(a: ComparedRun, b: ComparedRun) -> str | None:
 
 def run_taxonomy(a: ComparedRun, b: ComparedRun, given: str | None = None) -> tuple[Any, str | None]:
     """(the Taxonomy both runs were scored with, None) or (None, why the taxonomy measures are left out)."""
-    from hiertrain.core.metric_labels import NO_TAXONOMY
-    from hiertrain.core.taxonomy import Taxonomy
+    from hiertrain.metrics.metric_labels import NO_TAXONOMY
+    from hiertrain.taxonomy.taxonomy import Taxonomy
 
     paths = [given] * 2 if given else [r.info.taxonomy for r in (a, b)]
     drops = {bool(r.meta.get("drop_trivial_levels")) for r in (a, b)}
@@ -106,8 +106,8 @@ def compare_runs(
 ) -> dict[str, Any]:
     """The paired comparison of B against A (JSON-ready); HierError when not the same questions.
     `taxonomy`: the taxonomy file to place the picks with (default: the runs' run.json `taxonomy`)."""
-    from hiertrain.core.columnar import read_columns
-    from hiertrain.core.paired import paired_comparison
+    from hiertrain.metrics.columnar import read_columns
+    from hiertrain.metrics.paired import paired_comparison
 
     a, b = load_run(path_a), load_run(path_b)
     problem = same_questions_problem(a, b)
@@ -119,7 +119,7 @@ def compare_runs(
     ta, tb = a.columns.tensors(), b.columns.tensors()
     width = max(ta[0].shape[1], tb[0].shape[1])
     ta, tb = _pad(ta, width), _pad(tb, width)
-    if tree is not None:  # read again with the taxonomy: each pick's place (hiertrain.core.placement)
+    if tree is not None:  # read again with the taxonomy: each pick's place (hiertrain.metrics.placement)
         ta = ta + read_columns(a.path / "predictions.jsonl", taxonomy=tree).placement(width)
         tb = tb + read_columns(b.path / "predictions.jsonl", taxonomy=tree).placement(width)
     result = paired_comparison(ta, tb, n_boot=n_boot, ci=ci, seed=seed)

@@ -7,7 +7,7 @@ wrong — each tile captioned with every asked level's truth and pick (✓/✗),
 heatmap of the level with the most errors. Generic over any image run: it reads only run.json
 and predictions.jsonl (never model code), so CLIP, served and open-set runs draw the same way.
 
-Images are found by the evaluation's own rule (`hiertrain.core.images.resolve_image`) from
+Images are found by the evaluation's own rule (`hiertrain.taxonomy.images.resolve_image`) from
 run.json's `image_dir` and `image_root_map` (runs written before those fields: the question
 file's folder); an image that cannot be read is drawn as a named placeholder and counted
 (`missing_images`), never dropped.
@@ -25,9 +25,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hiertrain.core.atomic import atomic_path  # noqa: E402
-from hiertrain.core.images import BAD_IMAGE_ERRORS, open_rgb, resolve_image  # noqa: E402
-from hiertrain.core.predictions import LevelPrediction, SamplePrediction, read_predictions  # noqa: E402
+from hiertrain.base.atomic import atomic_path  # noqa: E402
+from hiertrain.taxonomy.images import BAD_IMAGE_ERRORS, open_rgb, resolve_image  # noqa: E402
+from hiertrain.metrics.predictions import LevelPrediction, SamplePrediction, read_predictions  # noqa: E402
 
 # (key, heading): the categories a reader of the paper asks for first.
 CATEGORIES = (

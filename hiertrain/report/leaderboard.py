@@ -12,7 +12,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from hiertrain.core.atomic import atomic_path
+from hiertrain.base.atomic import atomic_path
 
 LEADERBOARD_METRICS = (
     "hca", "leaf_accuracy", "point_overlap", "strict_point_overlap", "top_overlap", "hierarchical_f1",

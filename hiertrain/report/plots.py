@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hiertrain.core.atomic import atomic_path  # noqa: E402
+from hiertrain.base.atomic import atomic_path  # noqa: E402
 
 def _save(fig, out: Path, name: str) -> str:
     fig.tight_layout()

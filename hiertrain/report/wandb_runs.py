@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.runs.meta import WANDB_JSON
 
 

@@ -21,13 +21,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from hiertrain.core.atomic import atomic_path, write_atomic, write_error
-from hiertrain.core.errors import HierError
-from hiertrain.core.open_set import open_set_metrics
-from hiertrain.core.circular import circular_metrics
-from hiertrain.core.metric_labels import MEASURE_LABELS, NO_TAXONOMY, format_measure, format_percent, short_labels
-from hiertrain.core.prompts import leaf_label
-from hiertrain.core.predictions import (
+from hiertrain.base.atomic import atomic_path, write_atomic, write_error
+from hiertrain.base.errors import HierError
+from hiertrain.protocol.open_set import open_set_metrics
+from hiertrain.metrics.circular import circular_metrics
+from hiertrain.metrics.metric_labels import MEASURE_LABELS, NO_TAXONOMY, format_measure, format_percent, short_labels
+from hiertrain.protocol.prompts import leaf_label
+from hiertrain.metrics.predictions import (
     SamplePrediction,
     append_predictions,
     read_predictions,
@@ -155,7 +155,7 @@ class RunDirectory:
         """Ids of the finished samples, sorted: what a resumed run skips.
 
         With no rank parts to merge, only predictions.jsonl's ids are read, in one streaming
-        pass (`hiertrain.core.columnar`: the same validation and errors as `read_predictions`, no
+        pass (`hiertrain.metrics.columnar`: the same validation and errors as `read_predictions`, no
         object per level); otherwise the parts are merged first (`consolidate`).
         """
         final = self.predictions_path
@@ -166,7 +166,7 @@ class RunDirectory:
             part.unlink()  # empty parts: consolidate would drop them too
         if final.stat().st_size == 0:
             return []
-        from hiertrain.core.columnar import read_columns
+        from hiertrain.metrics.columnar import read_columns
 
         return read_columns(final).ids.tolist()
 
@@ -242,12 +242,12 @@ class RunDirectory:
 
 
 def compute_metrics(preds: list[SamplePrediction], depth: int, taxonomy: Any = None) -> dict[str, Any]:
-    """Every hierarchical metric over these predictions, JSON-ready (hiertrain.core.functional on
+    """Every hierarchical metric over these predictions, JSON-ready (hiertrain.metrics.functional on
     all samples at once: the merged file holds every rank's samples, so nothing is synced). With the
-    `taxonomy` also the measures that need it (hiertrain.core.placement); without, a line saying so."""
-    from hiertrain.core.functional import hierarchical_scores, json_values, taxonomy_scores
-    from hiertrain.core.placement import placement_tensors
-    from hiertrain.core.predictions import to_tensors
+    `taxonomy` also the measures that need it (hiertrain.metrics.placement); without, a line saying so."""
+    from hiertrain.metrics.functional import hierarchical_scores, json_values, taxonomy_scores
+    from hiertrain.metrics.placement import placement_tensors
+    from hiertrain.metrics.predictions import to_tensors
 
     tensors = to_tensors(preds, depth)
     metrics = json_values(hierarchical_scores(*tensors))
@@ -268,11 +268,11 @@ def compute_metrics(preds: list[SamplePrediction], depth: int, taxonomy: Any = N
 def uncertainty(
     preds: list[SamplePrediction], depth: int, n_boot: int | None = None, ci: float | None = None, codes: Any = None
 ) -> dict[str, Any]:
-    """metrics.json's `intervals` (bootstrap over images, hiertrain.core.bootstrap) and `chance`;
+    """metrics.json's `intervals` (bootstrap over images, hiertrain.metrics.bootstrap) and `chance`;
     `codes` = the (lca, links) placement tensors [N, depth], for the taxonomy measures' intervals."""
-    from hiertrain.core.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_CI, PER_LEVEL_METRICS, bootstrap_intervals
-    from hiertrain.core.chance import chance_levels
-    from hiertrain.core.predictions import to_tensors
+    from hiertrain.metrics.bootstrap import DEFAULT_BOOTSTRAP, DEFAULT_CI, PER_LEVEL_METRICS, bootstrap_intervals
+    from hiertrain.metrics.chance import chance_levels
+    from hiertrain.metrics.predictions import to_tensors
 
     n_boot, ci = DEFAULT_BOOTSTRAP if n_boot is None else n_boot, DEFAULT_CI if ci is None else ci
     lca, links = codes if codes is not None else (None, None)
@@ -328,7 +328,7 @@ def plot_per_level(metrics: dict[str, Any], path: Path, title: str = "") -> None
     ax.bar(range(len(values)), values, color="#4C72B0", yerr=err if len(bounds) == len(values) else None, capsize=3)
     chance = (metrics.get("chance") or {}).get("per_level_accuracy") or []
     for i, c in enumerate(chance[: len(values)]):
-        if c is not None:  # uniform guessing among the shown options (hiertrain.core.chance)
+        if c is not None:  # uniform guessing among the shown options (hiertrain.metrics.chance)
             ax.hlines(100 * c, i - 0.4, i + 0.4, colors="#d62728", linewidth=2, label="chance" if i == 0 else None)
     ax.set_xticks(range(len(values)), names[: len(values)], rotation=30, ha="right")
     for key, style in (("hca", "--"), ("leaf_accuracy", ":")):

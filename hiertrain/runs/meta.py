@@ -29,8 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from hiertrain.core.atomic import write_atomic
-from hiertrain.core.errors import HierError
+from hiertrain.base.atomic import write_atomic
+from hiertrain.base.errors import HierError
 from hiertrain.runs.schema import RUN_JSON, checked_run_json, load_json
 
 # Where an evaluation says which W&B run holds its logged sample table (read by `hiertrain report`).
@@ -47,7 +47,7 @@ NOT_IDENTITY = frozenset({
 })  # fmt: skip
 # (`schema_version` only says how run.json is laid out, hiertrain.runs.schema: a run written before it resumes.)
 # What a run.json written before an identity key existed meant by it (the question condition,
-# hiertrain.core.conditions: runs before it were asked the plain way).
+# hiertrain.protocol.conditions: runs before it were asked the plain way).
 IDENTITY_DEFAULTS: dict[str, Any] = {
     "condition": "plain", "system_prompt": "paper", "chat": True, "label_case": "file", "cot_apostrophe": None,
     "system_text": None, "inference": "independent", "circular": False,
@@ -102,8 +102,8 @@ def default_run_name(
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a data file's content: a gzipped or packaged (`hiertrain://`) file hashes as
     its decompressed bytes, so the same questions give the same hash however they are stored
-    (`hiertrain.core.resources.data_sha256`, remembered per file in this process)."""
-    from hiertrain.core.resources import data_sha256
+    (`hiertrain.base.resources.data_sha256`, remembered per file in this process)."""
+    from hiertrain.base.resources import data_sha256
 
     return data_sha256(path)
 

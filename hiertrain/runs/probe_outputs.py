@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hiertrain.core.atomic import atomic_path, write_atomic
-from hiertrain.core.probe_spec import ProbeSpec
+from hiertrain.base.atomic import atomic_path, write_atomic
+from hiertrain.features.probe_spec import ProbeSpec
 from hiertrain.runs.meta import RunMeta, dataset_name, write_run_json
 
 PROBES_JSON = "probes.json"

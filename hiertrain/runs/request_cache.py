@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
@@ -67,7 +67,7 @@ class RequestCache:
                 f.write(line)
                 f.flush()
         except OSError as err:  # full disk: one line naming the file; a cut-off line is resent next run
-            from hiertrain.core.atomic import write_error
+            from hiertrain.base.atomic import write_error
 
             raise write_error(self.path, err) from None
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 
 SCHEMA_VERSION = 1  # the run.json / metrics.json layout this hiertrain writes and reads
 RUN_JSON = "run.json"
@@ -179,7 +179,7 @@ class RunJson:
 
 @dataclass(frozen=True)
 class MetricsJson:
-    """A metrics.json as the tables read it (hiertrain.core.metrics_functional + the run dir's
+    """A metrics.json as the tables read it (hiertrain.metrics.functional + the run dir's
     additions: intervals, chance, circular, open set)."""
 
     path: Path
@@ -226,6 +226,13 @@ class MetricsJson:
     def empty(cls) -> MetricsJson:
         """No metrics (a missing twin run): every field None."""
         return cls(Path(METRICS_JSON), {})
+
+    def __getitem__(self, key: str) -> Any:
+        """The file's value as written (dict-style reads, as before the typed model)."""
+        return self.data[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.data
 
     def __bool__(self) -> bool:
         """An empty metrics.json (`{}`) has no row, as before the model."""

@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hiertrain.core.atomic import write_atomic
-from hiertrain.core.errors import HierError
+from hiertrain.base.atomic import write_atomic
+from hiertrain.base.errors import HierError
 
 
 class StepRunner:

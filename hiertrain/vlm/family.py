@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 
 # emit(site, rows [sum of per-image counts, D], per-image counts) — how image-site hooks report
 Emit = Callable[[str, Tensor, list[int]], None]

@@ -1,6 +1,6 @@
 """One run-wide prefix: the taxonomy in context is prefilled once per run, not once per image.
 
-In the taxonomy condition (hiertrain.core.conditions) every prompt of the run opens with the same
+In the taxonomy condition (hiertrain.protocol.conditions) every prompt of the run opens with the same
 system turn holding the whole taxonomy (CUB-200: ~9k tokens) before the image. `SharedPrefixAnswerer`
 already shares each image's prefix across its levels; `GlobalPrefixAnswerer` also shares the text
 before the image across all images: that text's KV cache is computed once (the first step), then
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.vlm.prefix_cache import SharedPrefixAnswerer
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 
 TESTED_TRANSFORMERS = ">=5.0,<5.26"  # = pyproject.toml's pin (tests/vlm/test_hf_private.py)
 

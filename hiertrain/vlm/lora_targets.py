@@ -13,7 +13,7 @@ import re
 
 from torch import nn
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")

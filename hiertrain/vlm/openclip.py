@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 
 if TYPE_CHECKING:
     import torch

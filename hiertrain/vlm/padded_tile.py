@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 
 
 class PaddedTileProcessor:

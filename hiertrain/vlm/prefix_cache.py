@@ -44,8 +44,8 @@ from typing import Any
 
 import torch
 
-from hiertrain.core.errors import HierError
-from hiertrain.core.prompts import LETTERS
+from hiertrain.base.errors import HierError
+from hiertrain.protocol.prompts import LETTERS
 from hiertrain.vlm.family import family_of
 
 

@@ -22,8 +22,8 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-from hiertrain.core.errors import HierError
-from hiertrain.core.prompts import LETTERS
+from hiertrain.base.errors import HierError
+from hiertrain.protocol.prompts import LETTERS
 
 TOP_LOGPROBS = 20  # the most OpenAI returns; vLLM and SGLang accept it too
 

@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 import torch
 
-from hiertrain.core.errors import HierError
-from hiertrain.core.prompts import LETTERS
+from hiertrain.base.errors import HierError
+from hiertrain.protocol.prompts import LETTERS
 from hiertrain.vlm.prefix_cache import ImagePrompts, SharedPrefixAnswerer
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 
 if TYPE_CHECKING:
     from transformers import Qwen2Tokenizer

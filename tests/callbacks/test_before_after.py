@@ -14,8 +14,8 @@ from hiertrain.callbacks.before_after import (
     markdown,
     write_before_after,
 )
-from hiertrain.core.errors import HierError
-from hiertrain.core.question_bank import QuestionRecord
+from hiertrain.base.errors import HierError
+from hiertrain.taxonomy.question_bank import QuestionRecord
 
 
 def _rows() -> list[BeforeAfterRow]:
@@ -90,7 +90,7 @@ def test_chance_hca_multiplies_over_asked_levels() -> None:
 
 def test_paired_rows_show_interval_and_mcnemar() -> None:
     from hiertrain.callbacks.before_after import paired_before_after
-    from hiertrain.core.predictions import LevelPrediction, SamplePrediction
+    from hiertrain.metrics.predictions import LevelPrediction, SamplePrediction
 
     def preds(right: list[bool]) -> list[SamplePrediction]:
         return [SamplePrediction(i, [LevelPrediction(1, "a", ["a", "b"], "A", "A", "a" if r else "b", r)]) for i, r in enumerate(right)]

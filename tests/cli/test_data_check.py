@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hiertrain.cli.main import main
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 
 HIERTRAIN = Path(sys.executable).parent / "hiertrain"
 
@@ -187,8 +187,8 @@ def test_entry_point(reference_data):
 def test_what_the_loader_refuses_is_a_problem_here(tmp_path, capsys):
     """Issue 22 item 18: a repeated record, options equal but for case/spaces, an empty image
     field: `data check` lists each with its line(s), and the question loader refuses the file."""
-    from hiertrain.core.errors import HierError
-    from hiertrain.core.question_bank import read_questions
+    from hiertrain.base.errors import HierError
+    from hiertrain.taxonomy.question_bank import read_questions
 
     tax = tmp_path / "tax.json"
     tax.write_text(json.dumps(TAXONOMY))
@@ -229,7 +229,7 @@ def test_streamed_check_equals_the_whole_file_check(tmp_path, monkeypatch):
     # report equals the whole-file reader's (`_check_whole`, the former code path) on banks
     # with every kind of problem, image-list lines, CRLF, no final newline and a lone CR.
     from hiertrain.cli.commands import data_check
-    from hiertrain.core.taxonomy import Taxonomy
+    from hiertrain.taxonomy.taxonomy import Taxonomy
 
     tax_path = tmp_path / "tax.json"
     tax_path.write_text(json.dumps(TAXONOMY))

@@ -171,7 +171,7 @@ def test_wandb_without_credentials_logs_offline_and_says_so(tiny_qwen, synth_dir
 
 def test_wandb_mode_is_respected(monkeypatch, tmp_path):
     from hiertrain.cli.lightning import wandb_mode
-    from hiertrain.core.errors import HierError
+    from hiertrain.base.errors import HierError
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -199,7 +199,7 @@ def test_unwritable_root_is_one_line(tiny_qwen, synth_dir, tmp_path, capsys):
 
 def test_full_disk_is_one_line_and_leaves_no_partial_file(tiny_qwen, synth_dir, tmp_path, capsys, monkeypatch):
     # case 7: a full disk while writing the outputs: one line, exit 2, no `.tmp`
-    import hiertrain.core.atomic as atomic
+    import hiertrain.base.atomic as atomic
 
     real = os.replace
 
@@ -282,10 +282,10 @@ class _FillingFile:
 
 
 def test_disk_full_while_predictions_stream_is_one_line_and_resumes(tiny_qwen, synth_dir, tmp_path, capsys, monkeypatch):
-    # issue 22 item 5: OSError [Errno 28] traceback from core/predictions.py while appending a line
+    # issue 22 item 5: OSError [Errno 28] traceback from metrics/predictions.py while appending a line
     import builtins
 
-    import hiertrain.core.predictions as predictions
+    import hiertrain.metrics.predictions as predictions
 
     assert _exit_code(_args(tiny_qwen, synth_dir, tmp_path / "b", "--data.batch_size=1")) == 0  # uninterrupted
     line = len((tmp_path / "b" / RUN / "predictions.jsonl").read_text().splitlines()[0]) + 1

@@ -87,7 +87,7 @@ def test_text_inputs_from_the_paper_splits(dataset, leaves):
 
 def test_cub_image_config_reads_the_real_split_and_names_missing_images():
     from hiertrain.datamodules.probe_inputs import ProbeInputDataModule
-    from hiertrain.core.errors import HierError
+    from hiertrain.base.errors import HierError
 
     cfg = yaml.safe_load((REPO / "configs/probing/cub_qwen7b_extract_image.yaml").read_text())
     args = dict(cfg["data"]["init_args"])
@@ -164,7 +164,7 @@ def test_llava_onevision_image_features_extracted_and_probed(tmp_path, tiny_llav
     `hiertrain predict` (FeatureWriter store), then `hiertrain fit` (FeatureDataModule ->
     LinearProbes, validated and tested on the fitted checkpoint) -> probes.json per site."""
     from hiertrain.cli.main import main
-    from hiertrain.core.feature_store import FeatureStore
+    from hiertrain.features.feature_store import FeatureStore
 
     work = tmp_path / "cwd"
     work.mkdir()

@@ -300,8 +300,8 @@ def test_broken_pipe_ends_quietly(tmp_path):
 
 
 def test_score_with_taxonomy_shows_severity_and_path_consistency(tmp_path, capsys):
-    """The toy of tests/core/test_placement.py (values worked out there) through `score --taxonomy`."""
-    from hiertrain.core.predictions import write_predictions
+    """The toy of tests/metrics/test_placement.py (values worked out there) through `score --taxonomy`."""
+    from hiertrain.metrics.predictions import write_predictions
     from severity_toy import HAND as SEVERITY, PREDS, TOY
 
     preds = tmp_path / "p.jsonl"
@@ -333,8 +333,8 @@ def test_score_with_taxonomy_shows_severity_and_path_consistency(tmp_path, capsy
 
 
 def test_score_taxonomy_that_does_not_fit_is_one_line(tmp_path, capsys):
-    from hiertrain.core.predictions import write_predictions
-    from hiertrain.core.taxonomy import Taxonomy
+    from hiertrain.metrics.predictions import write_predictions
+    from hiertrain.taxonomy.taxonomy import Taxonomy
     from severity_toy import PREDS
 
     write_predictions(PREDS, tmp_path / "p.jsonl")

@@ -7,8 +7,8 @@ import torch
 
 from hiertrain.datamodules.features import FeatureDataModule
 from hiertrain.datamodules.sampling import PaddedEvalSampler
-from hiertrain.core.errors import HierError
-from hiertrain.core.feature_store import ShardWriter, StoreLayout
+from hiertrain.base.errors import HierError
+from hiertrain.features.feature_store import ShardWriter, StoreLayout
 
 # leaf -> path; "zeta" (genus Z, family F2) only occurs in test
 PATHS = {

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hiertrain.core.errors import HierError
-from hiertrain.core.paper_image_paths import AUTHORS_PREFIX
+from hiertrain.base.errors import HierError
+from hiertrain.paper.paper_image_paths import AUTHORS_PREFIX
 from hiertrain.datamodules.paper_conversations import (
     SYSTEM_MESSAGE,
     ConversationCollator,

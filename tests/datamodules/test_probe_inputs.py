@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hiertrain.datamodules.probe_inputs import ProbeInputDataModule
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 
 
 def _write(tmp_path, lines: list[str]) -> str:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from hiertrain.core import prompts
+from hiertrain.protocol import prompts
 from hiertrain.datamodules.questions import HierVQADataModule, level_questions
-from hiertrain.core.errors import HierError
-from hiertrain.core.question_bank import read_questions
+from hiertrain.base.errors import HierError
+from hiertrain.taxonomy.question_bank import read_questions
 
 RECORD = {
     "image": "img/a.png", "label": "Red Solid Circle", "split": "test",
@@ -161,8 +161,8 @@ def _inat_plant_config(reference_data, questions: Path, **overrides) -> HierVQAD
 
 
 def _inat_plant_questions(reference_data, tmp_path: Path, drop: bool) -> Path:
-    from hiertrain.core.question_bank import build_questions, write_questions
-    from hiertrain.core.taxonomy import Taxonomy
+    from hiertrain.taxonomy.question_bank import build_questions, write_questions
+    from hiertrain.taxonomy.taxonomy import Taxonomy
 
     taxonomy = Taxonomy.from_json(reference_data / "taxonomies/hierarchy_Inat_plantae.json", drop_trivial_levels=drop)
     images = [{"image": f"img/{i}.jpg", "label": leaf, "split": "test"} for i, leaf in enumerate(taxonomy.leaves[:3])]
@@ -309,7 +309,7 @@ def test_label_case_lower_is_the_papers_llava_text_wording(tmp_path):
 def test_limit_parses_only_the_served_records(tmp_path, monkeypatch):
     # A bank is indexed once; with a limit only the served records are parsed again, and a
     # resume's finished ids leave the loader without parsing anything.
-    from hiertrain.core.bank_index import QuestionIndex
+    from hiertrain.taxonomy.bank_index import QuestionIndex
 
     records = [dict(RECORD, image=f"img/{i}.png", split=("train", "test")[i % 2]) for i in range(40)]
     path = _write(tmp_path / "q.jsonl", records)

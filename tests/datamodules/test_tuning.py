@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from hiertrain.datamodules.tuning import IGNORE_INDEX, HierTuningDataModule, TuningCollator
-from hiertrain.core.errors import HierError
-from hiertrain.core.prompts import LETTERS
+from hiertrain.base.errors import HierError
+from hiertrain.protocol.prompts import LETTERS
 from hiertrain.vlm.family import CausalLMFamily, family_of
 
 
@@ -123,7 +123,7 @@ def test_llava_examples_with_different_tilings_collate_into_one_trainable_batch(
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from hiertrain.core.prompts import chat_messages, image_prompt, question_text
+    from hiertrain.protocol.prompts import chat_messages, image_prompt, question_text
 
     processor = AutoProcessor.from_pretrained(str(tiny_llava))
     model = AutoModelForImageTextToText.from_pretrained(str(tiny_llava)).eval()

@@ -7,10 +7,10 @@ import torch
 from lightning.pytorch import Trainer
 
 from hiertrain.datamodules.questions import HierVQADataModule
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.modules.clip_evaluator import CLIPEvaluator
 from hiertrain.vlm.openclip import load_open_clip
-from hiertrain.core.predictions import load_predictions
+from hiertrain.metrics.predictions import load_predictions
 
 
 def _trainer(root):

@@ -8,13 +8,13 @@ import json
 import pytest
 from lightning.pytorch import Trainer
 
-from hiertrain.core import conditions
-from hiertrain.core.answers import paper_letter
-from hiertrain.core.errors import HierError
-from hiertrain.core.open_set import OpenSetMatcher
-from hiertrain.core.predictions import load_predictions
-from hiertrain.core.prompts import LETTERS, SYSTEM_IMAGE
-from hiertrain.core.taxonomy import Taxonomy
+from hiertrain.protocol import conditions
+from hiertrain.protocol.answers import paper_letter
+from hiertrain.base.errors import HierError
+from hiertrain.protocol.open_set import OpenSetMatcher
+from hiertrain.metrics.predictions import load_predictions
+from hiertrain.protocol.prompts import LETTERS, SYSTEM_IMAGE
+from hiertrain.taxonomy.taxonomy import Taxonomy
 from hiertrain.datamodules.questions import HierVQADataModule
 from hiertrain.modules.vllm_evaluator import VLLMEvaluator
 

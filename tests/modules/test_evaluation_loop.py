@@ -14,9 +14,9 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from hiertrain.core.errors import HierError
-from hiertrain.core.metrics import hierarchical_metrics
-from hiertrain.core.predictions import LevelPrediction, SamplePrediction
+from hiertrain.base.errors import HierError
+from hiertrain.metrics.classes import hierarchical_metrics
+from hiertrain.metrics.predictions import LevelPrediction, SamplePrediction
 from hiertrain.modules.evaluation_loop import gather_predictions, score_batch
 
 

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from hiertrain.core.feature_store import FeatureStore
+from hiertrain.features.feature_store import FeatureStore
 from probing_cli import extract_features
 
 
@@ -43,7 +43,7 @@ def test_hooked_sites_match_transformers_hidden_states(image_store, tiny_qwen, s
     """Oracle: transformers' output_hidden_states (a different code path than our hooks)."""
     from PIL import Image
 
-    from hiertrain.core.prompts import probe_image_messages as image_messages
+    from hiertrain.protocol.prompts import probe_image_messages as image_messages
     from hiertrain.vlm.loading import load_vllm
 
     model, processor = load_vllm(str(tiny_qwen))
@@ -159,7 +159,7 @@ def test_writer_drops_padding_repeats(tmp_path, tiny_qwen, synth_dir):
 
 
 def test_text_mode_hidden_states_and_leak_free_default(tmp_path, tiny_qwen, synth_dir):
-    from hiertrain.core.prompts import probe_text_messages as text_messages
+    from hiertrain.protocol.prompts import probe_text_messages as text_messages
     from hiertrain.vlm.loading import load_vllm
 
     tax = json.loads((synth_dir / "taxonomy.json").read_text())
@@ -186,7 +186,7 @@ def test_text_mode_hidden_states_and_leak_free_default(tmp_path, tiny_qwen, synt
 
     # oracle for slot 1 (the "shape" question) of the first leaf
     model, processor = load_vllm(str(tiny_qwen))
-    from hiertrain.core.prompts import text_prompt
+    from hiertrain.protocol.prompts import text_prompt
 
     prompt = text_prompt(1, "shape", leaves[0])
     chat = processor.tokenizer.apply_chat_template(text_messages(prompt), tokenize=False, add_generation_prompt=True)
@@ -222,7 +222,7 @@ def test_llava_onevision_sites_match_transformers_hidden_states(tiny_llava, synt
     Two aspect ratios in one batch: different tiles, unpadding, newline tokens and padding."""
     from PIL import Image
 
-    from hiertrain.core.prompts import probe_image_messages as image_messages
+    from hiertrain.protocol.prompts import probe_image_messages as image_messages
     from hiertrain.modules.feature_extractor import FeatureExtractor
     from hiertrain.vlm.loading import load_vllm
 
@@ -269,7 +269,7 @@ def test_internvl_sites_match_transformers_hidden_states(tiny_internvl, synth_di
     projector output (== the LLM input embeddings at <IMG_CONTEXT>), `llm.k` = hidden states."""
     from PIL import Image
 
-    from hiertrain.core.prompts import probe_image_messages as image_messages
+    from hiertrain.protocol.prompts import probe_image_messages as image_messages
     from hiertrain.modules.feature_extractor import FeatureExtractor
     from hiertrain.vlm.loading import load_vllm
 

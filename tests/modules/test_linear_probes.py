@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
-from hiertrain.core.errors import HierError
-from hiertrain.core.probe_spec import ProbeSpec
-from hiertrain.core.feature_store import ShardWriter, StoreLayout
+from hiertrain.base.errors import HierError
+from hiertrain.features.probe_spec import ProbeSpec
+from hiertrain.features.feature_store import ShardWriter, StoreLayout
 from hiertrain.modules.linear_probes import LinearProbes
 from probing_cli import extract_features, train_probes
 
@@ -128,7 +128,7 @@ def test_mlp_probe_learns(tmp_path):
 def test_tiny_qwen_features_of_synthetic_images_carry_the_hierarchy(tmp_path, tiny_qwen):
     """The acceptance check: real extraction + probes on the synthetic set beat chance by far;
     the same probes trained on shuffled labels stay near chance (no label leak)."""
-    from hiertrain.core.synth import make_synthetic
+    from hiertrain.taxonomy.synth import make_synthetic
 
     synth = make_synthetic(tmp_path / "synth", images_per_leaf=16, seed=0, image_size=84)
     store = extract_features(
@@ -158,7 +158,7 @@ def test_tiny_qwen_features_of_synthetic_images_carry_the_hierarchy(tmp_path, ti
 
 def test_probe_accuracy_matches_the_evaluation_metrics_site_by_site():
     """ProbeAccuracy (one vectorised metric) == PerLevelAccuracy + HCA run per site, padding dropped."""
-    from hiertrain.core.metrics import HierarchicalConsistentAccuracy, PerLevelAccuracy
+    from hiertrain.metrics.classes import HierarchicalConsistentAccuracy, PerLevelAccuracy
     from hiertrain.modules.linear_probes import ProbeAccuracy
 
     g = torch.Generator().manual_seed(0)

@@ -30,7 +30,7 @@ def adapter(tiny_qwen, tmp_path_factory) -> Path:
 
 def _text_logits(model, processor) -> torch.Tensor:
     from hiertrain.vlm.prefix_cache import render_chat
-    from hiertrain.core.prompts import chat_messages
+    from hiertrain.protocol.prompts import chat_messages
 
     prompt = render_chat(processor, chat_messages("What shape is a red solid circle?\nA. circle\nB. square", "text"))
     with torch.no_grad():

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from hiertrain.callbacks.before_after import BeforeAfterEvaluation, evaluate_split
 from hiertrain.datamodules.tuning import HierTuningDataModule
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.vlm.loading import load_vllm
 from hiertrain.modules.lora_tuner import LoRATuner, load_adapter
 
@@ -114,7 +114,7 @@ def test_image_tuning_reads_the_image(small_image_qwen, synth_dir) -> None:
     from PIL import Image
 
     from hiertrain.datamodules.tuning import TuningCollator
-    from hiertrain.core.prompts import chat_messages, image_prompt, question_text
+    from hiertrain.protocol.prompts import chat_messages, image_prompt, question_text
 
     torch.manual_seed(0)
     tuner = _tuner(small_image_qwen)
@@ -383,7 +383,7 @@ def test_export_last_keeps_the_final_weights_and_best_the_monitored_checkpoint(e
 def test_validation_asks_the_datas_condition_as_hiertrain_test_does(tiny_qwen, synth_dir, tmp_path) -> None:
     """LoRA validation and before/after score the data's condition (here: taxonomy in context, on
     its run-wide cached prefix) exactly as `hiertrain test` does; the adapter off = the base model."""
-    from hiertrain.core.predictions import load_predictions
+    from hiertrain.metrics.predictions import load_predictions
     from hiertrain.datamodules.questions import HierVQADataModule
     from hiertrain.modules.vllm_evaluator import VLLMEvaluator
     from hiertrain.vlm.global_prefix import GlobalPrefixAnswerer

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from hiertrain.core.predictions import LevelPrediction, SamplePrediction
+from hiertrain.metrics.predictions import LevelPrediction, SamplePrediction
 from hiertrain.modules.sample_table import THUMBNAIL_SIDE, sample_table
 
 

@@ -26,8 +26,8 @@ import pytest
 from lightning.pytorch import Trainer
 
 from hiertrain.cli.main import main
-from hiertrain.core.errors import HierError
-from hiertrain.core.predictions import load_predictions
+from hiertrain.base.errors import HierError
+from hiertrain.metrics.predictions import load_predictions
 from hiertrain.datamodules.questions import HierVQADataModule
 from hiertrain.modules.served_evaluator import ServedEvaluator
 from hiertrain.modules.vllm_evaluator import VLLMEvaluator
@@ -538,7 +538,7 @@ CONDITION_REPLIES = {
 @pytest.mark.parametrize("condition", list(CONDITION_REPLIES))
 @pytest.mark.slow
 def test_every_condition_is_served_with_its_text_and_reading(condition, synth_dir, tmp_path, proxy_factory):
-    from hiertrain.core import conditions
+    from hiertrain.protocol import conditions
 
     bodies: list[dict] = []
 

@@ -8,12 +8,12 @@ import shutil
 import pytest
 from lightning.pytorch import Trainer
 
-from hiertrain.core.answers import parse_letter
-from hiertrain.core.errors import HierError
+from hiertrain.protocol.answers import parse_letter
+from hiertrain.base.errors import HierError
 from hiertrain.datamodules.questions import HierVQADataModule
 from hiertrain.modules.vllm_evaluator import VLLMEvaluator
-from hiertrain.core.predictions import load_predictions
-from hiertrain.core.prompts import LETTERS
+from hiertrain.metrics.predictions import load_predictions
+from hiertrain.protocol.prompts import LETTERS
 
 
 def evaluate(pretrained, questions, root, taxonomy=None, **data_kwargs):
@@ -126,7 +126,7 @@ def test_an_image_the_processor_refuses_is_a_named_counted_skip(tiny_qwen, synth
 
 
 def test_paper_protocol_settings_parser_and_asked_text_are_recorded(tiny_qwen, synth_dir, tmp_path):
-    from hiertrain.core.answers import paper_letter
+    from hiertrain.protocol.answers import paper_letter
 
     settings = {"answer_parser": "paper", "max_new_tokens": 10, "max_image_side": 300,
                 "processor_kwargs": {"size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 128}}}  # fmt: skip
@@ -158,7 +158,7 @@ def test_shrink_longest_side_is_the_papers_lanczos_cap():
 
 
 def test_bad_protocol_settings_are_one_line_errors():
-    from hiertrain.core.errors import HierError
+    from hiertrain.base.errors import HierError
 
     with pytest.raises(HierError, match="answer_parser 'loose'"):
         VLLMEvaluator("x", answer_parser="loose")
@@ -220,7 +220,7 @@ def test_internvl_model_default_renders_the_papers_system_message(tiny_internvl,
 
 
 def test_system_prompt_is_part_of_the_run_identity(tiny_qwen, synth_dir, tmp_path):
-    from hiertrain.core.errors import HierError
+    from hiertrain.base.errors import HierError
 
     evaluate(tiny_qwen, synth_dir / "questions_random.jsonl", tmp_path, limit=1)
     with pytest.raises(HierError, match=r"another system_prompt \('paper', this run 'none'\)"):
@@ -230,7 +230,7 @@ def test_system_prompt_is_part_of_the_run_identity(tiny_qwen, synth_dir, tmp_pat
 
 
 def test_chat_false_sends_the_papers_raw_base_llm_prompt(tiny_qwen, synth_dir, tmp_path):
-    from hiertrain.core.errors import HierError
+    from hiertrain.base.errors import HierError
 
     model, run = evaluate(
         tiny_qwen, synth_dir / "questions_random.jsonl", tmp_path, limit=2, mode="text", answer="generate",

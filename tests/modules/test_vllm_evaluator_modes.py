@@ -9,11 +9,11 @@ import re
 import pytest
 import torch
 
-from hiertrain.core import prompts as prompts_module
-from hiertrain.core.prompts import LETTERS
+from hiertrain.protocol import prompts as prompts_module
+from hiertrain.protocol.prompts import LETTERS
 from hiertrain.datamodules.questions import HierVQADataModule
 from hiertrain.modules.vllm_evaluator import VLLMEvaluator
-from hiertrain.core.predictions import load_predictions
+from hiertrain.metrics.predictions import load_predictions
 
 
 
@@ -86,7 +86,7 @@ def test_circular_counting_with_a_scripted_answerer(synth_dir):
                 assert [r["correct"] for r in rotations] == [r["options"][0] == lq.truth for r in rotations]
                 assert lv.correct == (len(lq.options) == 1)
                 assert lv.letter == "A" and lv.predicted == lq.options[0]  # rotation 0's answer kept
-    from hiertrain.core.circular import circular_metrics
+    from hiertrain.metrics.circular import circular_metrics
 
     out = circular_metrics(preds, 4)["circular"]
     n = len(items)
@@ -150,7 +150,7 @@ def test_oracle_parent_letters_are_full_forwards_of_the_oracle_chat(tiny_qwen, s
 
 
 def test_stepwise_run_answers_each_turn_after_its_own_replies(tiny_qwen, synth_dir, tmp_path):
-    from hiertrain.core.conditions import turn_messages
+    from hiertrain.protocol.conditions import turn_messages
     from hiertrain.vlm.prefix_cache import render_chat
 
     q, tax = synth_dir / "questions_random.jsonl", synth_dir / "taxonomy.json"
@@ -166,7 +166,7 @@ def test_stepwise_run_answers_each_turn_after_its_own_replies(tiny_qwen, synth_d
 
 
 def test_joint_run_reads_one_letter_per_level_and_counts_the_rest_unparsed(tiny_qwen, synth_dir, tmp_path):
-    from hiertrain.core.answers import joint_letters
+    from hiertrain.protocol.answers import joint_letters
 
     q, tax = synth_dir / "questions_random.jsonl", synth_dir / "taxonomy.json"
     with pytest.raises(Exception, match="needs answer: generate"):

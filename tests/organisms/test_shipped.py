@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.organisms.shipped import SHIPPED_DIR, export, manifest, shipped_names, verify
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hiertrain.cli.main import main
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.report.build import build_report, collect_runs, write_report
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from hiertrain.cli.main import main
-from hiertrain.core.errors import HierError
-from hiertrain.core.predictions import LevelPrediction, SamplePrediction, write_predictions
+from hiertrain.base.errors import HierError
+from hiertrain.metrics.predictions import LevelPrediction, SamplePrediction, write_predictions
 from hiertrain.report.compare import compare_runs
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from hiertrain.core.predictions import LevelPrediction, SamplePrediction, write_predictions
+from hiertrain.metrics.predictions import LevelPrediction, SamplePrediction, write_predictions
 from hiertrain.report.build import build_report, collect_runs, write_report
 from hiertrain.report.gallery import caption_lines, category, confusion, pick_samples, worst_level
 

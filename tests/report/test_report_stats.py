@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hiertrain.cli.main import main
-from hiertrain.core.correlation import correlation_test
+from hiertrain.metrics.correlation import correlation_test
 from hiertrain.report.build import build_report, collect_runs, write_report
 
 

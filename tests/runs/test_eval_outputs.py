@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from hiertrain.core.errors import HierError
-from hiertrain.core.predictions import LevelPrediction, SamplePrediction, load_predictions
+from hiertrain.base.errors import HierError
+from hiertrain.metrics.predictions import LevelPrediction, SamplePrediction, load_predictions
 from hiertrain.runs.eval_outputs import RunDirectory, summary_table
 
 META = {"model": "m", "questions_sha256": "abc", "mode": "image", "answer": "logits", "prompt_variant": 0,
@@ -143,7 +143,7 @@ def test_finalize_with_the_taxonomy_writes_severity_and_path_consistency(tmp_pat
 
 def test_a_taxonomy_that_does_not_fit_keeps_the_run_and_says_why(tmp_path):
     """A finished run is not lost at finalize: the other metrics stand, metrics.json names the misfit."""
-    from hiertrain.core.taxonomy import Taxonomy
+    from hiertrain.taxonomy.taxonomy import Taxonomy
     from severity_toy import PREDS
 
     other = Taxonomy.from_paths({"a": ("A", "A1", "a")})  # has no B, A2, ...

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.runs.meta import (
     RunMeta,
     dataset_name,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hiertrain.core.probe_spec import ProbeSpec
+from hiertrain.features.probe_spec import ProbeSpec
 from hiertrain.runs.probe_outputs import load_probes, probe_report, summary_lines, write_probe_outputs
 
 

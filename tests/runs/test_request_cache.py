@@ -32,7 +32,7 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
     import pytest
 
     import hiertrain.runs.request_cache as request_cache
-    from hiertrain.core.errors import HierError
+    from hiertrain.base.errors import HierError
 
     cache = RequestCache(tmp_path)
     cache.put("a", {"choices": [{"message": {"content": "A"}}]})

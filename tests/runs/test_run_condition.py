@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.runs.eval_outputs import RunDirectory
 from hiertrain.runs.meta import RunMeta, default_run_name
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hiertrain.cli.main import main
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.runs.eval_outputs import RunDirectory
 from hiertrain.runs.meta import RunMeta, identity_differences, read_run_json, write_run_json
 from hiertrain.runs.schema import SCHEMA_VERSION, MetricsJson, RunJson, checked_metrics_json

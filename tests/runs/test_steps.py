@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.runs.steps import StepRunner
 
 

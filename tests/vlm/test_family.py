@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.vlm.family import (
     FAMILIES,
     CausalLMFamily,
@@ -103,7 +103,7 @@ def test_internvl_parts_and_shared_prefix_logits(tiny_internvl) -> None:
     cache equal a full forward (fp32), as for Qwen and LLaVA."""
     from PIL import Image
 
-    from hiertrain.core import prompts
+    from hiertrain.protocol import prompts
     from hiertrain.vlm.loading import load_vllm
     from hiertrain.vlm.lora_targets import check_targets
     from hiertrain.vlm.prefix_cache import ImagePrompts, SharedPrefixAnswerer, render_chat

@@ -12,7 +12,7 @@ import torch
 import transformers
 from transformers.generation.utils import GenerationMixin
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.vlm.hf_private import TESTED_TRANSFORMERS, check_generation_internals, greedy_logits_processors
 
 REPO = Path(__file__).resolve().parents[2]

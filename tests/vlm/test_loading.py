@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.vlm.family import family_of
 from hiertrain.vlm.loading import load_vllm
 from hiertrain.vlm.tiny import LLAVA_SPECIAL_TOKENS, build_tokenizer

@@ -11,7 +11,7 @@ import re
 import pytest
 from torch import nn
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.vlm.lora_targets import (
     ATTENTION,
     MLP,

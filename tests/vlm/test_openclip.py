@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.vlm.openclip import _resolve, load_open_clip
 from hiertrain.vlm.tiny import make_tiny, tiny_sizes
 

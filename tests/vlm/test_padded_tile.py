@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hiertrain.core import prompts
-from hiertrain.core.errors import HierError
+from hiertrain.protocol import prompts
+from hiertrain.base.errors import HierError
 from hiertrain.vlm.loading import load_vllm
 from hiertrain.vlm.padded_tile import PaddedTileProcessor
 from hiertrain.vlm.prefix_cache import ImagePrompts, SharedPrefixAnswerer, render_chat

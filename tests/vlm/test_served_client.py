@@ -10,8 +10,8 @@ import json
 import pytest
 from PIL import Image
 
-from hiertrain.core.errors import HierError
-from hiertrain.core.prompts import chat_messages
+from hiertrain.base.errors import HierError
+from hiertrain.protocol.prompts import chat_messages
 from hiertrain.vlm.served_client import (
     best_letter,
     image_data_url,

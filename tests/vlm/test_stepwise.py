@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from hiertrain.core import conditions, prompts
+from hiertrain.protocol import conditions
+from hiertrain.protocol import prompts
 from hiertrain.vlm.loading import load_vllm
 from hiertrain.vlm.prefix_cache import SharedPrefixAnswerer, render_chat
 from hiertrain.vlm.stepwise import Conversation, StepwiseAnswerer

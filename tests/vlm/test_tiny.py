@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from hiertrain.cli.main import main
-from hiertrain.core.errors import HierError
+from hiertrain.base.errors import HierError
 from hiertrain.vlm.tiny import ARCHS, OPTION_LETTERS, make_tiny
 
 SYSTEM = "Be brief."

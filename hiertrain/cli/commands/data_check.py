@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hiertrain.core.errors import HierError
-from hiertrain.core.taxonomy import MULTI_PARENT_POLICIES, Taxonomy, normalize_label
+from hiertrain.base.errors import HierError
+from hiertrain.taxonomy.taxonomy import MULTI_PARENT_POLICIES, Taxonomy, normalize_label
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,9 +55,9 @@ class QuestionCheck:
 
 def _parse_tolerant(line: str, i: int, path: Path, check: QuestionCheck):
     """Line `i` (0-based) as a record, or None with the malformed line counted as a problem.
-    Lines without level keys are image-list entries (`hiertrain.core.question_bank.read_image_list`)
+    Lines without level keys are image-list entries (`hiertrain.taxonomy.question_bank.read_image_list`)
     and only their labels are checked."""
-    from hiertrain.core.question_bank import (
+    from hiertrain.taxonomy.question_bank import (
         IMAGE_LIST_KEYS, SAME_AFTER_NORMALISATION, QuestionRecord, check_question, level_keys, require_strings,
     )  # fmt: skip
 
@@ -88,7 +88,7 @@ class _Repeats:
         self.check, self.first = check, {}
 
     def new(self, record) -> bool:
-        from hiertrain.core.question_bank import record_id, repeat_message
+        from hiertrain.taxonomy.question_bank import record_id, repeat_message
 
         key, line = record_id(record.raw), record.sample_id + 1
         if key in self.first:
@@ -146,7 +146,7 @@ def check_questions(taxonomy: Taxonomy, path: Path) -> QuestionCheck:
 
     A plain file is checked one line at a time, keeping only counters, record ids and the problem
     lines; a gzipped or packaged one (small) is read whole."""
-    from hiertrain.core.resources import resolve_data_path
+    from hiertrain.base.resources import resolve_data_path
 
     real = resolve_data_path(path)
     if real.is_file() and real.suffix != ".gz":
@@ -165,7 +165,7 @@ def check_questions(taxonomy: Taxonomy, path: Path) -> QuestionCheck:
 
 
 def _check_whole(taxonomy: Taxonomy, path: Path) -> QuestionCheck:
-    from hiertrain.core.question_bank import read_questions
+    from hiertrain.taxonomy.question_bank import read_questions
 
     result = QuestionCheck(str(path))
     try:

@@ -1,6 +1,6 @@
 """`hiertrain data fetch paper`: download the paper's question banks, LoRA training sets and
 probing image lists at the pinned commit, each verified against its git blob id
-(hiertrain.core.paper_files)."""
+(hiertrain.paper.paper_files)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hiertrain.core.paper_files import fetch_files, load_manifest
+    from hiertrain.paper.paper_files import fetch_files, load_manifest
 
     manifest = load_manifest(args.manifest)
     files = manifest.fetchable(args.what)

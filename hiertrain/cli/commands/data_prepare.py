@@ -1,5 +1,5 @@
 """`hiertrain data prepare cub|inat21|food101|imagenet`: an official dataset download -> an image
-list (image, label, split) whose labels are leaves of a taxonomy (hiertrain.core.dataset_layouts).
+list (image, label, split) whose labels are leaves of a taxonomy (hiertrain.taxonomy.dataset_layouts).
 Classes without a leaf are listed and counted, so are listed images whose file is missing (the
 first few named); `--strict` makes either an error."""
 
@@ -33,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hiertrain.core.dataset_layouts import MISSING_SHOWN, prepare, write_image_list
-    from hiertrain.core.errors import HierError
-    from hiertrain.core.taxonomy import Taxonomy
+    from hiertrain.taxonomy.dataset_layouts import MISSING_SHOWN, prepare, write_image_list
+    from hiertrain.base.errors import HierError
+    from hiertrain.taxonomy.taxonomy import Taxonomy
 
     taxonomy_name = args.taxonomy or DEFAULT_TAXONOMY.get(args.dataset)
     if taxonomy_name is None:

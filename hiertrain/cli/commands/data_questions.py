@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="image list JSONL (image, label, split); relative image paths start at its folder",
     )
     parser.add_argument("--distractors", choices=("random", "similar"), default="random")
-    from hiertrain.core.distractors import SIMILAR_CLIP
+    from hiertrain.taxonomy.distractors import SIMILAR_CLIP
 
     parser.add_argument(
         "--clip", default=SIMILAR_CLIP,
@@ -37,10 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hiertrain.core.errors import HierError
-    from hiertrain.core.images import relative_image_path, resolve_image
-    from hiertrain.core.question_bank import iter_questions, read_image_list, write_questions
-    from hiertrain.core.taxonomy import Taxonomy
+    from hiertrain.base.errors import HierError
+    from hiertrain.taxonomy.images import relative_image_path, resolve_image
+    from hiertrain.taxonomy.question_bank import iter_questions, read_image_list, write_questions
+    from hiertrain.taxonomy.taxonomy import Taxonomy
     from hiertrain.vlm.openclip import OpenClipEncoder
 
     if args.distractors == "similar" and not args.clip:
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     taxonomy = Taxonomy.from_json(
         args.taxonomy, on_multi_parent=args.on_multi_parent, drop_trivial_levels=args.drop_trivial_levels
     )
-    # The bank's image paths follow the one image-path rule (hiertrain.core.images): relative
+    # The bank's image paths follow the one image-path rule (hiertrain.taxonomy.images): relative
     # to the question file, wherever --out puts it.
     images = [
         image if Path(image["image"]).is_absolute()

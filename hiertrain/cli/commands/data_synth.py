@@ -1,4 +1,4 @@
-"""`hiertrain data synth`: write the synthetic hierarchical image set (see hiertrain.core.synth)."""
+"""`hiertrain data synth`: write the synthetic hierarchical image set (see hiertrain.taxonomy.synth)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hiertrain.core.synth import make_synthetic
+    from hiertrain.taxonomy.synth import make_synthetic
 
     paths = make_synthetic(args.out, images_per_leaf=args.images_per_leaf, seed=args.seed, image_size=args.image_size)
     meta = json.loads(paths["meta"].read_text())

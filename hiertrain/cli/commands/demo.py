@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 DEMO_ROOT = "runs/demo"
-# The open-set step: the closed-set Qwen image config asked without options (hiertrain.core.open_set);
+# The open-set step: the closed-set Qwen image config asked without options (hiertrain.protocol.open_set);
 # a generated reply of a few tokens is enough for the synthetic set's one- or two-word names.
 OPEN_SET_OVERRIDES = ("--data.name=synthetic", "--data.condition=open", "--model.answer=generate", "--model.max_new_tokens=8")
 
@@ -55,7 +55,7 @@ def resolve_configs(out: Path) -> dict[str, Path]:
 
 
 def _configs_dir() -> Path:
-    from hiertrain.core.errors import HierError
+    from hiertrain.base.errors import HierError
 
     here = Path(__file__).resolve().parents[3] / "configs"
     if not (here / "demo").is_dir():
@@ -211,7 +211,7 @@ def _adapter_dir(out: Path) -> Path:
     """The PEFT adapter the LoRA step exported (the one its run.json names)."""
     import json
 
-    from hiertrain.core.errors import HierError
+    from hiertrain.base.errors import HierError
 
     for meta in sorted((out / "lora").rglob("run.json")):
         info = json.loads(meta.read_text())

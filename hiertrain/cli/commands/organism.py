@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hiertrain.core.errors import HierError
+    from hiertrain.base.errors import HierError
 
     if args.action in ("build", "family", "world", "export") and args.out is None:
         raise HierError(f"organism {args.action}: --out is required")

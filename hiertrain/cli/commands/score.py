@@ -1,12 +1,12 @@
 """`hiertrain score PRED.jsonl|PRED.json [--json] [--protocol paper [--cub]] [--taxonomy T]`: every
 metric, recomputed from a predictions file.
 
-Reads our JSONL or the paper's result JSON (see hiertrain.core.predictions), so numbers from either
+Reads our JSONL or the paper's result JSON (see hiertrain.metrics.predictions), so numbers from either
 are computed by the same code. `--json` prints the metrics.json layout the report reads.
-`--protocol paper` scores as the paper's utils/metric.py does (hiertrain.core.paper_metric): level 1
+`--protocol paper` scores as the paper's utils/metric.py does (hiertrain.paper.paper_metric): level 1
 dropped unless `--cub`, the text-mode leaf counted correct, comparisons on the option text.
 `--taxonomy` adds the measures that need it (mistake severity, path consistency:
-hiertrain.core.placement); without one the output says they were not computed.
+hiertrain.metrics.placement); without one the output says they were not computed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 import json
 from typing import Any
 
-from hiertrain.core.metric_labels import (
+from hiertrain.metrics.metric_labels import (
     MEASURE_LABELS,
     NO_TAXONOMY,
     PER_LEVEL_LABELS,
@@ -68,24 +68,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def score(args: argparse.Namespace) -> dict[str, Any]:
-    """Read the file in one pass into arrays (hiertrain.core.columnar), compute every metric on all
+    """Read the file in one pass into arrays (hiertrain.metrics.columnar), compute every metric on all
     samples at once, return the JSON-ready result."""
-    from hiertrain.core.errors import HierError
+    from hiertrain.base.errors import HierError
 
     protocol = getattr(args, "protocol", "hiertrain")
     if protocol == "paper":
-        from hiertrain.core.predictions import read_predictions
+        from hiertrain.metrics.predictions import read_predictions
 
         loaded = read_predictions(args.predictions, None if args.mode == "auto" else args.mode)
         if not loaded.samples:
             raise HierError(f"{args.predictions}: no predictions in the file")
         return _score_paper(args, loaded)
-    from hiertrain.core.columnar import read_columns
+    from hiertrain.metrics.columnar import read_columns
 
     taxonomy_path = getattr(args, "taxonomy", None)
     taxonomy = None
     if taxonomy_path:
-        from hiertrain.core.taxonomy import Taxonomy
+        from hiertrain.taxonomy.taxonomy import Taxonomy
 
         taxonomy = Taxonomy.from_json(
             taxonomy_path, on_multi_parent="first", drop_trivial_levels=getattr(args, "drop_trivial_levels", False)
@@ -97,8 +97,8 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
         raise HierError(f"{args.predictions}: no predictions in the file")
     if getattr(args, "cub", False):
         raise HierError("--cub only applies with --protocol paper (hiertrain's protocol scores every asked level)")
-    from hiertrain.core.columnar import grouped_scores
-    from hiertrain.core.functional import json_values  # torch: once the file is good
+    from hiertrain.metrics.columnar import grouped_scores
+    from hiertrain.metrics.functional import json_values  # torch: once the file is good
 
     try:
         correct, asked, parsed = columns.tensors()
@@ -109,7 +109,7 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
         if not 1 <= n <= asked.shape[1]:
             raise HierError(f"--ignore-level {n}: the file has levels 1..{asked.shape[1]}")
         asked[:, n - 1] = False
-    from hiertrain.core.bootstrap import bootstrap_intervals
+    from hiertrain.metrics.bootstrap import bootstrap_intervals
 
     n_boot, ci, seed = getattr(args, "bootstrap", 1000), getattr(args, "ci", 0.95), getattr(args, "bootstrap_seed", 0)
     intervals = bootstrap_intervals(correct, asked, parsed, n_boot=n_boot, ci=ci, seed=seed, lca=codes[0], links=codes[1])
@@ -139,24 +139,24 @@ def _circular(args: argparse.Namespace, depth: int) -> dict[str, Any] | None:
     with open(args.predictions, encoding="utf-8") as f:
         if '"rotations"' not in f.readline():
             return None
-    from hiertrain.core.circular import circular_metrics
-    from hiertrain.core.predictions import read_predictions
+    from hiertrain.metrics.circular import circular_metrics
+    from hiertrain.metrics.predictions import read_predictions
 
     loaded = read_predictions(args.predictions, None if args.mode == "auto" else args.mode)
     return circular_metrics(loaded.samples, depth, frozenset(args.ignore_level))
 
 
 def _leaf_label(modes: set[str]) -> str:
-    from hiertrain.core.prompts import leaf_label
+    from hiertrain.protocol.prompts import leaf_label
 
     return leaf_label("text") if modes == {"text"} else "leaf" if modes == {"image"} else "leaf (image) / deepest asked level (text)"
 
 
 def _score_paper(args: argparse.Namespace, loaded) -> dict[str, Any]:
     """The paper's utils/metric.py on this file: its own records, or ours in its result format."""
-    from hiertrain.core.errors import HierError
-    from hiertrain.core.paper_metric import paper_scores
-    from hiertrain.core.predictions import to_paper_results
+    from hiertrain.base.errors import HierError
+    from hiertrain.paper.paper_metric import paper_scores
+    from hiertrain.metrics.predictions import to_paper_results
 
     if args.ignore_level:
         raise HierError("--ignore-level does not apply to --protocol paper (it drops level 1 itself; --cub keeps it)")

@@ -1,0 +1,1 @@
+"""errors, atomic writes, package resources: what every package stands on."""

@@ -1,0 +1,1 @@
+"""stored features and probe specs (the probing data)."""

@@ -1,0 +1,1 @@
+"""predictions and what is computed from them: functional core, metric classes, statistics."""

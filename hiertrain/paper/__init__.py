@@ -1,0 +1,1 @@
+"""compatibility with the paper's own files: manifest, image paths, its metric."""

@@ -1,0 +1,1 @@
+"""taxonomies, question banks and the images they point at."""
