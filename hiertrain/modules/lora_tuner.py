@@ -144,9 +144,9 @@ class LoRATuner(LightningModule):
     @staticmethod
     def scorable_condition(condition: str) -> str:
         """`condition` if its questions can be tuned on and scored by letter logits, else HierError."""
-        from hiertrain.core.conditions import GENERATE_ONLY
+        from hiertrain.core.conditions import condition_of
 
-        if condition in GENERATE_ONLY:
+        if condition_of(condition).generate_only:
             raise HierError(
                 f"LoRATuner: condition {condition!r} is answered by generated text; LoRA tuning and its "
                 "validation score option letters (use a letter condition: plain, taxonomy, bio_cot)"
@@ -164,7 +164,7 @@ class LoRATuner(LightningModule):
             view = VLLMEvaluator(self.pretrained, answer="logits")
             view.processor = self.processor
             view.meta = {"condition": self.scorable_condition(condition)}
-            kind = GlobalPrefixAnswerer if condition == "taxonomy" else SharedPrefixAnswerer
+            kind = GlobalPrefixAnswerer if condition_of(condition).run_wide_prefix else SharedPrefixAnswerer
             view.answerer = kind(self.hf_model, self.processor)
             self._scorers[condition] = view
         return self._scorers[condition]
