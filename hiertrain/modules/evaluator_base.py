@@ -20,13 +20,13 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
 from hiertrain.core import conditions
-from hiertrain.core.answers import paper_letter, parse_letter
 from hiertrain.core.errors import HierError
 from hiertrain.core.predictions import LevelPrediction, SamplePrediction
 from hiertrain.core.prompts import LETTERS
@@ -79,7 +79,7 @@ class QuestionEvaluator(LightningModule):
     answer_kind = "?"
     answer_parser = "strict"  # how a generated reply becomes a letter (VLLMEvaluator: a setting)
     generates = ("generate",)  # the answer kinds whose replies are generated text
-    supported_conditions: tuple[str, ...] = ("plain",)  # question conditions it can answer (hiertrain.core.conditions)
+    supported_conditions: Collection[str] = ("plain",)  # question conditions it can answer (hiertrain.core.conditions)
     supported_inference: tuple[str, ...] = ("independent",)  # inference modes it can answer
     supports_circular = False  # whether it asks the rotations of `data.circular`
     backend = "transformers"  # how the model runs: in this process; "served" = behind an OpenAI-compatible API

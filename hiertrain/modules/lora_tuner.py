@@ -157,6 +157,7 @@ class LoRATuner(LightningModule):
         """`VLLMEvaluator.answer_items` (letter logits, shared-prefix cache) on the tuned model,
         reading questions as `condition` puts them (the taxonomy one on its run-wide cached prefix)."""
         if condition not in self._scorers:
+            from hiertrain.core.conditions import condition_of
             from hiertrain.modules.vllm_evaluator import VLLMEvaluator
             from hiertrain.vlm.global_prefix import GlobalPrefixAnswerer
             from hiertrain.vlm.prefix_cache import SharedPrefixAnswerer
