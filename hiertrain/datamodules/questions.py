@@ -101,22 +101,21 @@ def level_questions(
         else:
             label = record.label.lower() if label_case == "lower" else record.label  # the paper's LLaVA text scripts lower-case it
             prompt = prompts.text_prompt(variant, name, label, family)
-        system = conditions.system_prompt(condition, mode, subject, context)
-        if condition == "open":
-            question = conditions.open_question(prompt)
+        cond = conditions.condition_of(condition)
+        system = cond.system(mode, subject, context)
+        if not cond.asks_options:  # open: the question alone
+            question = cond.question(prompt, [], cot_apostrophe)
             out.append(LevelQuestion(i, name, truths[i], [], question, conditions.messages(question, mode, system)))
             continue
         options = prompts.shuffled_options(choices[i], seed, record.sample_id, i) if shuffle else list(choices[i])
-        if condition == "binary":
-            texts = [conditions.binary_question(conditions.binary_statement(subject, name, item)) for item in options]
+        texts = cond.statements(subject, name, options)
+        if texts is not None:  # binary: one yes/no question per option
             statements = [(text, conditions.messages(text, mode, system)) for text in texts]
             out.append(LevelQuestion(i, name, truths[i], options, "", [], statements))
             continue
 
         def closed(opts: list[str]) -> str:
-            if condition == "plain":
-                return prompts.question_text(prompt, opts)
-            return conditions.closed_question(prompt, opts, condition, cot_apostrophe)
+            return cond.question(prompt, opts, cot_apostrophe)
 
         question = closed(options)
         lq = LevelQuestion(i, name, truths[i], options, question, conditions.messages(question, mode, system))
@@ -411,18 +410,13 @@ class HierVQADataModule(LightningDataModule):
     def _check_condition(self, taxonomy) -> None:
         """What a condition needs: the taxonomy (taxonomy, open) and, for open, a wording that
         names the level (otherwise the question does not say which level to name)."""
-        if self.condition in ("taxonomy", "open") and taxonomy is None:
+        cond = conditions.condition_of(self.condition)
+        if cond.needs_taxonomy and taxonomy is None:
             raise HierError(f"condition {self.condition!r} needs the taxonomy (data.taxonomy)")
-        if self.condition == "taxonomy":
-            self.context = conditions.taxonomy_context(self.taxonomy_path)
-        if self.condition == "open":
-            wordings = prompts.IMAGE_WORDINGS if self.mode == "image" else prompts.TEXT_WORDINGS
-            template = wordings[self.prompt_family][self.prompt_variant]
-            if "{level}" not in template:
-                raise HierError(
-                    f"condition 'open' needs a question that names the level; prompt_family {self.prompt_family!r} "
-                    f"variant {self.prompt_variant} does not ({template!r})"
-                )
+        context = cond.context(self.taxonomy_path)
+        if context is not None:
+            self.context = context
+        cond.check_wording(self.mode, self.prompt_family, self.prompt_variant)
         self.taxonomy = taxonomy
 
     def _names(self, taxonomy, records: LazyRecords, depth: int) -> list[str]:

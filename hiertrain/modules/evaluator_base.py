@@ -20,13 +20,13 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
 from hiertrain.protocol import conditions
-from hiertrain.protocol.answers import paper_letter, parse_letter
 from hiertrain.base.errors import HierError
 from hiertrain.metrics.predictions import LevelPrediction, SamplePrediction
 from hiertrain.protocol.prompts import LETTERS
@@ -79,7 +79,7 @@ class QuestionEvaluator(LightningModule):
     answer_kind = "?"
     answer_parser = "strict"  # how a generated reply becomes a letter (VLLMEvaluator: a setting)
     generates = ("generate",)  # the answer kinds whose replies are generated text
-    supported_conditions: tuple[str, ...] = ("plain",)  # question conditions it can answer (hiertrain.protocol.conditions)
+    supported_conditions: Collection[str] = ("plain",)  # question conditions it can answer (hiertrain.protocol.conditions)
     supported_inference: tuple[str, ...] = ("independent",)  # inference modes it can answer
     supports_circular = False  # whether it asks the rotations of `data.circular`
     backend = "transformers"  # how the model runs: in this process; "served" = behind an OpenAI-compatible API
@@ -108,20 +108,20 @@ class QuestionEvaluator(LightningModule):
     def letter_of(self, reply: str, options: list[str]) -> int | None:
         """The option index a generated reply chooses, by `answer_parser` (None = unparseable);
         a chain-of-thought reply's final letter under the strict parser."""
-        if self.answer_parser == "paper":
-            return paper_letter(reply, len(options))
-        if self.meta.get("condition") in ("cot", "bio_cot"):
-            return conditions.final_letter(reply, options)
-        return parse_letter(reply, options)
+        return self.condition.read(reply, options, self.answer_parser)
+
+    @property
+    def condition(self) -> conditions.Condition:
+        """The run's question condition (plain when the run's meta names none)."""
+        return conditions.condition_of(self.meta.get("condition") or "plain")
 
     def replies_prediction(self, item: dict[str, Any], mode: str, replies: list[str]) -> SamplePrediction:
         """One sample from its generated replies (a reply per asked level; per statement for binary),
-        read as the run's condition reads them."""
-        condition = self.meta.get("condition")
-        if condition == "binary":
-            return self.binary_prediction(item, mode, replies)
-        if condition == "open":
-            return self.open_prediction(item, mode, replies)
+        read as the run's condition reads them (`Condition.sample`)."""
+        return self.condition.sample(self, item, mode, replies)
+
+    def letters_prediction(self, item: dict[str, Any], mode: str, replies: list[str]) -> SamplePrediction:
+        """A reply per asked level, each read to an option (`letter_of`)."""
         answers = [(reply, self.letter_of(reply, lq.options)) for lq, reply in zip(item["levels"], replies, strict=True)]
         return sample_prediction(item, mode, answers)
 
@@ -207,7 +207,7 @@ class QuestionEvaluator(LightningModule):
             "image_dir": os.path.abspath(dm.image_dir),
             "image_root_map": {k: v if os.path.isabs(v) else os.path.join(os.getcwd(), v) for k, v in dm.image_root_map.items()},
         }
-        if dm.condition == "cot":  # the one condition whose text depends on it
+        if conditions.condition_of(dm.condition).uses_apostrophe:  # cot: the one condition whose text depends on it
             meta.fields["cot_apostrophe"] = dm.cot_apostrophe
         meta.fields["run_name"] = named["run_name"]
         return meta
@@ -229,9 +229,9 @@ class QuestionEvaluator(LightningModule):
         if dm.circular and not self.supports_circular:
             raise HierError(f"{type(self).__name__} does not ask circular rotations (data.circular: true)")
         self.meta = self.run_meta(dm)
-        if dm.condition in conditions.GENERATE_ONLY and self.answer_kind not in self.generates:
+        if conditions.condition_of(dm.condition).generate_only and self.answer_kind not in self.generates:
             raise HierError(f"condition {dm.condition!r} needs answer: generate (its replies are text, not one letter)")
-        if dm.condition == "open":
+        if conditions.condition_of(dm.condition).open_set:
             from hiertrain.protocol.open_set import OpenSetMatcher
 
             self.matcher = OpenSetMatcher.from_taxonomy(dm.taxonomy)

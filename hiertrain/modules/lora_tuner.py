@@ -144,9 +144,9 @@ class LoRATuner(LightningModule):
     @staticmethod
     def scorable_condition(condition: str) -> str:
         """`condition` if its questions can be tuned on and scored by letter logits, else HierError."""
-        from hiertrain.protocol.conditions import GENERATE_ONLY
+        from hiertrain.protocol.conditions import condition_of
 
-        if condition in GENERATE_ONLY:
+        if condition_of(condition).generate_only:
             raise HierError(
                 f"LoRATuner: condition {condition!r} is answered by generated text; LoRA tuning and its "
                 "validation score option letters (use a letter condition: plain, taxonomy, bio_cot)"
@@ -157,6 +157,7 @@ class LoRATuner(LightningModule):
         """`VLLMEvaluator.answer_items` (letter logits, shared-prefix cache) on the tuned model,
         reading questions as `condition` puts them (the taxonomy one on its run-wide cached prefix)."""
         if condition not in self._scorers:
+            from hiertrain.protocol.conditions import condition_of
             from hiertrain.modules.vllm_evaluator import VLLMEvaluator
             from hiertrain.vlm.global_prefix import GlobalPrefixAnswerer
             from hiertrain.vlm.prefix_cache import SharedPrefixAnswerer
@@ -164,7 +165,7 @@ class LoRATuner(LightningModule):
             view = VLLMEvaluator(self.pretrained, answer="logits")
             view.processor = self.processor
             view.meta = {"condition": self.scorable_condition(condition)}
-            kind = GlobalPrefixAnswerer if condition == "taxonomy" else SharedPrefixAnswerer
+            kind = GlobalPrefixAnswerer if condition_of(condition).run_wide_prefix else SharedPrefixAnswerer
             view.answerer = kind(self.hf_model, self.processor)
             self._scorers[condition] = view
         return self._scorers[condition]

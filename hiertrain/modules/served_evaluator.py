@@ -77,7 +77,7 @@ class ServedEvaluator(QuestionEvaluator):
 
     backend = BACKEND
     # Every condition only changes the text (and binary the number of requests): all are served.
-    supported_conditions = conditions.CONDITIONS
+    supported_conditions = conditions.REGISTRY  # live: a condition registered later is served too
 
     def __init__(
         self,
@@ -147,7 +147,7 @@ class ServedEvaluator(QuestionEvaluator):
             raise
         dm = self._datamodule()
         todo = [r for r in dm.served_records() if r.sample_id not in dm.exclude_ids]
-        binary = self.meta["condition"] == "binary"  # a request per statement (option) of a level
+        binary = conditions.condition_of(self.meta["condition"]).per_statement  # a request per statement (option) of a level
         total = sum(len(r.choices[i]) if binary else 1 for r in todo for i in asked_levels(r.truths, self.meta["mode"]))
         if self.progress_bar and self.global_rank == 0:
             from tqdm.auto import tqdm
@@ -171,7 +171,7 @@ class ServedEvaluator(QuestionEvaluator):
         """The chat-completions request of each asked level of one item (of each statement of a
         level under the binary condition), its messages as the condition words them."""
         url = image_data_url(item["image"], self.image_format) if item["image"] is not None else None
-        if self.meta.get("condition") == "binary":
+        if self.condition.per_statement:
             chats = [messages for lq in item["levels"] for _, messages in lq.statements]
         else:
             chats = [lq.messages for lq in item["levels"]]

@@ -130,14 +130,13 @@ class VLLMEvaluator(QuestionEvaluator):
         self.processor: Any = None
         self.answerer: Any = None
 
-    supported_conditions = conditions.CONDITIONS
+    supported_conditions = conditions.REGISTRY  # live: a condition registered later is answered too
     supported_inference = conditions.INFERENCE_MODES
     supports_circular = True
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        condition = self.meta["condition"]
-        if not self.chat and (self.meta["mode"] != "text" or condition != "plain"):
+        if not self.chat and (self.meta["mode"] != "text" or not self.condition.raw_prompt):
             raise HierError("chat: false (the paper's base-LLM raw prompt) is for plain text-mode questions only")
         inference = self.meta.get("inference", "independent")
         if not self.chat and (inference != "independent" or self.meta.get("circular")):
@@ -217,9 +216,9 @@ class VLLMEvaluator(QuestionEvaluator):
 
             processor = PaddedTileProcessor(self.processor)
         # The taxonomy condition's system turn opens every prompt of the run: prefilled once per run.
-        if self.meta.get("condition") == "taxonomy":
+        if self.condition.run_wide_prefix:
             self._check_context_fits(model)
-        kind = GlobalPrefixAnswerer if self.meta.get("condition") == "taxonomy" else SharedPrefixAnswerer
+        kind = GlobalPrefixAnswerer if self.condition.run_wide_prefix else SharedPrefixAnswerer
         self.answerer = kind(model, processor, self.max_new_tokens, self.max_batch_tokens)
 
     def _check_context_fits(self, model: Any) -> None:
@@ -255,7 +254,7 @@ class VLLMEvaluator(QuestionEvaluator):
             from hiertrain.protocol.prompts import raw_prompt
 
             return [raw_prompt(lq.question) for lq in item["levels"]]
-        if self.meta.get("condition") == "binary":  # one prompt per statement, levels in order
+        if self.condition.per_statement:  # binary: one prompt per statement, levels in order
             return [
                 render_chat(self.processor, self.messages_of(messages)) for lq in item["levels"] for _, messages in lq.statements
             ]
@@ -281,7 +280,7 @@ class VLLMEvaluator(QuestionEvaluator):
                 out.append(self._closed_prediction(item, mode, list(logits), self._logit_answer))
         else:
             for item, replies in zip(items, self.answerer.generate(batch)):
-                if self.meta.get("condition") in ("binary", "open"):
+                if not self.condition.lettered:  # binary, open: read by the condition
                     out.append(self.replies_prediction(item, mode, replies))
                 elif self.meta.get("inference") == "joint":
                     out.append(self.joint_prediction(item, mode, replies))

@@ -29,15 +29,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any, ClassVar
 
 from hiertrain.base.errors import HierError
 from hiertrain.protocol.prompts import ANSWER_INSTRUCTION, LETTERS, SYSTEM_TEXT
-
-CONDITIONS: tuple[str, ...] = ("plain", "taxonomy", "cot", "bio_cot", "binary", "open")
-# Conditions whose replies are generated text (letter logits cannot answer them).
-GENERATE_ONLY: tuple[str, ...] = ("cot", "binary", "open")
-# The paper asks these only about images; their strings say "the image".
-IMAGE_ONLY: tuple[str, ...] = ("bio_cot", "binary")
 
 # ---- taxonomy in context (eval_CUB_tax_qwen.py: system message)
 TAXONOMY_SYSTEM = "You are a helpful assistant. Here is a taxonomy: "
@@ -88,15 +83,7 @@ OPEN_SYSTEM_TEXT = SYSTEM_TEXT
 
 def check_condition(condition: str, mode: str, subject: str | None = None, cot_apostrophe: str = "typographic") -> None:
     """HierError unless `condition` exists and can be asked in `mode` (with `subject` for bio_cot)."""
-    if condition not in CONDITIONS:
-        raise HierError(f"unknown condition {condition!r} (use one of {', '.join(CONDITIONS)})")
-    if condition in IMAGE_ONLY and mode != "image":
-        raise HierError(f"condition {condition!r} is image-only (the paper's strings are about an image)")
-    if condition == "bio_cot" and subject not in BIO_COT_SYSTEM:
-        raise HierError(
-            f"condition 'bio_cot' has the paper's prompts for subject {' or '.join(map(repr, BIO_COT_SYSTEM))} "
-            f"(iNat21), not {subject!r}"
-        )
+    condition_of(condition).check(mode, subject)
     if cot_apostrophe not in COT_PREFIX:
         raise HierError(f"cot_apostrophe {cot_apostrophe!r} is not one of {', '.join(COT_APOSTROPHES)}")
 
@@ -124,11 +111,7 @@ def closed_question(prompt: str, options: list[str], condition: str, cot_apostro
     """The user text of a multiple-choice level under `condition` (plain, taxonomy, cot, bio_cot)."""
     if not options:
         raise HierError(f"no options for question {prompt!r}")
-    if condition == "taxonomy":  # eval_CUB_tax_qwen.py: no "\n" before the answer line
-        return prompt + "\n" + lettered(options) + ANSWER_INSTRUCTION
-    if condition == "cot":
-        return prompt + "\n" + lettered(options) + "\n" + COT_PREFIX[cot_apostrophe] + ANSWER_INSTRUCTION
-    return prompt + "\n" + lettered(options) + "\n" + ANSWER_INSTRUCTION
+    return condition_of(condition).question(prompt, options, cot_apostrophe)
 
 
 def open_question(prompt: str) -> str:
@@ -194,17 +177,7 @@ def final_letter(reply: str, options: list[str]) -> int | None:
 
 def system_prompt(condition: str, mode: str, subject: str | None = None, context: str | None = None) -> str | None:
     """The condition's system prompt, or None for the plain one of `mode` (hiertrain.protocol.prompts)."""
-    if condition == "taxonomy":
-        if context is None:
-            raise HierError("condition 'taxonomy' needs the taxonomy (data.taxonomy) to put in context")
-        return TAXONOMY_SYSTEM + context
-    if condition == "bio_cot":
-        return BIO_COT_SYSTEM[str(subject)]
-    if condition == "binary":
-        return BINARY_SYSTEM
-    if condition == "open":
-        return OPEN_SYSTEM_IMAGE if mode == "image" else OPEN_SYSTEM_TEXT
-    return None
+    return condition_of(condition).system(mode, subject, context)
 
 
 def messages(question: str, mode: str, system: str | None) -> list[dict]:
@@ -233,9 +206,10 @@ def check_inference(inference: str, condition: str, circular: bool) -> None:
     """HierError unless the inference mode and circular evaluation can be asked under `condition`."""
     if inference not in INFERENCE_MODES:
         raise HierError(f"inference {inference!r} is not one of {', '.join(INFERENCE_MODES)}")
-    if inference != "independent" and condition != "plain":
+    cond = condition_of(condition)
+    if inference not in cond.inference_modes:
         raise HierError(f"inference {inference!r} is for the plain condition only, not {condition!r}")
-    if circular and condition in ("binary", "open"):
+    if circular and not cond.lettered:
         raise HierError(f"circular evaluation rotates lettered options; condition {condition!r} has none")
     if circular and inference in ("stepwise", "joint"):
         raise HierError(f"circular evaluation is asked as extra suffixes of independent or oracle_parent levels, not with inference {inference!r}")
@@ -252,3 +226,212 @@ def turn_messages(first: list[dict], questions: list[str], answers: list[str]) -
         out.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
         out.append({"role": "user", "content": [{"type": "text", "text": question}]})
     return out
+
+
+# ---- the conditions as classes: each owns its text, its reply reading and its constraints.
+# Adding a condition is one class decorated with `@register` (docs/ARCHITECTURE.md shows one).
+
+
+class Condition:
+    """One way of putting a level to the model. Subclass, set `name`, override what differs,
+    decorate with `@register`; nothing outside this module branches on a condition's name."""
+
+    name: ClassVar[str] = ""
+    generate_only: ClassVar[bool] = False  # replies are text that letter logits cannot answer
+    image_only: ClassVar[bool] = False  # the paper's strings say "the image"
+    needs_taxonomy: ClassVar[bool] = False  # data.taxonomy must be given
+    lettered: ClassVar[bool] = True  # a closed question with lettered options (circular can rotate them)
+    asks_options: ClassVar[bool] = True  # the level's options are put to the model (open: no)
+    per_statement: ClassVar[bool] = False  # one request per option's statement (`statements`), not per level
+    inference_modes: ClassVar[tuple[str, ...]] = ("independent",)
+    run_wide_prefix: ClassVar[bool] = False  # the system turn opens every prompt of the run (prefilled once)
+    uses_apostrophe: ClassVar[bool] = False  # data.cot_apostrophe changes the text (recorded in run.json)
+    final_letter: ClassVar[bool] = False  # strict parser reads a reasoning reply's final letter
+    open_set: ClassVar[bool] = False  # the report scores it in its open-set section, apart from closed runs
+    raw_prompt: ClassVar[bool] = False  # can be asked as the base-LLM raw prompt (chat: false)
+
+    def check(self, mode: str, subject: str | None) -> None:
+        """HierError unless this condition can be asked in `mode` about `subject`."""
+        if self.image_only and mode != "image":
+            raise HierError(f"condition {self.name!r} is image-only (the paper's strings are about an image)")
+
+    def check_wording(self, mode: str, family: str, variant: int) -> None:
+        """HierError unless the question wording (`family`, `variant` in `mode`) suits this condition (default: any)."""
+
+    def context(self, taxonomy_path: str | Path | None) -> str | None:
+        """The text this condition puts in context from the taxonomy file (default: none)."""
+        return None
+
+    def system(self, mode: str, subject: str | None = None, context: str | None = None) -> str | None:
+        """The system prompt, or None for the plain one of `mode` (hiertrain.protocol.prompts)."""
+        return None
+
+    def question(self, prompt: str, options: list[str], cot_apostrophe: str = "typographic") -> str:
+        """The user text of one level: `prompt` with `options` lettered, then the answer line."""
+        from hiertrain.protocol.prompts import question_text
+
+        return question_text(prompt, options)
+
+    def statements(self, subject: str | None, level_name: str, options: list[str]) -> list[str] | None:
+        """One yes/no question per option, or None when the level is one question (default)."""
+        return None
+
+    def read(self, reply: str, options: list[str], parser: str = "strict") -> int | None:
+        """The option index a generated reply chooses (None = unparseable), by `answer_parser`."""
+        from hiertrain.protocol.answers import paper_letter, parse_letter
+
+        if parser == "paper":
+            return paper_letter(reply, len(options))
+        return final_letter(reply, options) if self.final_letter else parse_letter(reply, options)
+
+    def sample(self, reader: Any, item: dict[str, Any], mode: str, replies: list[str]) -> Any:
+        """A sample's prediction from its replies; `reader` is the evaluator (its `letters_prediction`,
+        `binary_prediction`, `open_prediction` build the SamplePrediction)."""
+        return reader.letters_prediction(item, mode, replies)
+
+
+REGISTRY: dict[str, Condition] = {}
+
+
+def register(cls: type[Condition]) -> type[Condition]:
+    """Add a condition class to `REGISTRY` under its `name` (a class decorator)."""
+    if not cls.name or cls.name in REGISTRY:
+        raise HierError(f"condition class {cls.__name__} needs a new name, not {cls.name!r}")
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+def condition_of(name: str) -> Condition:
+    """The registered condition `name`; a one-line HierError listing the known names otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise HierError(f"unknown condition {name!r} (use one of {', '.join(REGISTRY)})") from None
+
+
+@register
+class Plain(Condition):
+    """The paper's question (hiertrain.protocol.prompts), nothing added."""
+
+    name = "plain"
+    inference_modes = INFERENCE_MODES
+    raw_prompt = True
+
+
+@register
+class Taxonomy(Condition):
+    """Taxonomy in context (eval_CUB_tax_qwen.py)."""
+
+    name = "taxonomy"
+    needs_taxonomy = True
+    run_wide_prefix = True
+
+    def context(self, taxonomy_path: str | Path | None) -> str | None:
+        return taxonomy_context(str(taxonomy_path))
+
+    def system(self, mode: str, subject: str | None = None, context: str | None = None) -> str | None:
+        if context is None:
+            raise HierError("condition 'taxonomy' needs the taxonomy (data.taxonomy) to put in context")
+        return TAXONOMY_SYSTEM + context
+
+    def question(self, prompt: str, options: list[str], cot_apostrophe: str = "typographic") -> str:
+        return _options_first(prompt, options) + ANSWER_INSTRUCTION  # no "\n" before the answer line
+
+
+@register
+class Cot(Condition):
+    """Chain of thought (cot/*/eval_img_*_cot.py): `COT_PREFIX` opens the answer line."""
+
+    name = "cot"
+    generate_only = True
+    uses_apostrophe = True
+    final_letter = True
+
+    def question(self, prompt: str, options: list[str], cot_apostrophe: str = "typographic") -> str:
+        return _options_first(prompt, options) + "\n" + COT_PREFIX[cot_apostrophe] + ANSWER_INSTRUCTION
+
+
+@register
+class BioCot(Condition):
+    """Biology-informed chain of thought (bio_cot/eval_{animal,plant}_bio.py): its system prompt."""
+
+    name = "bio_cot"
+    image_only = True
+    final_letter = True
+
+    def check(self, mode: str, subject: str | None) -> None:
+        super().check(mode, subject)
+        if subject not in BIO_COT_SYSTEM:
+            raise HierError(
+                f"condition 'bio_cot' has the paper's prompts for subject {' or '.join(map(repr, BIO_COT_SYSTEM))} "
+                f"(iNat21), not {subject!r}"
+            )
+
+    def system(self, mode: str, subject: str | None = None, context: str | None = None) -> str | None:
+        return BIO_COT_SYSTEM[str(subject)]
+
+    def question(self, prompt: str, options: list[str], cot_apostrophe: str = "typographic") -> str:
+        return _options_first(prompt, options) + "\n" + ANSWER_INSTRUCTION
+
+
+@register
+class Binary(Condition):
+    """eval_CUB_binary.py: a yes/no statement per option, read by `binary_choice`."""
+
+    name = "binary"
+    generate_only = True
+    image_only = True
+    lettered = False
+    per_statement = True
+
+    def system(self, mode: str, subject: str | None = None, context: str | None = None) -> str | None:
+        return BINARY_SYSTEM
+
+    def statements(self, subject: str | None, level_name: str, options: list[str]) -> list[str] | None:
+        return [binary_question(binary_statement(str(subject), level_name, item)) for item in options]
+
+    def sample(self, reader: Any, item: dict[str, Any], mode: str, replies: list[str]) -> Any:
+        return reader.binary_prediction(item, mode, replies)
+
+
+@register
+class Open(Condition):
+    """hiertrain's open set: no options; the reply matched to the taxonomy (hiertrain.protocol.open_set)."""
+
+    name = "open"
+    generate_only = True
+    needs_taxonomy = True
+    lettered = False
+    asks_options = False
+    open_set = True
+
+    def check_wording(self, mode: str, family: str, variant: int) -> None:
+        from hiertrain.protocol.prompts import IMAGE_WORDINGS, TEXT_WORDINGS
+
+        template = (IMAGE_WORDINGS if mode == "image" else TEXT_WORDINGS)[family][variant]
+        if "{level}" not in template:
+            raise HierError(
+                f"condition 'open' needs a question that names the level; prompt_family {family!r} "
+                f"variant {variant} does not ({template!r})"
+            )
+
+    def system(self, mode: str, subject: str | None = None, context: str | None = None) -> str | None:
+        return OPEN_SYSTEM_IMAGE if mode == "image" else OPEN_SYSTEM_TEXT
+
+    def question(self, prompt: str, options: list[str], cot_apostrophe: str = "typographic") -> str:
+        return open_question(prompt)
+
+    def sample(self, reader: Any, item: dict[str, Any], mode: str, replies: list[str]) -> Any:
+        return reader.open_prediction(item, mode, replies)
+
+
+def _options_first(prompt: str, options: list[str]) -> str:
+    if not options:
+        raise HierError(f"no options for question {prompt!r}")
+    return prompt + "\n" + lettered(options)
+
+
+# The built-in names, in registry order (a condition registered later is in REGISTRY, not here).
+CONDITIONS: tuple[str, ...] = tuple(REGISTRY)
+GENERATE_ONLY: tuple[str, ...] = tuple(n for n, c in REGISTRY.items() if c.generate_only)
+IMAGE_ONLY: tuple[str, ...] = tuple(n for n, c in REGISTRY.items() if c.image_only)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hiertrain.base.atomic import write_atomic
+from hiertrain.protocol.conditions import REGISTRY
 from hiertrain.base.errors import HierError
 from hiertrain.protocol.prompts import leaf_label
 from hiertrain.metrics.metric_labels import percent
@@ -79,6 +80,13 @@ class Run:
     def condition(self) -> str:
         """The question condition (hiertrain.protocol.conditions); runs from before the field: "plain"."""
         return str(self.info.condition or "plain")
+
+    @property
+    def open_set(self) -> bool:
+        """Whether the report scores this run in its open-set section (`Condition.open_set`), apart
+        from the closed-set tables; a condition this version does not know counts as closed."""
+        known = REGISTRY.get(self.condition)
+        return bool(known and known.open_set)
 
 
 @dataclass
@@ -150,7 +158,7 @@ def protocol_differences(runs: list[Run]) -> list[str]:
                 f"{run.info.split!r} vs {ref.info.split!r}"
             )
     answering = [r for r in evals if r.info.answer != "clip"]
-    for vllm in ([r for r in answering if r.condition != "open"], [r for r in answering if r.condition == "open"]):
+    for vllm in ([r for r in answering if not r.open_set], [r for r in answering if r.open_set]):
         out += _setting_differences(vllm)
     return out
 
@@ -208,7 +216,7 @@ def _chance(metrics: MetricsJson | None, key: str) -> Any:
 
 
 def _eval_tables(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
-    evals = [r for r in runs if r.kind == "eval" and r.metrics and r.condition != "open"]
+    evals = [r for r in runs if r.kind == "eval" and r.metrics and not r.open_set]
     text = {(r.model, r.dataset): r for r in evals if r.mode == "text"}
     visual_rows, level_rows, overlap_rows = [], [], []
     for run in sorted(evals, key=lambda r: (r.dataset, r.model, r.mode)):
@@ -327,7 +335,7 @@ def _open_set_rows(runs: list[Run], closed: list[Run]) -> list[dict[str, Any]]:
     """Each open-set run beside the closed-set run of the same model, dataset and mode (if any)."""
     twins = {(r.model, r.dataset, r.mode): r for r in closed}
     rows = []
-    for run in sorted((r for r in runs if r.kind == "eval" and r.metrics and r.condition == "open"), key=lambda r: (r.dataset, r.model, r.mode)):
+    for run in sorted((r for r in runs if r.kind == "eval" and r.metrics and r.open_set), key=lambda r: (r.dataset, r.model, r.mode)):
         m, twin = run.metrics or MetricsJson.empty(), twins.get((run.model, run.dataset, run.mode))
         c = twin.metrics if twin and twin.metrics else MetricsJson.empty()
         rates = m.open_set or {}

@@ -170,3 +170,31 @@ def test_a_taxonomy_longer_than_the_context_is_refused_at_start(tiny_qwen, synth
         f"the context of {tiny_qwen} ({limit:,} tokens, max_position_embeddings); use a smaller taxonomy"
     )
     assert not list((tmp_path / "run").rglob("predictions*.jsonl"))
+
+
+@pytest.fixture
+def terse_condition():
+    """A condition registered by the test (a plain variant with another answer line), removed after."""
+
+    @conditions.register
+    class Terse(conditions.Plain):
+        name = "terse"
+
+        def question(self, prompt, options, cot_apostrophe="typographic"):
+            return prompt + "\n" + conditions.lettered(options) + "\nReply with the letter only."
+
+    yield Terse
+    conditions.REGISTRY.pop("terse")
+
+
+@pytest.mark.slow
+def test_adding_a_condition_is_one_class(terse_condition, tiny_qwen, synth_dir, tmp_path):
+    model, dm, run, preds = run_condition(tiny_qwen, synth_dir, tmp_path, "terse", answer="logits", batch_size=1)
+    item = dm.dataset()[0]
+    assert all(lq.question.endswith("\nReply with the letter only.") for lq in item["levels"])
+    assert all("Reply with the letter only." in p and ANSWER not in p for p in model.prompts_of(item))
+    asked = _asked(preds)
+    assert asked and all(lv.question.endswith("\nReply with the letter only.") for lv in asked)
+    assert all(lv.predicted in lv.options for lv in asked)  # scored by letter logits like plain
+    assert json.loads((run / "run.json").read_text())["condition"] == "terse"
+    assert "terse" in model.meta["run_name"]

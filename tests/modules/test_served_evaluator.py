@@ -641,3 +641,36 @@ def test_served_cot_and_taxonomy_replies_equal_in_process(server, tiny_qwen, syn
         assert pairs
         for a, b in pairs:
             assert a.question == b.question and _visible(b.reply, special) == a.reply.strip(), (condition, a.reply, b.reply)
+
+
+@pytest.mark.slow
+def test_a_condition_registered_later_is_served(synth_dir, tmp_path, proxy_factory):
+    """ServedEvaluator answers the live registry: a new condition class is served with its own text."""
+    from hiertrain.protocol import conditions
+
+    @conditions.register
+    class Terse(conditions.Plain):
+        name = "terse"
+
+        def question(self, prompt, options, cot_apostrophe="typographic"):
+            return prompt + "\n" + conditions.lettered(options) + "\nReply with the letter only."
+
+    bodies: list[dict] = []
+
+    def respond(path: str, body: dict) -> tuple[int, dict]:
+        if path.endswith("/models"):
+            return 200, {"object": "list", "data": [{"id": "m", "object": "model"}]}
+        bodies.append(body)
+        response = recorded_chat_completion([("A", -0.1)])
+        del response["choices"][0]["logprobs"]
+        response["choices"][0]["message"]["content"] = "B"
+        return 200, response
+
+    try:
+        _condition_run(proxy_factory(responder=respond).url, tmp_path, synth_dir, "terse")
+    finally:
+        conditions.REGISTRY.pop("terse")
+    assert bodies and all("Reply with the letter only." in json.dumps(b) for b in bodies)
+    preds = load_predictions(tmp_path / "run/predictions.jsonl")
+    assert all(lv.letter == "B" and lv.predicted == lv.options[1] for p in preds for lv in p.levels if lv.asked)
+    assert json.loads((tmp_path / "run/run.json").read_text())["condition"] == "terse"

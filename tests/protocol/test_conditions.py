@@ -107,3 +107,68 @@ def test_bad_condition_settings_are_one_line_errors():
         conditions.check_condition("cot", "image", cot_apostrophe="curly")
     conditions.check_condition("cot", "text")
     conditions.check_condition("open", "text")
+
+
+def test_registry_holds_the_six_conditions_in_order():
+    assert tuple(conditions.REGISTRY) == ("plain", "taxonomy", "cot", "bio_cot", "binary", "open")
+    assert conditions.CONDITIONS == tuple(conditions.REGISTRY)
+    assert conditions.GENERATE_ONLY == ("cot", "binary", "open")
+    assert conditions.IMAGE_ONLY == ("bio_cot", "binary")
+    assert all(conditions.condition_of(name).name == name for name in conditions.REGISTRY)
+
+
+def test_unknown_condition_is_one_line_listing_the_known_names():
+    with pytest.raises(HierError) as err:
+        conditions.condition_of("maybe")
+    assert str(err.value) == "unknown condition 'maybe' (use one of plain, taxonomy, cot, bio_cot, binary, open)"
+
+
+def test_register_refuses_a_taken_or_missing_name():
+    class Again(conditions.Condition):
+        name = "plain"
+
+    class Nameless(conditions.Condition):
+        pass
+
+    for cls in (Again, Nameless):
+        with pytest.raises(HierError, match="needs a new name"):
+            conditions.register(cls)
+    assert conditions.REGISTRY["plain"].__class__ is conditions.Plain
+
+
+def test_each_condition_reads_replies_its_way():
+    options = ["procellariiformes", "apodiformes", "diomedeidae"]
+    reasoning = "It has long wings.\nThe answer is C."
+    assert conditions.condition_of("plain").read("B", options) == 1
+    assert conditions.condition_of("plain").read(reasoning, options) is None  # strict: not a direct answer
+    assert conditions.condition_of("cot").read(reasoning, options) == 2  # its final letter
+    assert conditions.condition_of("bio_cot").read(reasoning, options) == 2
+    assert conditions.condition_of("cot").read("I think A, no, C", options, parser="paper") == 0  # first letter anywhere
+
+
+def test_closed_layouts_equal_the_plain_question_text():
+    from hiertrain.protocol.prompts import question_text
+
+    prompt, options = "What is its order?", ["a", "b"]
+    assert conditions.closed_question(prompt, options, "plain") == question_text(prompt, options)
+    assert conditions.condition_of("open").question(prompt, []) == conditions.open_question(prompt)
+    assert conditions.condition_of("binary").statements("bird", "order", options) == [
+        conditions.binary_question(conditions.binary_statement("bird", "order", item)) for item in options
+    ]
+    assert conditions.condition_of("plain").statements("bird", "order", options) is None
+
+
+def test_constraints_live_on_the_classes():
+    with pytest.raises(HierError, match="plain condition only"):
+        conditions.check_inference("joint", "cot", False)
+    with pytest.raises(HierError, match="condition 'open' has none"):
+        conditions.check_inference("independent", "open", True)
+    conditions.check_inference("joint", "plain", False)
+    with pytest.raises(HierError, match="names the level"):  # cub variant 3 does not say which level
+        conditions.condition_of("open").check_wording("image", "cub", 3)
+    conditions.condition_of("open").check_wording("image", "cub", 0)
+    conditions.condition_of("plain").check_wording("image", "cub", 3)
+    assert [n for n, c in conditions.REGISTRY.items() if c.raw_prompt] == ["plain"]
+    assert [n for n, c in conditions.REGISTRY.items() if c.run_wide_prefix] == ["taxonomy"]
+    assert [n for n, c in conditions.REGISTRY.items() if c.open_set] == ["open"]
+
