@@ -177,6 +177,13 @@ class ServedEvaluator(QuestionEvaluator):
             chats = [lq.messages for lq in item["levels"]]
         return [request_body(self.served_model_id, openai_messages(m, url), self.answer_kind, self.max_new_tokens) for m in chats]
 
+    def request_texts(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        """The request digest's texts: the request bodies as sent, less the image's data URL (its
+        bytes are digested from the file; `image_format` says how they are encoded)."""
+        saved, item = item, {**item, "image": None}
+        bodies = self.bodies(item)
+        return [{**body, "image_format": self.image_format if saved["image"] is not None else None} for body in bodies]
+
     async def _ask(self, body: dict[str, Any], inflight: dict[str, asyncio.Task]) -> dict[str, Any] | RequestFailed:
         """The cached answer, the answer of the same request already in flight, or a new request."""
         key = request_key(body)
