@@ -340,10 +340,17 @@ class QuestionEvaluator(LightningModule):
         """Rank 0 writes every output from the merged predictions; all ranks log the metrics."""
         strategy = self.trainer.strategy
         strategy.barrier("hiertrain-predictions-written")
-        result: tuple[dict[str, Any], list[str]] | None = None
+        result: tuple[dict[str, Any], list[str], bool] | None = None
         if self.global_rank == 0:
             dm = self._datamodule()
             served = dm.served_ids()
+            # Whether this run asked or skipped anything: a rerun that reused every line (same
+            # request digests) logs nothing, like one finalized in setup.
+            asked = any(
+                part.stat().st_size > 0
+                for name in ("predictions", "skipped")
+                for part in self.run_dir.path.glob(f"{name}.rank*.jsonl")
+            )
             try:
                 # data.taxonomy (when given) places each pick for mistake severity / path consistency
                 taxonomy = getattr(dm, "taxonomy", None)
@@ -353,16 +360,16 @@ class QuestionEvaluator(LightningModule):
                 raise
             print((self.run_dir.path / "summary.txt").read_text(encoding="utf-8"), end="", flush=True)
             print(f"run directory: {self.run_dir.path}", flush=True)
-            result = (metrics, self.run_dir.skip_reasons())
+            result = (metrics, self.run_dir.skip_reasons(), asked)
             self._warn_skips(metrics, result[1], dm.max_skip_rate)
             self._log_artifacts(preds)
-        metrics, reasons = strategy.broadcast(result, src=0)
+        metrics, reasons, asked = strategy.broadcast(result, src=0)
         self.final_metrics = metrics
         if not metrics["num_samples"]:
             self.run_dir.unlock()
             why = "; ".join(reasons) if reasons else "no sample was served"
             raise HierError(f"{self.run_dir.path}: no sample was scored ({metrics['num_skipped']} skipped; first: {why})")
-        if not log:  # finalized in setup: there is no epoch to log into
+        if not log or not asked:  # finalized in setup, or every line reused: nothing new to log
             return
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "schema_version":
