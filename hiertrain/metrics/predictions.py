@@ -87,9 +87,10 @@ class SamplePrediction:
     label: str | None = None
     split: str | None = None
     mode: str = "image"
+    request: str | None = None  # digest of the exact request asked (hiertrain.runs.request_digest)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "image": self.image,
             "label": self.label,
@@ -97,6 +98,9 @@ class SamplePrediction:
             "mode": self.mode,
             "levels": [lv.to_json() for lv in self.levels],
         }
+        if self.request is not None:  # absent on lines written before the digest (and off run dirs)
+            out["request"] = self.request
+        return out
 
 
 @dataclass
@@ -186,7 +190,15 @@ def _sample_from_json(d: Any, where: str) -> SamplePrediction:
         label=d.get("label"),
         split=d.get("split"),
         mode=mode,
+        request=_request_of(d, where),
     )
+
+
+def _request_of(d: dict[str, Any], where: str) -> str | None:
+    request = d.get("request")
+    if request is not None and not isinstance(request, str):
+        raise HierError(f"{where}: request must be a digest string, got {request!r}")
+    return request
 
 
 def _read_jsonl(path: Path, text: str) -> LoadedPredictions:

@@ -67,6 +67,10 @@ class CLIPEvaluator(QuestionEvaluator):
             self._text_cache.update(zip(new, features))
         return torch.stack([self._text_cache[label] for label in labels])
 
+    def request_texts(self, item: dict[str, Any]) -> list[list[str]]:
+        """The request digest's texts: each asked level's option prompts, as the text encoder sees them."""
+        return [[self.template.format(label=label) for label in lq.options] for lq in item["levels"]]
+
     @torch.no_grad()
     def answer_items(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
         pixels = torch.stack([self.preprocess(item["image"]) for item in items]).to(self.device)

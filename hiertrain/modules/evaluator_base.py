@@ -93,11 +93,40 @@ class QuestionEvaluator(LightningModule):
         self.meta: dict[str, Any] = {}
         self.final_metrics: dict[str, Any] | None = None
         self.matcher: Any = None  # open condition: hiertrain.protocol.open_set.OpenSetMatcher
+        self.done_requests: dict[int, str] = {}  # a resume's finished samples with a stored request digest
 
     # ---------------------------------------------------------------- subclass API
 
     def answer_items(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
         raise NotImplementedError
+
+    def request_texts(self, item: dict[str, Any]) -> Any:
+        """What this backend renders for one item (its request digest's text part). Default: each
+        asked level's chat messages (with the system turn the run adds); backends override it with
+        exactly what they send (HF: the templated chat texts; served: the message lists; CLIP: prompts)."""
+        return [lq.messages for lq in item["levels"]]
+
+    def request_generation(self) -> dict[str, Any]:
+        """The settings that turn a request into an answer (its request digest's generation part)."""
+        return {
+            "answer": self.answer_kind, "answer_parser": self.answer_parser, "max_new_tokens": self.meta.get("max_new_tokens"),
+            "condition": self.meta.get("condition"), "inference": self.meta.get("inference"), "settings": self.meta.get("settings"),
+        }  # fmt: skip
+
+    def sample_request(self, item: dict[str, Any]) -> str:
+        """The digest of the exact request this item is asked (`hiertrain.runs.request_digest`)."""
+        from hiertrain.runs.request_digest import image_sha256, request_digest
+
+        weights = self.meta.get("weights")
+        model = weights if weights else (os.path.basename(self.pretrained) if os.path.isabs(self.pretrained) else self.pretrained)
+        return request_digest(
+            backend=f"{self.backend}:{type(self).__name__}",
+            model=model,
+            texts=self.request_texts(item),
+            options=[list(lq.options) for lq in item["levels"]],
+            image=image_sha256(item.get("path")) if item["image"] is not None else None,
+            generation=self.request_generation(),
+        )
 
     def image_refusal(self, item: dict[str, Any]) -> str | None:
         """Why this model cannot take the item's (readable) image, or None (default: it can)."""
@@ -236,20 +265,24 @@ class QuestionEvaluator(LightningModule):
 
             self.matcher = OpenSetMatcher.from_taxonomy(dm.taxonomy)
         self.run_dir = RunDirectory(Path(self.trainer.default_root_dir) / self.meta["run_name"], rank=self.global_rank)
-        finished: list[int] = []
+        finished: dict[int, str | None] = {}
         if self.global_rank == 0:
             self.run_dir.lock()
             try:
                 self.run_dir.claim(self.meta, fresh=self.fresh)
-                finished = self.run_dir.finished_ids()  # ids only: a resume does not parse every prediction
+                finished = self.run_dir.finished_requests()  # id -> stored request digest
             except BaseException:
                 self.run_dir.unlock()  # Lightning calls no teardown when setup fails
                 raise
         finished = self.trainer.strategy.broadcast(finished, src=0)
-        dm.exclude_ids = set(finished)
+        # A line with a digest is reused only if this run would ask the same request: such samples
+        # are served again and checked where the batch is rendered (`_answer_batch`), before the
+        # model is called. Lines without one (written before the digest) are reused as before.
+        self.done_requests = {i: r for i, r in finished.items() if r is not None}
+        dm.exclude_ids = {i for i, r in finished.items() if r is None}
         if finished:
             rank_zero_info(f"resuming {self.run_dir.path}: {len(finished)} samples already done")
-        if set(dm.served_ids()) <= set(finished):
+        if set(dm.served_ids()) <= dm.exclude_ids:
             self._finalize(log=False)  # nothing left to answer: Lightning will not run the test loop
 
     def teardown(self, stage: str) -> None:
@@ -272,6 +305,12 @@ class QuestionEvaluator(LightningModule):
     def _answer_batch(self, batch: list[dict[str, Any]]) -> None:
         from hiertrain.modules.evaluation_loop import score_batch
 
+        requests: dict[int, str] = {}
+        for item in batch:
+            if item["valid"] and not item["error"]:
+                requests[item["sample_id"]] = digest = self.sample_request(item)
+                if self.done_requests.get(item["sample_id"]) == digest:
+                    item["valid"] = False  # finished with this very request: reused, not asked again
         scored = score_batch(
             batch,
             lambda good: self.answer_items(good, self.meta["mode"]),
@@ -279,6 +318,7 @@ class QuestionEvaluator(LightningModule):
             on_skip=lambda item: self.run_dir.skip(item["sample_id"], item["record"].image, item["error"]),
         )
         for prediction in scored.predictions:
+            prediction.request = requests.get(prediction.id)
             self.run_dir.append(prediction)
 
     def _refusal(self, item: dict[str, Any]) -> str | None:
@@ -300,10 +340,17 @@ class QuestionEvaluator(LightningModule):
         """Rank 0 writes every output from the merged predictions; all ranks log the metrics."""
         strategy = self.trainer.strategy
         strategy.barrier("hiertrain-predictions-written")
-        result: tuple[dict[str, Any], list[str]] | None = None
+        result: tuple[dict[str, Any], list[str], bool] | None = None
         if self.global_rank == 0:
             dm = self._datamodule()
             served = dm.served_ids()
+            # Whether this run asked or skipped anything: a rerun that reused every line (same
+            # request digests) logs nothing, like one finalized in setup.
+            asked = any(
+                part.stat().st_size > 0
+                for name in ("predictions", "skipped")
+                for part in self.run_dir.path.glob(f"{name}.rank*.jsonl")
+            )
             try:
                 # data.taxonomy (when given) places each pick for mistake severity / path consistency
                 taxonomy = getattr(dm, "taxonomy", None)
@@ -313,16 +360,16 @@ class QuestionEvaluator(LightningModule):
                 raise
             print((self.run_dir.path / "summary.txt").read_text(encoding="utf-8"), end="", flush=True)
             print(f"run directory: {self.run_dir.path}", flush=True)
-            result = (metrics, self.run_dir.skip_reasons())
+            result = (metrics, self.run_dir.skip_reasons(), asked)
             self._warn_skips(metrics, result[1], dm.max_skip_rate)
             self._log_artifacts(preds)
-        metrics, reasons = strategy.broadcast(result, src=0)
+        metrics, reasons, asked = strategy.broadcast(result, src=0)
         self.final_metrics = metrics
         if not metrics["num_samples"]:
             self.run_dir.unlock()
             why = "; ".join(reasons) if reasons else "no sample was served"
             raise HierError(f"{self.run_dir.path}: no sample was scored ({metrics['num_skipped']} skipped; first: {why})")
-        if not log:  # finalized in setup: there is no epoch to log into
+        if not log or not asked:  # finalized in setup, or every line reused: nothing new to log
             return
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "schema_version":

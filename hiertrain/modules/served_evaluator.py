@@ -167,15 +167,24 @@ class ServedEvaluator(QuestionEvaluator):
 
     # ---------------------------------------------------------------- answering
 
-    def bodies(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+    def bodies(self, item: dict[str, Any], url: str | None = None) -> list[dict[str, Any]]:
         """The chat-completions request of each asked level of one item (of each statement of a
-        level under the binary condition), its messages as the condition words them."""
-        url = image_data_url(item["image"], self.image_format) if item["image"] is not None else None
+        level under the binary condition), its messages as the condition words them. `url`: the
+        image's URL if already known (default: its data URL)."""
+        if url is None and item["image"] is not None:
+            url = image_data_url(item["image"], self.image_format)
         if self.condition.per_statement:
             chats = [messages for lq in item["levels"] for _, messages in lq.statements]
         else:
             chats = [lq.messages for lq in item["levels"]]
         return [request_body(self.served_model_id, openai_messages(m, url), self.answer_kind, self.max_new_tokens) for m in chats]
+
+    def request_texts(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        """The request digest's texts: the request bodies as sent, less the image's data URL (its
+        bytes are digested from the file; `image_format` says how they are encoded)."""
+        if item["image"] is None:
+            return self.bodies(item)
+        return self.bodies(item, url=f"<image bytes as {self.image_format}>")
 
     async def _ask(self, body: dict[str, Any], inflight: dict[str, asyncio.Task]) -> dict[str, Any] | RequestFailed:
         """The cached answer, the answer of the same request already in flight, or a new request."""

@@ -266,6 +266,10 @@ class VLLMEvaluator(QuestionEvaluator):
             for messages in (lq.messages, *(rot.messages for rot in lq.rotations))
         ]
 
+    def request_texts(self, item: dict[str, Any]) -> list[str]:
+        """The request digest's texts: exactly the chat texts the model is given (`prompts_of`)."""
+        return self.prompts_of(item)
+
     def answer_items(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
         from hiertrain.vlm.prefix_cache import ImagePrompts
 

@@ -132,7 +132,9 @@ class RunDirectory:
         """Merge every rank's streamed lines into predictions.jsonl (sorted by id); drop the parts.
 
         A cut-off last line (a kill mid-write) is left out, so that sample is simply redone.
-        The same id twice must be the same prediction (a kill between merge and part removal).
+        The same id twice must be the same prediction (a kill between merge and part removal),
+        unless the later line was asked another request (its `request` digest differs: a resume
+        re-asked it, `hiertrain.runs.request_digest`): then the later line replaces the earlier.
         """
         by_id: dict[int, SamplePrediction] = {}
         final = self.predictions_path
@@ -141,8 +143,12 @@ class RunDirectory:
         for source in sources + parts:
             for sample in read_predictions(source).samples:
                 old = by_id.setdefault(sample.id, sample)
-                if old.to_json() != sample.to_json():
-                    raise HierError(f"{source}: sample {sample.id} differs from the one already recorded")
+                if old.to_json() == sample.to_json():
+                    continue
+                if sample.request is not None and sample.request != old.request:
+                    by_id[sample.id] = sample  # re-asked with another request: the newer answer
+                    continue
+                raise HierError(f"{source}: sample {sample.id} differs from the one already recorded")
         merged = sorted(by_id.values(), key=lambda s: s.id)
         if parts:
             with atomic_path(self.predictions_path) as tmp:
@@ -169,6 +175,24 @@ class RunDirectory:
         from hiertrain.metrics.columnar import read_columns
 
         return read_columns(final).ids.tolist()
+
+    def finished_requests(self) -> dict[int, str | None]:
+        """Each finished sample's stored request digest (None: a line written before the digest),
+        after the same merge and checks as `finished_ids`: what a resume compares against."""
+        ids = self.finished_ids()
+        if not ids:
+            return {}
+        final = self.predictions_path
+        out: dict[int, str | None] = {}
+        with open(final, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # blank, or the cut-off last line of a kill (not finished)
+                    continue
+                out[int(entry["id"])] = entry.get("request")
+        wanted = set(ids)
+        return {i: r for i, r in out.items() if i in wanted}
 
     def skipped(self) -> dict[int, dict[str, Any]]:
         """Skipped samples recorded by any rank (latest reason per id)."""

@@ -203,3 +203,52 @@ def test_circular_run_under_two_process_ddp_matches_one(tiny_qwen, synth_dir, tm
     ]  # fmt: skip
     assert sum(bias["truth_counts"]) == sum(rotations) > 2 * len(rotations)  # every rotation once, none twice
     assert metrics["num_samples"] == N_IMAGES
+
+
+@pytest.mark.slow
+def test_resume_reasks_exactly_the_sample_whose_image_bytes_changed(tiny_qwen, synth_dir, tmp_path, monkeypatch):
+    """Per-sample identity: a finished sample is reused only when its request digest (image bytes
+    included) is the one it would be asked now; the changed one is asked again and replaces its line."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from hiertrain.modules.vllm_evaluator import VLLMEvaluator
+
+    data = tmp_path / "synth"
+    shutil.copytree(synth_dir, data)
+    n = 4
+    args = lambda root: [  # noqa: E731
+        *_args(tiny_qwen, data, root, "--wandb=false"), f"--data.limit={n}", "--data.batch_size=2",
+    ]  # fmt: skip
+    asked: list[int] = []
+    answer = VLLMEvaluator.answer_items
+    monkeypatch.setattr(VLLMEvaluator, "answer_items", lambda self, items, mode: (asked.extend(i["sample_id"] for i in items), answer(self, items, mode))[1])
+    assert main(args(tmp_path / "first")) == 0
+    assert len(asked) == n
+    lines = [json.loads(line) for line in (tmp_path / "first" / RUN / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == n and all(len(line["request"]) == 64 for line in lines)
+    assert len({line["request"] for line in lines}) == n
+
+    asked.clear()
+    assert main(args(tmp_path / "first")) == 0  # a rerun with nothing changed asks nothing
+    assert asked == []
+
+    changed = lines[1]
+    path = data / changed["image"]
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+    image.putpixel((0, 0), tuple(255 - c for c in image.getpixel((0, 0))))
+    image.save(path)
+    assert main(args(tmp_path / "first")) == 0
+    assert asked == [changed["id"]]  # exactly that sample, once
+    resumed = [json.loads(line) for line in (tmp_path / "first" / RUN / "predictions.jsonl").read_text().splitlines()]
+    assert [line["id"] for line in resumed] == [line["id"] for line in lines]  # no lost or doubled sample
+    assert resumed[1]["request"] != changed["request"] and resumed[0] == lines[0]
+
+    asked.clear()
+    assert main(args(tmp_path / "fresh")) == 0
+    assert len(asked) == n
+    for name in ("predictions.jsonl", "metrics.json", "results.json"):
+        assert (tmp_path / "first" / RUN / name).read_bytes() == (tmp_path / "fresh" / RUN / name).read_bytes(), name

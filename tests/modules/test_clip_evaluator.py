@@ -42,3 +42,16 @@ def test_clip_refuses_text_mode(tiny_clip, synth_dir, tmp_path):
         _trainer(tmp_path).test(CLIPEvaluator(str(tiny_clip)), datamodule=dm, verbose=False)
     with pytest.raises(HierError, match="placeholder"):
         CLIPEvaluator(str(tiny_clip), template="a photo")
+
+
+def test_clip_lines_carry_the_digest_of_their_option_prompts(tiny_clip, synth_dir, tmp_path):
+    """CLIP's request digest covers the option prompts as encoded: another template, another digest."""
+    dm = HierVQADataModule(str(synth_dir / "questions_random.jsonl"), limit=2, batch_size=2)
+    module = CLIPEvaluator(str(tiny_clip), run_name="clip")
+    _trainer(tmp_path).test(module, datamodule=dm, verbose=False)
+    preds = load_predictions(tmp_path / "clip/predictions.jsonl")
+    item = dm.dataset()[0]
+    assert preds[0].request == module.sample_request(item) and len(preds[0].request) == 64
+    assert module.request_texts(item) == [[f"a photo of a {o}." for o in lq.options] for lq in item["levels"]]
+    module.template = "a picture of a {label}."
+    assert module.sample_request(item) != preds[0].request

@@ -674,3 +674,47 @@ def test_a_condition_registered_later_is_served(synth_dir, tmp_path, proxy_facto
     preds = load_predictions(tmp_path / "run/predictions.jsonl")
     assert all(lv.letter == "B" and lv.predicted == lv.options[1] for p in preds for lv in p.levels if lv.asked)
     assert json.loads((tmp_path / "run/run.json").read_text())["condition"] == "terse"
+
+
+@pytest.mark.slow
+def test_a_served_resume_resends_only_the_sample_whose_image_bytes_changed(synth_dir, tmp_path, proxy_factory):
+    """Per-sample request digest through the served backend: every line has one, and a resume
+    re-asks exactly the sample whose image changed (its levels' requests, nothing else)."""
+    import shutil
+
+    from PIL import Image
+
+    data = tmp_path / "synth"
+    shutil.copytree(synth_dir, data)
+    bodies: list[dict] = []
+
+    def respond(path: str, body: dict) -> tuple[int, dict]:
+        if path.endswith("/models"):
+            return 200, {"object": "list", "data": [{"id": "m", "object": "model"}]}
+        bodies.append(body)
+        response = recorded_chat_completion([("A", -0.1)])
+        del response["choices"][0]["logprobs"]
+        response["choices"][0]["message"]["content"] = "B"
+        return 200, response
+
+    url = proxy_factory(responder=respond).url
+    _, dm = _condition_run(url, tmp_path, data, "plain")
+    lines = [json.loads(line) for line in (tmp_path / "run/predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == N_IMAGES and all(len(line["request"]) == 64 for line in lines)
+    changed = lines[2]
+    path = data / changed["image"]
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+    image.putpixel((0, 0), tuple(255 - c for c in image.getpixel((0, 0))))
+    image.save(path)
+    (tmp_path / "run/requests.rank0.jsonl").unlink()  # no cached answers: every re-asked request reaches the server
+    bodies.clear()
+    _condition_run(url, tmp_path, data, "plain")
+    asked = sum(1 for lv in changed["levels"] if lv["asked"])
+    assert len(bodies) == asked > 0
+    resumed = [json.loads(line) for line in (tmp_path / "run/predictions.jsonl").read_text().splitlines()]
+    assert [line["id"] for line in resumed] == [line["id"] for line in lines]
+    assert [line["request"] for line in resumed if line["id"] != changed["id"]] == [
+        line["request"] for line in lines if line["id"] != changed["id"]
+    ]
+    assert resumed[2]["request"] != changed["request"]

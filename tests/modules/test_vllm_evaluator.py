@@ -246,3 +246,15 @@ def test_chat_false_sends_the_papers_raw_base_llm_prompt(tiny_qwen, synth_dir, t
     assert sum(lv.asked for p in preds for lv in p.levels) > 0
     with pytest.raises(HierError, match="plain text-mode questions only"):
         evaluate(tiny_qwen, synth_dir / "questions_random.jsonl", tmp_path / "img", limit=1, model_kwargs={"chat": False})
+
+
+def test_hf_lines_carry_the_digest_of_the_templated_chat_text(tiny_qwen, synth_dir, tmp_path):
+    """The HF request digest covers `prompts_of` (chat template + system turn): another system
+    prompt is another digest, the same run the same digest."""
+    model, run = evaluate(tiny_qwen, synth_dir / "questions_random.jsonl", tmp_path, limit=1)
+    preds = load_predictions(run / "predictions.jsonl")
+    item = model._datamodule().dataset()[0]
+    assert preds[0].request == model.sample_request(item)
+    assert model.request_texts(item) == model.prompts_of(item) and "system" in model.request_texts(item)[0]
+    model.system_prompt = "none"
+    assert model.sample_request(item) != preds[0].request
