@@ -174,7 +174,10 @@ class VLLMEvaluator(QuestionEvaluator):
     def system_text(self) -> str | None:
         """What the system turn says under `system_prompt` (None: no system turn; "paper": as built)."""
         if self.system_prompt == "paper":
-            return "as built: hiertrain.protocol.prompts.SYSTEM_IMAGE / SYSTEM_TEXT, or the condition's"
+            # A frozen label, not an import path: run.json records it and it is identity, so it keeps the
+            # spelling from before the core/ regroup (the texts now live in hiertrain.protocol.prompts) and
+            # runs started before it still resume.
+            return "as built: hiertrain.core.prompts.SYSTEM_IMAGE / SYSTEM_TEXT, or the condition's"
         if self.system_prompt == "model_default":
             return self.model_default_system()
         return None if self.system_prompt == "none" else self.system_prompt
