@@ -18,6 +18,7 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from hiertrain.protocol.protocol import QuestionProtocol
 from hiertrain.protocol import conditions
 from hiertrain.protocol import prompts
 from hiertrain.datamodules.sampling import PaddedEvalSampler, unpad_index
@@ -63,19 +64,7 @@ def default_level_names(depth: int) -> list[str]:
 
 def level_questions(
     record: QuestionRecord,
-    mode: Mode,
-    level_names: list[str],
-    subject: str = prompts.DEFAULT_SUBJECT,
-    variant: int = 0,
-    seed: int = 0,
-    family: str = prompts.DEFAULT_FAMILY,
-    shuffle: bool = True,
-    condition: str = "plain",
-    context: str | None = None,
-    cot_apostrophe: str = "typographic",
-    label_case: str = "file",
-    inference: str = "independent",
-    circular: bool = False,
+    protocol: QuestionProtocol,
 ) -> list[LevelQuestion]:
     """The asked levels of `record` (all levels with a truth; not the leaf in text mode), worded
     as the paper words dataset `family` (see `hiertrain.protocol.prompts.IMAGE_WORDINGS`) and put
@@ -88,6 +77,9 @@ def level_questions(
     with its true letter; "joint" gives every level the one question asking all of them
     (`prompts.joint_question`). `circular`: each level also carries its options' other
     rotations (`LevelQuestion.rotations`)."""
+    mode, level_names, subject, variant = protocol.mode, protocol.level_names, protocol.subject, protocol.variant
+    family, label_case, condition, context = protocol.family, protocol.label_case, protocol.condition, protocol.context
+    seed, shuffle, cot_apostrophe = protocol.seed, protocol.shuffle, protocol.cot_apostrophe
     truths, choices = record.truths, record.choices
     if len(level_names) < len(truths):
         raise HierError(
@@ -119,7 +111,7 @@ def level_questions(
 
         question = closed(options)
         lq = LevelQuestion(i, name, truths[i], options, question, conditions.messages(question, mode, system))
-        if circular:
+        if protocol.circular:
             from hiertrain.metrics.circular import rotations
 
             lq.rotations = [
@@ -127,7 +119,7 @@ def level_questions(
             ]
         lq.prompt = prompt
         out.append(lq)
-    return with_inference(out, inference, mode, system)
+    return with_inference(out, protocol.inference, mode, system)
 
 
 def with_inference(levels: list[LevelQuestion], inference: str, mode: Mode, system: str | None) -> list[LevelQuestion]:
@@ -166,29 +158,12 @@ class QuestionDataset(Dataset):
     def __init__(
         self,
         records: Sequence[QuestionRecord],
-        mode: Mode,
-        level_names: list[str],
-        subject: str,
-        variant: int,
-        seed: int,
+        protocol: QuestionProtocol,
         image_dir: Path,
         on_bad_image: Literal["skip", "error"],
         image_root_map: dict[str, str] | None = None,
-        family: str = prompts.DEFAULT_FAMILY,
-        shuffle: bool = True,
-        condition: str = "plain",
-        context: str | None = None,
-        cot_apostrophe: str = "typographic",
-        label_case: str = "file",
-        inference: str = "independent",
-        circular: bool = False,
     ) -> None:
-        self.records, self.mode, self.level_names, self.family = records, mode, level_names, family
-        self.label_case = label_case
-        self.inference, self.circular = inference, circular
-        self.shuffle = shuffle
-        self.condition, self.context, self.cot_apostrophe = condition, context, cot_apostrophe
-        self.subject, self.variant, self.seed = subject, variant, seed
+        self.records, self.protocol, self.mode = records, protocol, protocol.mode
         self.image_dir, self.on_bad_image = image_dir, on_bad_image
         self.image_root_map = dict(image_root_map or {})
 
@@ -208,10 +183,7 @@ class QuestionDataset(Dataset):
             "sample_id": record.sample_id,
             "valid": valid,
             "record": record,
-            "levels": level_questions(
-                record, self.mode, self.level_names, self.subject, self.variant, self.seed, self.family, self.shuffle,
-                self.condition, self.context, self.cot_apostrophe, self.label_case, self.inference, self.circular,
-            ),
+            "levels": level_questions(record, self.protocol),
             "image": None,
             "error": None,
         }
@@ -476,14 +448,20 @@ class HierVQADataModule(LightningDataModule):
         """The sample ids of `served_records()`, from the index (nothing parsed)."""
         return self.served_records().sample_ids
 
+    @property
+    def protocol(self) -> QuestionProtocol:
+        """This data's question protocol (after `setup()`: level names and taxonomy context known)."""
+        return QuestionProtocol(
+            mode=self.mode, level_names=tuple(self.level_names), subject=self.subject, variant=self.prompt_variant,
+            seed=self.seed, family=self.prompt_family, shuffle=self.shuffle_options, condition=self.condition,
+            context=self.context, cot_apostrophe=self.cot_apostrophe, label_case=self.label_case,
+            inference=self.inference, circular=self.circular,
+        )
+
     def dataset(self) -> QuestionDataset:
         self.setup()
         todo = self.records.excluding(self.exclude_ids)
-        return QuestionDataset(
-            todo, self.mode, self.level_names, self.subject, self.prompt_variant, self.seed,
-            self.image_dir, self.on_bad_image, self.image_root_map, self.prompt_family, self.shuffle_options,
-            self.condition, self.context, self.cot_apostrophe, self.label_case, self.inference, self.circular,
-        )  # fmt: skip
+        return QuestionDataset(todo, self.protocol, self.image_dir, self.on_bad_image, self.image_root_map)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hiertrain.protocol import prompts
+from hiertrain.protocol.protocol import QuestionProtocol
 from hiertrain.datamodules.questions import HierVQADataModule, level_questions
 from hiertrain.base.errors import HierError
 from hiertrain.taxonomy.question_bank import read_questions
@@ -35,13 +36,13 @@ def _image(path: Path) -> None:
 def test_level_questions_image_and_text(tmp_path):
     record = read_questions(_write(tmp_path / "q.jsonl", [RECORD]))[0]
     names = ["family", "shape", "species"]
-    image = level_questions(record, "image", names, "shape", variant=0, seed=3)
+    image = level_questions(record, QuestionProtocol("image", names, "shape", variant=0, seed=3))
     assert [q.level for q in image] == [0, 1, 2]
     assert image[1].question.startswith("Based on taxonomy, what is the shape of the shape in this image?\nA. ")
     assert sorted(image[1].options) == sorted(RECORD["choices_level2"])
     assert image[1].options == prompts.shuffled_options(RECORD["choices_level2"], 3, 0, 1)
     assert image[0].messages[1]["content"][0] == {"type": "image"}
-    text = level_questions(record, "text", names, variant=1, seed=3)
+    text = level_questions(record, QuestionProtocol("text", names, variant=1, seed=3))
     assert [q.level for q in text] == [0, 1]  # the leaf is named in the question, so not asked
     assert "Given the Red Solid Circle, what is its taxonomic classification at the shape level?" in text[1].question
 
@@ -175,7 +176,7 @@ def test_inat_config_words_questions_the_inat_way(reference_data, tmp_path):
     dm = _inat_plant_config(reference_data, _inat_plant_questions(reference_data, tmp_path, drop=False), mode="image")
     dm.setup()
     assert dm.prompt_family == "inat" and dm.level_names[0] == "kingdom"
-    levels = level_questions(dm.served_records()[0], "image", dm.level_names, dm.subject, 1, 0, dm.prompt_family)
+    levels = level_questions(dm.served_records()[0], QuestionProtocol("image", dm.level_names, dm.subject, 1, 0, dm.prompt_family))
     assert levels[1].question.startswith(
         "Given the plant in the image, what is its taxonomic classification at the phylum level?\nA. "
     )
@@ -340,7 +341,7 @@ SYSTEM = {"role": "system", "content": [{"type": "text", "text": prompts.SYSTEM_
 
 def _modes(tmp_path, **kwargs):
     record = read_questions(_write(tmp_path / "q.jsonl", [MODES_RECORD]))[0]
-    return level_questions(record, "image", ["family", "shape", "species"], "shape", shuffle=False, **kwargs)
+    return level_questions(record, QuestionProtocol("image", ["family", "shape", "species"], "shape", shuffle=False, **kwargs))
 
 
 def test_independent_and_stepwise_prompts_are_todays(tmp_path):
