@@ -587,16 +587,25 @@ def test_every_condition_is_served_with_its_text_and_reading(condition, synth_di
     assert meta["condition"] == condition and meta["backend"] == "served"
 
 
-def test_a_cot_rerun_with_the_other_apostrophe_is_refused(synth_dir, tmp_path, proxy_factory):
+def _replying(bodies: list[dict], content: str | None = None):
+    """A chat server (for proxy_factory) that records each request body and replies `content`
+    (None: the recorded completion's own text), without logprobs."""
+
     def respond(path: str, body: dict) -> tuple[int, dict]:
         if path.endswith("/models"):
             return 200, {"object": "list", "data": [{"id": "m", "object": "model"}]}
+        bodies.append(body)
         response = recorded_chat_completion([("A", -0.1)])
         del response["choices"][0]["logprobs"]
-        response["choices"][0]["message"]["content"] = "So the answer is A."
+        if content is not None:
+            response["choices"][0]["message"]["content"] = content
         return 200, response
 
-    url = proxy_factory(responder=respond).url
+    return respond
+
+
+def test_a_cot_rerun_with_the_other_apostrophe_is_refused(synth_dir, tmp_path, proxy_factory):
+    url = proxy_factory(responder=_replying([], "So the answer is A.")).url
     _condition_run(url, tmp_path, synth_dir, "cot", data={"cot_apostrophe": "typographic"})
     with pytest.raises(HierError) as err:
         _condition_run(url, tmp_path, synth_dir, "cot", data={"cot_apostrophe": "ascii"})
@@ -608,14 +617,7 @@ def test_a_cot_rerun_with_the_other_apostrophe_is_refused(synth_dir, tmp_path, p
 def test_the_wandb_name_of_a_served_run_is_its_run_directory(condition, synth_dir, tmp_path, proxy_factory):
     from hiertrain.cli.lightning import _logger_identity
 
-    def respond(path: str, body: dict) -> tuple[int, dict]:
-        if path.endswith("/models"):
-            return 200, {"object": "list", "data": [{"id": "m", "object": "model"}]}
-        response = recorded_chat_completion([("A", -0.1)])
-        del response["choices"][0]["logprobs"]
-        return 200, response
-
-    evaluator, dm = _condition_run(proxy_factory(responder=respond).url, tmp_path, synth_dir, condition, run_name=None)
+    evaluator, dm = _condition_run(proxy_factory(responder=_replying([])).url, tmp_path, synth_dir, condition, run_name=None)
     (run,) = [p.parent for p in tmp_path.rglob("run.json")]
     assert run.name == evaluator.run_dir.path.name == f"m-served-questions_random-image-generate-v0" + (
         "" if condition == "plain" else f"-{condition}"
@@ -656,15 +658,7 @@ def test_a_condition_registered_later_is_served(synth_dir, tmp_path, proxy_facto
             return prompt + "\n" + conditions.lettered(options) + "\nReply with the letter only."
 
     bodies: list[dict] = []
-
-    def respond(path: str, body: dict) -> tuple[int, dict]:
-        if path.endswith("/models"):
-            return 200, {"object": "list", "data": [{"id": "m", "object": "model"}]}
-        bodies.append(body)
-        response = recorded_chat_completion([("A", -0.1)])
-        del response["choices"][0]["logprobs"]
-        response["choices"][0]["message"]["content"] = "B"
-        return 200, response
+    respond = _replying(bodies, "B")
 
     try:
         _condition_run(proxy_factory(responder=respond).url, tmp_path, synth_dir, "terse")
@@ -687,15 +681,7 @@ def test_a_served_resume_resends_only_the_sample_whose_image_bytes_changed(synth
     data = tmp_path / "synth"
     shutil.copytree(synth_dir, data)
     bodies: list[dict] = []
-
-    def respond(path: str, body: dict) -> tuple[int, dict]:
-        if path.endswith("/models"):
-            return 200, {"object": "list", "data": [{"id": "m", "object": "model"}]}
-        bodies.append(body)
-        response = recorded_chat_completion([("A", -0.1)])
-        del response["choices"][0]["logprobs"]
-        response["choices"][0]["message"]["content"] = "B"
-        return 200, response
+    respond = _replying(bodies, "B")
 
     url = proxy_factory(responder=respond).url
     _, dm = _condition_run(url, tmp_path, data, "plain")
