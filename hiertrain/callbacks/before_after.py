@@ -165,7 +165,7 @@ def evaluate_split(
     from hiertrain.modules.evaluation_loop import gather_predictions, score_batch
     from hiertrain.runs.eval_outputs import compute_metrics
 
-    condition = tuner.scorable_condition(getattr(data, "condition", "plain"))
+    protocol = tuner.scorable(data.protocol)
     dataset = data.split_dataset(split)
     loader = DataLoader(dataset, batch_size=data.batch_size, sampler=PaddedEvalSampler(dataset), collate_fn=collate_items)
     preds: list[Any] = []
@@ -174,7 +174,7 @@ def evaluate_split(
     label = f"{'after' if adapter else 'before'}: {data.questions} ({data.mode})"
     with context:
         for batch in tqdm(loader, desc=label, leave=False):
-            scored = score_batch(batch, lambda good: tuner.answer(good, data.mode, condition))
+            scored = score_batch(batch, lambda good: tuner.answer(good, protocol))
             preds.extend(scored.predictions)
             skipped.update(float(len(scored.skipped)))
     preds = gather_predictions(preds)  # per sample: the paired comparison and the severity measures need them

@@ -11,10 +11,9 @@ from typing import Any
 
 import torch
 
+from hiertrain.answerers.clip import CLIPAnswerer, CLIPSettings
 from hiertrain.base.errors import HierError
-from hiertrain.modules.evaluator_base import QuestionEvaluator, sample_prediction
-from hiertrain.metrics.predictions import SamplePrediction
-from hiertrain.protocol.prompts import LETTERS
+from hiertrain.modules.evaluator_base import QuestionEvaluator
 from hiertrain.protocol.prompts import CLIP_TEXT_TEMPLATE
 
 
@@ -38,7 +37,17 @@ class CLIPEvaluator(QuestionEvaluator):
         self.model: Any = None
         self.preprocess: Any = None
         self.tokenizer: Any = None
-        self._text_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def template(self) -> str:
+        return self._template
+
+    @template.setter
+    def template(self, value: str) -> None:
+        """A new template reaches the answerer too (its text embeddings are then recomputed)."""
+        self._template = value
+        if self.answerer is not None:
+            self.answerer.configure(CLIPSettings(value))
 
     def run_settings(self) -> dict[str, Any]:
         """The option template decides the text embeddings."""
@@ -51,35 +60,13 @@ class CLIPEvaluator(QuestionEvaluator):
 
         self.model, self.preprocess, self.tokenizer = load_open_clip(self.pretrained)
         self.model.requires_grad_(False)
+        self.answerer = CLIPAnswerer(self.model, self.preprocess, self.tokenizer, self.protocol, CLIPSettings(self.template))
 
     def run_meta(self, dm) -> dict[str, Any]:
         if dm.mode != "image":
             raise HierError("CLIPEvaluator answers image questions only (use --data.mode image)")
         return {**super().run_meta(dm), "template": self.template}
 
-    @torch.no_grad()
     def text_features(self, labels: list[str]) -> torch.Tensor:
-        """L2-normalised text embeddings of the options, [n, d], cached per label."""
-        new = [label for label in dict.fromkeys(labels) if label not in self._text_cache]
-        if new:
-            tokens = self.tokenizer([self.template.format(label=label) for label in new]).to(self.device)
-            features = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
-            self._text_cache.update(zip(new, features))
-        return torch.stack([self._text_cache[label] for label in labels])
-
-    def request_texts(self, item: dict[str, Any]) -> list[list[str]]:
-        """The request digest's texts: each asked level's option prompts, as the text encoder sees them."""
-        return [[self.template.format(label=label) for label in lq.options] for lq in item["levels"]]
-
-    @torch.no_grad()
-    def answer_items(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
-        pixels = torch.stack([self.preprocess(item["image"]) for item in items]).to(self.device)
-        images = torch.nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1)
-        out = []
-        for item, image in zip(items, images):
-            answers = []
-            for lq in item["levels"]:
-                index = int((self.text_features(lq.options) @ image).argmax())
-                answers.append((LETTERS[index], index))
-            out.append(sample_prediction(item, mode, answers, asks_text=False))
-        return out
+        """L2-normalised text embeddings of the options, [n, d] (`CLIPAnswerer.text_features`)."""
+        return self.answerer.text_features(labels)

@@ -26,50 +26,17 @@ from typing import Any
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
+from hiertrain.answerers.base import Answerer, sample_prediction  # noqa: F401  (sample_prediction: one home, re-exported)
 from hiertrain.protocol import conditions
 from hiertrain.base.errors import HierError
-from hiertrain.metrics.predictions import LevelPrediction, SamplePrediction
-from hiertrain.protocol.prompts import LETTERS
+from hiertrain.metrics.predictions import SamplePrediction
+from hiertrain.protocol.protocol import QuestionProtocol
 from hiertrain.modules.sample_table import DEFAULT_LOG_SAMPLES
 from hiertrain.runs.eval_outputs import RunDirectory
-from hiertrain.runs.meta import QUESTION_FIELDS, RunMeta, file_sha256, weights_fingerprint
+from hiertrain.runs.meta import RunMeta, file_sha256, weights_fingerprint
 
 # Overriding transfer_batch_to_device on the module (items hold PIL images) is deliberate.
 warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device`")
-
-
-def sample_prediction(
-    item: dict[str, Any], mode: str, answers: list[tuple[str | None, int | None]], asks_text: bool = True
-) -> SamplePrediction:
-    """One finished sample: `answers[k]` = (reply, chosen option index or None) of asked level k.
-    `asks_text` False (CLIP) leaves `question` empty: that model never saw the question text."""
-    record = item["record"]
-    asked = {lq.level: (lq, answer) for lq, answer in zip(item["levels"], answers, strict=True)}
-    levels = []
-    for i, truth in enumerate(record.truths):
-        if truth is None:
-            continue
-        if i not in asked:  # the text-mode leaf: named in the question, not asked
-            levels.append(LevelPrediction(level=i + 1, truth=truth, options=record.choices[i], asked=False))
-            continue
-        lq, (reply, index) = asked[i]
-        predicted = None if index is None else lq.options[index]
-        levels.append(
-            LevelPrediction(
-                level=i + 1,
-                name=lq.name,
-                truth=truth,
-                options=list(lq.options),
-                reply=reply,
-                letter=None if index is None else LETTERS[index],
-                predicted=predicted,
-                correct=predicted == truth,
-                question=lq.question if asks_text else None,
-            )
-        )
-    return SamplePrediction(
-        id=record.sample_id, levels=levels, image=record.image, label=record.label, split=record.split, mode=mode
-    )
 
 
 class QuestionEvaluator(LightningModule):
@@ -93,18 +60,23 @@ class QuestionEvaluator(LightningModule):
         self.meta: dict[str, Any] = {}
         self.final_metrics: dict[str, Any] | None = None
         self.matcher: Any = None  # open condition: hiertrain.protocol.open_set.OpenSetMatcher
+        self.protocol: QuestionProtocol | None = None  # the data's question protocol (`setup`)
+        self.answerer: Answerer | None = None  # the backend (`hiertrain.answerers`), built by the subclass
         self.done_requests: dict[int, str] = {}  # a resume's finished samples with a stored request digest
 
-    # ---------------------------------------------------------------- subclass API
+    # ---------------------------------------------------------------- the answerer
+
+    # Subclasses build `self.answerer` (`hiertrain.answerers`: HF, served, CLIP) once the protocol is
+    # known (`setup`); everything a run asks and reads goes through it.
 
     def answer_items(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
-        raise NotImplementedError
+        """The items' predictions (`Answerer.answer`; `mode` is the protocol's)."""
+        return self.answerer.answer(items)
 
     def request_texts(self, item: dict[str, Any]) -> Any:
-        """What this backend renders for one item (its request digest's text part). Default: each
-        asked level's chat messages (with the system turn the run adds); backends override it with
-        exactly what they send (HF: the templated chat texts; served: the message lists; CLIP: prompts)."""
-        return [lq.messages for lq in item["levels"]]
+        """What this backend sends for one item (its request digest's text part, `Answerer.request_texts`):
+        HF the templated chat texts, served the request bodies, CLIP the option prompts."""
+        return self.answerer.request_texts(item)
 
     def request_generation(self) -> dict[str, Any]:
         """The settings that turn a request into an answer (its request digest's generation part)."""
@@ -129,64 +101,13 @@ class QuestionEvaluator(LightningModule):
         )
 
     def image_refusal(self, item: dict[str, Any]) -> str | None:
-        """Why this model cannot take the item's (readable) image, or None (default: it can)."""
-        return None
-
-    # ---------------------------------------------------------------- reading replies (every backend)
-
-    def letter_of(self, reply: str, options: list[str]) -> int | None:
-        """The option index a generated reply chooses, by `answer_parser` (None = unparseable);
-        a chain-of-thought reply's final letter under the strict parser."""
-        return self.condition.read(reply, options, self.answer_parser)
+        """Why this model cannot take the item's (readable) image, or None (`Answerer.image_refusal`)."""
+        return self.answerer.image_refusal(item)
 
     @property
     def condition(self) -> conditions.Condition:
-        """The run's question condition (plain when the run's meta names none)."""
-        return conditions.condition_of(self.meta.get("condition") or "plain")
-
-    def replies_prediction(self, item: dict[str, Any], mode: str, replies: list[str]) -> SamplePrediction:
-        """One sample from its generated replies (a reply per asked level; per statement for binary),
-        read as the run's condition reads them (`Condition.sample`)."""
-        return self.condition.sample(self, item, mode, replies)
-
-    def letters_prediction(self, item: dict[str, Any], mode: str, replies: list[str]) -> SamplePrediction:
-        """A reply per asked level, each read to an option (`letter_of`)."""
-        answers = [(reply, self.letter_of(reply, lq.options)) for lq, reply in zip(item["levels"], replies, strict=True)]
-        return sample_prediction(item, mode, answers)
-
-    def binary_prediction(self, item: dict[str, Any], mode: str, replies: list[str]) -> SamplePrediction:
-        """A level's statements' replies -> the paper's binary verdict (`conditions.binary_choice`);
-        `reply` holds the statements' replies joined by " | ", `detail` each statement."""
-        answers, details, start = [], [], 0
-        for lq in item["levels"]:
-            mine = replies[start : start + len(lq.statements)]
-            start += len(lq.statements)
-            values = [conditions.binary_value(r) for r in mine]
-            answers.append((" | ".join(mine), conditions.binary_choice(values)))
-            details.append(
-                {"statements": [{"option": o, "question": q, "reply": r, "value": v}
-                                for o, (q, _), r, v in zip(lq.options, lq.statements, mine, values)]}
-            )  # fmt: skip
-        if start != len(replies):
-            raise HierError(f"sample {item['sample_id']}: {len(replies)} replies for {start} statements")
-        prediction = sample_prediction(item, mode, answers)
-        asked = [lv for lv in prediction.levels if lv.asked]
-        for lv, detail in zip(asked, details, strict=True):
-            lv.detail, lv.question = detail, None  # the statements carry their own texts
-            lv.correct = lv.predicted is not None and lv.predicted.lower() == lv.truth.lower()  # metric_binary: case-insensitive
-        return prediction
-
-    def open_prediction(self, item: dict[str, Any], mode: str, replies: list[str]) -> SamplePrediction:
-        """Each reply matched to the taxonomy's nodes at its level (`OpenSetMatcher`): the named
-        node is `predicted`; correct when it is the truth; the verdict and matches in `detail`."""
-        prediction = sample_prediction(item, mode, [(reply, None) for reply in replies])
-        asked = [lv for lv in prediction.levels if lv.asked]
-        for lv, lq, reply in zip(asked, item["levels"], replies, strict=True):
-            found = self.matcher.match(reply, lq.level)
-            lv.predicted = found.node
-            lv.correct = found.node is not None and self.matcher.same(found.node, lq.truth)
-            lv.detail = {**found.to_json(), "candidates": self.matcher.candidates(lq.level)}
-        return prediction
+        """The run's question condition (plain before `setup` knows the protocol)."""
+        return conditions.condition_of(self.protocol.condition if self.protocol is not None else "plain")
 
     # ---------------------------------------------------------------- setup
 
@@ -217,28 +138,21 @@ class QuestionEvaluator(LightningModule):
         """This run's `RunMeta` (the data module's fields + this evaluator's settings)."""
         meta = self.named_meta(dm)
         meta.questions_sha256 = file_sha256(dm.questions)
-        named = meta.fields  # condition, inference, circular, run_name: read from `dm` once, by RunMeta
+        named = meta.fields  # the protocol's fields (`QuestionProtocol.to_json`) and the run name, by RunMeta
         meta.fields = {
             "backend": self.backend,
-            "prompt_family": dm.prompt_family,
+            **{key: value for key, value in named.items() if key != "run_name"},
             "drop_trivial_levels": dm.drop_trivial_levels,
-            "shuffle_options": dm.shuffle_options,
             "taxonomy": dm.taxonomy_path,
-            "subject": dm.subject,
-            "level_names": dm.level_names,
             "limit": dm.limit,
             "split": dm.split,
-            **{key: named[key] for key in QUESTION_FIELDS},
-            "label_case": getattr(dm, "label_case", "file"),
             "weights": weights_fingerprint(self.pretrained),
             "settings": self.run_settings(),
             # Not identity: where the images are (the report's failure gallery finds them by these).
             "image_dir": os.path.abspath(dm.image_dir),
             "image_root_map": {k: v if os.path.isabs(v) else os.path.join(os.getcwd(), v) for k, v in dm.image_root_map.items()},
+            "run_name": named["run_name"],
         }
-        if conditions.condition_of(dm.condition).uses_apostrophe:  # cot: the one condition whose text depends on it
-            meta.fields["cot_apostrophe"] = dm.cot_apostrophe
-        meta.fields["run_name"] = named["run_name"]
         return meta
 
     def run_meta(self, dm) -> dict[str, Any]:
@@ -251,16 +165,18 @@ class QuestionEvaluator(LightningModule):
     def setup(self, stage: str) -> None:
         dm = self._datamodule()
         dm.setup(stage)
-        if dm.condition not in self.supported_conditions:
-            raise HierError(f"{type(self).__name__} cannot answer condition {dm.condition!r} (it answers {', '.join(self.supported_conditions)})")
-        if dm.inference not in self.supported_inference:
-            raise HierError(f"{type(self).__name__} cannot answer inference {dm.inference!r} (it answers {', '.join(self.supported_inference)})")
-        if dm.circular and not self.supports_circular:
+        protocol = dm.protocol
+        if protocol.condition not in self.supported_conditions:
+            raise HierError(f"{type(self).__name__} cannot answer condition {protocol.condition!r} (it answers {', '.join(self.supported_conditions)})")
+        if protocol.inference not in self.supported_inference:
+            raise HierError(f"{type(self).__name__} cannot answer inference {protocol.inference!r} (it answers {', '.join(self.supported_inference)})")
+        if protocol.circular and not self.supports_circular:
             raise HierError(f"{type(self).__name__} does not ask circular rotations (data.circular: true)")
+        self.protocol = protocol
         self.meta = self.run_meta(dm)
-        if conditions.condition_of(dm.condition).generate_only and self.answer_kind not in self.generates:
-            raise HierError(f"condition {dm.condition!r} needs answer: generate (its replies are text, not one letter)")
-        if conditions.condition_of(dm.condition).open_set:
+        if protocol.condition_class.generate_only and self.answer_kind not in self.generates:
+            raise HierError(f"condition {protocol.condition!r} needs answer: generate (its replies are text, not one letter)")
+        if protocol.condition_class.open_set:
             from hiertrain.protocol.open_set import OpenSetMatcher
 
             self.matcher = OpenSetMatcher.from_taxonomy(dm.taxonomy)

@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from hiertrain.base.errors import HierError
 from hiertrain.datamodules.tuning import HierTuningDataModule
+from hiertrain.protocol.protocol import QuestionProtocol
 
 ADAPTER_DIRNAME = "adapter"
 
@@ -80,9 +81,9 @@ class LoRATuner(LightningModule):
         self.model: Any = None
         self.processor: Any = None
         self.strict_loading = False  # checkpoints carry the LoRA weights only (checked on load)
-        self._scorers: dict[str, Any] = {}  # condition -> VLLMEvaluator view, kept out of the module tree
+        self._scorers: dict[Any, Any] = {}  # QuestionProtocol -> HFAnswerer on the tuned model, kept out of the module tree
         self.val_metrics: Any = None
-        self.val_depth, self.val_mode, self.val_condition = 0, "image", "plain"
+        self.val_depth, self.val_protocol = 0, None  # the validation data's (`setup`)
         self.exported_adapter: Path | None = None
         self.adapter_choice: str | None = None  # what the exported adapter is (run.json)
 
@@ -137,45 +138,40 @@ class LoRATuner(LightningModule):
         if dm is not None and hasattr(dm, "depth"):
             from hiertrain.metrics.classes import hierarchical_metrics
 
-            self.val_depth, self.val_mode = dm.depth, dm.mode
-            self.val_condition = self.scorable_condition(getattr(dm, "condition", "plain"))
+            self.val_depth = dm.depth  # sets the data up: its protocol then knows the level names
+            self.val_protocol = self.scorable(dm.protocol)
             self.val_metrics = hierarchical_metrics(self.val_depth)
 
     @staticmethod
-    def scorable_condition(condition: str) -> str:
-        """`condition` if its questions can be tuned on and scored by letter logits, else HierError."""
-        from hiertrain.protocol.conditions import condition_of
-
-        if condition_of(condition).generate_only:
+    def scorable(protocol: QuestionProtocol) -> QuestionProtocol:
+        """`protocol` if its questions can be tuned on and scored by letter logits, else HierError."""
+        if protocol.condition_class.generate_only:
             raise HierError(
-                f"LoRATuner: condition {condition!r} is answered by generated text; LoRA tuning and its "
+                f"LoRATuner: condition {protocol.condition!r} is answered by generated text; LoRA tuning and its "
                 "validation score option letters (use a letter condition: plain, taxonomy, bio_cot)"
             )
-        return condition
+        return protocol
 
-    def scorer(self, condition: str = "plain") -> Any:
-        """`VLLMEvaluator.answer_items` (letter logits, shared-prefix cache) on the tuned model,
-        reading questions as `condition` puts them (the taxonomy one on its run-wide cached prefix)."""
-        if condition not in self._scorers:
-            from hiertrain.protocol.conditions import condition_of
-            from hiertrain.modules.vllm_evaluator import VLLMEvaluator
+    def scorer(self, protocol: QuestionProtocol) -> Any:
+        """The tuned model as an `HFAnswerer` (letter logits, shared-prefix cache) asking questions
+        as `protocol` puts them (the taxonomy condition on its run-wide cached prefix): the same
+        answerer `hiertrain test` uses, so validation reads the data's protocol, never a default."""
+        if protocol not in self._scorers:
+            from hiertrain.answerers.hf import HFAnswerer, HFSettings
             from hiertrain.vlm.global_prefix import GlobalPrefixAnswerer
             from hiertrain.vlm.prefix_cache import SharedPrefixAnswerer
 
-            view = VLLMEvaluator(self.pretrained, answer="logits")
-            view.processor = self.processor
-            view.meta = {"condition": self.scorable_condition(condition)}
-            kind = GlobalPrefixAnswerer if condition_of(condition).run_wide_prefix else SharedPrefixAnswerer
-            view.answerer = kind(self.hf_model, self.processor)
-            self._scorers[condition] = view
-        return self._scorers[condition]
+            kind = GlobalPrefixAnswerer if self.scorable(protocol).condition_class.run_wide_prefix else SharedPrefixAnswerer
+            engine = kind(self.hf_model, self.processor)
+            self._scorers[protocol] = HFAnswerer(engine, self.processor, protocol, HFSettings(answer="logits"))
+        return self._scorers[protocol]
 
-    def answer(self, items: list[dict[str, Any]], mode: str, condition: str = "plain") -> list[Any]:
-        """SamplePredictions for dataset items (asked under `condition`), in eval mode, without gradients."""
+    def answer(self, items: list[dict[str, Any]], protocol: QuestionProtocol) -> list[Any]:
+        """SamplePredictions for dataset items (asked under `protocol`), in eval mode, without gradients."""
         was_training = self.model.training
         self.model.eval()
         try:
-            return self.scorer(condition).answer_items(items, mode)
+            return self.scorer(protocol).answer(items)
         finally:
             self.model.train(was_training)
 
@@ -213,7 +209,7 @@ class LoRATuner(LightningModule):
     def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
         from hiertrain.modules.evaluation_loop import score_batch
 
-        answer = lambda good: self.answer(good, self.val_mode, self.val_condition)  # noqa: E731
+        answer = lambda good: self.answer(good, self.val_protocol)  # noqa: E731
         scored = score_batch(batch, answer, metrics=self.val_metrics, depth=self.val_depth, device=self.device)
         if scored.skipped:
             self.log("val/skipped", float(len(scored.skipped)), reduce_fx="sum", batch_size=1, sync_dist=True)

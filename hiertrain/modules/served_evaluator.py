@@ -34,24 +34,15 @@ from typing import Any, Literal
 
 from lightning.pytorch.utilities import rank_zero_warn
 
+from hiertrain.answerers.served import ServedAnswerer, ServedSettings
 from hiertrain.protocol import conditions
 from hiertrain.base.errors import HierError
 from hiertrain.metrics.predictions import SamplePrediction
-from hiertrain.protocol.prompts import LETTERS, asked_levels
-from hiertrain.modules.evaluator_base import QuestionEvaluator, sample_prediction
+from hiertrain.protocol.prompts import asked_levels
+from hiertrain.modules.evaluator_base import QuestionEvaluator
 from hiertrain.runs.meta import RunMeta, default_run_name, read_run_json
-from hiertrain.runs.request_cache import RequestCache, request_key
-from hiertrain.vlm.served_client import (
-    RequestFailed,
-    ServedClient,
-    best_letter,
-    image_data_url,
-    letter_scores,
-    openai_messages,
-    reply_text,
-    request_body,
-    url_host,
-)
+from hiertrain.runs.request_cache import RequestCache
+from hiertrain.vlm.served_client import ServedClient, url_host
 
 BACKEND = "served"
 
@@ -109,7 +100,6 @@ class ServedEvaluator(QuestionEvaluator):
         self._client: ServedClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bar: Any = None
-        self._sent = self._errors = self._cached = 0
 
     # ---------------------------------------------------------------- run identity
 
@@ -147,12 +137,16 @@ class ServedEvaluator(QuestionEvaluator):
             raise
         dm = self._datamodule()
         todo = [r for r in dm.served_records() if r.sample_id not in dm.exclude_ids]
-        binary = conditions.condition_of(self.meta["condition"]).per_statement  # a request per statement (option) of a level
-        total = sum(len(r.choices[i]) if binary else 1 for r in todo for i in asked_levels(r.truths, self.meta["mode"]))
+        binary = self.condition.per_statement  # a request per statement (option) of a level
+        total = sum(len(r.choices[i]) if binary else 1 for r in todo for i in asked_levels(r.truths, self.protocol.mode))
         if self.progress_bar and self.global_rank == 0:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, desc=f"{self._client.host} {self.served_model_id}", unit="req", dynamic_ncols=True)
+        settings = ServedSettings(self.served_model_id, self.answer_kind, self.max_new_tokens, self.image_format)
+        self.answerer = ServedAnswerer(
+            self._client, self._loop, self.cache, self.protocol, settings, self.matcher, self._failed, self._bar
+        )
 
     def teardown(self, stage: str) -> None:
         if self._bar is not None:
@@ -168,102 +162,21 @@ class ServedEvaluator(QuestionEvaluator):
     # ---------------------------------------------------------------- answering
 
     def bodies(self, item: dict[str, Any], url: str | None = None) -> list[dict[str, Any]]:
-        """The chat-completions request of each asked level of one item (of each statement of a
-        level under the binary condition), its messages as the condition words them. `url`: the
-        image's URL if already known (default: its data URL)."""
-        if url is None and item["image"] is not None:
-            url = image_data_url(item["image"], self.image_format)
-        if self.condition.per_statement:
-            chats = [messages for lq in item["levels"] for _, messages in lq.statements]
-        else:
-            chats = [lq.messages for lq in item["levels"]]
-        return [request_body(self.served_model_id, openai_messages(m, url), self.answer_kind, self.max_new_tokens) for m in chats]
+        """The chat-completions request of each asked level of one item (`ServedAnswerer.bodies`)."""
+        return self.answerer.bodies(item, url)
 
-    def request_texts(self, item: dict[str, Any]) -> list[dict[str, Any]]:
-        """The request digest's texts: the request bodies as sent, less the image's data URL (its
-        bytes are digested from the file; `image_format` says how they are encoded)."""
-        if item["image"] is None:
-            return self.bodies(item)
-        return self.bodies(item, url=f"<image bytes as {self.image_format}>")
-
-    async def _ask(self, body: dict[str, Any], inflight: dict[str, asyncio.Task]) -> dict[str, Any] | RequestFailed:
-        """The cached answer, the answer of the same request already in flight, or a new request."""
-        key = request_key(body)
-        cached = self.cache.get(key)
-        if cached is None and key in inflight:  # the same question twice in a batch (text mode)
-            result = await asyncio.shield(inflight[key])
-            cached = result if not isinstance(result, RequestFailed) else None
-            if cached is None:
-                self._tick()
-                return result
-        if cached is not None:
-            self._cached += 1
-            self._tick()
-            return cached
-        inflight[key] = asyncio.ensure_future(self._send(key, body))
-        result = await inflight[key]
-        self._tick()
-        return result
-
-    async def _send(self, key: str, body: dict[str, Any]) -> dict[str, Any] | RequestFailed:
-        try:
-            response = await self._client.complete(body)
-        except RequestFailed as err:
-            self._errors += 1
-            return err
-        self.cache.put(key, response)
-        self._sent += 1
-        return response
-
-    def _tick(self) -> None:
-        if self._bar is not None:
-            self._bar.update(1)
-            self._bar.set_postfix(sent=self._sent, cached=self._cached, errors=self._errors, refresh=False)
-
-    async def _ask_all(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any] | RequestFailed]:
-        inflight: dict[str, asyncio.Task] = {}
-        tasks = [asyncio.ensure_future(self._ask(body, inflight)) for body in bodies]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:  # a fatal answer (HierError): stop the other requests before the loop closes
-            for task in [*tasks, *inflight.values()]:
-                task.cancel()
-            await asyncio.gather(*tasks, *inflight.values(), return_exceptions=True)
-            raise
+    def _failed(self, item: dict[str, Any], reason: str) -> None:
+        """A sample whose requests failed after the retries: named, recorded as skipped, retried next run."""
+        self.failed[item["sample_id"]] = reason
+        self.run_dir.skip(item["sample_id"], item["record"].image, reason)
+        rank_zero_warn(f"sample {item['sample_id']} ({item['record'].image}) not scored: {reason}")
 
     def answer_items(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
         try:
-            return self._answer(items, mode)
+            return self.answerer.answer(items)
         except HierError:
             self.teardown("test")  # Lightning calls no module hook on an exception: close the client here
             raise
-
-    def _answer(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
-        per_item = [self.bodies(item) for item in items]
-        flat = [body for bodies in per_item for body in bodies]
-        results = self._loop.run_until_complete(self._ask_all(flat))
-        if flat and all(isinstance(r, RequestFailed) for r in results):
-            raise HierError(f"no request of this batch was answered ({results[0]}); rerun the same command to resume")
-        out, start = [], 0
-        for item, bodies in zip(items, per_item):
-            responses, start = results[start : start + len(bodies)], start + len(bodies)
-            failures = [r for r in responses if isinstance(r, RequestFailed)]
-            if failures:
-                reason = f"{len(failures)} of {len(bodies)} requests failed: {failures[0]}"
-                self.failed[item["sample_id"]] = reason
-                self.run_dir.skip(item["sample_id"], item["record"].image, reason)
-                rank_zero_warn(f"sample {item['sample_id']} ({item['record'].image}) not scored: {reason}")
-                continue
-            if self.answer_kind == "generate":
-                out.append(self.replies_prediction(item, mode, [reply_text(r) for r in responses]))
-            else:
-                out.append(sample_prediction(item, mode, [self.answer_of(lq, r) for lq, r in zip(item["levels"], responses)]))
-        return out
-
-    def answer_of(self, lq: Any, response: dict[str, Any]) -> tuple[str, int | None]:
-        """(letter, chosen option index or None) of one level from the server's logprobs answer."""
-        index = best_letter(letter_scores(response, len(lq.options)))
-        return (reply_text(response), None) if index is None else (LETTERS[index], index)
 
     # ---------------------------------------------------------------- end of run
 

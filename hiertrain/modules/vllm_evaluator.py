@@ -35,23 +35,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from hiertrain.answerers.hf import HFAnswerer, HFSettings
 from hiertrain.protocol import conditions
 from hiertrain.base.errors import HierError
-from hiertrain.modules.evaluator_base import QuestionEvaluator, sample_prediction
-from hiertrain.metrics.predictions import SamplePrediction
-from hiertrain.protocol.prompts import LETTERS
+from hiertrain.modules.evaluator_base import QuestionEvaluator
+from hiertrain.taxonomy.images import shrink_longest_side  # noqa: F401  (one copy, shared with LoRA tuning)
 
 ANSWER_PARSERS = ("strict", "paper")
 ASPECT_RATIOS = ("pad",)
-
-from hiertrain.taxonomy.images import shrink_longest_side  # noqa: E402  (one copy, shared with LoRA tuning)
-
-def shrunk_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
-    """(width, height) after `shrink_longest_side`: scaled by `max_side / longest` when larger."""
-    if max_side is None or max(size) <= max_side:
-        return size
-    scale = max_side / max(size)
-    return int(size[0] * scale), int(size[1] * scale)
 
 
 class VLLMEvaluator(QuestionEvaluator):
@@ -136,15 +127,16 @@ class VLLMEvaluator(QuestionEvaluator):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if not self.chat and (self.meta["mode"] != "text" or not self.condition.raw_prompt):
+        protocol = self.protocol
+        if not self.chat and (protocol.mode != "text" or not self.condition.raw_prompt):
             raise HierError("chat: false (the paper's base-LLM raw prompt) is for plain text-mode questions only")
-        inference = self.meta.get("inference", "independent")
-        if not self.chat and (inference != "independent" or self.meta.get("circular")):
+        inference = protocol.inference
+        if not self.chat and (inference != "independent" or protocol.circular):
             raise HierError("chat: false (the paper's base-LLM raw prompt) asks independent questions only, not circular ones")
         if inference == "joint" and self.answer_kind != "generate":
             raise HierError("inference 'joint' needs answer: generate (the reply names a letter per level)")
 
-    def protocol(self) -> dict[str, Any]:
+    def model_protocol(self) -> dict[str, Any]:
         """The per-model protocol settings, as recorded in run.json."""
         return {
             "answer_parser": self.answer_parser if self.answer_kind == "generate" else None,
@@ -182,17 +174,13 @@ class VLLMEvaluator(QuestionEvaluator):
             return self.model_default_system()
         return None if self.system_prompt == "none" else self.system_prompt
 
-    def messages_of(self, messages: list[dict]) -> list[dict]:
-        """One question's chat messages under this model's `system_prompt`."""
-        from hiertrain.protocol.prompts import with_system_prompt
-
-        if self.system_prompt == "paper":
-            return messages
+    def settings(self) -> HFSettings:
+        """This evaluator's answer settings, as the answerer takes them (one object)."""
         default = self.model_default_system() if self.system_prompt == "model_default" else None
-        return with_system_prompt(messages, self.system_prompt, default)
+        return HFSettings(self.answer_kind, self.answer_parser, self.max_image_side, self.system_prompt, default, self.chat)
 
     def run_meta(self, dm) -> dict[str, Any]:
-        return {**super().run_meta(dm), **self.protocol()}
+        return {**super().run_meta(dm), **self.model_protocol()}
 
     def run_settings(self) -> dict[str, Any]:
         """dtype and attention kernel decide the logits (the protocol keys are top-level)."""
@@ -222,7 +210,8 @@ class VLLMEvaluator(QuestionEvaluator):
         if self.condition.run_wide_prefix:
             self._check_context_fits(model)
         kind = GlobalPrefixAnswerer if self.condition.run_wide_prefix else SharedPrefixAnswerer
-        self.answerer = kind(model, processor, self.max_new_tokens, self.max_batch_tokens)
+        engine = kind(model, processor, self.max_new_tokens, self.max_batch_tokens)
+        self.answerer = HFAnswerer(engine, self.processor, self.protocol, self.settings(), self.matcher)
 
     def _check_context_fits(self, model: Any) -> None:
         """Refuse, before any step, a taxonomy longer than the model's context: every prompt would
@@ -232,147 +221,16 @@ class VLLMEvaluator(QuestionEvaluator):
         dm = self._datamodule()
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         limit = getattr(config, "max_position_embeddings", None)
-        if not isinstance(limit, int) or dm.context is None:
+        if not isinstance(limit, int) or self.protocol.context is None:
             return
         tokenizer = family_of(model).tokenizer(self.processor)
-        count = len(tokenizer(dm.context, add_special_tokens=False)["input_ids"])
+        count = len(tokenizer(self.protocol.context, add_special_tokens=False)["input_ids"])
         if count >= limit:
             raise HierError(
                 f"{dm.taxonomy_path}: condition 'taxonomy' puts {count:,} tokens of taxonomy in every prompt, more than "
                 f"the context of {self.pretrained} ({limit:,} tokens, max_position_embeddings); use a smaller taxonomy"
             )
 
-    def image_refusal(self, item: dict[str, Any]) -> str | None:
-        """The processor's refusal of the image as it will be shown (after `max_image_side`)."""
-        from hiertrain.vlm.image_check import processor_refusal
-
-        return processor_refusal(self.answerer.processor, shrunk_size(item["image"].size, self.max_image_side))
-
     def prompts_of(self, item: dict[str, Any]) -> list[str]:
-        """Each asked level's full chat prompt, in the model's own template (circular: each level's
-        rotations right after it; joint: the one prompt asking every level)."""
-        from hiertrain.vlm.prefix_cache import render_chat
-
-        if not self.chat:
-            from hiertrain.protocol.prompts import raw_prompt
-
-            return [raw_prompt(lq.question) for lq in item["levels"]]
-        if self.condition.per_statement:  # binary: one prompt per statement, levels in order
-            return [
-                render_chat(self.processor, self.messages_of(messages)) for lq in item["levels"] for _, messages in lq.statements
-            ]
-        if self.meta.get("inference") == "joint":
-            return [render_chat(self.processor, self.messages_of(item["levels"][0].messages))] if item["levels"] else []
-        return [
-            render_chat(self.processor, self.messages_of(messages))
-            for lq in item["levels"]
-            for messages in (lq.messages, *(rot.messages for rot in lq.rotations))
-        ]
-
-    def request_texts(self, item: dict[str, Any]) -> list[str]:
-        """The request digest's texts: exactly the chat texts the model is given (`prompts_of`)."""
-        return self.prompts_of(item)
-
-    def answer_items(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
-        from hiertrain.vlm.prefix_cache import ImagePrompts
-
-        if self.meta.get("inference") == "stepwise":
-            return self._answer_stepwise(items, mode)
-        batch = [ImagePrompts(shrink_longest_side(item["image"], self.max_image_side), self.prompts_of(item)) for item in items]
-        if not self.chat:  # raw prompts share no special-token prefix: each answered whole (the reference path)
-            return self._answer_raw(items, batch, mode)
-        out = []
-        if self.answer_kind == "logits":
-            for item, logits in zip(items, self.answerer.logits(batch)):
-                out.append(self._closed_prediction(item, mode, list(logits), self._logit_answer))
-        else:
-            for item, replies in zip(items, self.answerer.generate(batch)):
-                if not self.condition.lettered:  # binary, open: read by the condition
-                    out.append(self.replies_prediction(item, mode, replies))
-                elif self.meta.get("inference") == "joint":
-                    out.append(self.joint_prediction(item, mode, replies))
-                else:
-                    out.append(self._closed_prediction(item, mode, replies, lambda r, o: (r, self.letter_of(r, o))))
-        return out
-
-    def _answer_stepwise(self, items: list[dict[str, Any]], mode: str) -> list[SamplePrediction]:
-        """Each image's levels as one chat, level k after the model's own replies to levels < k
-        (`hiertrain.vlm.stepwise`: the KV cache grows turn by turn)."""
-        from hiertrain.protocol.conditions import turn_messages
-        from hiertrain.vlm.prefix_cache import render_chat
-        from hiertrain.vlm.stepwise import Conversation, StepwiseAnswerer
-
-        def renderer(levels):
-            def render(replies: list[str]) -> str:
-                later = [lq.question for lq in levels[1 : len(replies) + 1]]
-                return render_chat(self.processor, self.messages_of(turn_messages(levels[0].messages, later, replies)))
-
-            return render
-
-        conversations = [
-            Conversation(shrink_longest_side(item["image"], self.max_image_side), renderer(item["levels"]),
-                         [len(lq.options) for lq in item["levels"]])
-            for item in items
-        ]  # fmt: skip
-        generate = self.answer_kind == "generate"
-        out = []
-        for item, turns in zip(items, StepwiseAnswerer(self.answerer).run(conversations, generate)):
-            answers = [
-                (t.reply, self.letter_of(t.reply, lq.options) if generate else LETTERS.index(t.reply))
-                for lq, t in zip(item["levels"], turns, strict=True)
-            ]
-            out.append(sample_prediction(item, mode, answers))
-        return out
-
-    def _logit_answer(self, row: Any, options: list[str]) -> tuple[str, int]:
-        index = int(self.answerer.letter_scores(row, len(options)).argmax())
-        return LETTERS[index], index
-
-    def _closed_prediction(self, item: dict[str, Any], mode: str, outputs: list[Any], read) -> SamplePrediction:
-        """One output per prompt of `prompts_of` (each level, then its rotations) -> the sample;
-        `read(output, options) -> (reply, option index | None)`. A circular level keeps rotation
-        0's answer and is right only if every rotation is (`hiertrain.metrics.circular.combine`)."""
-        from hiertrain.metrics.circular import combine, rotation_record
-
-        answers, records, start = [], [], 0
-        for lq in item["levels"]:
-            asked = [lq.options, *(rot.options for rot in lq.rotations)]
-            mine = [read(o, opts) for o, opts in zip(outputs[start : start + len(asked)], asked, strict=True)]
-            start += len(asked)
-            answers.append(mine[0])
-            records.append([rotation_record(opts, lq.truth, *a) for opts, a in zip(asked, mine)] if lq.rotations else None)
-        if start != len(outputs):
-            raise HierError(f"sample {item['sample_id']}: {len(outputs)} answers for {start} questions")
-        prediction = sample_prediction(item, mode, answers)
-        asked_levels = [lv for lv in prediction.levels if lv.asked]
-        for lv, recs in zip(asked_levels, records, strict=True):
-            if recs is not None:
-                combine(lv, recs)
-        return prediction
-
-    def _answer_raw(self, items: list[dict[str, Any]], batch: list[Any], mode: str) -> list[SamplePrediction]:
-        out = []
-        for item, prompts in zip(items, batch):
-            answers = []
-            for lq, prompt in zip(item["levels"], prompts.prompts):
-                if self.answer_kind == "logits":
-                    row = self.answerer.full_forward_logits(None, prompt)
-                    index = int(self.answerer.letter_scores(row[None], len(lq.options))[0].argmax())
-                    answers.append((LETTERS[index], index))
-                else:
-                    reply = self.answerer.full_generate(None, prompt)
-                    answers.append((reply, self.letter_of(reply, lq.options)))
-            out.append(sample_prediction(item, mode, answers))
-        return out
-
-    def joint_prediction(self, item: dict[str, Any], mode: str, replies: list[str]) -> SamplePrediction:
-        """The one reply to the joint question, read line by line (`answers.joint_letters`); every
-        level keeps the whole reply and the joint question, so a score can re-read it."""
-        from hiertrain.protocol.answers import joint_letters
-
-        levels = item["levels"]
-        if len(replies) != (1 if levels else 0):
-            raise HierError(f"sample {item['sample_id']}: {len(replies)} replies to one joint question")
-        reply = replies[0] if replies else ""
-        picks = joint_letters(reply, [lq.name for lq in levels], [lq.options for lq in levels])
-        return sample_prediction(item, mode, [(reply, index) for index in picks])
+        """Each asked level's full chat prompt, in the model's own template (`HFAnswerer.prompts`)."""
+        return self.answerer.prompts(item)

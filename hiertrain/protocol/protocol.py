@@ -1,11 +1,15 @@
 """`QuestionProtocol`: the settings that decide what a question says to a model, as one object.
 
 They used to travel as thirteen loose arguments through `HierVQADataModule`, `QuestionDataset`
-and `level_questions`, where one could be dropped on the way; a frozen object cannot lose one."""
+and `level_questions`, and were copied by hand into run.json, where one could be dropped on the
+way (the CoT apostrophe was). A frozen object cannot lose one, and `to_json` is the one writer of
+its run.json fields (`hiertrain.runs.meta.RunMeta.for_questions`, for every run over questions)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from typing import Any
 
 from hiertrain.protocol import prompts
 from hiertrain.protocol.prompts import Mode
@@ -31,3 +35,26 @@ class QuestionProtocol:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level_names", tuple(self.level_names))
+
+    @property
+    def condition_class(self) -> Any:
+        """The condition's class in `hiertrain.protocol.conditions.REGISTRY` (its texts and reading)."""
+        from hiertrain.protocol.conditions import condition_of
+
+        return condition_of(self.condition)
+
+    def to_json(self) -> dict[str, Any]:
+        """The protocol's run.json fields, under run.json's names (they are run identity).
+
+        `context` is not written: it is the text of the taxonomy file run.json names, and every
+        sample's request digest covers it. `cot_apostrophe` is written only under a condition
+        whose text depends on it (cot), so the other runs' identities stay as they were."""
+        out: dict[str, Any] = {
+            "mode": self.mode, "prompt_variant": self.variant, "seed": self.seed, "prompt_family": self.family,
+            "shuffle_options": self.shuffle, "subject": self.subject, "level_names": list(self.level_names),
+            "condition": self.condition, "inference": self.inference, "circular": self.circular,
+            "label_case": self.label_case,
+        }  # fmt: skip
+        if self.condition_class.uses_apostrophe:
+            out["cot_apostrophe"] = self.cot_apostrophe
+        return out

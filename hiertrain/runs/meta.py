@@ -5,9 +5,9 @@ report` groups by (model name, dataset name) are derived once, and the W&B run n
 the run directory name. `run.json` keys (docs/ARCHITECTURE.md, "Run directories"):
 kind, model, model_name, dataset, questions, questions_sha256, mode, prompt_variant, answer,
 seed, num_samples, skipped, created, plus the kind's own fields (probe: sites, pooling, side,
-store; lora: base, adapter, hparams; eval and lora: condition, inference, circular (`for_questions`);
-eval: subject, level_names, limit, split, weights,
-settings, run_name, taxonomy).
+store; lora: base, adapter, hparams; eval and lora: the question protocol's fields (`for_questions`:
+prompt_family, shuffle_options, subject, level_names, condition, inference, circular, label_case,
+cot_apostrophe under cot); eval: limit, split, weights, settings, run_name, taxonomy).
 
 A run's identity is every run.json key except `NOT_IDENTITY` (what only names, locates or counts
 a run), so it is everything that decides its numbers by construction: the question
@@ -133,16 +133,6 @@ def weights_fingerprint(pretrained: str | os.PathLike) -> str | None:
     return digest.hexdigest()[:16]
 
 
-# The question data's fields a run is named by (`default_run_name`), with what data that lacks
-# one means by it (IDENTITY_DEFAULTS): written to every question run's run.json by `for_questions`.
-QUESTION_FIELDS = ("condition", "inference", "circular")
-
-
-def question_fields(data: Any) -> dict[str, Any]:
-    """`condition`, `inference`, `circular` of question data, as every question run records them."""
-    return {key: getattr(data, key, IDENTITY_DEFAULTS[key]) for key in QUESTION_FIELDS}
-
-
 @dataclass
 class RunMeta:
     """What a run is. `fields` holds the kind's own keys (written after the common ones)."""
@@ -198,22 +188,24 @@ class RunMeta:
         fields: dict[str, Any] | None = None, **common: Any,
     ) -> RunMeta:
         """The `RunMeta` of a run over question data (an evaluation, a tuner's W&B identity, a
-        LoRA run): the one place that reads the data module's common fields (dataset name, mode,
-        seed, prompt variant, questions) and the fields a run is named by (`question_fields`), so
-        no kind can set one and forget another. `hashed` adds the question file's SHA-256;
-        `fields` (the kind's own keys) follow the named ones; `common` sets other RunMeta fields."""
+        LoRA run): its question protocol's fields (`QuestionProtocol.to_json`, the one writer of
+        them: mode, seed, variant, wording, options, condition, inference ...) and the data's
+        name and file, so no kind can record one setting and forget another. `hashed` adds the
+        question file's SHA-256; `fields` (the kind's own keys) follow the protocol's; `common`
+        sets other RunMeta fields."""
         questions = getattr(data, "questions", None)
+        protocol = data.protocol.to_json()
         return cls(
             kind=kind,
             model=str(model),
             dataset=dataset_name(getattr(data, "name", None), questions),
-            mode=getattr(data, "mode", "image"),
+            mode=protocol.pop("mode"),
             answer=answer,
-            seed=getattr(data, "seed", 0),
-            prompt_variant=getattr(data, "prompt_variant", 0),
+            seed=protocol.pop("seed"),
+            prompt_variant=protocol.pop("prompt_variant"),
             questions=None if questions is None else str(questions),
             questions_sha256=file_sha256(questions) if hashed else None,
-            fields={**question_fields(data), **(fields or {})},
+            fields={**protocol, **(fields or {})},
             **common,
         )
 

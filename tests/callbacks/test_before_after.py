@@ -112,6 +112,7 @@ def test_lora_run_json_names_the_run_root_not_checkpoints(tmp_path) -> None:
     from types import SimpleNamespace
 
     from hiertrain.callbacks.before_after import write_run_json
+    from hiertrain.protocol.protocol import QuestionProtocol
     from hiertrain.runs.meta import read_run_json
 
     questions = tmp_path / "q.jsonl"
@@ -119,7 +120,7 @@ def test_lora_run_json_names_the_run_root_not_checkpoints(tmp_path) -> None:
     run_dir = tmp_path / "synth_text" / "checkpoints"
     run_dir.mkdir(parents=True)
     tuner = SimpleNamespace(pretrained="tiny", hparams={"r": 8})
-    data = SimpleNamespace(name="synth", questions=str(questions), mode="text", seed=0, prompt_variant=0,
+    data = SimpleNamespace(name="synth", questions=str(questions), protocol=QuestionProtocol("text", ()),
                            train_split="train", split_records=lambda split: [1, 2])  # fmt: skip
     write_run_json(run_dir, tuner, data, run_dir / "adapter")
     assert read_run_json(run_dir)["run_name"] == "synth_text"

@@ -169,8 +169,9 @@ def test_wandb_identity_groups_runs_by_dataset():
     from hiertrain.modules.vllm_evaluator import VLLMEvaluator
 
     model = VLLMEvaluator("Qwen/Qwen2.5-VL-7B-Instruct", answer="logits")
-    data = SimpleNamespace(questions="q/cub.jsonl", name="cub200_random", mode="text", prompt_variant=2, seed=0,
-                           condition="plain", inference="independent", circular=False,
+    from hiertrain.protocol.protocol import QuestionProtocol
+
+    data = SimpleNamespace(questions="q/cub.jsonl", name="cub200_random", protocol=QuestionProtocol("text", (), variant=2),
                            taxonomy_path="t/hierarchy_CUB200.json")  # fmt: skip
     identity = _logger_identity(model, data)
     assert identity == {

@@ -21,13 +21,11 @@ def _data(synth_dir, processor, family, mode="image", **kwargs) -> HierTuningDat
     return dm
 
 
-def _evaluator_inputs(tiny_qwen, processor, item):
-    """What VLLMEvaluator feeds the model for each level of `item` (its own code path)."""
-    from hiertrain.modules.vllm_evaluator import VLLMEvaluator
+def _evaluator_inputs(protocol, processor, item):
+    """What `hiertrain test` (VLLMEvaluator's HFAnswerer) feeds the model for each level of `item` (its own code path)."""
+    from hiertrain.answerers.hf import HFAnswerer
 
-    evaluator = VLLMEvaluator(str(tiny_qwen))
-    evaluator.processor = processor
-    prompts = evaluator.prompts_of(item)
+    prompts = HFAnswerer(None, processor, protocol).prompts(item)
     images = None if item["image"] is None else [item["image"]]
     return [processor(text=[p], images=images, return_tensors="pt") for p in prompts]
 
@@ -37,7 +35,7 @@ def test_training_prompt_is_byte_identical_to_the_evaluators(synth_dir, tiny_qwe
     dm = _data(synth_dir, processor, family, mode)
     item = dm.split_dataset("train")[0]
     collator = TuningCollator(processor, family)
-    fed = _evaluator_inputs(tiny_qwen, processor, item)
+    fed = _evaluator_inputs(dm.protocol, processor, item)
     assert len(fed) == len(item["levels"]) == (4 if mode == "image" else 3)
     for level, evaluator_inputs in zip(item["levels"], fed):
         letter = LETTERS[level.options.index(level.truth)]

@@ -43,7 +43,7 @@ def _asked(preds):
 
 def test_taxonomy_in_context(tiny_qwen, synth_dir, tmp_path):
     model, dm, run, preds = run_condition(tiny_qwen, synth_dir, tmp_path, "taxonomy", answer="logits", batch_size=1)
-    assert model.answerer.global_prefills == 1 and model.answerer.global_steps == 2  # 2 batches, 1 taxonomy prefill
+    assert model.answerer.engine.global_prefills == 1 and model.answerer.engine.global_steps == 2  # 2 batches, 1 taxonomy prefill
     context = str(json.loads((synth_dir / "taxonomy.json").read_text()))  # the paper's str(json.load(f))
     item = dm.dataset()[0]
     assert item["levels"][0].messages[0]["content"][0]["text"] == "You are a helpful assistant. Here is a taxonomy: " + context

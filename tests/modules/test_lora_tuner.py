@@ -394,7 +394,7 @@ def test_validation_asks_the_datas_condition_as_hiertrain_test_does(tiny_qwen, s
     data.connect(processor=tuner.processor, family=tuner.family)
     preds: list = []
     evaluate_split(tuner, data, "val", adapter=False, keep=preds)
-    assert isinstance(tuner.scorer("taxonomy").answerer, GlobalPrefixAnswerer)
+    assert isinstance(tuner.scorer(data.protocol).engine, GlobalPrefixAnswerer)
     reference = VLLMEvaluator(str(tiny_qwen), answer="logits", run_name="ref")
     args = {k: v for k, v in _data_args(synth_dir).items() if k != "limit"}
     dm = HierVQADataModule(mode="text", condition="taxonomy", split="val", limit=LIMIT, **args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -11,6 +12,7 @@ from lightning.pytorch import Trainer
 from hiertrain.protocol.answers import parse_letter
 from hiertrain.base.errors import HierError
 from hiertrain.datamodules.questions import HierVQADataModule
+from hiertrain.answerers.hf import HFAnswerer
 from hiertrain.modules.vllm_evaluator import VLLMEvaluator
 from hiertrain.metrics.predictions import load_predictions
 from hiertrain.protocol.prompts import LETTERS
@@ -55,7 +57,7 @@ def test_batch_size_does_not_change_predictions(tiny_qwen, synth_dir, tmp_path):
     # the letter in the file is the argmax of a plain full forward of that prompt
     dm = HierVQADataModule(str(q), taxonomy=str(tax), limit=1)
     item = dm.dataset()[0]
-    answerer = model.answerer
+    answerer = model.answerer.engine
     for lq, prompt, lv in zip(item["levels"], model.prompts_of(item), preds[0].levels):
         full = answerer.full_forward_logits(item["image"], prompt)
         assert LETTERS[int(answerer.letter_scores(full, len(lq.options)).argmax())] == lv.letter
@@ -171,7 +173,7 @@ def test_llava_pad_setting_runs_end_to_end(tiny_llava, synth_dir, tmp_path):
 
     model, run = evaluate(tiny_llava, synth_dir / "questions_random.jsonl", tmp_path, limit=2,
                           model_kwargs={"image_aspect_ratio": "pad"})  # fmt: skip
-    assert isinstance(model.answerer.processor, PaddedTileProcessor)
+    assert isinstance(model.answerer.engine.processor, PaddedTileProcessor)
     assert json.loads((run / "run.json").read_text())["image_aspect_ratio"] == "pad"
     assert [p.id for p in load_predictions(run / "predictions.jsonl")] == [0, 1]
 
@@ -181,10 +183,10 @@ def test_max_batch_tokens_reaches_the_answerer(tiny_qwen):
 
     one = VLLMEvaluator(str(tiny_qwen), max_batch_tokens=1)
     one.configure_model()
-    assert one.answerer.max_batch_tokens == 1
+    assert one.answerer.engine.max_batch_tokens == 1
     default = VLLMEvaluator(str(tiny_qwen))
     default.configure_model()
-    assert default.answerer.max_batch_tokens == default_max_batch_tokens("cpu") > 1
+    assert default.answerer.engine.max_batch_tokens == default_max_batch_tokens("cpu") > 1
 
 
 # ---- system prompt and chat mode (protocol data) ---------------------------------------------------
@@ -214,9 +216,8 @@ def test_internvl_model_default_renders_the_papers_system_message(tiny_internvl,
     rendered = model.prompts_of(item)
     # the -hf template's image placeholder is <IMG_CONTEXT>, model.chat's <image>: both expand to <img>...</img>
     assert [p.replace("<IMG_CONTEXT>", "<image>") for p in rendered] == [_model_chat_query(lq.question) for lq in item["levels"]]
-    paper = VLLMEvaluator(str(tiny_internvl))  # the default: hiertrain's (the paper's Qwen scripts') system prompt
-    paper.processor, paper.meta = model.processor, {"condition": "plain"}
-    assert all("You are an expert in hierarchical image classification" in p for p in paper.prompts_of(item))
+    paper = HFAnswerer(None, model.processor, dm.protocol)  # the default: hiertrain's (the paper's Qwen scripts') system prompt
+    assert all("You are an expert in hierarchical image classification" in p for p in paper.prompts(item))
 
 
 def test_system_prompt_is_part_of_the_run_identity(tiny_qwen, synth_dir, tmp_path):
@@ -256,5 +257,5 @@ def test_hf_lines_carry_the_digest_of_the_templated_chat_text(tiny_qwen, synth_d
     item = model._datamodule().dataset()[0]
     assert preds[0].request == model.sample_request(item)
     assert model.request_texts(item) == model.prompts_of(item) and "system" in model.request_texts(item)[0]
-    model.system_prompt = "none"
+    model.answerer.settings = dataclasses.replace(model.answerer.settings, system_prompt="none")
     assert model.sample_request(item) != preds[0].request

@@ -12,6 +12,7 @@ import torch
 from hiertrain.protocol import prompts as prompts_module
 from hiertrain.protocol.prompts import LETTERS
 from hiertrain.datamodules.questions import HierVQADataModule
+from hiertrain.answerers.hf import HFAnswerer
 from hiertrain.modules.vllm_evaluator import VLLMEvaluator
 from hiertrain.metrics.predictions import load_predictions
 
@@ -71,8 +72,7 @@ def test_circular_counting_with_a_scripted_answerer(synth_dir):
     for item in items:
         item["image"] = f"img{item['sample_id']}"  # text mode: the scripted answerer keys on this
     model = VLLMEvaluator("unused")
-    model.processor, model.meta = _EchoProcessor(), {"condition": "plain", "inference": "independent", "circular": True}
-    model.answerer = _Scripted({item["image"]: item["levels"][0].truth for item in items})
+    model.answerer = HFAnswerer(_Scripted({item["image"]: item["levels"][0].truth for item in items}), _EchoProcessor(), dm.protocol)
     preds = model.answer_items(items, "text")
     for item, pred in zip(items, preds):
         asked = [lv for lv in pred.levels if lv.asked]
@@ -125,12 +125,12 @@ def test_circular_rotations_equal_separate_full_forwards(tiny_qwen, synth_dir, t
     assert len(prompts) == sum(len(lq.options) for lq in item["levels"])  # each level x its rotations
     from hiertrain.vlm.prefix_cache import ImagePrompts
 
-    shared = model.answerer.logits([ImagePrompts(item["image"], prompts)])[0]
+    shared = model.answerer.engine.logits([ImagePrompts(item["image"], prompts)])[0]
     records = [r for lv in preds[0].levels for r in lv.detail["rotations"]]
     for prompt, row, record in zip(prompts, shared, records, strict=True):
-        full = model.answerer.full_forward_logits(item["image"], prompt)
+        full = model.answerer.engine.full_forward_logits(item["image"], prompt)
         assert (full - row).abs().max().item() < 1e-4
-        assert LETTERS[int(model.answerer.letter_scores(full, len(record["options"])).argmax())] == record["letter"]
+        assert LETTERS[int(model.answerer.engine.letter_scores(full, len(record["options"])).argmax())] == record["letter"]
 
 
 def _full_letter(answerer, image, prompt, n):
@@ -146,7 +146,7 @@ def test_oracle_parent_letters_are_full_forwards_of_the_oracle_chat(tiny_qwen, s
     prompts = model.prompts_of(item)
     assert prompts[2].count("<|im_start|>assistant\n") == 3  # two earlier answered turns, then the question
     for lq, prompt, lv in zip(item["levels"], prompts, preds[0].levels, strict=True):
-        assert lv.letter == _full_letter(model.answerer, item["image"], prompt, len(lq.options))
+        assert lv.letter == _full_letter(model.answerer.engine, item["image"], prompt, len(lq.options))
 
 
 def test_stepwise_run_answers_each_turn_after_its_own_replies(tiny_qwen, synth_dir, tmp_path):
@@ -161,7 +161,7 @@ def test_stepwise_run_answers_each_turn_after_its_own_replies(tiny_qwen, synth_d
         levels, replies = item["levels"], []
         for k, (lq, lv) in enumerate(zip(levels, pred.levels, strict=True)):
             chat = turn_messages(levels[0].messages, [x.question for x in levels[1 : k + 1]], replies)
-            assert lv.letter == _full_letter(model.answerer, item["image"], render_chat(model.processor, chat), len(lq.options))
+            assert lv.letter == _full_letter(model.answerer.engine, item["image"], render_chat(model.processor, chat), len(lq.options))
             replies.append(lv.letter)
 
 
