@@ -67,8 +67,9 @@ class ModelFamily:
     """Shared behaviour: the transformers-v5 VLM layout `model.model.{language_model,
     vision_tower, multi_modal_projector}`, 1-D positions, no per-call state.
 
-    The paper's per-model protocol (reply lengths, tiles, prompt variants) is not kept here: its one
-    table is configs/paper/compose.py, which writes the presets. `image_max_pixels` is the image
+    The paper's per-model protocol (reply lengths, prompt variants) is not kept here: its one table
+    is hiertrain/paper/presets.py (tiles and image sizes: configs/models/), from which
+    configs/paper/compose.py writes the presets. `image_max_pixels` is the image
     processor's own pixel bound that `pixel_bounds_kwargs` falls back to (None = the processor's).
     """
 
