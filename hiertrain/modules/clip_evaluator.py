@@ -63,7 +63,7 @@ class CLIPEvaluator(QuestionEvaluator):
         self.answerer = CLIPAnswerer(self.model, self.preprocess, self.tokenizer, self.protocol, CLIPSettings(self.template))
 
     def run_meta(self, dm) -> dict[str, Any]:
-        if dm.mode != "image":
+        if dm.protocol.mode != "image":
             raise HierError("CLIPEvaluator answers image questions only (use --data.mode image)")
         return {**super().run_meta(dm), "template": self.template}
 

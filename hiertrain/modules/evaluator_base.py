@@ -270,7 +270,7 @@ class QuestionEvaluator(LightningModule):
             try:
                 # data.taxonomy (when given) places each pick for mistake severity / path consistency
                 taxonomy = getattr(dm, "taxonomy", None)
-                metrics, preds = self.run_dir.finalize(served, dm.level_names, dm.depth, self.meta, taxonomy)
+                metrics, preds = self.run_dir.finalize(served, list(self.protocol.level_names), dm.depth, self.meta, taxonomy)
             except BaseException:
                 self.run_dir.unlock()  # a failed run (full disk) must not hold the directory
                 raise

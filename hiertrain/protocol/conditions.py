@@ -285,8 +285,8 @@ class Condition:
         return final_letter(reply, options) if self.final_letter else parse_letter(reply, options)
 
     def sample(self, reader: Any, item: dict[str, Any], mode: str, replies: list[str]) -> Any:
-        """A sample's prediction from its replies; `reader` is the evaluator (its `letters_prediction`,
-        `binary_prediction`, `open_prediction` build the SamplePrediction)."""
+        """A sample's prediction from its replies; `reader` is the answerer (`hiertrain.answerers`:
+        its `letters_prediction`, `binary_prediction`, `open_prediction` build the SamplePrediction)."""
         return reader.letters_prediction(item, mode, replies)
 
 

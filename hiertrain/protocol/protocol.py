@@ -58,3 +58,23 @@ class QuestionProtocol:
         if self.condition_class.uses_apostrophe:
             out["cot_apostrophe"] = self.cot_apostrophe
         return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> QuestionProtocol:
+        """The protocol a run.json records (`to_json`'s inverse, but `context`, which is not
+        written); a field a run written before it lacks reads as what that run meant."""
+        defaults = cls(mode="image", level_names=())
+        return cls(
+            mode=obj.get("mode") or defaults.mode,
+            level_names=tuple(obj.get("level_names") or ()),
+            subject=obj.get("subject") or defaults.subject,
+            variant=int(obj.get("prompt_variant") or 0),
+            seed=int(obj.get("seed") or 0),
+            family=obj.get("prompt_family") or defaults.family,
+            shuffle=bool(obj.get("shuffle_options", defaults.shuffle)),
+            condition=obj.get("condition") or defaults.condition,
+            cot_apostrophe=obj.get("cot_apostrophe") or defaults.cot_apostrophe,
+            label_case=obj.get("label_case") or defaults.label_case,
+            inference=obj.get("inference") or defaults.inference,
+            circular=bool(obj.get("circular", defaults.circular)),
+        )

@@ -19,6 +19,7 @@ from hiertrain.base.errors import HierError
 from hiertrain.protocol.prompts import leaf_label
 from hiertrain.metrics.metric_labels import percent
 from hiertrain.runs.meta import RUN_JSON, model_name
+from hiertrain.protocol.protocol import QuestionProtocol
 from hiertrain.runs.schema import MetricsJson, RunJson
 
 CHECKPOINT_DIRNAME = "checkpoints"  # where hiertrain points ModelCheckpoint (hiertrain.cli.lightning)
@@ -77,9 +78,14 @@ class Run:
         return str(self.info.mode)
 
     @property
+    def protocol(self) -> QuestionProtocol | None:
+        """The run's question protocol (`RunJson.protocol`; None for a probe run)."""
+        return self.info.protocol
+
+    @property
     def condition(self) -> str:
         """The question condition (hiertrain.protocol.conditions); runs from before the field: "plain"."""
-        return str(self.info.condition or "plain")
+        return self.protocol.condition if self.protocol is not None else "plain"
 
     @property
     def open_set(self) -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hiertrain.base.errors import HierError
+from hiertrain.protocol.protocol import QuestionProtocol
 
 SCHEMA_VERSION = 1  # the run.json / metrics.json layout this hiertrain writes and reads
 RUN_JSON = "run.json"
@@ -163,6 +164,11 @@ class RunJson:
     circular: bool | None = _f(_bool, False)
     taxonomy: str | None = _f(_str)
     level_names: list[str] | None = _f(_names)
+
+    @property
+    def protocol(self) -> QuestionProtocol | None:
+        """The question protocol of a run over questions (eval, lora); None for a probe run."""
+        return None if self.kind == "probe" else QuestionProtocol.from_json(self.data)
 
     @classmethod
     def from_json(cls, obj: Any, path: str | os.PathLike = RUN_JSON) -> RunJson:

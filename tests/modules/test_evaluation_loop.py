@@ -86,9 +86,11 @@ def test_gathered_predictions_are_sorted_by_id_outside_a_process_group() -> None
 
 
 
-def test_before_after_equals_lora_validation_and_hiertrain_test(tiny_qwen, synth_dir, tmp_path) -> None:
+def test_before_after_equals_lora_validation_and_hiertrain_test(tiny_qwen, synth_dir, tmp_path, monkeypatch) -> None:
     """The same weights, data and condition give the same numbers through the three users of
-    `score_batch`: `evaluate_split` (before/after), `LoRATuner` validation and `hiertrain test`."""
+    `score_batch`: `evaluate_split` (before/after), `LoRATuner` validation and `hiertrain test`,
+    and all three ask through the one answerer interface (`Answerer.answer`) under the data's protocol."""
+    from hiertrain.answerers.base import Answerer
     from hiertrain.callbacks.before_after import evaluate_split
     from hiertrain.datamodules.questions import HierVQADataModule
     from hiertrain.datamodules.tuning import HierTuningDataModule
@@ -98,17 +100,30 @@ def test_before_after_equals_lora_validation_and_hiertrain_test(tiny_qwen, synth
     args = {"questions": str(synth_dir / "questions_random.jsonl"), "taxonomy": str(synth_dir / "taxonomy.json"), "subject": "shape"}
     trainer_args = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
     # a fresh adapter (LoRA B = 0) is the base model exactly, so `hiertrain test` of the base model is the same weights
+    calls: list[tuple[str, str]] = []
+    answer = Answerer.answer
+
+    def spy(self, items):
+        calls.append((type(self).__name__, self.protocol.condition))
+        return answer(self, items)
+
+    monkeypatch.setattr(Answerer, "answer", spy)
     tuner = LoRATuner(str(tiny_qwen), rank=4, alpha=8, dropout=0.0)
     data = HierTuningDataModule(mode="text", batch_size=3, condition="taxonomy", **args)  # no limit: it is taken before the split here, after it there
     (validated,) = Trainer(default_root_dir=tmp_path / "fit", **trainer_args).validate(tuner, datamodule=data, verbose=False)
+    assert calls and set(calls) == {("HFAnswerer", "taxonomy")}
+    calls.clear()
     split, n, skipped = evaluate_split(tuner, data, "val", adapter=True)
     base, _, _ = evaluate_split(tuner, data, "val", adapter=False)
+    assert calls and set(calls) == {("HFAnswerer", "taxonomy")}
+    calls.clear()
     assert n >= 2 and skipped == 0
     assert base == split  # adapter off = the base model; a zero adapter changes no number
 
     reference = VLLMEvaluator(str(tiny_qwen), answer="logits", run_name="ref")
     dm = HierVQADataModule(mode="text", condition="taxonomy", split="val", batch_size=3, **args)
     Trainer(default_root_dir=tmp_path, **trainer_args).test(reference, datamodule=dm, verbose=False)
+    assert calls and set(calls) == {("HFAnswerer", "taxonomy")}
     tested = json.loads((tmp_path / "ref" / "metrics.json").read_text())
     assert tested["num_samples"] == n
     names = ("hca", "leaf_accuracy", "point_overlap", "strict_point_overlap", "top_overlap", "hierarchical_f1")

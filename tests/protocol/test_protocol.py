@@ -55,3 +55,43 @@ def test_every_question_setting_of_the_data_config_reaches_the_protocol(tmp_path
     levels = dataset[0]["levels"]
     assert [lq.question for lq in levels] == [lq.question for lq in level_questions(dataset.records[0], protocol)]
     assert "red solid circle" in levels[0].question and "'" in levels[0].question  # lower-cased leaf, ascii apostrophe
+
+
+COT = QuestionProtocol(
+    mode="text", level_names=("shape", "kind"), subject="shape", variant=1, seed=7, family="cub", shuffle=False,
+    condition="cot", context=None, cot_apostrophe="ascii", label_case="lower", inference="independent", circular=True,
+)  # fmt: skip
+
+
+def test_to_json_writes_every_field_but_the_context_and_reads_back() -> None:
+    """run.json's protocol fields come from `to_json` alone, and `from_json` reads them back: a
+    field added to the protocol and forgotten by `to_json` fails here."""
+    written = COT.to_json()
+    assert len(written) == len(dataclasses.fields(QuestionProtocol)) - 1  # all but `context`
+    assert QuestionProtocol.from_json(written) == COT
+    assert QuestionProtocol.from_json(dataclasses.replace(COT, context="a taxonomy").to_json()) == COT
+    plain = dataclasses.replace(COT, condition="plain", circular=False)
+    assert "cot_apostrophe" not in plain.to_json()  # only cot's text depends on it: other runs' identities unchanged
+    assert QuestionProtocol.from_json({"mode": "image"}) == QuestionProtocol("image", ())  # a run.json before the fields
+
+
+def test_an_evaluation_and_a_lora_run_json_record_the_protocol_as_to_json_writes_it(synth_dir, tmp_path) -> None:
+    """Both run kinds over questions write the data's protocol through the one builder."""
+    from types import SimpleNamespace
+
+    from hiertrain.callbacks.before_after import write_run_json as write_lora_run_json
+    from hiertrain.datamodules.tuning import HierTuningDataModule
+    from hiertrain.modules.vllm_evaluator import VLLMEvaluator
+    from hiertrain.runs.meta import read_run_json
+
+    dm = HierTuningDataModule(str(synth_dir / "questions_random.jsonl"), mode="text", seed=3, prompt_variant=1,
+                              condition="cot", cot_apostrophe="ascii", label_case="lower", shuffle_options=False)  # fmt: skip
+    dm.setup("fit")
+    expected = dm.protocol.to_json()
+    assert expected["cot_apostrophe"] == "ascii" and expected["level_names"] == list(dm.level_names)
+    eval_meta = VLLMEvaluator("Qwen/Qwen2.5-VL-7B-Instruct", answer="generate").run_meta(dm)
+    write_lora_run_json(tmp_path, SimpleNamespace(pretrained="Qwen/Qwen2.5-VL-7B-Instruct", hparams={}), dm, tmp_path / "adapter")
+    lora_meta = read_run_json(tmp_path)
+    for meta in (eval_meta, lora_meta):
+        assert {key: meta[key] for key in expected} == expected
+        assert QuestionProtocol.from_json(meta) == dataclasses.replace(dm.protocol, context=None)
