@@ -151,27 +151,26 @@ def evaluate_split(
     tuner: Any, data: Any, split: str, adapter: bool, keep: list[Any] | None = None
 ) -> tuple[dict[str, Any], int, int]:
     """(metrics, samples, skipped) of `tuner` on one split of a `HierTuningDataModule`, the
-    adapter on or off (off = the base model exactly: LoRA layers bypassed). Sharded over ranks
-    by `PaddedEvalSampler`; every sample is answered once and the results gathered. `keep`:
+    adapter on or off (off = the base model exactly: LoRA layers bypassed). The data module's
+    `eval_loader` (as `hiertrain test` and LoRA validation: sharded over ranks, padding marked),
+    each batch scored by `score_batch` through the tuner's answerer; every sample is answered
+    once and the results gathered. Iterated here, not by a Lightning loop: it runs inside `fit`'s
+    end hook, where Lightning cannot start another loop. `keep`:
     receives the gathered predictions (for the paired comparison)."""
     from contextlib import nullcontext
 
-    from torch.utils.data import DataLoader
     from torchmetrics.aggregation import SumMetric
     from tqdm import tqdm
 
-    from hiertrain.datamodules.questions import collate_items
-    from hiertrain.datamodules.sampling import PaddedEvalSampler
     from hiertrain.modules.evaluation_loop import gather_predictions, score_batch
     from hiertrain.runs.eval_outputs import compute_metrics
 
     protocol = tuner.scorable(data.protocol)
-    dataset = data.split_dataset(split)
-    loader = DataLoader(dataset, batch_size=data.batch_size, sampler=PaddedEvalSampler(dataset), collate_fn=collate_items)
+    loader = data.eval_loader(data.split_dataset(split))  # the batches `hiertrain test` and LoRA validation iterate
     preds: list[Any] = []
     skipped = SumMetric().to(tuner.device)  # summed over ranks by torchmetrics' own sync
     context = nullcontext() if adapter else tuner.model.disable_adapter()
-    label = f"{'after' if adapter else 'before'}: {data.questions} ({data.mode})"
+    label = f"{'after' if adapter else 'before'}: {data.questions} ({protocol.mode})"
     with context:
         for batch in tqdm(loader, desc=label, leave=False):
             scored = score_batch(batch, lambda good: tuner.answer(good, protocol))
