@@ -23,7 +23,8 @@ no image read or hashed). Printed per mode: the table, `digest / full` and
 `(digest - id-only) / N` in ms per done sample (medians), and whether each resume's metrics.json is
 byte-identical to the full run's. `--profile` runs one digest resume in process under cProfile
 and prints where its test loop's time goes (image decode, template render, image hashing).
-Figures depend on the machine's load: the bench prints `uptime` before and after.
+Every `hiertrain test` pays ~6 s of start-up (imports, model, Lightning), so a small `--samples` measures
+mostly noise. Figures depend on the machine's load: the bench prints `uptime` before and after.
 
     python bench/resume_digest.py [--samples 1920] [--repeats 3] [--modes image,text] [--work DIR]
                                   [--batch-size 4] [--profile] [--json out.json]
@@ -149,6 +150,7 @@ def _bench_mode(mode: str, args, model: Path, bank: Path, taxonomy: Path, env: d
         if len(lines) != args.samples or any('"request"' not in line for line in lines):
             raise SystemExit(f"{mode}: the full run wrote {len(lines)} lines (want {args.samples}, each with a digest)")
     out = {kind: {"wall": _stats([w for w, _ in ts]), "cpu": _stats([c for _, c in ts])} for kind, ts in times.items()}
+    out["runs"] = {kind: [{"wall": w, "cpu": c} for w, c in ts] for kind, ts in times.items()}
     out["metrics_identical"] = {kind: all(v) for kind, v in identical.items()}
     return out
 
@@ -165,6 +167,8 @@ def _print_table(mode: str, figures: dict, samples: int) -> None:
         print(f"  {axis:4s} (medians): digest / full = {digest / full:.2f}; per done sample: digest - id-only "
               f"{(digest - ids) / samples * 1000:.1f} ms, answering it (full - id-only) {(full - ids) / samples * 1000:.1f} ms"
               f" -> the re-check is {(digest - ids) / (full - ids):.0%} of answering")  # fmt: skip
+        pairs = [(d[axis] - i[axis]) / samples * 1000 for d, i in zip(figures["runs"]["digest"], figures["runs"]["id-only"])]
+        print(f"        digest - id-only per done sample, run by run: {min(pairs):.2f} - {max(pairs):.2f} ms")
     print("  metrics.json byte-identical to the first full run's: "
           + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in figures["metrics_identical"].items()))  # fmt: skip
 
