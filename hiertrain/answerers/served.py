@@ -75,7 +75,7 @@ class ServedAnswerer(Answerer):
     def request_texts(self, item: Item) -> list[dict[str, Any]]:
         """The request bodies as sent, less the image's data URL (its bytes are digested from the
         file; `image_format` says how they are encoded)."""
-        if item["image"] is None:
+        if self.mode != "image":
             return self.bodies(item)
         return self.bodies(item, url=f"<image bytes as {self.settings.image_format}>")
 

@@ -9,7 +9,7 @@ with `valid=False` so no sample is counted twice under DDP.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -162,10 +162,14 @@ class QuestionDataset(Dataset):
         image_dir: Path,
         on_bad_image: Literal["skip", "error"],
         image_root_map: dict[str, str] | None = None,
+        deferred: Collection[int] = frozenset(),
     ) -> None:
         self.records, self.protocol, self.mode = records, protocol, protocol.mode
         self.image_dir, self.on_bad_image = image_dir, on_bad_image
         self.image_root_map = dict(image_root_map or {})
+        # Samples whose image is decoded only if they are asked (`read_image`): a resume's finished
+        # samples with a stored request digest, which is checked from the file's bytes alone.
+        self.deferred = frozenset(deferred)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -188,16 +192,27 @@ class QuestionDataset(Dataset):
             "error": None,
         }
         if self.mode == "image":
-            path = self.image_path(record)
-            item["path"] = str(path)
-            try:
-                item["image"] = open_image(path)
-            except BAD_IMAGE_ERRORS as err:  # missing, truncated, not an image, decompression bomb
-                message = f"{path}: cannot read image of sample {record.sample_id} ({type(err).__name__}: {err})"
-                if self.on_bad_image == "error":
-                    raise HierError(message) from None
-                item["error"] = message
+            item["path"] = str(self.image_path(record))
+            if record.sample_id in self.deferred:
+                item["deferred"] = True
+            else:
+                read_image(item, self.on_bad_image)
         return item
+
+
+def read_image(item: dict[str, Any], on_bad_image: Literal["skip", "error"]) -> dict[str, Any]:
+    """Decode the item's image (`item["path"]`) into `item["image"]`; an unreadable one becomes the
+    item's `error` (a counted skip) or, under `on_bad_image: error`, a HierError naming it."""
+    item.pop("deferred", None)
+    path = item["path"]
+    try:
+        item["image"] = open_image(path)
+    except BAD_IMAGE_ERRORS as err:  # missing, truncated, not an image, decompression bomb
+        message = f"{path}: cannot read image of sample {item['sample_id']} ({type(err).__name__}: {err})"
+        if on_bad_image == "error":
+            raise HierError(message) from None
+        item["error"] = message
+    return item
 
 
 def collate_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -317,6 +332,7 @@ class HierVQADataModule(LightningDataModule):
         self.records: LazyRecords | None = None  # served records, parsed when asked for
         self.level_names: list[str] = []
         self.exclude_ids: set[int] = set()  # finished samples of a resumed run
+        self.deferred_ids: set[int] = set()  # finished samples served again to check their request digest
 
     def setup(self, stage: str | None = None) -> None:
         if self.records is not None:
@@ -461,7 +477,7 @@ class HierVQADataModule(LightningDataModule):
     def dataset(self) -> QuestionDataset:
         self.setup()
         todo = self.records.excluding(self.exclude_ids)
-        return QuestionDataset(todo, self.protocol, self.image_dir, self.on_bad_image, self.image_root_map)
+        return QuestionDataset(todo, self.protocol, self.image_dir, self.on_bad_image, self.image_root_map, self.deferred_ids)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader()

@@ -96,7 +96,7 @@ class QuestionEvaluator(LightningModule):
             model=model,
             texts=self.request_texts(item),
             options=[list(lq.options) for lq in item["levels"]],
-            image=image_sha256(item.get("path")) if item["image"] is not None else None,
+            image=image_sha256(item.get("path")),  # image mode only: the file's bytes (decoded or not)
             generation=self.request_generation(),
         )
 
@@ -196,6 +196,7 @@ class QuestionEvaluator(LightningModule):
         # model is called. Lines without one (written before the digest) are reused as before.
         self.done_requests = {i: r for i, r in finished.items() if r is not None}
         dm.exclude_ids = {i for i, r in finished.items() if r is None}
+        dm.deferred_ids = set(self.done_requests)  # their images are decoded only if they are asked again
         if finished:
             rank_zero_info(f"resuming {self.run_dir.path}: {len(finished)} samples already done")
         if set(dm.served_ids()) <= dm.exclude_ids:
@@ -219,14 +220,23 @@ class QuestionEvaluator(LightningModule):
             raise
 
     def _answer_batch(self, batch: list[dict[str, Any]]) -> None:
+        from hiertrain.datamodules.questions import read_image
         from hiertrain.modules.evaluation_loop import score_batch
 
         requests: dict[int, str] = {}
         for item in batch:
-            if item["valid"] and not item["error"]:
-                requests[item["sample_id"]] = digest = self.sample_request(item)
-                if self.done_requests.get(item["sample_id"]) == digest:
-                    item["valid"] = False  # finished with this very request: reused, not asked again
+            if not item["valid"] or item["error"]:
+                continue
+            digest = self._stored_request(item) if item.get("deferred") else self.sample_request(item)
+            if digest is not None and self.done_requests.get(item["sample_id"]) == digest:
+                item["valid"] = False  # finished with this very request: reused, not asked again
+                continue
+            if item.get("deferred"):  # a finished sample asked again: its image is needed now
+                read_image(item, self._datamodule().on_bad_image)
+                if item["error"]:
+                    continue
+                digest = digest or self.sample_request(item)
+            requests[item["sample_id"]] = digest
         scored = score_batch(
             batch,
             lambda good: self.answer_items(good, self.meta["mode"]),
@@ -236,6 +246,14 @@ class QuestionEvaluator(LightningModule):
         for prediction in scored.predictions:
             prediction.request = requests.get(prediction.id)
             self.run_dir.append(prediction)
+
+    def _stored_request(self, item: dict[str, Any]) -> str | None:
+        """The request digest of a finished sample whose image is not decoded (`deferred`); None
+        when its file cannot be read now (it is then decoded, and so skipped, like any other)."""
+        try:
+            return self.sample_request(item)
+        except OSError:
+            return None
 
     def _refusal(self, item: dict[str, Any]) -> str | None:
         """Why this model cannot be asked a readable item (e.g. Qwen's aspect-ratio limit): named and

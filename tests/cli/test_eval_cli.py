@@ -209,12 +209,14 @@ def test_circular_run_under_two_process_ddp_matches_one(tiny_qwen, synth_dir, tm
 @pytest.mark.slow
 def test_resume_reasks_exactly_the_sample_whose_image_bytes_changed(tiny_qwen, synth_dir, tmp_path, monkeypatch):
     """Per-sample identity: a finished sample is reused only when its request digest (image bytes
-    included) is the one it would be asked now; the changed one is asked again and replaces its line."""
+    included) is the one it would be asked now; the changed one is asked again and replaces its line.
+    A reused sample's image is never decoded (its digest reads the file's bytes): only the asked one is."""
     import json
     import shutil
 
     from PIL import Image
 
+    import hiertrain.datamodules.questions as questions
     from hiertrain.modules.vllm_evaluator import VLLMEvaluator
 
     data = tmp_path / "synth"
@@ -226,15 +228,20 @@ def test_resume_reasks_exactly_the_sample_whose_image_bytes_changed(tiny_qwen, s
     asked: list[int] = []
     answer = VLLMEvaluator.answer_items
     monkeypatch.setattr(VLLMEvaluator, "answer_items", lambda self, items, mode: (asked.extend(i["sample_id"] for i in items), answer(self, items, mode))[1])
+    decoded: list[str] = []
+    open_image = questions.open_image
+    monkeypatch.setattr(questions, "open_image", lambda path: (decoded.append(str(path)), open_image(path))[1])
     assert main(args(tmp_path / "first")) == 0
     assert len(asked) == n
     lines = [json.loads(line) for line in (tmp_path / "first" / RUN / "predictions.jsonl").read_text().splitlines()]
     assert len(lines) == n and all(len(line["request"]) == 64 for line in lines)
     assert len({line["request"] for line in lines}) == n
 
+    assert len(decoded) == n
     asked.clear()
+    decoded.clear()
     assert main(args(tmp_path / "first")) == 0  # a rerun with nothing changed asks nothing
-    assert asked == []
+    assert asked == [] and decoded == []
 
     changed = lines[1]
     path = data / changed["image"]
@@ -244,6 +251,7 @@ def test_resume_reasks_exactly_the_sample_whose_image_bytes_changed(tiny_qwen, s
     image.save(path)
     assert main(args(tmp_path / "first")) == 0
     assert asked == [changed["id"]]  # exactly that sample, once
+    assert decoded == [str(path)]  # and only its image decoded
     resumed = [json.loads(line) for line in (tmp_path / "first" / RUN / "predictions.jsonl").read_text().splitlines()]
     assert [line["id"] for line in resumed] == [line["id"] for line in lines]  # no lost or doubled sample
     assert resumed[1]["request"] != changed["request"] and resumed[0] == lines[0]
