@@ -1,6 +1,7 @@
 """What every frozen evaluator shares: the run directory, resume, streaming, final metrics.
 
-Subclasses only answer questions (`answer_items`: dataset items -> `SamplePrediction`s).
+Subclasses only build their answerer (`hiertrain.answerers`: dataset items -> `SamplePrediction`s
+under the data's `QuestionProtocol`); the module is a thin Lightning wrapper around it.
 Everything else follows the same steps whatever the model:
 - `setup`: rank 0 locks and claims the run directory (`RunMeta`, identity checked) and merges
   what a previous (maybe killed) run streamed; the finished sample ids are broadcast and left

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
+from hiertrain.protocol.conditions import condition_of
 from hiertrain.protocol.prompts import Mode
 from hiertrain.protocol.protocol import QuestionProtocol
 
@@ -173,7 +174,7 @@ def data_settings(run: PaperRun) -> dict[str, Any]:
         out["label_case"] = row["text_label_case"]
     if run.condition != "plain":
         out["condition"] = run.condition
-        if run.condition == "cot":
+        if condition_of(run.condition).uses_apostrophe:  # cot: the scripts' "Let’s" spelling
             out["cot_apostrophe"] = row["cot_apostrophe"]
     return out
 
