@@ -45,6 +45,16 @@ class HFAnswerer(Answerer):
         super().__init__(protocol, settings.answer, settings.answer_parser, matcher)
         self.engine, self.processor, self.settings = engine, processor, settings
 
+    @property
+    def settings(self) -> HFSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: HFSettings) -> None:
+        """New settings are the whole of them: the answer kind and parser follow."""
+        self._settings = value
+        self.answer_kind, self.answer_parser = value.answer, value.answer_parser
+
     # ---------------------------------------------------------------- requests
 
     def messages_of(self, messages: list[dict]) -> list[dict]:
