@@ -41,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,15 +68,12 @@ def _uptime() -> str:
 
 
 def _measure(argv: list[str], env: dict[str, str]) -> tuple[float, float, int, str]:
-    """(wall seconds, CPU seconds of the child, exit code, last stderr lines) of one child process."""
-    with tempfile.TemporaryFile() as log:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        log.seek(0)
-        err = log.read().decode(errors="replace").strip().splitlines()
-    return wall, usage.ru_utime + usage.ru_stime, os.waitstatus_to_exitcode(status), "\n".join(err[-5:])
+    """(wall seconds, CPU seconds of the child, exit code, last stderr line) of one child process
+    (`bench/scale.py`'s timer: stderr to a file, `os.wait4` for the child's CPU time)."""
+    from scale import _measure as measure_child
+
+    wall, _rss, code, err, cpu = measure_child(argv, env)
+    return wall, cpu, code, err
 
 
 def _build(work: Path, samples: int, env: dict[str, str]) -> tuple[Path, Path, Path]:
