@@ -73,16 +73,9 @@ def sample_terms(correct: Tensor, asked: Tensor, parsed: Tensor | None = None) -
     """
     from hiertrain.metrics import functional as F
 
-    hit, asked, _ = F.prepare(correct, asked, parsed)
-    h, a = hit[None], asked[None]
-    states = {
-        "hca": F.hca_update(h, a),
-        "leaf_accuracy": F.leaf_accuracy_update(h, a),
-        "per_level_accuracy": F.per_level_update(h, a),
-        "point_overlap": F.point_overlap_update(h, a),
-        "strict_point_overlap": F.strict_point_overlap_update(h, a),
-        "top_overlap": F.top_overlap_update(h, a),
-    }
+    hit, asked, parsed = F.prepare(correct, asked, parsed)
+    dense = ("hca", "leaf_accuracy", "per_level_accuracy", "point_overlap", "strict_point_overlap", "top_overlap")
+    states = {name: state for name, state in _states(hit, asked, parsed).items() if name in dense}  # the core's updates, once
     num, den = {}, {}
     for name, (numerator, denominator) in states.items():
         numerator = numerator.to(torch.float64)
