@@ -70,15 +70,9 @@ class PredictionColumns:
         """(correct, asked, parsed) bool tensors [N, W] exactly as `predictions.to_tensors` makes them."""
         import torch
 
-        from hiertrain.metrics.functional import MAX_DEPTH
+        from hiertrain.metrics.predictions import tensor_width
 
-        deepest = self.deepest[0]
-        if depth is not None and not 1 <= depth <= MAX_DEPTH:
-            raise HierError(f"depth {depth}: 1 to {MAX_DEPTH} levels are supported")
-        limit = f"the data's depth {depth}" if depth is not None else f"the {MAX_DEPTH} levels supported"
-        if deepest > (depth or MAX_DEPTH):
-            raise HierError(f"sample {self.deepest[1]}: level {deepest} is deeper than {limit}")
-        width = depth or deepest
+        width = tensor_width(*self.deepest, depth)
         code = np.zeros((len(self), width), dtype=np.uint8)
         code[:, : self.width] = self.code
         asked = (code & ASKED) != 0
@@ -247,12 +241,7 @@ def _level_values(lv: Any) -> tuple[int, int, int, str | None]:
         raise _Slow
     choices = len(options) if options else 0
     if not choices and detail:
-        if not isinstance(detail, dict):
-            raise _Slow
-        try:
-            choices = int(detail.get("candidates") or 0)
-        except (TypeError, ValueError):
-            raise _Slow from None
+        choices = _candidates(detail)
     code = (ASKED if asked else 0) | (CORRECT if asked and correct else 0) | (PARSED if parsed or not asked else 0)
     if not options and choices:
         code |= OPEN

@@ -385,6 +385,19 @@ def load_predictions(path: str | Path, mode: str | None = None) -> list[SamplePr
     return loaded.samples
 
 
+def tensor_width(deepest: int, sample: Any, depth: int | None = None) -> int:
+    """The metric tensors' width: `depth` when given, else the deepest level present; a level
+    deeper than that (or than the supported depth) is one line naming its sample."""
+    from hiertrain.metrics.functional import MAX_DEPTH
+
+    if depth is not None and not 1 <= depth <= MAX_DEPTH:
+        raise HierError(f"depth {depth}: 1 to {MAX_DEPTH} levels are supported")
+    limit = f"the data's depth {depth}" if depth is not None else f"the {MAX_DEPTH} levels supported"
+    if deepest > (depth or MAX_DEPTH):
+        raise HierError(f"sample {sample}: level {deepest} is deeper than {limit}")
+    return depth or deepest
+
+
 def to_tensors(preds: list[SamplePrediction], depth: int | None = None):
     """(correct, asked, parsed) bool tensors [N, W] for `hiertrain.metrics.classes`; column = level - 1.
 
@@ -394,15 +407,8 @@ def to_tensors(preds: list[SamplePrediction], depth: int | None = None):
     """
     import torch
 
-    from hiertrain.metrics.functional import MAX_DEPTH
-
     deepest, sample = max(((lv.level, p.id) for p in preds for lv in p.levels), default=(1, None))
-    if depth is not None and not 1 <= depth <= MAX_DEPTH:
-        raise HierError(f"depth {depth}: 1 to {MAX_DEPTH} levels are supported")
-    limit = f"the data's depth {depth}" if depth is not None else f"the {MAX_DEPTH} levels supported"
-    if deepest > (depth or MAX_DEPTH):
-        raise HierError(f"sample {sample}: level {deepest} is deeper than {limit}")
-    width = depth or deepest
+    width = tensor_width(deepest, sample, depth)
     correct = torch.zeros(len(preds), width, dtype=torch.bool)
     asked = torch.zeros_like(correct)
     parsed = torch.ones_like(correct)
