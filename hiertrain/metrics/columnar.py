@@ -277,14 +277,19 @@ def from_samples(samples: list, fmt: str, truncated: int | None = None, taxonomy
     """Arrays of already-read `SamplePrediction`s (sorted by id); placement codes with a taxonomy."""
     builder = _Builder(taxonomy)
     for s in samples:
-        vals = []
-        for lv in s.levels:
-            choices = len(lv.options) or int((lv.detail or {}).get("candidates") or 0)
-            code = (ASKED if lv.asked else 0) | (CORRECT if lv.asked and lv.correct else 0) | (PARSED if lv.parsed or not lv.asked else 0)
-            code |= OPEN if not lv.options and choices else 0
-            vals.append((lv.level, code, choices, lv.name))
-        builder.add(s.id, s.mode, vals, s.levels)
+        builder.add(s.id, s.mode, _sample_values(s), s.levels)
     return builder.finish(fmt, truncated)
+
+
+def _sample_values(sample: Any) -> list[tuple[int, int, int, str | None]]:
+    """(level, code, choices, name) per level of a `SamplePrediction` read by the reference reader."""
+    values = []
+    for lv in sample.levels:
+        choices = len(lv.options) or int((lv.detail or {}).get("candidates") or 0)
+        code = (ASKED if lv.asked else 0) | (CORRECT if lv.asked and lv.correct else 0) | (PARSED if lv.parsed or not lv.asked else 0)
+        code |= OPEN if not lv.options and choices else 0
+        values.append((lv.level, code, choices, lv.name))
+    return values
 
 
 class _Builder:
@@ -440,13 +445,7 @@ def _slow_line(path: Path, raw: bytes, lineno: int, last_unterminated: bool):
             return None
         raise HierError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
     sample = _sample_from_json(obj, f"{path}:{lineno}")
-    values = []
-    for lv in sample.levels:
-        choices = len(lv.options) or int((lv.detail or {}).get("candidates") or 0)
-        code = (ASKED if lv.asked else 0) | (CORRECT if lv.asked and lv.correct else 0) | (PARSED if lv.parsed or not lv.asked else 0)
-        code |= OPEN if not lv.options and choices else 0
-        values.append((lv.level, code, choices, lv.name))
-    return sample.id, sample.mode, values, sample.levels
+    return sample.id, sample.mode, _sample_values(sample), sample.levels
 
 
 def _loaded(loaded) -> tuple[list, str, int | None]:
